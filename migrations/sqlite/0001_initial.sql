@@ -1,0 +1,94 @@
+-- Timestamps are integer milliseconds since the Unix epoch (UTC).
+
+CREATE TABLE accounts (
+    id                      TEXT PRIMARY KEY,
+    type                    TEXT NOT NULL,
+    name                    TEXT NOT NULL,
+    auth_type               TEXT NOT NULL,
+    max_concurrent_workers  INTEGER NOT NULL,
+    max_concurrent_sessions INTEGER,
+    max_cost_per_day        REAL,
+    github_repo             TEXT,
+    -- SHA-256 of the account key; the key itself is never stored.
+    key_hash                TEXT NOT NULL UNIQUE,
+    created_at              INTEGER NOT NULL
+);
+
+CREATE TABLE workspaces (
+    id             TEXT PRIMARY KEY,
+    name           TEXT NOT NULL,
+    repo_url       TEXT,
+    default_branch TEXT NOT NULL,
+    created_at     INTEGER NOT NULL
+);
+
+CREATE TABLE account_workspaces (
+    account_id   TEXT NOT NULL REFERENCES accounts (id),
+    workspace_id TEXT NOT NULL REFERENCES workspaces (id),
+    can_claim    INTEGER NOT NULL,
+    can_create   INTEGER NOT NULL,
+    PRIMARY KEY (account_id, workspace_id)
+);
+
+CREATE TABLE tasks (
+    id                TEXT PRIMARY KEY,
+    workspace_id      TEXT NOT NULL REFERENCES workspaces (id),
+    title             TEXT NOT NULL,
+    description       TEXT NOT NULL,
+    runner_preference TEXT NOT NULL,
+    priority          INTEGER NOT NULL,
+    status            TEXT NOT NULL,
+    attempts          INTEGER NOT NULL,
+    max_attempts      INTEGER NOT NULL,
+    max_cost_usd      REAL,
+    claimed_by        TEXT REFERENCES accounts (id),
+    worker_id         TEXT,
+    created_at        INTEGER NOT NULL,
+    claimed_at        INTEGER,
+    completed_at      INTEGER,
+    result            TEXT
+);
+-- The claim walks pending tasks in dispatch order.
+CREATE INDEX tasks_dispatch ON tasks (status, priority DESC, created_at, id);
+CREATE INDEX tasks_workspace ON tasks (workspace_id, created_at);
+
+CREATE TABLE workers (
+    id            TEXT PRIMARY KEY,
+    task_id       TEXT NOT NULL REFERENCES tasks (id),
+    workspace_id  TEXT NOT NULL REFERENCES workspaces (id),
+    account_id    TEXT NOT NULL REFERENCES accounts (id),
+    status        TEXT NOT NULL,
+    cost_usd      REAL NOT NULL,
+    turns         INTEGER NOT NULL,
+    session_id    TEXT,
+    branch        TEXT,
+    commit_sha    TEXT,
+    pr_url        TEXT,
+    question      TEXT,
+    error         TEXT,
+    pending_reply TEXT,
+    started_at    INTEGER NOT NULL,
+    heartbeat_at  INTEGER NOT NULL,
+    finished_at   INTEGER
+);
+CREATE INDEX workers_account_status ON workers (account_id, status);
+CREATE INDEX workers_account_started ON workers (account_id, started_at);
+CREATE INDEX workers_status_heartbeat ON workers (status, heartbeat_at);
+CREATE INDEX workers_task ON workers (task_id);
+
+CREATE TABLE messages (
+    worker_id  TEXT NOT NULL REFERENCES workers (id),
+    seq        INTEGER NOT NULL,
+    body       TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (worker_id, seq)
+) WITHOUT ROWID;
+
+-- Every change, in commit order, for the event stream to replay.
+CREATE TABLE events (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    name         TEXT NOT NULL,
+    workspace_id TEXT NOT NULL,
+    data         TEXT NOT NULL,
+    created_at   INTEGER NOT NULL
+);

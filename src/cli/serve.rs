@@ -1,0 +1,200 @@
+//! `buildd serve`.
+
+use std::io::{IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+use super::paths;
+use crate::core::keys;
+use crate::server::{self, AppState};
+use crate::store;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the log says which).
+    #[arg(long, env = "BUILDD_LISTEN", default_value = "127.0.0.1:3000")]
+    listen: String,
+    /// `sqlite:PATH` or `postgres://…` [env: BUILDD_DATABASE_URL, then DATABASE_URL]
+    /// [default: SQLite file buildd.db in the platform data dir]
+    #[arg(long)]
+    database_url: Option<String>,
+    /// The admin bearer token [default: generated on first start and saved 0600 as
+    /// admin-token beside the SQLite file, or in the data dir]
+    #[arg(long, env = "BUILDD_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Seconds without a heartbeat after which a worker is lost and its task requeued.
+    #[arg(long, env = "BUILDD_LEASE_TTL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    lease_ttl: u64,
+}
+
+pub async fn run(args: ServeArgs) -> Result<(), String> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("BUILDD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let database_url = match args.database_url {
+        Some(url) => url,
+        None => {
+            match env_nonempty("BUILDD_DATABASE_URL").or_else(|| env_nonempty("DATABASE_URL")) {
+                Some(url) => url,
+                None => paths::default_database_url()?,
+            }
+        }
+    };
+    let admin_token = match args.admin_token.filter(|t| !t.is_empty()) {
+        Some(token) => token,
+        None => load_or_create_admin_token(&paths::admin_token_file(&database_url)?)?,
+    };
+
+    let store = store::open(&database_url)
+        .await
+        .map_err(|e| format!("cannot open the database: {e}"))?;
+    info!(database = %redact(&database_url), "database ready");
+
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    let state = AppState {
+        store,
+        admin_token: Arc::from(admin_token),
+        lease_ttl: Duration::from_secs(args.lease_ttl),
+        new_work: Arc::new(Notify::new()),
+        shutdown,
+    };
+    info!(
+        lease_ttl_secs = args.lease_ttl,
+        "listening on http://{addr}"
+    );
+    server::serve(listener, state)
+        .await
+        .map_err(|e| format!("server failed: {e}"))?;
+    info!("stopped");
+    Ok(())
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// A database URL fit for the log: any password is masked.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let creds = &url[scheme_end + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Reads the saved admin token, or makes one and saves it readable by its owner only.
+/// Two servers starting together agree: whoever creates the file first wins and the
+/// other reads it.
+fn load_or_create_admin_token(path: &Path) -> Result<String, String> {
+    let read = |path: &Path| -> Result<Option<String>, String> {
+        match std::fs::read_to_string(path) {
+            Ok(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_owned())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!(
+                "cannot read the admin token at {}: {e}",
+                path.display()
+            )),
+        }
+    };
+    if let Some(token) = read(path)? {
+        info!(path = %path.display(), "admin token loaded");
+        return Ok(token);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let token = keys::new_admin_token();
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        Ok(mut file) => {
+            file.write_all(format!("{token}\n").as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(|e| format!("cannot write the admin token to {}: {e}", path.display()))?;
+            info!(path = %path.display(), "admin token generated; use it as the Bearer token");
+            Ok(token)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            read(path)?.ok_or_else(|| format!("the admin token file {} is empty", path.display()))
+        }
+        Err(e) => Err(format!(
+            "cannot create the admin token file {}: {e}",
+            path.display()
+        )),
+    }
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    info!("shutting down: finishing in-flight requests");
+    shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_masked_in_logged_urls() {
+        assert_eq!(
+            redact("postgres://bob:secret@db:5432/buildd"),
+            "postgres://bob:***@db:5432/buildd"
+        );
+        assert_eq!(redact("postgres://db/buildd"), "postgres://db/buildd");
+        assert_eq!(redact("sqlite:/tmp/x.db"), "sqlite:/tmp/x.db");
+    }
+
+    #[test]
+    fn admin_token_is_created_once_with_owner_only_permissions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/admin-token");
+        let first = load_or_create_admin_token(&path).unwrap();
+        let second = load_or_create_admin_token(&path).unwrap();
+        assert_eq!(first, second);
+        let mode = std::fs::metadata(&path).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+    }
+}

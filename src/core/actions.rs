@@ -1,0 +1,526 @@
+//! Everything that changes a task or a worker after the claim, as one pure function.
+//!
+//! The stores lock the task and its worker, call [`apply`], and write back what it
+//! returns in the same transaction. So the transition table, the way a task mirrors its
+//! worker, and what cancel, reply, pause, start and lease expiry do are written once.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::RuleError;
+use super::events::Event;
+use super::lease;
+use super::model::{Task, TaskStatus, Worker, WorkerStatus};
+use super::time::Timestamp;
+
+/// The longest free text a worker may report (a question, an error).
+pub const MAX_TEXT_LEN: usize = 64 * 1024;
+/// The longest short field (session id, branch, commit, PR URL).
+pub const MAX_FIELD_LEN: usize = 2048;
+
+/// What a worker's owner may report, all optional (`PATCH /api/workers/:id`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkerUpdate {
+    pub status: Option<WorkerStatus>,
+    pub cost_usd: Option<f64>,
+    pub turns: Option<i64>,
+    pub session_id: Option<String>,
+    pub branch: Option<String>,
+    pub commit_sha: Option<String>,
+    pub pr_url: Option<String>,
+    pub question: Option<String>,
+    pub error: Option<String>,
+    pub result: Option<Value>,
+}
+
+/// A change to a task, or to a worker and the task it carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// `POST /api/tasks/:id/cancel`.
+    Cancel,
+    /// `POST /api/tasks/:id/reply`: a person answers the worker's question.
+    Reply { message: String },
+    /// `PATCH /api/workers/:id`.
+    Update(WorkerUpdate),
+    /// `POST /api/workers/:id/heartbeat`.
+    Heartbeat,
+    /// `POST /api/workers/:id/pause`.
+    Pause,
+    /// `POST /api/workers/:id/start`.
+    Start,
+    /// The sweeper found the worker's last heartbeat older than `cutoff`.
+    Expire { cutoff: Timestamp },
+}
+
+impl Action {
+    /// Whether the action is about a worker (and so needs one loaded) rather than a task.
+    pub fn targets_worker(&self) -> bool {
+        !matches!(self, Action::Cancel | Action::Reply { .. })
+    }
+}
+
+/// What applying an action produced, besides the changed rows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome {
+    /// False when the action turned out to have nothing to do (an expiry the worker
+    /// beat with a late heartbeat): the store then writes nothing.
+    pub changed: bool,
+    pub events: Vec<Event>,
+    /// Entries to append to the worker's message stream in the same transaction.
+    pub messages: Vec<Value>,
+    /// For a heartbeat: the agent must stop the run (task cancelled or worker paused).
+    pub cancel: bool,
+    /// For a heartbeat: a person's answer the agent has not had yet.
+    pub reply: Option<String>,
+}
+
+/// Whether a worker may go from `from` to `to`. The contract's diagram
+/// (idle → starting → running ⟷ waiting_input → completed | error | paused) plus the
+/// moves a real agent needs: reporting an error from any live state (a worktree that
+/// cannot be made fails before `running`), pausing any live worker, and `start` taking
+/// a paused worker back to `starting`.
+pub fn can_move(from: WorkerStatus, to: WorkerStatus) -> bool {
+    use WorkerStatus::*;
+    matches!(
+        (from, to),
+        (Idle, Starting)
+            | (Starting, Running)
+            | (Running, WaitingInput)
+            | (WaitingInput, Running)
+            | (Running | WaitingInput, Completed)
+            | (Idle | Starting | Running | WaitingInput | Paused, Error)
+            | (Idle | Starting | Running | WaitingInput, Paused)
+            | (Paused, Starting)
+    )
+}
+
+/// Applies `action` to `task` and, for worker actions, `worker` (which must be the
+/// task's worker row). Nothing is changed when an error is returned.
+pub fn apply(
+    action: Action,
+    task: &mut Task,
+    worker: Option<&mut Worker>,
+    now: Timestamp,
+) -> Result<Outcome, RuleError> {
+    match (action, worker) {
+        (Action::Cancel, _) => cancel(task, now),
+        (Action::Reply { message }, worker) => reply(task, worker, message),
+        (Action::Update(update), Some(worker)) => update_worker(task, worker, update, now),
+        (Action::Heartbeat, Some(worker)) => heartbeat(task, worker, now),
+        (Action::Pause, Some(worker)) => move_by_request(task, worker, WorkerStatus::Paused, now),
+        (Action::Start, Some(worker)) => {
+            if task.status == TaskStatus::Cancelled {
+                return Err(RuleError::Conflict(format!(
+                    "task {} is cancelled; its worker cannot start again",
+                    task.id
+                )));
+            }
+            move_by_request(task, worker, WorkerStatus::Starting, now)
+        }
+        (Action::Expire { cutoff }, Some(worker)) => Ok(expire(task, worker, cutoff, now)),
+        (_, None) => Err(RuleError::Conflict("this action needs a worker".into())),
+    }
+}
+
+fn cancel(task: &mut Task, now: Timestamp) -> Result<Outcome, RuleError> {
+    if task.status.is_terminal() {
+        return Err(RuleError::Conflict(format!(
+            "task {} is already {}",
+            task.id, task.status
+        )));
+    }
+    task.status = TaskStatus::Cancelled;
+    task.completed_at = Some(now);
+    Ok(Outcome {
+        changed: true,
+        events: vec![Event::task_updated(task)],
+        ..Outcome::default()
+    })
+}
+
+fn reply(
+    task: &mut Task,
+    worker: Option<&mut Worker>,
+    message: String,
+) -> Result<Outcome, RuleError> {
+    if message.trim().is_empty() {
+        return Err(RuleError::Invalid("message must not be empty".into()));
+    }
+    if message.len() > MAX_TEXT_LEN {
+        return Err(RuleError::Invalid(format!(
+            "message is longer than {MAX_TEXT_LEN} bytes"
+        )));
+    }
+    let worker = match worker {
+        Some(w)
+            if task.status == TaskStatus::WaitingInput
+                && w.status == WorkerStatus::WaitingInput =>
+        {
+            w
+        }
+        _ => {
+            return Err(RuleError::Conflict(format!(
+                "task {} is {}, not waiting for input",
+                task.id, task.status
+            )));
+        }
+    };
+    worker.status = WorkerStatus::Running;
+    worker.question = None;
+    worker.pending_reply = Some(message.clone());
+    task.status = TaskStatus::Running;
+    Ok(Outcome {
+        changed: true,
+        events: vec![Event::task_updated(task), Event::worker_updated(worker)],
+        messages: vec![json!({ "type": "user_reply", "text": message })],
+        ..Outcome::default()
+    })
+}
+
+fn refuse_if_finished(worker: &Worker) -> Result<(), RuleError> {
+    if worker.status.is_terminal() {
+        return Err(RuleError::Conflict(format!(
+            "worker {} is {}; it cannot change any more",
+            worker.id, worker.status
+        )));
+    }
+    Ok(())
+}
+
+fn check_field(name: &str, value: &Option<String>, max: usize) -> Result<(), RuleError> {
+    match value {
+        Some(v) if v.len() > max => Err(RuleError::Invalid(format!(
+            "{name} is longer than {max} bytes"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn update_worker(
+    task: &mut Task,
+    worker: &mut Worker,
+    update: WorkerUpdate,
+    now: Timestamp,
+) -> Result<Outcome, RuleError> {
+    refuse_if_finished(worker)?;
+    if let Some(cost) = update.cost_usd
+        && !(cost.is_finite() && cost >= 0.0)
+    {
+        return Err(RuleError::Invalid("costUsd must be a number ≥ 0".into()));
+    }
+    if update.turns.is_some_and(|t| t < 0) {
+        return Err(RuleError::Invalid("turns must be ≥ 0".into()));
+    }
+    check_field("sessionId", &update.session_id, MAX_FIELD_LEN)?;
+    check_field("branch", &update.branch, MAX_FIELD_LEN)?;
+    check_field("commitSha", &update.commit_sha, MAX_FIELD_LEN)?;
+    check_field("prUrl", &update.pr_url, MAX_FIELD_LEN)?;
+    check_field("question", &update.question, MAX_TEXT_LEN)?;
+    check_field("error", &update.error, MAX_TEXT_LEN)?;
+    if let Some(to) = update.status
+        && to != worker.status
+        && !can_move(worker.status, to)
+    {
+        return Err(RuleError::Conflict(format!(
+            "worker {} cannot go from {} to {to}",
+            worker.id, worker.status
+        )));
+    }
+
+    let task_before = task.clone();
+    if let Some(v) = update.cost_usd {
+        worker.cost_usd = v;
+    }
+    if let Some(v) = update.turns {
+        worker.turns = v;
+    }
+    worker.session_id = update.session_id.or(worker.session_id.take());
+    worker.branch = update.branch.or(worker.branch.take());
+    worker.commit_sha = update.commit_sha.or(worker.commit_sha.take());
+    worker.pr_url = update.pr_url.or(worker.pr_url.take());
+    worker.question = update.question.or(worker.question.take());
+    worker.error = update.error.or(worker.error.take());
+    if let Some(result) = update.result {
+        task.result = Some(result);
+    }
+    worker.heartbeat_at = now;
+    if let Some(to) = update.status {
+        set_status(task, worker, to, now);
+    }
+
+    let mut events = vec![Event::worker_updated(worker)];
+    if *task != task_before {
+        events.insert(0, Event::task_updated(task));
+    }
+    Ok(Outcome {
+        changed: true,
+        events,
+        ..Outcome::default()
+    })
+}
+
+fn heartbeat(task: &Task, worker: &mut Worker, now: Timestamp) -> Result<Outcome, RuleError> {
+    refuse_if_finished(worker)?;
+    worker.heartbeat_at = now;
+    Ok(Outcome {
+        changed: true,
+        cancel: task.status == TaskStatus::Cancelled || worker.status == WorkerStatus::Paused,
+        reply: worker.pending_reply.take(),
+        ..Outcome::default()
+    })
+}
+
+/// Pause and start: a person's request, checked against the same transition table.
+fn move_by_request(
+    task: &mut Task,
+    worker: &mut Worker,
+    to: WorkerStatus,
+    now: Timestamp,
+) -> Result<Outcome, RuleError> {
+    if !can_move(worker.status, to) {
+        return Err(RuleError::Conflict(format!(
+            "worker {} is {}; it cannot go to {to}",
+            worker.id, worker.status
+        )));
+    }
+    // A started worker gets a fresh lease: its agent may have been idle while paused.
+    worker.heartbeat_at = now;
+    set_status(task, worker, to, now);
+    Ok(Outcome {
+        changed: true,
+        events: vec![Event::task_updated(task), Event::worker_updated(worker)],
+        ..Outcome::default()
+    })
+}
+
+fn expire(task: &mut Task, worker: &mut Worker, cutoff: Timestamp, now: Timestamp) -> Outcome {
+    if !WorkerStatus::LEASED.contains(&worker.status) || worker.heartbeat_at >= cutoff {
+        return Outcome::default();
+    }
+    worker.error = Some(format!(
+        "lease expired: no heartbeat since {}",
+        worker.heartbeat_at.to_rfc3339()
+    ));
+    set_status(task, worker, WorkerStatus::Error, now);
+    Outcome {
+        changed: true,
+        events: vec![Event::task_updated(task), Event::worker_updated(worker)],
+        ..Outcome::default()
+    }
+}
+
+/// Moves the worker to `to` (already checked) and makes its task mirror it, unless the
+/// task has ended or has moved on to another worker.
+fn set_status(task: &mut Task, worker: &mut Worker, to: WorkerStatus, now: Timestamp) {
+    if worker.status == WorkerStatus::WaitingInput && to != WorkerStatus::WaitingInput {
+        worker.question = None;
+    }
+    worker.status = to;
+    if to.is_terminal() {
+        worker.finished_at = Some(now);
+    }
+    if task.status.is_terminal() || task.worker_id.as_deref() != Some(worker.id.as_str()) {
+        return;
+    }
+    match to {
+        WorkerStatus::Idle | WorkerStatus::Starting | WorkerStatus::Paused => {
+            task.status = TaskStatus::Assigned
+        }
+        WorkerStatus::Running => task.status = TaskStatus::Running,
+        WorkerStatus::WaitingInput => task.status = TaskStatus::WaitingInput,
+        WorkerStatus::Completed => {
+            task.status = TaskStatus::Completed;
+            task.completed_at = Some(now);
+        }
+        WorkerStatus::Error => lease::release(task, now),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::claim::assign;
+    use crate::core::model::{Account, AccountType, AuthType, RunnerPreference};
+    use crate::core::time;
+    use chrono::Duration;
+
+    fn claimed(max_attempts: i32) -> (Task, Worker) {
+        let now = time::now();
+        let mut task = Task {
+            id: "task-1".into(),
+            workspace_id: "ws-1".into(),
+            title: "t".into(),
+            description: String::new(),
+            runner_preference: RunnerPreference::Any,
+            priority: 0,
+            status: TaskStatus::Pending,
+            attempts: 0,
+            max_attempts,
+            max_cost_usd: None,
+            claimed_by: None,
+            worker_id: None,
+            created_at: now,
+            claimed_at: None,
+            completed_at: None,
+            result: None,
+        };
+        let account = Account {
+            id: "acc-1".into(),
+            account_type: AccountType::User,
+            name: "u".into(),
+            auth_type: AuthType::Oauth,
+            max_concurrent_workers: 3,
+            max_concurrent_sessions: None,
+            max_cost_per_day: None,
+            github_repo: None,
+            created_at: now,
+        };
+        let (worker, _) = assign(&mut task, &account, now);
+        (task, worker)
+    }
+
+    fn to(status: WorkerStatus) -> Action {
+        Action::Update(WorkerUpdate {
+            status: Some(status),
+            ..WorkerUpdate::default()
+        })
+    }
+
+    #[test]
+    fn happy_path_mirrors_the_task() {
+        let (mut task, mut worker) = claimed(3);
+        let now = time::now();
+        apply(
+            to(WorkerStatus::Starting),
+            &mut task,
+            Some(&mut worker),
+            now,
+        )
+        .unwrap();
+        assert_eq!(task.status, TaskStatus::Assigned);
+        apply(to(WorkerStatus::Running), &mut task, Some(&mut worker), now).unwrap();
+        assert_eq!(task.status, TaskStatus::Running);
+        let done = Action::Update(WorkerUpdate {
+            status: Some(WorkerStatus::Completed),
+            result: Some(json!({"summary": "ok"})),
+            ..WorkerUpdate::default()
+        });
+        let out = apply(done, &mut task, Some(&mut worker), now).unwrap();
+        assert_eq!(task.status, TaskStatus::Completed);
+        assert_eq!(task.result, Some(json!({"summary": "ok"})));
+        assert!(worker.finished_at.is_some());
+        assert_eq!(out.events.len(), 2);
+    }
+
+    #[test]
+    fn illegal_moves_conflict_and_change_nothing() {
+        let (mut task, mut worker) = claimed(3);
+        let before = (task.clone(), worker.clone());
+        let err = apply(
+            to(WorkerStatus::Completed),
+            &mut task,
+            Some(&mut worker),
+            time::now(),
+        );
+        assert!(matches!(err, Err(RuleError::Conflict(_))));
+        assert_eq!((task, worker), before);
+    }
+
+    #[test]
+    fn error_requeues_until_attempts_are_spent() {
+        let (mut task, mut worker) = claimed(2);
+        apply(
+            to(WorkerStatus::Error),
+            &mut task,
+            Some(&mut worker),
+            time::now(),
+        )
+        .unwrap();
+        assert_eq!(task.status, TaskStatus::Pending);
+        assert_eq!(task.worker_id, None);
+
+        let (mut task, mut worker) = claimed(1);
+        apply(
+            to(WorkerStatus::Error),
+            &mut task,
+            Some(&mut worker),
+            time::now(),
+        )
+        .unwrap();
+        assert_eq!(task.status, TaskStatus::Failed);
+    }
+
+    #[test]
+    fn expiry_only_hits_stale_leased_workers() {
+        let (mut task, mut worker) = claimed(3);
+        let now = time::now();
+        let early = Action::Expire {
+            cutoff: worker.heartbeat_at,
+        };
+        assert!(
+            !apply(early, &mut task, Some(&mut worker), now)
+                .unwrap()
+                .changed
+        );
+        let late = Action::Expire {
+            cutoff: worker.heartbeat_at + Duration::seconds(1),
+        };
+        assert!(
+            apply(late, &mut task, Some(&mut worker), now)
+                .unwrap()
+                .changed
+        );
+        assert_eq!(worker.status, WorkerStatus::Error);
+        assert_eq!(task.status, TaskStatus::Pending);
+    }
+
+    #[test]
+    fn cancel_and_pause_reach_the_agent_through_the_heartbeat() {
+        let (mut task, mut worker) = claimed(3);
+        let now = time::now();
+        let beat = apply(Action::Heartbeat, &mut task, Some(&mut worker), now).unwrap();
+        assert!(!beat.cancel);
+        apply(Action::Pause, &mut task, Some(&mut worker), now).unwrap();
+        assert!(
+            apply(Action::Heartbeat, &mut task, Some(&mut worker), now)
+                .unwrap()
+                .cancel
+        );
+        apply(Action::Start, &mut task, Some(&mut worker), now).unwrap();
+        assert_eq!(worker.status, WorkerStatus::Starting);
+        apply(Action::Cancel, &mut task, None, now).unwrap();
+        assert!(
+            apply(Action::Heartbeat, &mut task, Some(&mut worker), now)
+                .unwrap()
+                .cancel
+        );
+        assert!(apply(Action::Cancel, &mut task, None, now).is_err());
+    }
+
+    #[test]
+    fn reply_resumes_a_waiting_worker_once() {
+        let (mut task, mut worker) = claimed(3);
+        let now = time::now();
+        for s in [WorkerStatus::Starting, WorkerStatus::Running] {
+            apply(to(s), &mut task, Some(&mut worker), now).unwrap();
+        }
+        let ask = Action::Update(WorkerUpdate {
+            status: Some(WorkerStatus::WaitingInput),
+            question: Some("Which DB?".into()),
+            ..WorkerUpdate::default()
+        });
+        apply(ask, &mut task, Some(&mut worker), now).unwrap();
+        assert_eq!(task.status, TaskStatus::WaitingInput);
+        let answer = Action::Reply {
+            message: "Postgres".into(),
+        };
+        let out = apply(answer.clone(), &mut task, Some(&mut worker), now).unwrap();
+        assert_eq!(out.messages.len(), 1);
+        assert_eq!(worker.question, None);
+        assert_eq!(task.status, TaskStatus::Running);
+        let beat = apply(Action::Heartbeat, &mut task, Some(&mut worker), now).unwrap();
+        assert_eq!(beat.reply.as_deref(), Some("Postgres"));
+        assert!(apply(answer, &mut task, Some(&mut worker), now).is_err());
+    }
+}

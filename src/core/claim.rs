@@ -1,0 +1,142 @@
+//! Claiming: which tasks an account may take, how many, and what taking one does.
+
+use super::events::Event;
+use super::ids::{IdKind, new_id};
+use super::model::{
+    Account, AccountType, RunnerPreference, Task, TaskStatus, Worker, WorkerStatus,
+};
+use super::time::Timestamp;
+
+/// The most tasks one claim request may ask for.
+pub const MAX_TASKS_PER_CLAIM: u32 = 50;
+/// The longest a claim may wait for a task, in seconds.
+pub const MAX_WAIT_SECS: u64 = 30;
+
+/// The runner preferences an account of `account_type` may take: `any` and its own.
+pub fn preferences_for(account_type: AccountType) -> [RunnerPreference; 2] {
+    let own = match account_type {
+        AccountType::User => RunnerPreference::User,
+        AccountType::Service => RunnerPreference::Service,
+        AccountType::Action => RunnerPreference::Action,
+    };
+    [RunnerPreference::Any, own]
+}
+
+/// Whether an account of `account_type` may run a task that prefers `preference`.
+pub fn routes_to(preference: RunnerPreference, account_type: AccountType) -> bool {
+    preferences_for(account_type).contains(&preference)
+}
+
+/// How many tasks the account may take now: what it asked for, capped by its free
+/// worker slots, and nothing at all once today's spend has reached `maxCostPerDay`.
+pub fn free_slots(account: &Account, active_workers: i64, cost_today: f64, requested: u32) -> u32 {
+    if account
+        .max_cost_per_day
+        .is_some_and(|limit| cost_today >= limit)
+    {
+        return 0;
+    }
+    let free = (account.max_concurrent_workers - active_workers).max(0);
+    requested.min(u32::try_from(free).unwrap_or(u32::MAX))
+}
+
+/// Hands `task` to `account`: the task becomes `assigned` with one more attempt
+/// counted, and the worker that will carry the attempt is born `idle` with a fresh lease.
+pub fn assign(task: &mut Task, account: &Account, now: Timestamp) -> (Worker, Vec<Event>) {
+    let worker = Worker {
+        id: new_id(IdKind::Worker),
+        task_id: task.id.clone(),
+        workspace_id: task.workspace_id.clone(),
+        account_id: account.id.clone(),
+        status: WorkerStatus::Idle,
+        cost_usd: 0.0,
+        turns: 0,
+        session_id: None,
+        branch: None,
+        commit_sha: None,
+        pr_url: None,
+        question: None,
+        error: None,
+        started_at: now,
+        heartbeat_at: now,
+        finished_at: None,
+        pending_reply: None,
+    };
+    task.status = TaskStatus::Assigned;
+    task.attempts += 1;
+    task.claimed_by = Some(account.id.clone());
+    task.worker_id = Some(worker.id.clone());
+    task.claimed_at = Some(now);
+    let events = vec![Event::task_updated(task), Event::worker_updated(&worker)];
+    (worker, events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::AuthType;
+    use crate::core::time;
+
+    fn account(max_workers: i64, max_cost: Option<f64>) -> Account {
+        Account {
+            id: "acc-1".into(),
+            account_type: AccountType::Service,
+            name: "svc".into(),
+            auth_type: AuthType::Api,
+            max_concurrent_workers: max_workers,
+            max_concurrent_sessions: None,
+            max_cost_per_day: max_cost,
+            github_repo: None,
+            created_at: time::now(),
+        }
+    }
+
+    #[test]
+    fn routing_table() {
+        use RunnerPreference as P;
+        assert!(routes_to(P::Any, AccountType::User));
+        assert!(routes_to(P::User, AccountType::User));
+        assert!(!routes_to(P::Service, AccountType::User));
+        assert!(!routes_to(P::Action, AccountType::Service));
+        assert!(routes_to(P::Action, AccountType::Action));
+    }
+
+    #[test]
+    fn slots_respect_workers_and_daily_cost() {
+        assert_eq!(free_slots(&account(3, None), 0, 0.0, 5), 3);
+        assert_eq!(free_slots(&account(3, None), 2, 0.0, 5), 1);
+        assert_eq!(free_slots(&account(3, None), 4, 0.0, 5), 0);
+        assert_eq!(free_slots(&account(3, Some(10.0)), 0, 9.99, 1), 1);
+        assert_eq!(free_slots(&account(3, Some(10.0)), 0, 10.0, 1), 0);
+    }
+
+    #[test]
+    fn assigning_counts_an_attempt_and_links_both_ways() {
+        let now = time::now();
+        let mut task = Task {
+            id: "task-1".into(),
+            workspace_id: "ws-1".into(),
+            title: "t".into(),
+            description: String::new(),
+            runner_preference: RunnerPreference::Any,
+            priority: 0,
+            status: TaskStatus::Pending,
+            attempts: 0,
+            max_attempts: 3,
+            max_cost_usd: None,
+            claimed_by: None,
+            worker_id: None,
+            created_at: now,
+            claimed_at: None,
+            completed_at: None,
+            result: None,
+        };
+        let (worker, events) = assign(&mut task, &account(1, None), now);
+        assert_eq!(task.status, TaskStatus::Assigned);
+        assert_eq!(task.attempts, 1);
+        assert_eq!(task.worker_id.as_deref(), Some(worker.id.as_str()));
+        assert_eq!(worker.status, WorkerStatus::Idle);
+        assert_eq!(worker.workspace_id, "ws-1");
+        assert_eq!(events.len(), 2);
+    }
+}

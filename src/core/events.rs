@@ -1,0 +1,49 @@
+//! Events: what the stores write, in the same transaction as the change they describe,
+//! so that a subscriber resuming from an event id misses nothing.
+
+use serde_json::{Value, json};
+
+use super::model::{Task, Worker};
+
+/// One change, as `GET /api/events` will send it: a name, the workspace it belongs to
+/// (for per-account scoping) and the full resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub name: &'static str,
+    pub workspace_id: String,
+    pub data: Value,
+}
+
+impl Event {
+    pub fn task_created(task: &Task) -> Self {
+        Self::task("task.created", task)
+    }
+
+    pub fn task_updated(task: &Task) -> Self {
+        Self::task("task.updated", task)
+    }
+
+    pub fn worker_updated(worker: &Worker) -> Self {
+        Event {
+            name: "worker.updated",
+            workspace_id: worker.workspace_id.clone(),
+            data: json!({ "worker": worker }),
+        }
+    }
+
+    pub fn worker_message(worker: &Worker, message: &Value) -> Self {
+        Event {
+            name: "worker.message",
+            workspace_id: worker.workspace_id.clone(),
+            data: json!({ "workerId": worker.id, "message": message }),
+        }
+    }
+
+    fn task(name: &'static str, task: &Task) -> Self {
+        Event {
+            name,
+            workspace_id: task.workspace_id.clone(),
+            data: json!({ "task": task }),
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! Leases: a worker that stops heartbeating is lost, and its task goes back to the queue.
+
+use std::time::Duration;
+
+use super::model::{Task, TaskStatus};
+use super::time::Timestamp;
+
+/// How often the sweeper looks for lost workers: a quarter of the lease, so a task is
+/// back in the queue at most 1.25 leases after its worker's last sign of life, kept
+/// between 250 ms (tests use tiny leases) and 5 s (so a long lease is not left idle).
+pub fn sweep_interval(lease_ttl: Duration) -> Duration {
+    (lease_ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(5))
+}
+
+/// Gives a task whose worker ended without completing it back to the queue, or fails
+/// it once its attempts are spent. Finished and cancelled tasks are left as they are.
+pub fn release(task: &mut Task, now: Timestamp) {
+    if task.status.is_terminal() {
+        return;
+    }
+    if task.attempts >= task.max_attempts {
+        task.status = TaskStatus::Failed;
+        task.completed_at = Some(now);
+    } else {
+        task.status = TaskStatus::Pending;
+        task.claimed_by = None;
+        task.worker_id = None;
+        task.claimed_at = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_is_a_quarter_lease_within_bounds() {
+        assert_eq!(
+            sweep_interval(Duration::from_secs(4)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            sweep_interval(Duration::from_secs(60)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            sweep_interval(Duration::from_millis(100)),
+            Duration::from_millis(250)
+        );
+    }
+}

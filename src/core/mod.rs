@@ -1,0 +1,18 @@
+//! The domain: what buildd's resources are and the rules they live by.
+//!
+//! Nothing in here does I/O. The stores and the HTTP layer call these functions so
+//! that a rule (who may claim what, which status may follow which, what happens to a
+//! task whose worker is lost) is written exactly once, whichever database is behind it.
+
+pub mod actions;
+pub mod claim;
+pub mod error;
+pub mod events;
+pub mod ids;
+pub mod keys;
+pub mod lease;
+pub mod model;
+pub mod time;
+pub mod validate;
+
+pub use error::RuleError;

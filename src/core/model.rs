@@ -1,0 +1,225 @@
+//! The resources, exactly as the API shows them (camelCase JSON).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::time::Timestamp;
+
+/// A closed set of lowercase names: serialised as the name, stored as the name, parsed
+/// from the name with an error that lists the accepted ones.
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $(#[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!(
+                        "unknown {} {other:?} (expected one of: {})",
+                        stringify!($name),
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// Who runs an account's agents: a person's machine, an always-on service, or CI.
+    AccountType { User = "user", Service = "service", Action = "action" }
+);
+
+string_enum!(
+    /// How the account's agents pay for Claude: a seat (OAuth) or per token (API key).
+    AuthType { Oauth = "oauth", Api = "api" }
+);
+
+string_enum!(
+    /// Which kind of account may run a task.
+    RunnerPreference { Any = "any", User = "user", Service = "service", Action = "action" }
+);
+
+string_enum!(
+    TaskStatus {
+        Pending = "pending",
+        Assigned = "assigned",
+        Running = "running",
+        WaitingInput = "waiting_input",
+        Completed = "completed",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
+);
+
+string_enum!(
+    WorkerStatus {
+        Idle = "idle",
+        Starting = "starting",
+        Running = "running",
+        WaitingInput = "waiting_input",
+        Completed = "completed",
+        Error = "error",
+        Paused = "paused",
+    }
+);
+
+impl TaskStatus {
+    /// Completed, failed and cancelled tasks never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
+
+impl WorkerStatus {
+    /// Completed and error workers never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Error)
+    }
+
+    /// Statuses that hold one of the account's `maxConcurrentWorkers` slots: every
+    /// worker that still owns its task, paused ones included, because `start` resumes
+    /// them without a new claim.
+    pub const ACTIVE: &'static [WorkerStatus] = &[
+        Self::Idle,
+        Self::Starting,
+        Self::Running,
+        Self::WaitingInput,
+        Self::Paused,
+    ];
+
+    /// Statuses whose lease the sweeper watches. A paused worker is parked by a person
+    /// and may have no agent behind it, so it is not expected to heartbeat.
+    pub const LEASED: &'static [WorkerStatus] = &[
+        Self::Idle,
+        Self::Starting,
+        Self::Running,
+        Self::WaitingInput,
+    ];
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Account {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub account_type: AccountType,
+    pub name: String,
+    pub auth_type: AuthType,
+    pub max_concurrent_workers: i64,
+    pub max_concurrent_sessions: Option<i64>,
+    pub max_cost_per_day: Option<f64>,
+    pub github_repo: Option<String>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Workspace {
+    pub id: String,
+    pub name: String,
+    pub repo_url: Option<String>,
+    pub default_branch: String,
+    pub created_at: Timestamp,
+}
+
+/// What an account may do in a workspace.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Grant {
+    pub account_id: String,
+    pub workspace_id: String,
+    pub can_claim: bool,
+    pub can_create: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Task {
+    pub id: String,
+    pub workspace_id: String,
+    pub title: String,
+    pub description: String,
+    pub runner_preference: RunnerPreference,
+    pub priority: i32,
+    pub status: TaskStatus,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub max_cost_usd: Option<f64>,
+    pub claimed_by: Option<String>,
+    pub worker_id: Option<String>,
+    pub created_at: Timestamp,
+    pub claimed_at: Option<Timestamp>,
+    pub completed_at: Option<Timestamp>,
+    pub result: Option<Value>,
+}
+
+/// One attempt of one task by one account.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Worker {
+    pub id: String,
+    pub task_id: String,
+    pub workspace_id: String,
+    pub account_id: String,
+    pub status: WorkerStatus,
+    pub cost_usd: f64,
+    pub turns: i64,
+    pub session_id: Option<String>,
+    pub branch: Option<String>,
+    pub commit_sha: Option<String>,
+    pub pr_url: Option<String>,
+    pub question: Option<String>,
+    pub error: Option<String>,
+    pub started_at: Timestamp,
+    pub heartbeat_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    /// A person's answer to `question`, held until the agent's next heartbeat takes it.
+    #[serde(skip)]
+    pub pending_reply: Option<String>,
+}
+
+/// One entry of a worker's runner stream, numbered from 1 per worker.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Message {
+    pub seq: i64,
+    pub message: Value,
+    pub created_at: Timestamp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enums_round_trip_through_their_names() {
+        for s in TaskStatus::ALL {
+            assert_eq!(s.as_str().parse::<TaskStatus>(), Ok(*s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        let err = "paused".parse::<TaskStatus>().unwrap_err();
+        assert!(err.contains("pending"), "{err}");
+    }
+}

@@ -1,0 +1,127 @@
+//! What makes a new account, workspace or task acceptable, and the defaults users
+//! get when they leave a field out.
+
+use super::error::RuleError;
+use super::model::{AccountType, AuthType};
+
+pub const MAX_NAME_LEN: usize = 200;
+pub const MAX_TITLE_LEN: usize = 500;
+pub const MAX_DESCRIPTION_LEN: usize = 256 * 1024;
+pub const MAX_URL_LEN: usize = 2048;
+pub const DEFAULT_MAX_WORKERS: i64 = 3;
+pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
+pub const MAX_ATTEMPTS_LIMIT: i32 = 100;
+pub const DEFAULT_BRANCH: &str = "main";
+
+fn invalid(msg: impl Into<String>) -> RuleError {
+    RuleError::Invalid(msg.into())
+}
+
+/// A required, bounded, non-blank piece of text.
+pub fn text(field: &str, value: &str, max: usize) -> Result<(), RuleError> {
+    if value.trim().is_empty() {
+        return Err(invalid(format!("{field} must not be empty")));
+    }
+    optional_text(field, Some(value), max)
+}
+
+pub fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<(), RuleError> {
+    match value {
+        Some(v) if v.len() > max => Err(invalid(format!("{field} is longer than {max} bytes"))),
+        _ => Ok(()),
+    }
+}
+
+/// The Claude billing an account gets when its creator does not say: people use their
+/// seat, machines pay per token. GitHub Actions runners cannot hold an OAuth seat.
+pub fn auth_type(
+    account_type: AccountType,
+    requested: Option<AuthType>,
+) -> Result<AuthType, RuleError> {
+    match (account_type, requested) {
+        (AccountType::Action, Some(AuthType::Oauth)) => Err(invalid(
+            "action accounts run on ephemeral CI runners and must use authType \"api\"",
+        )),
+        (_, Some(t)) => Ok(t),
+        (AccountType::User, None) => Ok(AuthType::Oauth),
+        (_, None) => Ok(AuthType::Api),
+    }
+}
+
+pub fn non_negative_count(field: &str, value: Option<i64>) -> Result<(), RuleError> {
+    match value {
+        Some(v) if v < 0 => Err(invalid(format!("{field} must be ≥ 0"))),
+        _ => Ok(()),
+    }
+}
+
+pub fn money(field: &str, value: Option<f64>) -> Result<(), RuleError> {
+    match value {
+        Some(v) if !(v.is_finite() && v >= 0.0) => {
+            Err(invalid(format!("{field} must be a number ≥ 0")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `owner/repo`, as GitHub spells repositories in its API paths.
+pub fn github_repo(value: Option<&str>) -> Result<(), RuleError> {
+    let Some(v) = value else { return Ok(()) };
+    let ok_part = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 100
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    match v.split_once('/') {
+        Some((owner, repo)) if ok_part(owner) && ok_part(repo) => Ok(()),
+        _ => Err(invalid(format!(
+            "githubRepo {v:?} is not of the form owner/repo"
+        ))),
+    }
+}
+
+pub fn max_attempts(value: Option<i32>) -> Result<i32, RuleError> {
+    let v = value.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+    if (1..=MAX_ATTEMPTS_LIMIT).contains(&v) {
+        Ok(v)
+    } else {
+        Err(invalid(format!(
+            "maxAttempts must be between 1 and {MAX_ATTEMPTS_LIMIT}"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_type_defaults_follow_the_account_type() {
+        assert_eq!(auth_type(AccountType::User, None), Ok(AuthType::Oauth));
+        assert_eq!(auth_type(AccountType::Service, None), Ok(AuthType::Api));
+        assert_eq!(auth_type(AccountType::Action, None), Ok(AuthType::Api));
+        assert!(auth_type(AccountType::Action, Some(AuthType::Oauth)).is_err());
+    }
+
+    #[test]
+    fn github_repo_shape() {
+        assert!(github_repo(Some("my-org/my.repo")).is_ok());
+        assert!(github_repo(None).is_ok());
+        for bad in ["nope", "/repo", "org/", "a/b/c", "org/re po"] {
+            assert!(github_repo(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn text_and_numbers() {
+        assert!(text("title", "  ", 10).is_err());
+        assert!(text("title", "ok", 10).is_ok());
+        assert!(text("title", "much too long", 5).is_err());
+        assert!(money("maxCostPerDay", Some(f64::NAN)).is_err());
+        assert!(money("maxCostPerDay", Some(-1.0)).is_err());
+        assert!(non_negative_count("maxConcurrentWorkers", Some(-1)).is_err());
+        assert_eq!(max_attempts(None), Ok(3));
+        assert!(max_attempts(Some(0)).is_err());
+    }
+}

@@ -1,0 +1,108 @@
+//! Who is calling: the admin, or an account identified by its key.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::core::keys;
+use crate::core::model::{Account, Grant};
+
+/// The authenticated caller of a request. Extracting it answers 401 for a missing or
+/// unknown token.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    Admin,
+    Account(Account),
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer token".into()))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::Unauthorized("Authorization must be \"Bearer TOKEN\"".into())
+            })?;
+        if keys::secrets_equal(token, &state.admin_token) {
+            return Ok(Caller::Admin);
+        }
+        if keys::looks_like_account_key(token)
+            && let Some(account) = state
+                .store
+                .account_by_key_hash(&keys::hash_key(token))
+                .await?
+        {
+            return Ok(Caller::Account(account));
+        }
+        Err(ApiError::Unauthorized("unknown token".into()))
+    }
+}
+
+impl Caller {
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Caller::Admin)
+    }
+
+    /// The account id to scope listings to: `None` for the admin, who sees everything.
+    pub fn scope(&self) -> Option<String> {
+        match self {
+            Caller::Admin => None,
+            Caller::Account(a) => Some(a.id.clone()),
+        }
+    }
+
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("this needs the admin token".into()))
+        }
+    }
+
+    /// The calling account; the admin token is refused because the action is an
+    /// account's own (claiming, reporting on its workers).
+    pub fn require_account(&self) -> Result<&Account, ApiError> {
+        match self {
+            Caller::Account(a) => Ok(a),
+            Caller::Admin => Err(ApiError::Forbidden(
+                "this needs an account key, not the admin token".into(),
+            )),
+        }
+    }
+
+    /// The caller's grant on `workspace_id`, or 403. The admin passes with a grant that
+    /// allows everything.
+    pub async fn grant_on(&self, state: &AppState, workspace_id: &str) -> Result<Grant, ApiError> {
+        let account = match self {
+            Caller::Admin => {
+                return Ok(Grant {
+                    account_id: String::new(),
+                    workspace_id: workspace_id.to_owned(),
+                    can_claim: true,
+                    can_create: true,
+                });
+            }
+            Caller::Account(a) => a,
+        };
+        state
+            .store
+            .get_grant(&account.id, workspace_id)
+            .await?
+            .ok_or_else(|| {
+                ApiError::Forbidden(format!(
+                    "account {} has no access to workspace {workspace_id}",
+                    account.id
+                ))
+            })
+    }
+}

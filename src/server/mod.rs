@@ -1,0 +1,58 @@
+//! `buildd serve`: the HTTP API over a [`Store`].
+//!
+//! Handlers are thin: they authenticate ([`auth`]), check the caller's grants, and
+//! call one store method. What a change does is decided in [`crate::core`].
+
+mod auth;
+mod error;
+mod routes;
+mod sweeper;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::Store;
+
+/// The largest request body accepted; bigger ones get 413.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub admin_token: Arc<str>,
+    pub lease_ttl: Duration,
+    /// Woken when a task may have become claimable (created, or back in the queue),
+    /// so that claims waiting with `wait` look again at once.
+    pub new_work: Arc<Notify>,
+    /// Cancelled at shutdown: waiting claims return and the sweeper stops.
+    pub shutdown: CancellationToken,
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    routes::routes()
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(error::json_errors))
+        .with_state(state)
+}
+
+/// Serves on `listener` until `state.shutdown` is cancelled, then stops accepting,
+/// lets in-flight requests finish and returns.
+pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
+    let sweeper = tokio::spawn(sweeper::run(state.clone()));
+    let shutdown = state.shutdown.clone();
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    sweeper.abort();
+    served
+}

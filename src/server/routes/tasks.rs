@@ -1,0 +1,174 @@
+//! Tasks: queued by the admin or an account with `canCreate`, read by anyone granted
+//! their workspace.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::page_limit;
+use crate::core::actions::Action;
+use crate::core::ids::{IdKind, new_id};
+use crate::core::model::{RunnerPreference, Task, TaskStatus};
+use crate::core::{time, validate};
+use crate::server::AppState;
+use crate::server::auth::Caller;
+use crate::server::error::{ApiError, ApiResult, Body, Params};
+use crate::store::TaskFilter;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewTask {
+    workspace_id: String,
+    title: String,
+    #[serde(default)]
+    description: String,
+    runner_preference: Option<RunnerPreference>,
+    #[serde(default)]
+    priority: i32,
+    max_attempts: Option<i32>,
+    max_cost_usd: Option<f64>,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(body): Body<NewTask>,
+) -> ApiResult<(StatusCode, Json<Task>)> {
+    validate::text("title", &body.title, validate::MAX_TITLE_LEN)?;
+    validate::optional_text(
+        "description",
+        Some(&body.description),
+        validate::MAX_DESCRIPTION_LEN,
+    )?;
+    validate::money("maxCostUsd", body.max_cost_usd)?;
+    let max_attempts = validate::max_attempts(body.max_attempts)?;
+    if state
+        .store
+        .get_workspace(&body.workspace_id)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::NotFound(format!(
+            "workspace {} not found",
+            body.workspace_id
+        )));
+    }
+    if !caller
+        .grant_on(&state, &body.workspace_id)
+        .await?
+        .can_create
+    {
+        return Err(ApiError::Forbidden(format!(
+            "no canCreate grant on workspace {}",
+            body.workspace_id
+        )));
+    }
+    let task = Task {
+        id: new_id(IdKind::Task),
+        workspace_id: body.workspace_id,
+        title: body.title.trim().to_owned(),
+        description: body.description,
+        runner_preference: body.runner_preference.unwrap_or(RunnerPreference::Any),
+        priority: body.priority,
+        status: TaskStatus::Pending,
+        attempts: 0,
+        max_attempts,
+        max_cost_usd: body.max_cost_usd,
+        claimed_by: None,
+        worker_id: None,
+        created_at: time::now(),
+        claimed_at: None,
+        completed_at: None,
+        result: None,
+    };
+    state.store.create_task(&task).await?;
+    state.new_work.notify_waiters();
+    Ok((StatusCode::CREATED, Json(task)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListQuery {
+    workspace_id: Option<String>,
+    status: Option<TaskStatus>,
+    limit: Option<u32>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params(query): Params<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let filter = TaskFilter {
+        workspace_id: query.workspace_id,
+        status: query.status,
+        visible_to: caller.scope(),
+        limit: page_limit(query.limit)?,
+    };
+    Ok(Json(
+        json!({ "tasks": state.store.list_tasks(&filter).await? }),
+    ))
+}
+
+/// The task, if the caller may see it (any grant on its workspace).
+async fn visible_task(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Task> {
+    let task = state
+        .store
+        .get_task(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("task {id} not found")))?;
+    caller.grant_on(state, &task.workspace_id).await?;
+    Ok(task)
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Task>> {
+    Ok(Json(visible_task(&state, &caller, &id).await?))
+}
+
+/// Checks that the caller may steer the task: the admin, or an account that may
+/// create tasks in its workspace.
+async fn steerable_task(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Task> {
+    let task = visible_task(state, caller, id).await?;
+    if !caller.grant_on(state, &task.workspace_id).await?.can_create {
+        return Err(ApiError::Forbidden(format!(
+            "no canCreate grant on workspace {}",
+            task.workspace_id
+        )));
+    }
+    Ok(task)
+}
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Task>> {
+    steerable_task(&state, &caller, &id).await?;
+    let applied = state.store.apply(&id, Action::Cancel, time::now()).await?;
+    Ok(Json(applied.task))
+}
+
+#[derive(Deserialize)]
+pub struct ReplyBody {
+    message: String,
+}
+
+pub async fn reply(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(body): Body<ReplyBody>,
+) -> ApiResult<Json<Task>> {
+    steerable_task(&state, &caller, &id).await?;
+    let action = Action::Reply {
+        message: body.message,
+    };
+    let applied = state.store.apply(&id, action, time::now()).await?;
+    Ok(Json(applied.task))
+}

@@ -1,0 +1,276 @@
+//! Workers: claimed by agents, reported on by their own account, steered by people.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::page_limit;
+use crate::core::actions::{Action, WorkerUpdate};
+use crate::core::claim::{MAX_TASKS_PER_CLAIM, MAX_WAIT_SECS};
+use crate::core::model::{TaskStatus, Worker, WorkerStatus};
+use crate::core::time;
+use crate::server::AppState;
+use crate::server::auth::Caller;
+use crate::server::error::{ApiError, ApiResult, Body, Params};
+use crate::store::{ClaimRequest, WorkerFilter};
+
+/// The most entries one `POST /api/workers/:id/messages` may carry.
+pub const MAX_MESSAGES_PER_BATCH: usize = 1000;
+/// While a claim waits, how often it looks again even without a local wake-up: tasks
+/// created through another server of a cluster only show up this way.
+const WAIT_RECHECK: Duration = Duration::from_secs(1);
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimBody {
+    max_tasks: Option<u32>,
+    workspace_id: Option<String>,
+    wait: Option<u64>,
+}
+
+pub async fn claim(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(body): Body<ClaimBody>,
+) -> ApiResult<Json<Value>> {
+    let account = caller.require_account()?.clone();
+    let max_tasks = body.max_tasks.unwrap_or(1);
+    if !(1..=MAX_TASKS_PER_CLAIM).contains(&max_tasks) {
+        return Err(ApiError::BadRequest(format!(
+            "maxTasks must be between 1 and {MAX_TASKS_PER_CLAIM}"
+        )));
+    }
+    let wait = body.wait.unwrap_or(0);
+    if wait > MAX_WAIT_SECS {
+        return Err(ApiError::BadRequest(format!(
+            "wait must be at most {MAX_WAIT_SECS} seconds"
+        )));
+    }
+    if let Some(ws) = &body.workspace_id {
+        if state.store.get_workspace(ws).await?.is_none() {
+            return Err(ApiError::NotFound(format!("workspace {ws} not found")));
+        }
+        if !caller.grant_on(&state, ws).await?.can_claim {
+            return Err(ApiError::Forbidden(format!(
+                "no canClaim grant on workspace {ws}"
+            )));
+        }
+    }
+    let request = ClaimRequest {
+        max_tasks,
+        workspace_id: body.workspace_id,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    loop {
+        // Register for wake-ups before looking, so a task created between the look and
+        // the wait is not missed.
+        let woken = state.new_work.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+
+        let claimed = state.store.claim(&account, &request, time::now()).await?;
+        let now = tokio::time::Instant::now();
+        if !claimed.is_empty() || now >= deadline {
+            let workers: Vec<Value> = claimed
+                .into_iter()
+                .map(|(worker, task)| {
+                    let mut entry = json!(worker);
+                    entry["task"] = json!(task);
+                    entry
+                })
+                .collect();
+            return Ok(Json(json!({ "workers": workers })));
+        }
+        tokio::select! {
+            _ = &mut woken => {}
+            _ = tokio::time::sleep(WAIT_RECHECK.min(deadline - now)) => {}
+            _ = state.shutdown.cancelled() => return Ok(Json(json!({ "workers": [] }))),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListQuery {
+    task_id: Option<String>,
+    status: Option<WorkerStatus>,
+    limit: Option<u32>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params(query): Params<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let filter = WorkerFilter {
+        task_id: query.task_id,
+        status: query.status,
+        visible_to: caller.scope(),
+        limit: page_limit(query.limit)?,
+    };
+    Ok(Json(
+        json!({ "workers": state.store.list_workers(&filter).await? }),
+    ))
+}
+
+async fn find(state: &AppState, id: &str) -> ApiResult<Worker> {
+    state
+        .store
+        .get_worker(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("worker {id} not found")))
+}
+
+fn is_owner(caller: &Caller, worker: &Worker) -> bool {
+    matches!(caller, Caller::Account(a) if a.id == worker.account_id)
+}
+
+/// The worker, if the caller may see it: the admin, its owner, or any account granted
+/// its workspace.
+async fn visible_worker(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Worker> {
+    let worker = find(state, id).await?;
+    if !is_owner(caller, &worker) {
+        caller.grant_on(state, &worker.workspace_id).await?;
+    }
+    Ok(worker)
+}
+
+/// The worker, if the caller is the account running it: only it reports progress.
+async fn owned_worker(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Worker> {
+    let worker = find(state, id).await?;
+    if !is_owner(caller, &worker) {
+        return Err(ApiError::Forbidden(format!(
+            "only the account running worker {id} may report for it"
+        )));
+    }
+    Ok(worker)
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Worker>> {
+    Ok(Json(visible_worker(&state, &caller, &id).await?))
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(update): Body<WorkerUpdate>,
+) -> ApiResult<Json<Worker>> {
+    owned_worker(&state, &caller, &id).await?;
+    let applied = state
+        .store
+        .apply(&id, Action::Update(update), time::now())
+        .await?;
+    if applied.task.status == TaskStatus::Pending {
+        state.new_work.notify_waiters();
+    }
+    applied
+        .worker
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("worker {id} not found")))
+}
+
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    owned_worker(&state, &caller, &id).await?;
+    let outcome = state
+        .store
+        .apply(&id, Action::Heartbeat, time::now())
+        .await?
+        .outcome;
+    let mut body = json!({ "cancel": outcome.cancel });
+    if let Some(reply) = outcome.reply {
+        body["reply"] = json!(reply);
+    }
+    Ok(Json(body))
+}
+
+/// Pause and start: a person steering a worker, so the admin may too.
+async fn steer(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    action: Action,
+) -> ApiResult<Json<Worker>> {
+    let worker = find(state, id).await?;
+    if !(caller.is_admin() || is_owner(caller, &worker)) {
+        return Err(ApiError::Forbidden(format!(
+            "only the admin or the account running worker {id} may steer it"
+        )));
+    }
+    let applied = state.store.apply(id, action, time::now()).await?;
+    applied
+        .worker
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("worker {id} not found")))
+}
+
+pub async fn pause(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Worker>> {
+    steer(&state, &caller, &id, Action::Pause).await
+}
+
+pub async fn start(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Worker>> {
+    steer(&state, &caller, &id, Action::Start).await
+}
+
+#[derive(Deserialize)]
+pub struct MessagesBody {
+    messages: Vec<Value>,
+}
+
+pub async fn append_messages(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(body): Body<MessagesBody>,
+) -> ApiResult<Json<Value>> {
+    owned_worker(&state, &caller, &id).await?;
+    let count = body.messages.len();
+    if count == 0 || count > MAX_MESSAGES_PER_BATCH {
+        return Err(ApiError::BadRequest(format!(
+            "messages must hold between 1 and {MAX_MESSAGES_PER_BATCH} entries"
+        )));
+    }
+    let last = state
+        .store
+        .append_messages(&id, &body.messages, time::now())
+        .await?;
+    Ok(Json(json!({ "appended": count, "lastSeq": last })))
+}
+
+#[derive(Deserialize)]
+pub struct MessagesQuery {
+    #[serde(default)]
+    after: i64,
+    limit: Option<u32>,
+}
+
+pub async fn messages(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Params(query): Params<MessagesQuery>,
+) -> ApiResult<Json<Value>> {
+    visible_worker(&state, &caller, &id).await?;
+    let limit = page_limit(Some(query.limit.unwrap_or(1000)))?;
+    let messages = state.store.list_messages(&id, query.after, limit).await?;
+    Ok(Json(json!({ "messages": messages })))
+}

@@ -1,0 +1,67 @@
+//! Workspaces: created by the admin, seen by the accounts granted them.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::core::ids::{IdKind, new_id};
+use crate::core::model::Workspace;
+use crate::core::{time, validate};
+use crate::server::AppState;
+use crate::server::auth::Caller;
+use crate::server::error::{ApiError, ApiResult, Body};
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewWorkspace {
+    name: String,
+    #[serde(alias = "repo")]
+    repo_url: Option<String>,
+    default_branch: Option<String>,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(body): Body<NewWorkspace>,
+) -> ApiResult<(StatusCode, Json<Workspace>)> {
+    caller.require_admin()?;
+    validate::text("name", &body.name, validate::MAX_NAME_LEN)?;
+    validate::optional_text("repoUrl", body.repo_url.as_deref(), validate::MAX_URL_LEN)?;
+    if let Some(branch) = &body.default_branch {
+        validate::text("defaultBranch", branch, validate::MAX_NAME_LEN)?;
+    }
+    let workspace = Workspace {
+        id: new_id(IdKind::Workspace),
+        name: body.name.trim().to_owned(),
+        repo_url: body.repo_url.filter(|u| !u.trim().is_empty()),
+        default_branch: body
+            .default_branch
+            .unwrap_or_else(|| validate::DEFAULT_BRANCH.to_owned()),
+        created_at: time::now(),
+    };
+    state.store.create_workspace(&workspace).await?;
+    Ok((StatusCode::CREATED, Json(workspace)))
+}
+
+pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    let scope = caller.scope();
+    let workspaces = state.store.list_workspaces(scope.as_deref()).await?;
+    Ok(Json(json!({ "workspaces": workspaces })))
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Workspace>> {
+    let workspace = state
+        .store
+        .get_workspace(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("workspace {id} not found")))?;
+    caller.grant_on(&state, &workspace.id).await?;
+    Ok(Json(workspace))
+}

@@ -1,0 +1,52 @@
+//! The lease sweeper: finds workers that stopped heartbeating and gives their tasks back.
+
+use tracing::{info, warn};
+
+use super::AppState;
+use crate::core::actions::Action;
+use crate::core::lease;
+use crate::core::model::TaskStatus;
+use crate::core::time;
+
+/// Sweeps every [`lease::sweep_interval`] until shutdown. Every server of a cluster
+/// runs one; each expiry re-checks the worker under its row lock, so a lost worker is
+/// expired by exactly one of them.
+pub async fn run(state: AppState) {
+    let mut tick = tokio::time::interval(lease::sweep_interval(state.lease_ttl));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = sweep_once(&state).await {
+            warn!(error = %e, "lease sweep failed; retrying at the next tick");
+        }
+    }
+}
+
+async fn sweep_once(state: &AppState) -> Result<(), crate::store::StoreError> {
+    let now = time::now();
+    let ttl = chrono::Duration::from_std(state.lease_ttl).unwrap_or(chrono::Duration::MAX);
+    let cutoff = now - ttl;
+    for worker_id in state.store.stale_workers(cutoff).await? {
+        let applied = state
+            .store
+            .apply(&worker_id, Action::Expire { cutoff }, now)
+            .await?;
+        if !applied.outcome.changed {
+            continue;
+        }
+        info!(
+            worker = %worker_id,
+            task = %applied.task.id,
+            task_status = %applied.task.status,
+            attempts = applied.task.attempts,
+            "worker lost its lease"
+        );
+        if applied.task.status == TaskStatus::Pending {
+            state.new_work.notify_waiters();
+        }
+    }
+    Ok(())
+}

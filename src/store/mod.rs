@@ -1,0 +1,184 @@
+//! Storage: one trait, two databases.
+//!
+//! Each method is one transaction. The stores move rows; every decision about what a
+//! row should become is made by [`crate::core`], so SQLite and Postgres cannot drift.
+//! The shared suite in `tests/store.rs` runs against both.
+
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::core::RuleError;
+use crate::core::actions::{Action, Outcome};
+use crate::core::model::{
+    Account, Grant, Message, Task, TaskStatus, Worker, WorkerStatus, Workspace,
+};
+use crate::core::time::Timestamp;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    /// The database failed or is out of reach. The message is for the log, never for
+    /// the client, because it can name internals.
+    #[error("database error: {0}")]
+    Backend(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which tasks `list_tasks` returns, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub workspace_id: Option<String>,
+    pub status: Option<TaskStatus>,
+    /// Only tasks of workspaces this account has been granted.
+    pub visible_to: Option<String>,
+    pub limit: u32,
+}
+
+/// Which workers `list_workers` returns, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerFilter {
+    pub task_id: Option<String>,
+    pub status: Option<WorkerStatus>,
+    /// Only workers of workspaces this account has been granted.
+    pub visible_to: Option<String>,
+    pub limit: u32,
+}
+
+/// What a claim asks for, already checked by the caller.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub max_tasks: u32,
+    pub workspace_id: Option<String>,
+}
+
+/// The rows an action left behind, and what it produced.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub task: Task,
+    pub worker: Option<Worker>,
+    pub outcome: Outcome,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn create_account(&self, account: &Account, key_hash: &str) -> Result<()>;
+    /// The account whose key hashes to `key_hash`.
+    async fn account_by_key_hash(&self, key_hash: &str) -> Result<Option<Account>>;
+    async fn get_account(&self, id: &str) -> Result<Option<Account>>;
+    async fn list_accounts(&self) -> Result<Vec<Account>>;
+
+    async fn create_workspace(&self, workspace: &Workspace) -> Result<()>;
+    async fn get_workspace(&self, id: &str) -> Result<Option<Workspace>>;
+    /// All workspaces, or those granted to `visible_to`.
+    async fn list_workspaces(&self, visible_to: Option<&str>) -> Result<Vec<Workspace>>;
+
+    /// Creates or replaces the grant of an account on a workspace.
+    async fn put_grant(&self, grant: &Grant) -> Result<()>;
+    /// Whether there was a grant to remove.
+    async fn delete_grant(&self, account_id: &str, workspace_id: &str) -> Result<bool>;
+    async fn get_grant(&self, account_id: &str, workspace_id: &str) -> Result<Option<Grant>>;
+
+    async fn create_task(&self, task: &Task) -> Result<()>;
+    async fn get_task(&self, id: &str) -> Result<Option<Task>>;
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>>;
+
+    /// Atomically picks the highest-priority, oldest pending tasks `account` may take
+    /// (grants, routing, worker and daily-cost limits) and creates their workers. A task
+    /// is never handed out twice, also under contention and across server processes.
+    async fn claim(
+        &self,
+        account: &Account,
+        request: &ClaimRequest,
+        now: Timestamp,
+    ) -> Result<Vec<(Worker, Task)>>;
+
+    async fn get_worker(&self, id: &str) -> Result<Option<Worker>>;
+    async fn list_workers(&self, filter: &WorkerFilter) -> Result<Vec<Worker>>;
+
+    /// Locks the task (and its worker), applies [`crate::core::actions::apply`] and
+    /// writes back the result with its events. `id` is a worker id for actions that
+    /// target a worker, a task id otherwise.
+    async fn apply(&self, id: &str, action: Action, now: Timestamp) -> Result<Applied>;
+
+    /// Appends to a worker's message stream (numbered on from its last entry) and
+    /// renews its lease. Returns the last sequence number written.
+    async fn append_messages(
+        &self,
+        worker_id: &str,
+        messages: &[Value],
+        now: Timestamp,
+    ) -> Result<i64>;
+    /// Up to `limit` messages with `seq > after`, in order.
+    async fn list_messages(&self, worker_id: &str, after: i64, limit: u32) -> Result<Vec<Message>>;
+
+    /// Ids of leased workers whose last heartbeat is older than `cutoff`. The sweeper
+    /// expires each with [`Action::Expire`], which re-checks under lock, so two servers
+    /// sweeping at once act on a worker only once.
+    async fn stale_workers(&self, cutoff: Timestamp) -> Result<Vec<String>>;
+}
+
+/// Opens the database `url` names (`sqlite:PATH` or `postgres://…`) and brings its
+/// schema up to date.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::connect(url).await?))
+    } else if let Some(path) = url.strip_prefix("sqlite:") {
+        let path = path.strip_prefix("//").unwrap_or(path);
+        Ok(Arc::new(SqliteStore::open(path.as_ref()).await?))
+    } else {
+        Err(StoreError::Backend(format!(
+            "unsupported database URL {url:?}: use sqlite:PATH or postgres://…"
+        )))
+    }
+}
+
+/// Parses a status or enum column, turning a value no version of buildd writes into an
+/// error instead of a panic.
+fn parse_column<T: std::str::FromStr<Err = String>>(text: &str) -> Result<T> {
+    text.parse().map_err(StoreError::Backend)
+}
+
+/// The SQL list `'a', 'b', …` of statuses, for `IN (…)`: built from the core's
+/// constants so the database never holds a second copy of the rule.
+fn status_list(statuses: &[WorkerStatus]) -> String {
+    statuses
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Column lists, the same in both schemas, in the order the row readers expect.
+const ACCOUNT_COLUMNS: &str = "id, type, name, auth_type, max_concurrent_workers, \
+     max_concurrent_sessions, max_cost_per_day, github_repo, created_at";
+const WORKSPACE_COLUMNS: &str = "id, name, repo_url, default_branch, created_at";
+const TASK_COLUMNS: &str = "id, workspace_id, title, description, runner_preference, \
+     priority, status, attempts, max_attempts, max_cost_usd, claimed_by, worker_id, \
+     created_at, claimed_at, completed_at, result";
+const WORKER_COLUMNS: &str = "id, task_id, workspace_id, account_id, status, cost_usd, \
+     turns, session_id, branch, commit_sha, pr_url, question, error, pending_reply, \
+     started_at, heartbeat_at, finished_at";

@@ -1,0 +1,664 @@
+//! The team store: Postgres, shared by any number of `buildd serve` processes.
+//!
+//! Correctness across processes comes from row locks, taken in one order everywhere
+//! (account, then task, then worker) so that transactions never deadlock:
+//! - a claim locks its account row, which serialises the claims of one account so its
+//!   worker and cost limits hold, and takes tasks with `FOR UPDATE SKIP LOCKED`, so
+//!   claims of different accounts pass each other instead of queueing or colliding;
+//! - every later change locks the task and then its worker before applying the core's
+//!   rules, so the sweeper of one server and an agent's update through another cannot
+//!   both act on the same worker.
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, PgConnection, Row};
+
+use super::{
+    ACCOUNT_COLUMNS, Applied, ClaimRequest, Result, Store, StoreError, TASK_COLUMNS, TaskFilter,
+    WORKER_COLUMNS, WORKSPACE_COLUMNS, WorkerFilter, parse_column, status_list,
+};
+use crate::core::actions::{self, Action};
+use crate::core::claim;
+use crate::core::events::Event;
+use crate::core::model::{Account, Grant, Message, Task, Worker, WorkerStatus, Workspace};
+use crate::core::time::{self, Timestamp};
+
+const MAX_CONNECTIONS: u32 = 16;
+
+/// Marks SQL assembled with `format!` as reviewed: every piece spliced in is one of the
+/// constant column or status lists, never input; values always go through `bind`.
+fn built(sql: String) -> AssertSqlSafe<String> {
+    AssertSqlSafe(sql)
+}
+
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects and runs pending migrations (sqlx holds an advisory lock while it does,
+    /// so several servers starting together migrate once).
+    pub async fn connect(url: &str) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
+        Ok(PostgresStore { pool })
+    }
+}
+
+fn enum_col<T: std::str::FromStr<Err = String>>(row: &PgRow, col: &str) -> Result<T> {
+    parse_column(row.try_get::<&str, _>(col)?)
+}
+
+fn account_from_row(row: &PgRow) -> Result<Account> {
+    Ok(Account {
+        id: row.try_get("id")?,
+        account_type: enum_col(row, "type")?,
+        name: row.try_get("name")?,
+        auth_type: enum_col(row, "auth_type")?,
+        max_concurrent_workers: row.try_get("max_concurrent_workers")?,
+        max_concurrent_sessions: row.try_get("max_concurrent_sessions")?,
+        max_cost_per_day: row.try_get("max_cost_per_day")?,
+        github_repo: row.try_get("github_repo")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn workspace_from_row(row: &PgRow) -> Result<Workspace> {
+    Ok(Workspace {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        repo_url: row.try_get("repo_url")?,
+        default_branch: row.try_get("default_branch")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn task_from_row(row: &PgRow) -> Result<Task> {
+    Ok(Task {
+        id: row.try_get("id")?,
+        workspace_id: row.try_get("workspace_id")?,
+        title: row.try_get("title")?,
+        description: row.try_get("description")?,
+        runner_preference: enum_col(row, "runner_preference")?,
+        priority: row.try_get("priority")?,
+        status: enum_col(row, "status")?,
+        attempts: row.try_get("attempts")?,
+        max_attempts: row.try_get("max_attempts")?,
+        max_cost_usd: row.try_get("max_cost_usd")?,
+        claimed_by: row.try_get("claimed_by")?,
+        worker_id: row.try_get("worker_id")?,
+        created_at: row.try_get("created_at")?,
+        claimed_at: row.try_get("claimed_at")?,
+        completed_at: row.try_get("completed_at")?,
+        result: row
+            .try_get::<Option<Json<Value>>, _>("result")?
+            .map(|j| j.0),
+    })
+}
+
+fn worker_from_row(row: &PgRow) -> Result<Worker> {
+    Ok(Worker {
+        id: row.try_get("id")?,
+        task_id: row.try_get("task_id")?,
+        workspace_id: row.try_get("workspace_id")?,
+        account_id: row.try_get("account_id")?,
+        status: enum_col(row, "status")?,
+        cost_usd: row.try_get("cost_usd")?,
+        turns: row.try_get("turns")?,
+        session_id: row.try_get("session_id")?,
+        branch: row.try_get("branch")?,
+        commit_sha: row.try_get("commit_sha")?,
+        pr_url: row.try_get("pr_url")?,
+        question: row.try_get("question")?,
+        error: row.try_get("error")?,
+        pending_reply: row.try_get("pending_reply")?,
+        started_at: row.try_get("started_at")?,
+        heartbeat_at: row.try_get("heartbeat_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+/// `SELECT … FOR UPDATE` of one task.
+async fn lock_task(conn: &mut PgConnection, id: &str) -> Result<Option<Task>> {
+    let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1 FOR UPDATE");
+    sqlx::query(built(sql))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?
+        .map(|r| task_from_row(&r))
+        .transpose()
+}
+
+/// `SELECT … FOR UPDATE` of one worker.
+async fn lock_worker(conn: &mut PgConnection, id: &str) -> Result<Option<Worker>> {
+    let sql = format!("SELECT {WORKER_COLUMNS} FROM workers WHERE id = $1 FOR UPDATE");
+    sqlx::query(built(sql))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?
+        .map(|r| worker_from_row(&r))
+        .transpose()
+}
+
+async fn insert_worker(conn: &mut PgConnection, w: &Worker) -> Result<()> {
+    sqlx::query(built(format!(
+        "INSERT INTO workers ({WORKER_COLUMNS}) VALUES \
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+    )))
+    .bind(&w.id)
+    .bind(&w.task_id)
+    .bind(&w.workspace_id)
+    .bind(&w.account_id)
+    .bind(w.status.as_str())
+    .bind(w.cost_usd)
+    .bind(w.turns)
+    .bind(&w.session_id)
+    .bind(&w.branch)
+    .bind(&w.commit_sha)
+    .bind(&w.pr_url)
+    .bind(&w.question)
+    .bind(&w.error)
+    .bind(&w.pending_reply)
+    .bind(w.started_at)
+    .bind(w.heartbeat_at)
+    .bind(w.finished_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes back every field of a worker that can change after it was created.
+async fn save_worker(conn: &mut PgConnection, w: &Worker) -> Result<()> {
+    sqlx::query(
+        "UPDATE workers SET status = $2, cost_usd = $3, turns = $4, session_id = $5, \
+         branch = $6, commit_sha = $7, pr_url = $8, question = $9, error = $10, \
+         pending_reply = $11, heartbeat_at = $12, finished_at = $13 WHERE id = $1",
+    )
+    .bind(&w.id)
+    .bind(w.status.as_str())
+    .bind(w.cost_usd)
+    .bind(w.turns)
+    .bind(&w.session_id)
+    .bind(&w.branch)
+    .bind(&w.commit_sha)
+    .bind(&w.pr_url)
+    .bind(&w.question)
+    .bind(&w.error)
+    .bind(&w.pending_reply)
+    .bind(w.heartbeat_at)
+    .bind(w.finished_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes back every field of a task that can change after it was created.
+async fn save_task(conn: &mut PgConnection, t: &Task) -> Result<()> {
+    sqlx::query(
+        "UPDATE tasks SET status = $2, attempts = $3, claimed_by = $4, worker_id = $5, \
+         claimed_at = $6, completed_at = $7, result = $8 WHERE id = $1",
+    )
+    .bind(&t.id)
+    .bind(t.status.as_str())
+    .bind(t.attempts)
+    .bind(&t.claimed_by)
+    .bind(&t.worker_id)
+    .bind(t.claimed_at)
+    .bind(t.completed_at)
+    .bind(t.result.as_ref().map(Json))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Inserts all `events` in one statement.
+async fn insert_events(conn: &mut PgConnection, events: &[Event], now: Timestamp) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = events.iter().map(|e| e.name).collect();
+    let workspaces: Vec<&str> = events.iter().map(|e| e.workspace_id.as_str()).collect();
+    let data: Vec<String> = events.iter().map(|e| e.data.to_string()).collect();
+    sqlx::query(
+        "INSERT INTO events (name, workspace_id, data, created_at) \
+         SELECT n, w, d::jsonb, $4 FROM UNNEST($1::text[], $2::text[], $3::text[]) \
+         WITH ORDINALITY AS e (n, w, d, ord) ORDER BY ord",
+    )
+    .bind(names)
+    .bind(workspaces)
+    .bind(data)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Appends to a worker's stream; the caller holds the worker's row lock, which keeps
+/// sequence numbers unique. Returns the last sequence number.
+async fn insert_messages(
+    conn: &mut PgConnection,
+    worker: &Worker,
+    messages: &[Value],
+    now: Timestamp,
+) -> Result<i64> {
+    let last: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM messages WHERE worker_id = $1")
+            .bind(&worker.id)
+            .fetch_one(&mut *conn)
+            .await?;
+    let bodies: Vec<String> = messages.iter().map(Value::to_string).collect();
+    sqlx::query(
+        "INSERT INTO messages (worker_id, seq, body, created_at) \
+         SELECT $1, $2 + ord, body::jsonb, $4 FROM UNNEST($3::text[]) WITH ORDINALITY AS m (body, ord)",
+    )
+    .bind(&worker.id)
+    .bind(last)
+    .bind(bodies)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    let events: Vec<Event> = messages
+        .iter()
+        .map(|m| Event::worker_message(worker, m))
+        .collect();
+    insert_events(conn, &events, now).await?;
+    Ok(last + messages.len() as i64)
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn create_account(&self, a: &Account, key_hash: &str) -> Result<()> {
+        sqlx::query(built(format!(
+            "INSERT INTO accounts ({ACCOUNT_COLUMNS}, key_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        )))
+        .bind(&a.id)
+        .bind(a.account_type.as_str())
+        .bind(&a.name)
+        .bind(a.auth_type.as_str())
+        .bind(a.max_concurrent_workers)
+        .bind(a.max_concurrent_sessions)
+        .bind(a.max_cost_per_day)
+        .bind(&a.github_repo)
+        .bind(a.created_at)
+        .bind(key_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn account_by_key_hash(&self, key_hash: &str) -> Result<Option<Account>> {
+        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE key_hash = $1");
+        sqlx::query(built(sql))
+            .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| account_from_row(&r))
+            .transpose()
+    }
+
+    async fn get_account(&self, id: &str) -> Result<Option<Account>> {
+        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1");
+        sqlx::query(built(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| account_from_row(&r))
+            .transpose()
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<Account>> {
+        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY created_at, id");
+        sqlx::query(built(sql))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(account_from_row)
+            .collect()
+    }
+
+    async fn create_workspace(&self, w: &Workspace) -> Result<()> {
+        sqlx::query(built(format!(
+            "INSERT INTO workspaces ({WORKSPACE_COLUMNS}) VALUES ($1, $2, $3, $4, $5)"
+        )))
+        .bind(&w.id)
+        .bind(&w.name)
+        .bind(&w.repo_url)
+        .bind(&w.default_branch)
+        .bind(w.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_workspace(&self, id: &str) -> Result<Option<Workspace>> {
+        let sql = format!("SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE id = $1");
+        sqlx::query(built(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| workspace_from_row(&r))
+            .transpose()
+    }
+
+    async fn list_workspaces(&self, visible_to: Option<&str>) -> Result<Vec<Workspace>> {
+        let sql = format!(
+            "SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE $1::text IS NULL OR id IN \
+             (SELECT workspace_id FROM account_workspaces WHERE account_id = $1) \
+             ORDER BY created_at, id"
+        );
+        sqlx::query(built(sql))
+            .bind(visible_to)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(workspace_from_row)
+            .collect()
+    }
+
+    async fn put_grant(&self, g: &Grant) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO account_workspaces (account_id, workspace_id, can_claim, can_create) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (account_id, workspace_id) \
+             DO UPDATE SET can_claim = excluded.can_claim, can_create = excluded.can_create",
+        )
+        .bind(&g.account_id)
+        .bind(&g.workspace_id)
+        .bind(g.can_claim)
+        .bind(g.can_create)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_grant(&self, account_id: &str, workspace_id: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "DELETE FROM account_workspaces WHERE account_id = $1 AND workspace_id = $2",
+        )
+        .bind(account_id)
+        .bind(workspace_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn get_grant(&self, account_id: &str, workspace_id: &str) -> Result<Option<Grant>> {
+        let row = sqlx::query(
+            "SELECT account_id, workspace_id, can_claim, can_create FROM account_workspaces \
+             WHERE account_id = $1 AND workspace_id = $2",
+        )
+        .bind(account_id)
+        .bind(workspace_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(Grant {
+                account_id: r.try_get("account_id")?,
+                workspace_id: r.try_get("workspace_id")?,
+                can_claim: r.try_get("can_claim")?,
+                can_create: r.try_get("can_create")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn create_task(&self, t: &Task) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(built(format!(
+            "INSERT INTO tasks ({TASK_COLUMNS}) VALUES \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+        )))
+        .bind(&t.id)
+        .bind(&t.workspace_id)
+        .bind(&t.title)
+        .bind(&t.description)
+        .bind(t.runner_preference.as_str())
+        .bind(t.priority)
+        .bind(t.status.as_str())
+        .bind(t.attempts)
+        .bind(t.max_attempts)
+        .bind(t.max_cost_usd)
+        .bind(&t.claimed_by)
+        .bind(&t.worker_id)
+        .bind(t.created_at)
+        .bind(t.claimed_at)
+        .bind(t.completed_at)
+        .bind(t.result.as_ref().map(Json))
+        .execute(&mut *tx)
+        .await?;
+        insert_events(&mut tx, &[Event::task_created(t)], t.created_at).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_task(&self, id: &str) -> Result<Option<Task>> {
+        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1");
+        sqlx::query(built(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| task_from_row(&r))
+            .transpose()
+    }
+
+    async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<Task>> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks \
+             WHERE ($1::text IS NULL OR workspace_id = $1) AND ($2::text IS NULL OR status = $2) \
+             AND ($3::text IS NULL OR workspace_id IN \
+                  (SELECT workspace_id FROM account_workspaces WHERE account_id = $3)) \
+             ORDER BY created_at DESC, id DESC LIMIT $4"
+        );
+        sqlx::query(built(sql))
+            .bind(&f.workspace_id)
+            .bind(f.status.map(|s| s.as_str()))
+            .bind(&f.visible_to)
+            .bind(i64::from(f.limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(task_from_row)
+            .collect()
+    }
+
+    async fn claim(
+        &self,
+        account: &Account,
+        request: &ClaimRequest,
+        now: Timestamp,
+    ) -> Result<Vec<(Worker, Task)>> {
+        let mut tx = self.pool.begin().await?;
+        // Locking the account row serialises this account's claims, so the counts
+        // below stay true until commit; its limits are re-read as they are now.
+        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1 FOR UPDATE");
+        let account = match sqlx::query(built(sql))
+            .bind(&account.id)
+            .fetch_optional(&mut *tx)
+            .await?
+        {
+            Some(row) => account_from_row(&row)?,
+            None => return Err(StoreError::NotFound(format!("account {}", account.id))),
+        };
+        let usage = sqlx::query(built(format!(
+            "SELECT (SELECT COUNT(*) FROM workers WHERE account_id = $1 AND status IN ({})) AS active, \
+                    (SELECT COALESCE(SUM(cost_usd), 0) FROM workers \
+                     WHERE account_id = $1 AND started_at >= $2) AS cost_today",
+            status_list(WorkerStatus::ACTIVE)
+        )))
+        .bind(&account.id)
+        .bind(time::utc_day_start(now))
+        .fetch_one(&mut *tx)
+        .await?;
+        let slots = claim::free_slots(
+            &account,
+            usage.try_get("active")?,
+            usage.try_get("cost_today")?,
+            request.max_tasks,
+        );
+        if slots == 0 {
+            return Ok(Vec::new());
+        }
+        let [any, own] = claim::preferences_for(account.account_type);
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE status = 'pending' \
+             AND runner_preference IN ($2, $3) \
+             AND workspace_id IN (SELECT workspace_id FROM account_workspaces \
+                                  WHERE account_id = $1 AND can_claim) \
+             AND ($4::text IS NULL OR workspace_id = $4) \
+             ORDER BY priority DESC, created_at, id LIMIT $5 FOR UPDATE SKIP LOCKED"
+        );
+        let rows = sqlx::query(built(sql))
+            .bind(&account.id)
+            .bind(any.as_str())
+            .bind(own.as_str())
+            .bind(&request.workspace_id)
+            .bind(i64::from(slots))
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        let mut events = Vec::new();
+        for row in &rows {
+            let mut task = task_from_row(row)?;
+            let (worker, task_events) = claim::assign(&mut task, &account, now);
+            save_task(&mut tx, &task).await?;
+            insert_worker(&mut tx, &worker).await?;
+            events.extend(task_events);
+            claimed.push((worker, task));
+        }
+        insert_events(&mut tx, &events, now).await?;
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn get_worker(&self, id: &str) -> Result<Option<Worker>> {
+        let sql = format!("SELECT {WORKER_COLUMNS} FROM workers WHERE id = $1");
+        sqlx::query(built(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| worker_from_row(&r))
+            .transpose()
+    }
+
+    async fn list_workers(&self, f: &WorkerFilter) -> Result<Vec<Worker>> {
+        let sql = format!(
+            "SELECT {WORKER_COLUMNS} FROM workers \
+             WHERE ($1::text IS NULL OR task_id = $1) AND ($2::text IS NULL OR status = $2) \
+             AND ($3::text IS NULL OR workspace_id IN \
+                  (SELECT workspace_id FROM account_workspaces WHERE account_id = $3)) \
+             ORDER BY started_at DESC, id DESC LIMIT $4"
+        );
+        sqlx::query(built(sql))
+            .bind(&f.task_id)
+            .bind(f.status.map(|s| s.as_str()))
+            .bind(&f.visible_to)
+            .bind(i64::from(f.limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(worker_from_row)
+            .collect()
+    }
+
+    async fn apply(&self, id: &str, action: Action, now: Timestamp) -> Result<Applied> {
+        let mut tx = self.pool.begin().await?;
+        let (mut task, mut worker) = if action.targets_worker() {
+            // A worker's task never changes, so it can be read before locking: the
+            // locks are then taken task first, like everywhere else.
+            let task_id: Option<String> =
+                sqlx::query_scalar("SELECT task_id FROM workers WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let task_id = task_id.ok_or_else(|| StoreError::NotFound(format!("worker {id}")))?;
+            let task = lock_task(&mut tx, &task_id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("task {task_id}")))?;
+            let worker = lock_worker(&mut tx, id).await?;
+            (task, worker)
+        } else {
+            let task = lock_task(&mut tx, id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
+            let worker = match &task.worker_id {
+                Some(w) => lock_worker(&mut tx, w).await?,
+                None => None,
+            };
+            (task, worker)
+        };
+        let outcome = actions::apply(action, &mut task, worker.as_mut(), now)?;
+        if outcome.changed {
+            save_task(&mut tx, &task).await?;
+            if let Some(w) = &worker {
+                save_worker(&mut tx, w).await?;
+                if !outcome.messages.is_empty() {
+                    insert_messages(&mut tx, w, &outcome.messages, now).await?;
+                }
+            }
+            insert_events(&mut tx, &outcome.events, now).await?;
+            tx.commit().await?;
+        }
+        Ok(Applied {
+            task,
+            worker,
+            outcome,
+        })
+    }
+
+    async fn append_messages(
+        &self,
+        worker_id: &str,
+        messages: &[Value],
+        now: Timestamp,
+    ) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let mut worker = lock_worker(&mut tx, worker_id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("worker {worker_id}")))?;
+        let last = insert_messages(&mut tx, &worker, messages, now).await?;
+        worker.heartbeat_at = now;
+        save_worker(&mut tx, &worker).await?;
+        tx.commit().await?;
+        Ok(last)
+    }
+
+    async fn list_messages(&self, worker_id: &str, after: i64, limit: u32) -> Result<Vec<Message>> {
+        let rows = sqlx::query(
+            "SELECT seq, body, created_at FROM messages WHERE worker_id = $1 AND seq > $2 \
+             ORDER BY seq LIMIT $3",
+        )
+        .bind(worker_id)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Message {
+                    seq: r.try_get("seq")?,
+                    message: r.try_get::<Json<Value>, _>("body")?.0,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn stale_workers(&self, cutoff: Timestamp) -> Result<Vec<String>> {
+        let sql = format!(
+            "SELECT id FROM workers WHERE status IN ({}) AND heartbeat_at < $1",
+            status_list(WorkerStatus::LEASED)
+        );
+        Ok(sqlx::query_scalar(built(sql))
+            .bind(cutoff)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+}

@@ -1,0 +1,739 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! rusqlite is synchronous, so every call runs on tokio's blocking pool. All writes go
+//! through one connection and open with `BEGIN IMMEDIATE`, which takes SQLite's single
+//! write lock up front: a claim reads and updates under that lock, so no two claims
+//! interleave, even from two processes on the same file (the busy timeout makes the
+//! second wait). Reads use a few connections of their own, which WAL lets run beside
+//! the writer.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use serde_json::Value;
+
+use super::{
+    ACCOUNT_COLUMNS, Applied, ClaimRequest, Result, Store, StoreError, TASK_COLUMNS, TaskFilter,
+    WORKER_COLUMNS, WORKSPACE_COLUMNS, WorkerFilter, parse_column, status_list,
+};
+use crate::core::actions::{self, Action};
+use crate::core::claim;
+use crate::core::events::Event;
+use crate::core::model::{Account, Grant, Message, Task, Worker, WorkerStatus, Workspace};
+use crate::core::time::{self, Timestamp};
+
+/// Schema migrations in order; `PRAGMA user_version` records how many have run.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_initial.sql")];
+const READERS: usize = 4;
+
+pub struct SqliteStore {
+    writer: Arc<Mutex<Connection>>,
+    readers: Arc<Vec<Mutex<Connection>>>,
+    next_reader: AtomicUsize,
+}
+
+fn connect(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+    )?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let done: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for sql in MIGRATIONS.iter().skip(usize::try_from(done).unwrap_or(0)) {
+        tx.execute_batch(sql)?;
+    }
+    tx.execute_batch(&format!("PRAGMA user_version = {}", MIGRATIONS.len()))?;
+    tx.commit()?;
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and migrates it.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+            let mut writer = connect(&path)?;
+            migrate(&mut writer)?;
+            let readers = (0..READERS)
+                .map(|_| connect(&path).map(Mutex::new))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(SqliteStore {
+                writer: Arc::new(Mutex::new(writer)),
+                readers: Arc::new(readers),
+                next_reader: AtomicUsize::new(0),
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction, committed if `f` succeeds.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Transaction) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+
+    /// Runs `f` on one of the read connections, taking turns.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let readers = self.readers.clone();
+        let index = self.next_reader.fetch_add(1, Ordering::Relaxed) % readers.len();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers[index].lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+}
+
+fn millis(t: Timestamp) -> i64 {
+    t.timestamp_millis()
+}
+
+fn opt_millis(t: Option<Timestamp>) -> Option<i64> {
+    t.map(millis)
+}
+
+/// Reads a column that holds one of the core's string enums.
+fn enum_col<T: std::str::FromStr<Err = String>>(row: &Row, idx: usize) -> rusqlite::Result<T> {
+    let text: String = row.get(idx)?;
+    parse_column(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn time_col(row: &Row, idx: usize) -> rusqlite::Result<Timestamp> {
+    Ok(time::from_millis(row.get(idx)?))
+}
+
+fn opt_time_col(row: &Row, idx: usize) -> rusqlite::Result<Option<Timestamp>> {
+    Ok(row.get::<_, Option<i64>>(idx)?.map(time::from_millis))
+}
+
+fn json_col(row: &Row, idx: usize) -> rusqlite::Result<Option<Value>> {
+    row.get::<_, Option<String>>(idx)?
+        .map(|text| {
+            serde_json::from_str(&text).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    idx,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })
+        })
+        .transpose()
+}
+
+fn account_from_row(row: &Row) -> rusqlite::Result<Account> {
+    Ok(Account {
+        id: row.get(0)?,
+        account_type: enum_col(row, 1)?,
+        name: row.get(2)?,
+        auth_type: enum_col(row, 3)?,
+        max_concurrent_workers: row.get(4)?,
+        max_concurrent_sessions: row.get(5)?,
+        max_cost_per_day: row.get(6)?,
+        github_repo: row.get(7)?,
+        created_at: time_col(row, 8)?,
+    })
+}
+
+fn workspace_from_row(row: &Row) -> rusqlite::Result<Workspace> {
+    Ok(Workspace {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        repo_url: row.get(2)?,
+        default_branch: row.get(3)?,
+        created_at: time_col(row, 4)?,
+    })
+}
+
+fn task_from_row(row: &Row) -> rusqlite::Result<Task> {
+    Ok(Task {
+        id: row.get(0)?,
+        workspace_id: row.get(1)?,
+        title: row.get(2)?,
+        description: row.get(3)?,
+        runner_preference: enum_col(row, 4)?,
+        priority: row.get(5)?,
+        status: enum_col(row, 6)?,
+        attempts: row.get(7)?,
+        max_attempts: row.get(8)?,
+        max_cost_usd: row.get(9)?,
+        claimed_by: row.get(10)?,
+        worker_id: row.get(11)?,
+        created_at: time_col(row, 12)?,
+        claimed_at: opt_time_col(row, 13)?,
+        completed_at: opt_time_col(row, 14)?,
+        result: json_col(row, 15)?,
+    })
+}
+
+fn worker_from_row(row: &Row) -> rusqlite::Result<Worker> {
+    Ok(Worker {
+        id: row.get(0)?,
+        task_id: row.get(1)?,
+        workspace_id: row.get(2)?,
+        account_id: row.get(3)?,
+        status: enum_col(row, 4)?,
+        cost_usd: row.get(5)?,
+        turns: row.get(6)?,
+        session_id: row.get(7)?,
+        branch: row.get(8)?,
+        commit_sha: row.get(9)?,
+        pr_url: row.get(10)?,
+        question: row.get(11)?,
+        error: row.get(12)?,
+        pending_reply: row.get(13)?,
+        started_at: time_col(row, 14)?,
+        heartbeat_at: time_col(row, 15)?,
+        finished_at: opt_time_col(row, 16)?,
+    })
+}
+
+fn load_task(conn: &Connection, id: &str) -> Result<Option<Task>> {
+    let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1");
+    Ok(conn.query_row(&sql, [id], task_from_row).optional()?)
+}
+
+fn load_worker(conn: &Connection, id: &str) -> Result<Option<Worker>> {
+    let sql = format!("SELECT {WORKER_COLUMNS} FROM workers WHERE id = ?1");
+    Ok(conn.query_row(&sql, [id], worker_from_row).optional()?)
+}
+
+fn insert_worker(tx: &Transaction, w: &Worker) -> Result<()> {
+    tx.prepare_cached(&format!(
+        "INSERT INTO workers ({WORKER_COLUMNS}) VALUES \
+         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+    ))?
+    .execute(params![
+        w.id,
+        w.task_id,
+        w.workspace_id,
+        w.account_id,
+        w.status.as_str(),
+        w.cost_usd,
+        w.turns,
+        w.session_id,
+        w.branch,
+        w.commit_sha,
+        w.pr_url,
+        w.question,
+        w.error,
+        w.pending_reply,
+        millis(w.started_at),
+        millis(w.heartbeat_at),
+        opt_millis(w.finished_at),
+    ])?;
+    Ok(())
+}
+
+/// Writes back every field of a worker that can change after it was created.
+fn save_worker(tx: &Transaction, w: &Worker) -> Result<()> {
+    tx.prepare_cached(
+        "UPDATE workers SET status = ?2, cost_usd = ?3, turns = ?4, session_id = ?5, \
+         branch = ?6, commit_sha = ?7, pr_url = ?8, question = ?9, error = ?10, \
+         pending_reply = ?11, heartbeat_at = ?12, finished_at = ?13 WHERE id = ?1",
+    )?
+    .execute(params![
+        w.id,
+        w.status.as_str(),
+        w.cost_usd,
+        w.turns,
+        w.session_id,
+        w.branch,
+        w.commit_sha,
+        w.pr_url,
+        w.question,
+        w.error,
+        w.pending_reply,
+        millis(w.heartbeat_at),
+        opt_millis(w.finished_at),
+    ])?;
+    Ok(())
+}
+
+/// Writes back every field of a task that can change after it was created.
+fn save_task(tx: &Transaction, t: &Task) -> Result<()> {
+    tx.prepare_cached(
+        "UPDATE tasks SET status = ?2, attempts = ?3, claimed_by = ?4, worker_id = ?5, \
+         claimed_at = ?6, completed_at = ?7, result = ?8 WHERE id = ?1",
+    )?
+    .execute(params![
+        t.id,
+        t.status.as_str(),
+        t.attempts,
+        t.claimed_by,
+        t.worker_id,
+        opt_millis(t.claimed_at),
+        opt_millis(t.completed_at),
+        t.result.as_ref().map(Value::to_string),
+    ])?;
+    Ok(())
+}
+
+fn insert_events(tx: &Transaction, events: &[Event], now: Timestamp) -> Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO events (name, workspace_id, data, created_at) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for e in events {
+        stmt.execute(params![
+            e.name,
+            e.workspace_id,
+            e.data.to_string(),
+            millis(now)
+        ])?;
+    }
+    Ok(())
+}
+
+/// Appends to a worker's stream inside `tx`; returns the last sequence number.
+fn insert_messages(
+    tx: &Transaction,
+    worker: &Worker,
+    messages: &[Value],
+    now: Timestamp,
+) -> Result<i64> {
+    let mut seq: i64 = tx
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM messages WHERE worker_id = ?1")?
+        .query_row([&worker.id], |r| r.get(0))?;
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO messages (worker_id, seq, body, created_at) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    let mut events = Vec::with_capacity(messages.len());
+    for m in messages {
+        seq += 1;
+        stmt.execute(params![worker.id, seq, m.to_string(), millis(now)])?;
+        events.push(Event::worker_message(worker, m));
+    }
+    insert_events(tx, &events, now)?;
+    Ok(seq)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_account(&self, a: &Account, key_hash: &str) -> Result<()> {
+        let a = a.clone();
+        let key_hash = key_hash.to_owned();
+        self.write(move |tx| {
+            tx.execute(
+                &format!("INSERT INTO accounts ({ACCOUNT_COLUMNS}, key_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                params![
+                    a.id,
+                    a.account_type.as_str(),
+                    a.name,
+                    a.auth_type.as_str(),
+                    a.max_concurrent_workers,
+                    a.max_concurrent_sessions,
+                    a.max_cost_per_day,
+                    a.github_repo,
+                    millis(a.created_at),
+                    key_hash,
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn account_by_key_hash(&self, key_hash: &str) -> Result<Option<Account>> {
+        let key_hash = key_hash.to_owned();
+        self.read(move |c| {
+            let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE key_hash = ?1");
+            Ok(c.prepare_cached(&sql)?
+                .query_row([key_hash], account_from_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn get_account(&self, id: &str) -> Result<Option<Account>> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?1");
+            Ok(c.prepare_cached(&sql)?
+                .query_row([id], account_from_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<Account>> {
+        self.read(|c| {
+            let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY created_at, id");
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map([], account_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn create_workspace(&self, w: &Workspace) -> Result<()> {
+        let w = w.clone();
+        self.write(move |tx| {
+            tx.execute(
+                &format!(
+                    "INSERT INTO workspaces ({WORKSPACE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"
+                ),
+                params![
+                    w.id,
+                    w.name,
+                    w.repo_url,
+                    w.default_branch,
+                    millis(w.created_at)
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_workspace(&self, id: &str) -> Result<Option<Workspace>> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            let sql = format!("SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE id = ?1");
+            Ok(c.prepare_cached(&sql)?
+                .query_row([id], workspace_from_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn list_workspaces(&self, visible_to: Option<&str>) -> Result<Vec<Workspace>> {
+        let visible_to = visible_to.map(str::to_owned);
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE ?1 IS NULL OR id IN \
+                 (SELECT workspace_id FROM account_workspaces WHERE account_id = ?1) \
+                 ORDER BY created_at, id"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map([visible_to], workspace_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn put_grant(&self, g: &Grant) -> Result<()> {
+        let g = g.clone();
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO account_workspaces (account_id, workspace_id, can_claim, can_create) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (account_id, workspace_id) \
+                 DO UPDATE SET can_claim = excluded.can_claim, can_create = excluded.can_create",
+                params![g.account_id, g.workspace_id, g.can_claim, g.can_create],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_grant(&self, account_id: &str, workspace_id: &str) -> Result<bool> {
+        let (a, w) = (account_id.to_owned(), workspace_id.to_owned());
+        self.write(move |tx| {
+            let n = tx.execute(
+                "DELETE FROM account_workspaces WHERE account_id = ?1 AND workspace_id = ?2",
+                params![a, w],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn get_grant(&self, account_id: &str, workspace_id: &str) -> Result<Option<Grant>> {
+        let (a, w) = (account_id.to_owned(), workspace_id.to_owned());
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT account_id, workspace_id, can_claim, can_create FROM account_workspaces \
+                 WHERE account_id = ?1 AND workspace_id = ?2",
+            )?
+            .query_row(params![a, w], |r| {
+                Ok(Grant {
+                    account_id: r.get(0)?,
+                    workspace_id: r.get(1)?,
+                    can_claim: r.get(2)?,
+                    can_create: r.get(3)?,
+                })
+            })
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn create_task(&self, t: &Task) -> Result<()> {
+        let t = t.clone();
+        self.write(move |tx| {
+            tx.prepare_cached(&format!(
+                "INSERT INTO tasks ({TASK_COLUMNS}) VALUES \
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+            ))?
+            .execute(params![
+                t.id,
+                t.workspace_id,
+                t.title,
+                t.description,
+                t.runner_preference.as_str(),
+                t.priority,
+                t.status.as_str(),
+                t.attempts,
+                t.max_attempts,
+                t.max_cost_usd,
+                t.claimed_by,
+                t.worker_id,
+                millis(t.created_at),
+                opt_millis(t.claimed_at),
+                opt_millis(t.completed_at),
+                t.result.as_ref().map(Value::to_string),
+            ])?;
+            insert_events(tx, &[Event::task_created(&t)], t.created_at)
+        })
+        .await
+    }
+
+    async fn get_task(&self, id: &str) -> Result<Option<Task>> {
+        let id = id.to_owned();
+        self.read(move |c| load_task(c, &id)).await
+    }
+
+    async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<Task>> {
+        let f = f.clone();
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {TASK_COLUMNS} FROM tasks \
+                 WHERE (?1 IS NULL OR workspace_id = ?1) AND (?2 IS NULL OR status = ?2) \
+                 AND (?3 IS NULL OR workspace_id IN \
+                      (SELECT workspace_id FROM account_workspaces WHERE account_id = ?3)) \
+                 ORDER BY created_at DESC, id DESC LIMIT ?4"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(
+                params![
+                    f.workspace_id,
+                    f.status.map(|s| s.as_str()),
+                    f.visible_to,
+                    f.limit
+                ],
+                task_from_row,
+            )?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        account: &Account,
+        request: &ClaimRequest,
+        now: Timestamp,
+    ) -> Result<Vec<(Worker, Task)>> {
+        let account_id = account.id.clone();
+        let request = request.clone();
+        self.write(move |tx| {
+            // Re-read the account under the write lock: its limits may have changed.
+            let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?1");
+            let Some(account) = tx
+                .prepare_cached(&sql)?
+                .query_row([&account_id], account_from_row)
+                .optional()?
+            else {
+                return Err(StoreError::NotFound(format!("account {account_id}")));
+            };
+            let active: i64 = tx
+                .prepare_cached(&format!(
+                    "SELECT COUNT(*) FROM workers WHERE account_id = ?1 AND status IN ({})",
+                    status_list(WorkerStatus::ACTIVE)
+                ))?
+                .query_row([&account.id], |r| r.get(0))?;
+            let cost_today: f64 = tx
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(cost_usd), 0) FROM workers \
+                     WHERE account_id = ?1 AND started_at >= ?2",
+                )?
+                .query_row(params![account.id, millis(time::utc_day_start(now))], |r| {
+                    r.get(0)
+                })?;
+            let slots = claim::free_slots(&account, active, cost_today, request.max_tasks);
+            if slots == 0 {
+                return Ok(Vec::new());
+            }
+            let [any, own] = claim::preferences_for(account.account_type);
+            let sql = format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE status = 'pending' \
+                 AND runner_preference IN (?2, ?3) \
+                 AND workspace_id IN (SELECT workspace_id FROM account_workspaces \
+                                      WHERE account_id = ?1 AND can_claim) \
+                 AND (?4 IS NULL OR workspace_id = ?4) \
+                 ORDER BY priority DESC, created_at, id LIMIT ?5"
+            );
+            let mut tasks: Vec<Task> = tx
+                .prepare_cached(&sql)?
+                .query_map(
+                    params![
+                        account.id,
+                        any.as_str(),
+                        own.as_str(),
+                        request.workspace_id,
+                        slots
+                    ],
+                    task_from_row,
+                )?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut claimed = Vec::with_capacity(tasks.len());
+            for mut task in tasks.drain(..) {
+                let (worker, events) = claim::assign(&mut task, &account, now);
+                save_task(tx, &task)?;
+                insert_worker(tx, &worker)?;
+                insert_events(tx, &events, now)?;
+                claimed.push((worker, task));
+            }
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn get_worker(&self, id: &str) -> Result<Option<Worker>> {
+        let id = id.to_owned();
+        self.read(move |c| load_worker(c, &id)).await
+    }
+
+    async fn list_workers(&self, f: &WorkerFilter) -> Result<Vec<Worker>> {
+        let f = f.clone();
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {WORKER_COLUMNS} FROM workers \
+                 WHERE (?1 IS NULL OR task_id = ?1) AND (?2 IS NULL OR status = ?2) \
+                 AND (?3 IS NULL OR workspace_id IN \
+                      (SELECT workspace_id FROM account_workspaces WHERE account_id = ?3)) \
+                 ORDER BY started_at DESC, id DESC LIMIT ?4"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(
+                params![
+                    f.task_id,
+                    f.status.map(|s| s.as_str()),
+                    f.visible_to,
+                    f.limit
+                ],
+                worker_from_row,
+            )?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn apply(&self, id: &str, action: Action, now: Timestamp) -> Result<Applied> {
+        let id = id.to_owned();
+        self.write(move |tx| {
+            let (mut task, mut worker) = if action.targets_worker() {
+                let worker = load_worker(tx, &id)?
+                    .ok_or_else(|| StoreError::NotFound(format!("worker {id}")))?;
+                let task = load_task(tx, &worker.task_id)?
+                    .ok_or_else(|| StoreError::NotFound(format!("task {}", worker.task_id)))?;
+                (task, Some(worker))
+            } else {
+                let task = load_task(tx, &id)?
+                    .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
+                let worker = match &task.worker_id {
+                    Some(w) => load_worker(tx, w)?,
+                    None => None,
+                };
+                (task, worker)
+            };
+            let outcome = actions::apply(action, &mut task, worker.as_mut(), now)?;
+            if outcome.changed {
+                save_task(tx, &task)?;
+                if let Some(w) = &worker {
+                    save_worker(tx, w)?;
+                    if !outcome.messages.is_empty() {
+                        insert_messages(tx, w, &outcome.messages, now)?;
+                    }
+                }
+                insert_events(tx, &outcome.events, now)?;
+            }
+            Ok(Applied {
+                task,
+                worker,
+                outcome,
+            })
+        })
+        .await
+    }
+
+    async fn append_messages(
+        &self,
+        worker_id: &str,
+        messages: &[Value],
+        now: Timestamp,
+    ) -> Result<i64> {
+        let id = worker_id.to_owned();
+        let messages = messages.to_vec();
+        self.write(move |tx| {
+            let mut worker = load_worker(tx, &id)?
+                .ok_or_else(|| StoreError::NotFound(format!("worker {id}")))?;
+            let last = insert_messages(tx, &worker, &messages, now)?;
+            worker.heartbeat_at = now;
+            save_worker(tx, &worker)?;
+            Ok(last)
+        })
+        .await
+    }
+
+    async fn list_messages(&self, worker_id: &str, after: i64, limit: u32) -> Result<Vec<Message>> {
+        let id = worker_id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, body, created_at FROM messages WHERE worker_id = ?1 AND seq > ?2 \
+                 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![id, after, limit], |r| {
+                Ok(Message {
+                    seq: r.get(0)?,
+                    message: json_col(r, 1)?.unwrap_or(Value::Null),
+                    created_at: time_col(r, 2)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn stale_workers(&self, cutoff: Timestamp) -> Result<Vec<String>> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT id FROM workers WHERE status IN ({}) AND heartbeat_at < ?1",
+                status_list(WorkerStatus::LEASED)
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map([millis(cutoff)], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+}
