@@ -110,6 +110,12 @@ pub fn apply(
         (Action::Heartbeat, Some(worker)) => heartbeat(task, worker, now),
         (Action::Pause, Some(worker)) => move_by_request(task, worker, WorkerStatus::Paused, now),
         (Action::Start, Some(worker)) => {
+            if worker.status != WorkerStatus::Paused {
+                return Err(RuleError::Conflict(format!(
+                    "worker {} is {}; only a paused worker can be started",
+                    worker.id, worker.status
+                )));
+            }
             if task.status == TaskStatus::Cancelled {
                 return Err(RuleError::Conflict(format!(
                     "task {} is cancelled; its worker cannot start again",
@@ -479,6 +485,7 @@ mod tests {
     fn cancel_and_pause_reach_the_agent_through_the_heartbeat() {
         let (mut task, mut worker) = claimed(3);
         let now = time::now();
+        assert!(apply(Action::Start, &mut task, Some(&mut worker), now).is_err());
         let beat = apply(Action::Heartbeat, &mut task, Some(&mut worker), now).unwrap();
         assert!(!beat.cancel);
         apply(Action::Pause, &mut task, Some(&mut worker), now).unwrap();

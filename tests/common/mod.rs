@@ -1,0 +1,233 @@
+//! What the integration tests share: the real `buildd` binary started on a real
+//! database, a small JSON client for it, and a fresh Postgres database per test.
+#![allow(dead_code)] // each test file uses its own part of this module
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+pub const ADMIN: &str = "buildd_admin_test-token";
+
+/// The Postgres server tests may create databases on, from `BUILDD_TEST_DATABASE_URL`.
+pub fn pg_base_url() -> Option<String> {
+    std::env::var("BUILDD_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// Creates an empty database for one test and returns its URL. Each test gets its own
+/// so that tests run in parallel without seeing each other's rows.
+pub async fn fresh_pg_database(base: &str) -> String {
+    use sqlx::Connection;
+    let name = format!("buildd_test_{}", rand_suffix());
+    let mut conn = sqlx::PgConnection::connect(base)
+        .await
+        .expect("connect to BUILDD_TEST_DATABASE_URL");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let (prefix, _) = base.rsplit_once('/').expect("database URL has a path");
+    let query = base
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
+    format!("{prefix}/{name}{query}")
+}
+
+fn rand_suffix() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{}_{}", std::process::id(), nanos)
+}
+
+/// A running `buildd serve`, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// A server on a new SQLite file in a temporary directory.
+    pub fn sqlite(extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = format!("sqlite:{}", tmp.path().join("buildd.db").display());
+        let mut server = Server::start(&db, tmp.path(), extra);
+        server._tmp = Some(tmp);
+        server
+    }
+
+    /// A server on `database_url`, with `data_dir` as its home.
+    pub fn start(database_url: &str, data_dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_buildd"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--database-url",
+                database_url,
+            ])
+            .args(["--admin-token", ADMIN])
+            .args(extra)
+            .env("HOME", data_dir)
+            .env("XDG_DATA_HOME", data_dir.join("data"))
+            .env_remove("BUILDD_DATABASE_URL")
+            .env_remove("DATABASE_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start buildd serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("BUILDD_TEST_LOG").is_some() {
+                    eprintln!("[server] {line}");
+                }
+                if let Some(at) = line.find("listening on http://") {
+                    let addr = line[at + "listening on ".len()..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap()
+                        .to_owned();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server did not report its address within 30 s");
+        Server {
+            child,
+            url,
+            data_dir: data_dir.to_owned(),
+            _tmp: None,
+        }
+    }
+
+    pub fn client(&self, token: &str) -> Api {
+        Api {
+            base: self.url.clone(),
+            token: token.to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn admin(&self) -> Api {
+        self.client(ADMIN)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit on its own and returns its exit status.
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A JSON client with one bearer token.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub token: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if !self.token.is_empty() {
+            req = req.bearer_auth(&self.token);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request reached the server");
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("non-JSON body for {path}: {text}"))
+        };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PATCH, path, Some(body)).await
+    }
+
+    /// Like `post`, but panics unless the status is 2xx.
+    pub async fn ok(&self, path: &str, body: Value) -> Value {
+        let (status, value) = self.post(path, body).await;
+        assert!(status.is_success(), "POST {path} → {status}: {value}");
+        value
+    }
+
+    pub async fn workspace(&self, name: &str) -> String {
+        self.ok("/api/workspaces", json!({ "name": name })).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Creates an account granted `workspace` and returns (id, key).
+    pub async fn account(
+        &self,
+        body: Value,
+        workspace: &str,
+        can_claim: bool,
+        can_create: bool,
+    ) -> (String, String) {
+        let created = self.ok("/api/accounts", body).await;
+        let id = created["id"].as_str().unwrap().to_owned();
+        self.ok(
+            &format!("/api/accounts/{id}/workspaces"),
+            json!({ "workspaceId": workspace, "canClaim": can_claim, "canCreate": can_create }),
+        )
+        .await;
+        (id, created["apiKey"].as_str().unwrap().to_owned())
+    }
+
+    pub async fn task(&self, workspace: &str, extra: Value) -> Value {
+        let mut body = json!({ "workspaceId": workspace, "title": "a task" });
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        self.ok("/api/tasks", body).await
+    }
+}
