@@ -1,0 +1,570 @@
+//! The shared store suite: every test runs against SQLite, and against Postgres when
+//! `BUILDD_TEST_DATABASE_URL` is set (`.ci/run` sets it), each on a fresh database.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use buildd::core::actions::{Action, WorkerUpdate};
+use buildd::core::ids::{IdKind, new_id};
+use buildd::core::keys;
+use buildd::core::model::*;
+use buildd::core::time::{self, Timestamp};
+use buildd::store::{ClaimRequest, Store, TaskFilter, WorkerFilter};
+use chrono::Duration;
+use serde_json::json;
+
+/// Runs each named test once per backend.
+macro_rules! store_suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let url = format!("sqlite:{}", dir.path().join("buildd.db").display());
+                    super::$name(buildd::store::open(&url).await.unwrap()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(base) = super::common::pg_base_url() else {
+                        eprintln!("BUILDD_TEST_DATABASE_URL is not set: Postgres not tested here");
+                        return;
+                    };
+                    let url = super::common::fresh_pg_database(&base).await;
+                    super::$name(buildd::store::open(&url).await.unwrap()).await;
+                }
+            )*
+        }
+    };
+}
+
+store_suite!(
+    accounts_workspaces_and_grants,
+    claims_follow_priority_routing_and_grants,
+    worker_cap_holds,
+    daily_cost_cap_counts_only_today,
+    the_task_mirrors_its_worker,
+    errors_requeue_until_attempts_run_out,
+    stale_workers_expire_exactly_once,
+    messages_are_numbered_per_worker,
+    concurrent_claims_never_share_a_task,
+);
+
+type Db = Arc<dyn Store>;
+
+fn account(account_type: AccountType, max_workers: i64, max_cost: Option<f64>) -> Account {
+    Account {
+        id: new_id(IdKind::Account),
+        account_type,
+        name: format!("{account_type} account"),
+        auth_type: AuthType::Api,
+        max_concurrent_workers: max_workers,
+        max_concurrent_sessions: None,
+        max_cost_per_day: max_cost,
+        github_repo: None,
+        created_at: time::now(),
+    }
+}
+
+async fn new_account(db: &Db, a: &Account) -> String {
+    let key = keys::new_account_key(a.account_type);
+    db.create_account(a, &keys::hash_key(&key)).await.unwrap();
+    key
+}
+
+async fn new_workspace(db: &Db) -> Workspace {
+    let ws = Workspace {
+        id: new_id(IdKind::Workspace),
+        name: "ws".into(),
+        repo_url: Some("https://example.invalid/repo.git".into()),
+        default_branch: "main".into(),
+        created_at: time::now(),
+    };
+    db.create_workspace(&ws).await.unwrap();
+    ws
+}
+
+async fn grant(db: &Db, a: &Account, ws: &Workspace, can_claim: bool) {
+    let g = Grant {
+        account_id: a.id.clone(),
+        workspace_id: ws.id.clone(),
+        can_claim,
+        can_create: true,
+    };
+    db.put_grant(&g).await.unwrap();
+}
+
+async fn new_task(
+    db: &Db,
+    ws: &Workspace,
+    pref: RunnerPreference,
+    priority: i32,
+    max_attempts: i32,
+) -> Task {
+    let task = Task {
+        id: new_id(IdKind::Task),
+        workspace_id: ws.id.clone(),
+        title: format!("p{priority} {pref}"),
+        description: "d".into(),
+        runner_preference: pref,
+        priority,
+        status: TaskStatus::Pending,
+        attempts: 0,
+        max_attempts,
+        max_cost_usd: Some(2.5),
+        claimed_by: None,
+        worker_id: None,
+        created_at: time::now(),
+        claimed_at: None,
+        completed_at: None,
+        result: None,
+    };
+    db.create_task(&task).await.unwrap();
+    // Distinct creation times keep "oldest first" meaningful.
+    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    task
+}
+
+async fn claim(db: &Db, a: &Account, max_tasks: u32) -> Vec<(Worker, Task)> {
+    claim_at(db, a, max_tasks, time::now()).await
+}
+
+async fn claim_at(db: &Db, a: &Account, max_tasks: u32, now: Timestamp) -> Vec<(Worker, Task)> {
+    db.claim(
+        a,
+        &ClaimRequest {
+            max_tasks,
+            workspace_id: None,
+        },
+        now,
+    )
+    .await
+    .unwrap()
+}
+
+async fn set_status(
+    db: &Db,
+    worker: &str,
+    status: WorkerStatus,
+    cost: Option<f64>,
+) -> buildd::store::Applied {
+    let update = WorkerUpdate {
+        status: Some(status),
+        cost_usd: cost,
+        ..WorkerUpdate::default()
+    };
+    db.apply(worker, Action::Update(update), time::now())
+        .await
+        .unwrap()
+}
+
+async fn accounts_workspaces_and_grants(db: Db) {
+    let a = account(AccountType::User, 3, Some(10.0));
+    let key = new_account(&db, &a).await;
+    assert_eq!(
+        db.account_by_key_hash(&keys::hash_key(&key)).await.unwrap(),
+        Some(a.clone())
+    );
+    assert_eq!(
+        db.account_by_key_hash(&keys::hash_key("buildd_user_wrong"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(db.get_account(&a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(db.list_accounts().await.unwrap(), vec![a.clone()]);
+
+    let ws1 = new_workspace(&db).await;
+    let ws2 = new_workspace(&db).await;
+    assert_eq!(db.get_workspace(&ws1.id).await.unwrap(), Some(ws1.clone()));
+    assert_eq!(db.list_workspaces(None).await.unwrap().len(), 2);
+    assert!(db.list_workspaces(Some(&a.id)).await.unwrap().is_empty());
+
+    grant(&db, &a, &ws2, false).await;
+    grant(&db, &a, &ws2, true).await; // a second grant replaces the first
+    let g = db.get_grant(&a.id, &ws2.id).await.unwrap().unwrap();
+    assert!(g.can_claim && g.can_create);
+    assert_eq!(
+        db.list_workspaces(Some(&a.id)).await.unwrap(),
+        vec![ws2.clone()]
+    );
+    assert!(db.delete_grant(&a.id, &ws2.id).await.unwrap());
+    assert!(!db.delete_grant(&a.id, &ws2.id).await.unwrap());
+    assert_eq!(db.get_grant(&a.id, &ws2.id).await.unwrap(), None);
+}
+
+async fn claims_follow_priority_routing_and_grants(db: Db) {
+    let ws = new_workspace(&db).await;
+    let other_ws = new_workspace(&db).await;
+    let user = account(AccountType::User, 10, None);
+    let service = account(AccountType::Service, 10, None);
+    let viewer = account(AccountType::Service, 10, None);
+    for a in [&user, &service, &viewer] {
+        new_account(&db, a).await;
+    }
+    grant(&db, &user, &ws, true).await;
+    grant(&db, &service, &ws, true).await;
+    grant(&db, &viewer, &ws, false).await;
+
+    let old_low = new_task(&db, &ws, RunnerPreference::Any, 1, 3).await;
+    let high = new_task(&db, &ws, RunnerPreference::Any, 5, 3).await;
+    let new_low = new_task(&db, &ws, RunnerPreference::Any, 1, 3).await;
+    let for_users = new_task(&db, &ws, RunnerPreference::User, 3, 3).await;
+    let for_services = new_task(&db, &ws, RunnerPreference::Service, 9, 3).await;
+    let for_actions = new_task(&db, &ws, RunnerPreference::Action, 9, 3).await;
+    let elsewhere = new_task(&db, &other_ws, RunnerPreference::Any, 9, 3).await;
+
+    assert!(
+        claim(&db, &viewer, 5).await.is_empty(),
+        "a grant without canClaim claims nothing"
+    );
+
+    let got: Vec<String> = claim(&db, &user, 3)
+        .await
+        .into_iter()
+        .map(|(_, t)| t.id)
+        .collect();
+    assert_eq!(
+        got,
+        vec![high.id.clone(), for_users.id.clone(), old_low.id.clone()]
+    );
+
+    let got: Vec<(Worker, Task)> = claim(&db, &service, 10).await;
+    let ids: Vec<&str> = got.iter().map(|(_, t)| t.id.as_str()).collect();
+    assert_eq!(ids, vec![for_services.id.as_str(), new_low.id.as_str()]);
+    let (worker, task) = &got[0];
+    assert_eq!(task.status, TaskStatus::Assigned);
+    assert_eq!(task.claimed_by.as_deref(), Some(service.id.as_str()));
+    assert_eq!(task.worker_id.as_deref(), Some(worker.id.as_str()));
+    assert_eq!(
+        db.get_task(&task.id).await.unwrap().as_ref(),
+        Some(task),
+        "stored as returned"
+    );
+    assert_eq!(
+        db.get_worker(&worker.id).await.unwrap().as_ref(),
+        Some(worker),
+        "stored as returned"
+    );
+
+    for (id, want) in [
+        (&for_actions.id, TaskStatus::Pending),
+        (&elsewhere.id, TaskStatus::Pending),
+    ] {
+        assert_eq!(db.get_task(id).await.unwrap().unwrap().status, want);
+    }
+
+    let pending = TaskFilter {
+        status: Some(TaskStatus::Pending),
+        limit: 100,
+        ..TaskFilter::default()
+    };
+    assert_eq!(db.list_tasks(&pending).await.unwrap().len(), 2);
+    let visible = TaskFilter {
+        visible_to: Some(user.id.clone()),
+        limit: 100,
+        ..TaskFilter::default()
+    };
+    assert_eq!(
+        db.list_tasks(&visible).await.unwrap().len(),
+        6,
+        "not the other workspace's task"
+    );
+    let newest = db
+        .list_tasks(&TaskFilter {
+            limit: 1,
+            ..TaskFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(newest[0].id, elsewhere.id);
+    let workers = db
+        .list_workers(&WorkerFilter {
+            task_id: Some(task.id.clone()),
+            limit: 10,
+            ..WorkerFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(workers, vec![worker.clone()]);
+}
+
+async fn worker_cap_holds(db: Db) {
+    let ws = new_workspace(&db).await;
+    let a = account(AccountType::Service, 2, None);
+    new_account(&db, &a).await;
+    grant(&db, &a, &ws, true).await;
+    for p in 0..5 {
+        new_task(&db, &ws, RunnerPreference::Any, p, 3).await;
+    }
+    assert_eq!(claim(&db, &a, 5).await.len(), 2);
+    let held = claim(&db, &a, 5).await;
+    assert!(held.is_empty(), "no slot left");
+
+    let workers = db
+        .list_workers(&WorkerFilter {
+            limit: 10,
+            ..WorkerFilter::default()
+        })
+        .await
+        .unwrap();
+    // A paused worker still holds its slot; a finished one frees it.
+    db.apply(&workers[0].id, Action::Pause, time::now())
+        .await
+        .unwrap();
+    assert!(claim(&db, &a, 5).await.is_empty());
+    for s in [
+        WorkerStatus::Starting,
+        WorkerStatus::Running,
+        WorkerStatus::Completed,
+    ] {
+        set_status(&db, &workers[1].id, s, None).await;
+    }
+    assert_eq!(claim(&db, &a, 5).await.len(), 1);
+}
+
+async fn daily_cost_cap_counts_only_today(db: Db) {
+    let ws = new_workspace(&db).await;
+    let a = account(AccountType::Service, 10, Some(1.0));
+    new_account(&db, &a).await;
+    grant(&db, &a, &ws, true).await;
+    for _ in 0..4 {
+        new_task(&db, &ws, RunnerPreference::Any, 0, 3).await;
+    }
+    // Yesterday's spend does not count against today.
+    let yesterday = time::now() - Duration::days(1);
+    let (old, _) = claim_at(&db, &a, 1, yesterday).await.remove(0);
+    set_status(&db, &old.id, WorkerStatus::Starting, Some(50.0)).await;
+
+    let (w, _) = claim(&db, &a, 1).await.remove(0);
+    set_status(&db, &w.id, WorkerStatus::Starting, Some(0.6)).await;
+    let (w2, _) = claim(&db, &a, 1).await.remove(0);
+    set_status(&db, &w2.id, WorkerStatus::Starting, Some(0.4)).await;
+    assert!(
+        claim(&db, &a, 1).await.is_empty(),
+        "today's spend reached maxCostPerDay"
+    );
+}
+
+async fn the_task_mirrors_its_worker(db: Db) {
+    let ws = new_workspace(&db).await;
+    let a = account(AccountType::User, 3, None);
+    new_account(&db, &a).await;
+    grant(&db, &a, &ws, true).await;
+    let task = new_task(&db, &ws, RunnerPreference::Any, 0, 3).await;
+    let (w, _) = claim(&db, &a, 1).await.remove(0);
+
+    let expected = [
+        (WorkerStatus::Starting, TaskStatus::Assigned),
+        (WorkerStatus::Running, TaskStatus::Running),
+        (WorkerStatus::WaitingInput, TaskStatus::WaitingInput),
+    ];
+    for (ws_status, task_status) in expected {
+        let applied = set_status(&db, &w.id, ws_status, None).await;
+        assert_eq!(applied.task.status, task_status);
+        assert_eq!(
+            db.get_task(&task.id).await.unwrap().unwrap().status,
+            task_status
+        );
+    }
+    let replied = db
+        .apply(
+            &task.id,
+            Action::Reply {
+                message: "yes".into(),
+            },
+            time::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(replied.task.status, TaskStatus::Running);
+    let messages = db.list_messages(&w.id, 0, 10).await.unwrap();
+    assert_eq!(
+        messages[0].message,
+        json!({"type": "user_reply", "text": "yes"})
+    );
+    let beat = db
+        .apply(&w.id, Action::Heartbeat, time::now())
+        .await
+        .unwrap();
+    assert_eq!(beat.outcome.reply.as_deref(), Some("yes"));
+    let beat = db
+        .apply(&w.id, Action::Heartbeat, time::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        beat.outcome.reply, None,
+        "the reply was handed over once and is gone"
+    );
+
+    let done = WorkerUpdate {
+        status: Some(WorkerStatus::Completed),
+        cost_usd: Some(1.25),
+        turns: Some(4),
+        branch: Some(format!("buildd/{}", task.id)),
+        commit_sha: Some("0123abcd".into()),
+        result: Some(json!({"summary": "ok", "files": 2})),
+        ..WorkerUpdate::default()
+    };
+    let applied = db
+        .apply(&w.id, Action::Update(done), time::now())
+        .await
+        .unwrap();
+    let stored = db.get_task(&task.id).await.unwrap().unwrap();
+    assert_eq!(stored, applied.task);
+    assert_eq!(stored.status, TaskStatus::Completed);
+    assert_eq!(stored.result, Some(json!({"summary": "ok", "files": 2})));
+    let worker = db.get_worker(&w.id).await.unwrap().unwrap();
+    assert_eq!(Some(&worker), applied.worker.as_ref());
+    assert_eq!((worker.cost_usd, worker.turns), (1.25, 4));
+    assert!(worker.finished_at.is_some());
+
+    let again = db.apply(&w.id, Action::Heartbeat, time::now()).await;
+    assert!(again.is_err(), "a finished worker is frozen");
+    assert_eq!(
+        db.get_worker(&w.id).await.unwrap().unwrap(),
+        worker,
+        "and unchanged"
+    );
+}
+
+async fn errors_requeue_until_attempts_run_out(db: Db) {
+    let ws = new_workspace(&db).await;
+    let a = account(AccountType::User, 3, None);
+    new_account(&db, &a).await;
+    grant(&db, &a, &ws, true).await;
+    let task = new_task(&db, &ws, RunnerPreference::Any, 0, 2).await;
+
+    let (w1, _) = claim(&db, &a, 1).await.remove(0);
+    let applied = set_status(&db, &w1.id, WorkerStatus::Error, None).await;
+    assert_eq!(applied.task.status, TaskStatus::Pending);
+    let (w2, t) = claim(&db, &a, 1).await.remove(0);
+    assert_eq!((t.id.as_str(), t.attempts), (task.id.as_str(), 2));
+    let applied = set_status(&db, &w2.id, WorkerStatus::Error, None).await;
+    assert_eq!(applied.task.status, TaskStatus::Failed);
+    assert!(claim(&db, &a, 1).await.is_empty());
+}
+
+async fn stale_workers_expire_exactly_once(db: Db) {
+    let ws = new_workspace(&db).await;
+    let a = account(AccountType::Service, 5, None);
+    new_account(&db, &a).await;
+    grant(&db, &a, &ws, true).await;
+    new_task(&db, &ws, RunnerPreference::Any, 0, 3).await;
+    new_task(&db, &ws, RunnerPreference::Any, 0, 3).await;
+    let claimed = claim(&db, &a, 2).await;
+    let (stale, fresh) = (&claimed[0].0, &claimed[1].0);
+
+    let later = time::now() + Duration::seconds(5);
+    db.apply(&fresh.id, Action::Heartbeat, later).await.unwrap();
+    let cutoff = later - Duration::seconds(1);
+    assert_eq!(
+        db.stale_workers(cutoff).await.unwrap(),
+        vec![stale.id.clone()]
+    );
+
+    // Many sweepers at once: exactly one acts.
+    let mut sweeps = Vec::new();
+    for _ in 0..8 {
+        let db = db.clone();
+        let id = stale.id.clone();
+        sweeps.push(tokio::spawn(async move {
+            db.apply(&id, Action::Expire { cutoff }, later)
+                .await
+                .unwrap()
+                .outcome
+                .changed
+        }));
+    }
+    let mut acted = 0;
+    for s in sweeps {
+        acted += usize::from(s.await.unwrap());
+    }
+    assert_eq!(acted, 1);
+    let task = db.get_task(&claimed[0].1.id).await.unwrap().unwrap();
+    assert_eq!((task.status, task.attempts), (TaskStatus::Pending, 1));
+    assert_eq!(
+        db.get_worker(&stale.id).await.unwrap().unwrap().status,
+        WorkerStatus::Error
+    );
+    assert!(db.stale_workers(cutoff).await.unwrap().is_empty());
+}
+
+async fn messages_are_numbered_per_worker(db: Db) {
+    let ws = new_workspace(&db).await;
+    let a = account(AccountType::Service, 5, None);
+    new_account(&db, &a).await;
+    grant(&db, &a, &ws, true).await;
+    new_task(&db, &ws, RunnerPreference::Any, 0, 3).await;
+    new_task(&db, &ws, RunnerPreference::Any, 0, 3).await;
+    let claimed = claim(&db, &a, 2).await;
+    let (w1, w2) = (&claimed[0].0, &claimed[1].0);
+
+    let batch: Vec<_> = (0..5).map(|i| json!({"n": i})).collect();
+    assert_eq!(
+        db.append_messages(&w1.id, &batch, time::now())
+            .await
+            .unwrap(),
+        5
+    );
+    assert_eq!(
+        db.append_messages(&w1.id, &[json!("six")], time::now())
+            .await
+            .unwrap(),
+        6
+    );
+    assert_eq!(
+        db.append_messages(&w2.id, &[json!("first")], time::now())
+            .await
+            .unwrap(),
+        1
+    );
+
+    let read = db.list_messages(&w1.id, 3, 100).await.unwrap();
+    let seqs: Vec<i64> = read.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, vec![4, 5, 6]);
+    assert_eq!(read[0].message, json!({"n": 3}));
+    assert_eq!(db.list_messages(&w1.id, 0, 2).await.unwrap().len(), 2);
+}
+
+async fn concurrent_claims_never_share_a_task(db: Db) {
+    let ws = new_workspace(&db).await;
+    let mut accounts = Vec::new();
+    for _ in 0..4 {
+        let a = account(AccountType::Service, 1000, None);
+        new_account(&db, &a).await;
+        grant(&db, &a, &ws, true).await;
+        accounts.push(a);
+    }
+    for _ in 0..60 {
+        new_task(&db, &ws, RunnerPreference::Any, 0, 3).await;
+    }
+    let mut claimers = Vec::new();
+    for i in 0..16 {
+        let db = db.clone();
+        let a = accounts[i % accounts.len()].clone();
+        claimers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = claim(&db, &a, 2).await;
+                if got.is_empty() {
+                    return mine;
+                }
+                mine.extend(got.into_iter().map(|(_, t)| t.id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for c in claimers {
+        all.extend(c.await.unwrap());
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 60, "every task claimed");
+    assert_eq!(unique.len(), 60, "no task claimed twice");
+}
