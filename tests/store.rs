@@ -159,7 +159,7 @@ async fn set_status(
         cost_usd: cost,
         ..WorkerUpdate::default()
     };
-    db.apply(worker, Action::Update(update), time::now())
+    db.apply(worker, Action::update(update), time::now())
         .await
         .unwrap()
 }
@@ -413,7 +413,7 @@ async fn the_task_mirrors_its_worker(db: Db) {
         ..WorkerUpdate::default()
     };
     let applied = db
-        .apply(&w.id, Action::Update(done), time::now())
+        .apply(&w.id, Action::update(done), time::now())
         .await
         .unwrap();
     let stored = db.get_task(&task.id).await.unwrap().unwrap();

@@ -9,6 +9,9 @@ CREATE TABLE accounts (
     github_repo             TEXT,
     -- SHA-256 of the account key; the key itself is never stored.
     key_hash                TEXT NOT NULL UNIQUE,
+    -- Workers that hold one of the account's slots (see WorkerStatus::ACTIVE), kept
+    -- in step by every transaction that claims or changes a worker.
+    active_workers          BIGINT NOT NULL DEFAULT 0,
     created_at              TIMESTAMPTZ NOT NULL
 );
 
@@ -46,8 +49,8 @@ CREATE TABLE tasks (
     completed_at      TIMESTAMPTZ,
     result            JSONB
 );
--- The claim walks pending tasks in dispatch order.
-CREATE INDEX tasks_dispatch ON tasks (status, priority DESC, created_at, id);
+-- The claim walks pending tasks in dispatch order and stops at the first it may take.
+CREATE INDEX tasks_pending ON tasks (priority DESC, created_at, id) WHERE status = 'pending';
 CREATE INDEX tasks_workspace ON tasks (workspace_id, created_at);
 
 CREATE TABLE workers (
@@ -69,10 +72,16 @@ CREATE TABLE workers (
     heartbeat_at  TIMESTAMPTZ NOT NULL,
     finished_at   TIMESTAMPTZ
 );
-CREATE INDEX workers_account_status ON workers (account_id, status);
-CREATE INDEX workers_account_started ON workers (account_id, started_at);
 CREATE INDEX workers_status_heartbeat ON workers (status, heartbeat_at);
 CREATE INDEX workers_task ON workers (task_id);
+
+-- What each account's workers started on each UTC day have cost, for maxCostPerDay.
+CREATE TABLE account_usage (
+    account_id TEXT NOT NULL REFERENCES accounts (id),
+    day        TEXT NOT NULL,
+    cost_usd   DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (account_id, day)
+);
 
 CREATE TABLE messages (
     worker_id  TEXT NOT NULL REFERENCES workers (id),

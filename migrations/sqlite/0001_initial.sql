@@ -11,6 +11,9 @@ CREATE TABLE accounts (
     github_repo             TEXT,
     -- SHA-256 of the account key; the key itself is never stored.
     key_hash                TEXT NOT NULL UNIQUE,
+    -- Workers that hold one of the account's slots (see WorkerStatus::ACTIVE), kept
+    -- in step by every transaction that claims or changes a worker.
+    active_workers          INTEGER NOT NULL DEFAULT 0,
     created_at              INTEGER NOT NULL
 );
 
@@ -48,8 +51,8 @@ CREATE TABLE tasks (
     completed_at      INTEGER,
     result            TEXT
 );
--- The claim walks pending tasks in dispatch order.
-CREATE INDEX tasks_dispatch ON tasks (status, priority DESC, created_at, id);
+-- The claim walks pending tasks in dispatch order and stops at the first it may take.
+CREATE INDEX tasks_pending ON tasks (priority DESC, created_at, id) WHERE status = 'pending';
 CREATE INDEX tasks_workspace ON tasks (workspace_id, created_at);
 
 CREATE TABLE workers (
@@ -71,10 +74,16 @@ CREATE TABLE workers (
     heartbeat_at  INTEGER NOT NULL,
     finished_at   INTEGER
 );
-CREATE INDEX workers_account_status ON workers (account_id, status);
-CREATE INDEX workers_account_started ON workers (account_id, started_at);
 CREATE INDEX workers_status_heartbeat ON workers (status, heartbeat_at);
 CREATE INDEX workers_task ON workers (task_id);
+
+-- What each account's workers started on each UTC day have cost, for maxCostPerDay.
+CREATE TABLE account_usage (
+    account_id TEXT NOT NULL REFERENCES accounts (id),
+    day        TEXT NOT NULL,
+    cost_usd   REAL NOT NULL,
+    PRIMARY KEY (account_id, day)
+);
 
 CREATE TABLE messages (
     worker_id  TEXT NOT NULL REFERENCES workers (id),

@@ -11,7 +11,7 @@ use super::error::RuleError;
 use super::events::Event;
 use super::lease;
 use super::model::{Task, TaskStatus, Worker, WorkerStatus};
-use super::time::Timestamp;
+use super::time::{self, Timestamp};
 
 /// The longest free text a worker may report (a question, an error).
 pub const MAX_TEXT_LEN: usize = 64 * 1024;
@@ -42,7 +42,7 @@ pub enum Action {
     /// `POST /api/tasks/:id/reply`: a person answers the worker's question.
     Reply { message: String },
     /// `PATCH /api/workers/:id`.
-    Update(WorkerUpdate),
+    Update(Box<WorkerUpdate>),
     /// `POST /api/workers/:id/heartbeat`.
     Heartbeat,
     /// `POST /api/workers/:id/pause`.
@@ -54,6 +54,10 @@ pub enum Action {
 }
 
 impl Action {
+    pub fn update(update: WorkerUpdate) -> Self {
+        Action::Update(Box::new(update))
+    }
+
     /// Whether the action is about a worker (and so needs one loaded) rather than a task.
     pub fn targets_worker(&self) -> bool {
         !matches!(self, Action::Cancel | Action::Reply { .. })
@@ -73,6 +77,33 @@ pub struct Outcome {
     pub cancel: bool,
     /// For a heartbeat: a person's answer the agent has not had yet.
     pub reply: Option<String>,
+    /// How the worker's account usage changed, for the stores' counters.
+    pub usage: UsageChange,
+}
+
+/// A change to an account's usage counters, which the claim checks against its limits:
+/// workers holding a slot, and the cost of workers started on `day` (UTC).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UsageChange {
+    pub active_workers: i64,
+    pub cost_usd: f64,
+    pub day: String,
+}
+
+impl UsageChange {
+    pub fn is_empty(&self) -> bool {
+        self.active_workers == 0 && self.cost_usd == 0.0
+    }
+
+    /// What changed between two versions of one worker.
+    fn between(before: &Worker, after: &Worker) -> Self {
+        let holds = |w: &Worker| i64::from(WorkerStatus::ACTIVE.contains(&w.status));
+        UsageChange {
+            active_workers: holds(after) - holds(before),
+            cost_usd: after.cost_usd - before.cost_usd,
+            day: time::utc_day(after.started_at),
+        }
+    }
 }
 
 /// Whether a worker may go from `from` to `to`. The contract's diagram
@@ -103,10 +134,25 @@ pub fn apply(
     worker: Option<&mut Worker>,
     now: Timestamp,
 ) -> Result<Outcome, RuleError> {
+    let Some(worker) = worker else {
+        return apply_to(action, task, None, now);
+    };
+    let before = worker.clone();
+    let mut outcome = apply_to(action, task, Some(&mut *worker), now)?;
+    outcome.usage = UsageChange::between(&before, worker);
+    Ok(outcome)
+}
+
+fn apply_to(
+    action: Action,
+    task: &mut Task,
+    worker: Option<&mut Worker>,
+    now: Timestamp,
+) -> Result<Outcome, RuleError> {
     match (action, worker) {
         (Action::Cancel, _) => cancel(task, now),
         (Action::Reply { message }, worker) => reply(task, worker, message),
-        (Action::Update(update), Some(worker)) => update_worker(task, worker, update, now),
+        (Action::Update(update), Some(worker)) => update_worker(task, worker, *update, now),
         (Action::Heartbeat, Some(worker)) => heartbeat(task, worker, now),
         (Action::Pause, Some(worker)) => move_by_request(task, worker, WorkerStatus::Paused, now),
         (Action::Start, Some(worker)) => {
@@ -387,7 +433,7 @@ mod tests {
     }
 
     fn to(status: WorkerStatus) -> Action {
-        Action::Update(WorkerUpdate {
+        Action::update(WorkerUpdate {
             status: Some(status),
             ..WorkerUpdate::default()
         })
@@ -407,7 +453,7 @@ mod tests {
         assert_eq!(task.status, TaskStatus::Assigned);
         apply(to(WorkerStatus::Running), &mut task, Some(&mut worker), now).unwrap();
         assert_eq!(task.status, TaskStatus::Running);
-        let done = Action::Update(WorkerUpdate {
+        let done = Action::update(WorkerUpdate {
             status: Some(WorkerStatus::Completed),
             result: Some(json!({"summary": "ok"})),
             ..WorkerUpdate::default()
@@ -417,6 +463,24 @@ mod tests {
         assert_eq!(task.result, Some(json!({"summary": "ok"})));
         assert!(worker.finished_at.is_some());
         assert_eq!(out.events.len(), 2);
+    }
+
+    #[test]
+    fn usage_follows_slots_and_cost() {
+        let (mut task, mut worker) = claimed(3);
+        let now = time::now();
+        let report = Action::update(WorkerUpdate {
+            status: Some(WorkerStatus::Starting),
+            cost_usd: Some(0.5),
+            ..WorkerUpdate::default()
+        });
+        let out = apply(report, &mut task, Some(&mut worker), now).unwrap();
+        assert_eq!((out.usage.active_workers, out.usage.cost_usd), (0, 0.5));
+        assert_eq!(out.usage.day, time::utc_day(worker.started_at));
+        let out = apply(to(WorkerStatus::Paused), &mut task, Some(&mut worker), now).unwrap();
+        assert!(out.usage.is_empty(), "a paused worker keeps its slot");
+        let out = apply(to(WorkerStatus::Error), &mut task, Some(&mut worker), now).unwrap();
+        assert_eq!(out.usage.active_workers, -1);
     }
 
     #[test]
@@ -512,7 +576,7 @@ mod tests {
         for s in [WorkerStatus::Starting, WorkerStatus::Running] {
             apply(to(s), &mut task, Some(&mut worker), now).unwrap();
         }
-        let ask = Action::Update(WorkerUpdate {
+        let ask = Action::update(WorkerUpdate {
             status: Some(WorkerStatus::WaitingInput),
             question: Some("Which DB?".into()),
             ..WorkerUpdate::default()

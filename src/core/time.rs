@@ -17,10 +17,9 @@ pub fn from_millis(ms: i64) -> Timestamp {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
-/// Midnight UTC of the day `at` falls in: the start of the window `maxCostPerDay` counts.
-pub fn utc_day_start(at: Timestamp) -> Timestamp {
-    let midnight = at.date_naive().and_hms_opt(0, 0, 0).unwrap_or_default();
-    Utc.from_utc_datetime(&midnight)
+/// The UTC day `at` falls in, as `YYYY-MM-DD`: the window `maxCostPerDay` counts in.
+pub fn utc_day(at: Timestamp) -> String {
+    at.format("%Y-%m-%d").to_string()
 }
 
 #[cfg(test)]
@@ -28,12 +27,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn day_start_is_utc_midnight() {
-        let at = Utc.with_ymd_and_hms(2026, 11, 22, 23, 59, 59).unwrap();
-        assert_eq!(
-            utc_day_start(at),
-            Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).unwrap()
-        );
+    fn days_are_utc_dates() {
+        let late = Utc.with_ymd_and_hms(2026, 11, 22, 23, 59, 59).unwrap();
+        assert_eq!(utc_day(late), "2026-11-22");
+        assert_eq!(utc_day(late + chrono::Duration::seconds(1)), "2026-11-23");
     }
 
     #[test]

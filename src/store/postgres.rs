@@ -1,13 +1,16 @@
 //! The team store: Postgres, shared by any number of `buildd serve` processes.
 //!
-//! Correctness across processes comes from row locks, taken in one order everywhere
-//! (account, then task, then worker) so that transactions never deadlock:
+//! Correctness across processes comes from row locks:
 //! - a claim locks its account row, which serialises the claims of one account so its
 //!   worker and cost limits hold, and takes tasks with `FOR UPDATE SKIP LOCKED`, so
-//!   claims of different accounts pass each other instead of queueing or colliding;
-//! - every later change locks the task and then its worker before applying the core's
-//!   rules, so the sweeper of one server and an agent's update through another cannot
-//!   both act on the same worker.
+//!   claims pass each other instead of queueing or colliding;
+//! - every later change locks the task, then its worker, then (to move the usage
+//!   counters) the account, before applying the core's rules, so the sweeper of one
+//!   server and an agent's update through another cannot both act on one worker.
+//!
+//! A claim waits only for the account lock, before it holds anything, and never for a
+//! task (`SKIP LOCKED`); other changes take their locks in one order. So no two
+//! transactions can wait for each other in a cycle.
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -19,7 +22,7 @@ use super::{
     ACCOUNT_COLUMNS, Applied, ClaimRequest, Result, Store, StoreError, TASK_COLUMNS, TaskFilter,
     WORKER_COLUMNS, WORKSPACE_COLUMNS, WorkerFilter, parse_column, status_list,
 };
-use crate::core::actions::{self, Action};
+use crate::core::actions::{self, Action, UsageChange};
 use crate::core::claim;
 use crate::core::events::Event;
 use crate::core::model::{Account, Grant, Message, Task, Worker, WorkerStatus, Workspace};
@@ -217,6 +220,35 @@ async fn save_task(conn: &mut PgConnection, t: &Task) -> Result<()> {
     .bind(t.result.as_ref().map(Json))
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Moves an account's usage counters by `change`. Taking the account's row lock here
+/// comes last in the lock order (after task and worker), and claims, which lock the
+/// account first, never wait for a task lock (`SKIP LOCKED`), so the two cannot deadlock.
+async fn record_usage(
+    conn: &mut PgConnection,
+    account_id: &str,
+    change: &UsageChange,
+) -> Result<()> {
+    if change.active_workers != 0 {
+        sqlx::query("UPDATE accounts SET active_workers = active_workers + $2 WHERE id = $1")
+            .bind(account_id)
+            .bind(change.active_workers)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if change.cost_usd != 0.0 {
+        sqlx::query(
+            "INSERT INTO account_usage (account_id, day, cost_usd) VALUES ($1, $2, $3) \
+             ON CONFLICT (account_id, day) DO UPDATE SET cost_usd = account_usage.cost_usd + excluded.cost_usd",
+        )
+        .bind(account_id)
+        .bind(&change.day)
+        .bind(change.cost_usd)
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(())
 }
 
@@ -478,34 +510,39 @@ impl Store for PostgresStore {
         let mut tx = self.pool.begin().await?;
         // Locking the account row serialises this account's claims, so the counts
         // below stay true until commit; its limits are re-read as they are now.
-        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1 FOR UPDATE");
-        let account = match sqlx::query(built(sql))
+        let sql = format!(
+            "SELECT {ACCOUNT_COLUMNS}, active_workers FROM accounts WHERE id = $1 FOR UPDATE"
+        );
+        let (account, active) = match sqlx::query(built(sql))
             .bind(&account.id)
             .fetch_optional(&mut *tx)
             .await?
         {
-            Some(row) => account_from_row(&row)?,
+            Some(row) => (
+                account_from_row(&row)?,
+                row.try_get::<i64, _>("active_workers")?,
+            ),
             None => return Err(StoreError::NotFound(format!("account {}", account.id))),
         };
-        let usage = sqlx::query(built(format!(
-            "SELECT (SELECT COUNT(*) FROM workers WHERE account_id = $1 AND status IN ({})) AS active, \
-                    (SELECT COALESCE(SUM(cost_usd), 0) FROM workers \
-                     WHERE account_id = $1 AND started_at >= $2) AS cost_today",
-            status_list(WorkerStatus::ACTIVE)
-        )))
+        let cost_today: f64 = sqlx::query_scalar(
+            "SELECT cost_usd FROM account_usage WHERE account_id = $1 AND day = $2",
+        )
         .bind(&account.id)
-        .bind(time::utc_day_start(now))
-        .fetch_one(&mut *tx)
-        .await?;
-        let slots = claim::free_slots(
-            &account,
-            usage.try_get("active")?,
-            usage.try_get("cost_today")?,
-            request.max_tasks,
-        );
+        .bind(time::utc_day(now))
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or(0.0);
+        let slots = claim::free_slots(&account, active, cost_today, request.max_tasks);
         if slots == 0 {
             return Ok(Vec::new());
         }
+        // The pick must walk `tasks_pending` in dispatch order and stop at the first
+        // task it may lock. On a young table with no statistics yet the planner would
+        // rather read every pending task and sort them, which makes each claim cost
+        // O(queue length); ruling out the sort for this transaction keeps it O(1).
+        sqlx::query("SET LOCAL enable_sort = off")
+            .execute(&mut *tx)
+            .await?;
         let [any, own] = claim::preferences_for(account.account_type);
         let sql = format!(
             "SELECT {TASK_COLUMNS} FROM tasks WHERE status = 'pending' \
@@ -534,6 +571,11 @@ impl Store for PostgresStore {
             claimed.push((worker, task));
         }
         insert_events(&mut tx, &events, now).await?;
+        let taken = UsageChange {
+            active_workers: claimed.len() as i64,
+            ..UsageChange::default()
+        };
+        record_usage(&mut tx, &account.id, &taken).await?;
         tx.commit().await?;
         Ok(claimed)
     }
@@ -599,6 +641,7 @@ impl Store for PostgresStore {
             save_task(&mut tx, &task).await?;
             if let Some(w) = &worker {
                 save_worker(&mut tx, w).await?;
+                record_usage(&mut tx, &w.account_id, &outcome.usage).await?;
                 if !outcome.messages.is_empty() {
                     insert_messages(&mut tx, w, &outcome.messages, now).await?;
                 }

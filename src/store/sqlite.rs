@@ -19,7 +19,7 @@ use super::{
     ACCOUNT_COLUMNS, Applied, ClaimRequest, Result, Store, StoreError, TASK_COLUMNS, TaskFilter,
     WORKER_COLUMNS, WORKSPACE_COLUMNS, WorkerFilter, parse_column, status_list,
 };
-use crate::core::actions::{self, Action};
+use crate::core::actions::{self, Action, UsageChange};
 use crate::core::claim;
 use crate::core::events::Event;
 use crate::core::model::{Account, Grant, Message, Task, Worker, WorkerStatus, Workspace};
@@ -299,6 +299,24 @@ fn save_task(tx: &Transaction, t: &Task) -> Result<()> {
     Ok(())
 }
 
+/// Moves an account's usage counters by `change`.
+fn record_usage(tx: &Transaction, account_id: &str, change: &UsageChange) -> Result<()> {
+    if change.active_workers != 0 {
+        tx.prepare_cached(
+            "UPDATE accounts SET active_workers = active_workers + ?2 WHERE id = ?1",
+        )?
+        .execute(params![account_id, change.active_workers])?;
+    }
+    if change.cost_usd != 0.0 {
+        tx.prepare_cached(
+            "INSERT INTO account_usage (account_id, day, cost_usd) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (account_id, day) DO UPDATE SET cost_usd = cost_usd + excluded.cost_usd",
+        )?
+        .execute(params![account_id, change.day, change.cost_usd])?;
+    }
+    Ok(())
+}
+
 fn insert_events(tx: &Transaction, events: &[Event], now: Timestamp) -> Result<()> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO events (name, workspace_id, data, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -557,35 +575,34 @@ impl Store for SqliteStore {
         let request = request.clone();
         self.write(move |tx| {
             // Re-read the account under the write lock: its limits may have changed.
-            let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?1");
-            let Some(account) = tx
+            let sql =
+                format!("SELECT {ACCOUNT_COLUMNS}, active_workers FROM accounts WHERE id = ?1");
+            let found = tx
                 .prepare_cached(&sql)?
-                .query_row([&account_id], account_from_row)
-                .optional()?
-            else {
+                .query_row([&account_id], |r| {
+                    Ok((account_from_row(r)?, r.get::<_, i64>(9)?))
+                })
+                .optional()?;
+            let Some((account, active)) = found else {
                 return Err(StoreError::NotFound(format!("account {account_id}")));
             };
-            let active: i64 = tx
-                .prepare_cached(&format!(
-                    "SELECT COUNT(*) FROM workers WHERE account_id = ?1 AND status IN ({})",
-                    status_list(WorkerStatus::ACTIVE)
-                ))?
-                .query_row([&account.id], |r| r.get(0))?;
             let cost_today: f64 = tx
                 .prepare_cached(
-                    "SELECT COALESCE(SUM(cost_usd), 0) FROM workers \
-                     WHERE account_id = ?1 AND started_at >= ?2",
+                    "SELECT cost_usd FROM account_usage WHERE account_id = ?1 AND day = ?2",
                 )?
-                .query_row(params![account.id, millis(time::utc_day_start(now))], |r| {
-                    r.get(0)
-                })?;
+                .query_row(params![account.id, time::utc_day(now)], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0.0);
             let slots = claim::free_slots(&account, active, cost_today, request.max_tasks);
             if slots == 0 {
                 return Ok(Vec::new());
             }
+            // Walk `tasks_pending` in dispatch order and stop at the first task that fits: left
+            // to itself the planner may pick the workspace index and sort the whole
+            // workspace, which makes each claim cost O(tasks).
             let [any, own] = claim::preferences_for(account.account_type);
             let sql = format!(
-                "SELECT {TASK_COLUMNS} FROM tasks WHERE status = 'pending' \
+                "SELECT {TASK_COLUMNS} FROM tasks INDEXED BY tasks_pending WHERE status = 'pending' \
                  AND runner_preference IN (?2, ?3) \
                  AND workspace_id IN (SELECT workspace_id FROM account_workspaces \
                                       WHERE account_id = ?1 AND can_claim) \
@@ -613,6 +630,11 @@ impl Store for SqliteStore {
                 insert_events(tx, &events, now)?;
                 claimed.push((worker, task));
             }
+            let taken = UsageChange {
+                active_workers: claimed.len() as i64,
+                ..UsageChange::default()
+            };
+            record_usage(tx, &account.id, &taken)?;
             Ok(claimed)
         })
         .await
@@ -671,6 +693,7 @@ impl Store for SqliteStore {
                 save_task(tx, &task)?;
                 if let Some(w) = &worker {
                     save_worker(tx, w)?;
+                    record_usage(tx, &w.account_id, &outcome.usage)?;
                     if !outcome.messages.is_empty() {
                         insert_messages(tx, w, &outcome.messages, now)?;
                     }

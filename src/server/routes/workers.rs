@@ -166,7 +166,7 @@ pub async fn update(
     owned_worker(&state, &caller, &id).await?;
     let applied = state
         .store
-        .apply(&id, Action::Update(update), time::now())
+        .apply(&id, Action::update(update), time::now())
         .await?;
     if applied.task.status == TaskStatus::Pending {
         state.new_work.notify_waiters();
