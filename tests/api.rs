@@ -169,6 +169,41 @@ async fn the_original_readme_flow_works() {
     assert_eq!(task["workerId"], wid);
     assert!(task["completedAt"].is_string());
 
+    let (_, artifacts) = agent
+        .get(&format!(
+            "/api/tasks/{}/artifacts",
+            high["id"].as_str().unwrap()
+        ))
+        .await;
+    let kinds: Vec<&str> = artifacts["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["branch", "commit"]);
+    assert_eq!(artifacts["artifacts"][1]["value"], "abc123");
+    assert_eq!(artifacts["artifacts"][1]["workerId"], wid);
+
+    let comments_path = format!("/api/tasks/{}/comments", high["id"].as_str().unwrap());
+    let (status, note) = agent
+        .post(
+            &comments_path,
+            json!({"body": "Fixed by retrying the login."}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(note["author"], user_id);
+    admin.ok(&comments_path, json!({"body": "Thanks!"})).await;
+    let (_, comments) = agent.get(&comments_path).await;
+    let authors: Vec<&str> = comments["comments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["author"].as_str().unwrap())
+        .collect();
+    assert_eq!(authors, [user_id, "admin"]);
+
     let (_, listed) = admin
         .get(&format!("/api/tasks?workspaceId={ws}&status=pending"))
         .await;
@@ -609,6 +644,27 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             raw(r#"{"message": 3}"#),
             StatusCode::BAD_REQUEST,
         ),
+        (
+            Method::POST,
+            format!("/api/tasks/{tid}/comments"),
+            &admin,
+            raw(r#"{"body": ""}"#),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            "/api/tasks/task-nope/comments".into(),
+            &admin,
+            raw(r#"{"body": "hi"}"#),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::PATCH,
+            format!("/api/workers/{wid}"),
+            &agent,
+            raw(r#"{"artifacts": [{"kind": "photo", "value": "x"}]}"#),
+            StatusCode::BAD_REQUEST,
+        ),
     ];
     for (method, path, client, body, expected) in cases {
         let mut req = client
@@ -658,6 +714,13 @@ async fn snapshot(admin: &Api) -> Value {
         "/api/workers",
     ] {
         all[path] = admin.get(path).await.1;
+    }
+    for task in all["/api/tasks"]["tasks"].clone().as_array().unwrap() {
+        let id = task["id"].as_str().unwrap();
+        for what in ["artifacts", "comments"] {
+            let path = format!("/api/tasks/{id}/{what}");
+            all[path.as_str()] = admin.get(&path).await.1;
+        }
     }
     all
 }

@@ -54,6 +54,7 @@ store_suite!(
     stale_workers_expire_exactly_once,
     messages_are_numbered_per_worker,
     concurrent_claims_never_share_a_task,
+    artifacts_and_comments_stay_with_the_task,
 );
 
 type Db = Arc<dyn Store>;
@@ -567,4 +568,88 @@ async fn concurrent_claims_never_share_a_task(db: Db) {
     let unique: HashSet<_> = all.iter().collect();
     assert_eq!(all.len(), 60, "every task claimed");
     assert_eq!(unique.len(), 60, "no task claimed twice");
+}
+
+async fn artifacts_and_comments_stay_with_the_task(db: Db) {
+    let ws = new_workspace(&db).await;
+    let a = account(AccountType::Service, 5, None);
+    new_account(&db, &a).await;
+    grant(&db, &a, &ws, true).await;
+    let task = new_task(&db, &ws, RunnerPreference::Any, 0, 3).await;
+
+    // Two attempts; each leaves artifacts, and a refused update leaves none.
+    let (w1, _) = claim(&db, &a, 1).await.remove(0);
+    let first = WorkerUpdate {
+        status: Some(WorkerStatus::Error),
+        branch: Some(format!("buildd/{}", task.id)),
+        artifacts: vec![Artifact {
+            kind: ArtifactKind::File,
+            value: "notes.md".into(),
+        }],
+        ..WorkerUpdate::default()
+    };
+    db.apply(&w1.id, Action::update(first), time::now())
+        .await
+        .unwrap();
+    let refused = WorkerUpdate {
+        status: Some(WorkerStatus::Running),
+        commit_sha: Some("bad".into()),
+        ..WorkerUpdate::default()
+    };
+    assert!(
+        db.apply(&w1.id, Action::update(refused), time::now())
+            .await
+            .is_err()
+    );
+    let (w2, _) = claim(&db, &a, 1).await.remove(0);
+    let second = WorkerUpdate {
+        branch: Some(format!("buildd/{}", task.id)),
+        commit_sha: Some("feedbeef".into()),
+        pr_url: Some("https://github.com/o/r/pull/1".into()),
+        ..WorkerUpdate::default()
+    };
+    db.apply(&w2.id, Action::update(second), time::now())
+        .await
+        .unwrap();
+
+    let recorded = db.list_artifacts(&task.id).await.unwrap();
+    let seen: Vec<(&str, ArtifactKind, &str)> = recorded
+        .iter()
+        .map(|r| {
+            (
+                r.worker_id.as_str(),
+                r.artifact.kind,
+                r.artifact.value.as_str(),
+            )
+        })
+        .collect();
+    let branch = format!("buildd/{}", task.id);
+    assert_eq!(
+        seen,
+        vec![
+            (w1.id.as_str(), ArtifactKind::Branch, branch.as_str()),
+            (w1.id.as_str(), ArtifactKind::File, "notes.md"),
+            (w2.id.as_str(), ArtifactKind::Branch, branch.as_str()),
+            (w2.id.as_str(), ArtifactKind::Commit, "feedbeef"),
+            (
+                w2.id.as_str(),
+                ArtifactKind::Pr,
+                "https://github.com/o/r/pull/1"
+            ),
+        ]
+    );
+
+    let first = db
+        .add_comment(&task.id, "admin", "please add tests", time::now())
+        .await
+        .unwrap();
+    let second = db
+        .add_comment(&task.id, &a.id, "done", time::now())
+        .await
+        .unwrap();
+    assert!(second.id > first.id);
+    assert_eq!(
+        db.list_comments(&task.id).await.unwrap(),
+        vec![first, second]
+    );
 }

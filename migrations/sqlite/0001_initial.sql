@@ -77,6 +77,26 @@ CREATE TABLE workers (
 CREATE INDEX workers_status_heartbeat ON workers (status, heartbeat_at);
 CREATE INDEX workers_task ON workers (task_id);
 
+-- What workers produced (branch, commit, PR, file), across all of a task's attempts.
+CREATE TABLE artifacts (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id    TEXT NOT NULL REFERENCES tasks (id),
+    worker_id  TEXT NOT NULL REFERENCES workers (id),
+    kind       TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX artifacts_task ON artifacts (task_id, id);
+
+CREATE TABLE comments (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id    TEXT NOT NULL REFERENCES tasks (id),
+    author     TEXT NOT NULL,
+    body       TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX comments_task ON comments (task_id, id);
+
 -- What each account's workers started on each UTC day have cost, for maxCostPerDay.
 CREATE TABLE account_usage (
     account_id TEXT NOT NULL REFERENCES accounts (id),

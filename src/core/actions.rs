@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::error::RuleError;
 use super::events::Event;
 use super::lease;
-use super::model::{Task, TaskStatus, Worker, WorkerStatus};
+use super::model::{Artifact, ArtifactKind, Task, TaskStatus, Worker, WorkerStatus};
 use super::time::{self, Timestamp};
 
 /// The longest free text a worker may report (a question, an error).
@@ -32,7 +32,13 @@ pub struct WorkerUpdate {
     pub question: Option<String>,
     pub error: Option<String>,
     pub result: Option<Value>,
+    /// Further artifacts, such as the files the run changed.
+    #[serde(default)]
+    pub artifacts: Vec<Artifact>,
 }
+
+/// The most artifacts one update may carry.
+pub const MAX_ARTIFACTS_PER_UPDATE: usize = 1000;
 
 /// A change to a task, or to a worker and the task it carries.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +85,8 @@ pub struct Outcome {
     pub reply: Option<String>,
     /// How the worker's account usage changed, for the stores' counters.
     pub usage: UsageChange,
+    /// Artifacts to record for the worker's task.
+    pub artifacts: Vec<Artifact>,
 }
 
 /// A change to an account's usage counters, which the claim checks against its limits:
@@ -270,6 +278,18 @@ fn update_worker(
     check_field("prUrl", &update.pr_url, MAX_FIELD_LEN)?;
     check_field("question", &update.question, MAX_TEXT_LEN)?;
     check_field("error", &update.error, MAX_TEXT_LEN)?;
+    if update.artifacts.len() > MAX_ARTIFACTS_PER_UPDATE {
+        return Err(RuleError::Invalid(format!(
+            "at most {MAX_ARTIFACTS_PER_UPDATE} artifacts per update"
+        )));
+    }
+    for a in &update.artifacts {
+        if a.value.trim().is_empty() || a.value.len() > MAX_FIELD_LEN {
+            return Err(RuleError::Invalid(format!(
+                "an artifact's value must be 1 to {MAX_FIELD_LEN} bytes"
+            )));
+        }
+    }
     if let Some(to) = update.status
         && to != worker.status
         && !can_move(worker.status, to)
@@ -279,6 +299,25 @@ fn update_worker(
             worker.id, worker.status
         )));
     }
+
+    // A branch, commit or PR reported for the first time (or changed) is recorded as
+    // an artifact, so the task keeps the history of every attempt.
+    let mut artifacts = Vec::new();
+    for (kind, new, old) in [
+        (ArtifactKind::Branch, &update.branch, &worker.branch),
+        (ArtifactKind::Commit, &update.commit_sha, &worker.commit_sha),
+        (ArtifactKind::Pr, &update.pr_url, &worker.pr_url),
+    ] {
+        if let Some(value) = new
+            && Some(value) != old.as_ref()
+        {
+            artifacts.push(Artifact {
+                kind,
+                value: value.clone(),
+            });
+        }
+    }
+    artifacts.extend(update.artifacts);
 
     let task_before = task.clone();
     if let Some(v) = update.cost_usd {
@@ -308,6 +347,7 @@ fn update_worker(
     Ok(Outcome {
         changed: true,
         events,
+        artifacts,
         ..Outcome::default()
     })
 }
@@ -459,10 +499,45 @@ mod tests {
             ..WorkerUpdate::default()
         });
         let out = apply(done, &mut task, Some(&mut worker), now).unwrap();
+        assert!(out.artifacts.is_empty());
         assert_eq!(task.status, TaskStatus::Completed);
         assert_eq!(task.result, Some(json!({"summary": "ok"})));
         assert!(worker.finished_at.is_some());
         assert_eq!(out.events.len(), 2);
+    }
+
+    #[test]
+    fn new_branches_commits_and_prs_become_artifacts() {
+        let (mut task, mut worker) = claimed(3);
+        let now = time::now();
+        let report = |commit: &str| {
+            Action::update(WorkerUpdate {
+                branch: Some("buildd/task-1".into()),
+                commit_sha: Some(commit.into()),
+                artifacts: vec![Artifact {
+                    kind: ArtifactKind::File,
+                    value: "src/a.rs".into(),
+                }],
+                ..WorkerUpdate::default()
+            })
+        };
+        let out = apply(report("c1"), &mut task, Some(&mut worker), now).unwrap();
+        let kinds: Vec<ArtifactKind> = out.artifacts.iter().map(|a| a.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                ArtifactKind::Branch,
+                ArtifactKind::Commit,
+                ArtifactKind::File
+            ]
+        );
+        let out = apply(report("c2"), &mut task, Some(&mut worker), now).unwrap();
+        let values: Vec<&str> = out.artifacts.iter().map(|a| a.value.as_str()).collect();
+        assert_eq!(
+            values,
+            ["c2", "src/a.rs"],
+            "an unchanged branch is not recorded again"
+        );
     }
 
     #[test]

@@ -85,6 +85,11 @@ string_enum!(
     }
 );
 
+string_enum!(
+    /// What a worker produced.
+    ArtifactKind { Branch = "branch", Commit = "commit", Pr = "pr", File = "file" }
+);
+
 impl TaskStatus {
     /// Completed, failed and cancelled tasks never change again.
     pub fn is_terminal(self) -> bool {
@@ -198,6 +203,37 @@ pub struct Worker {
     /// A person's answer to `question`, held until the agent's next heartbeat takes it.
     #[serde(skip)]
     pub pending_reply: Option<String>,
+}
+
+/// Something a worker produced, kept per task across all its attempts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Artifact {
+    pub kind: ArtifactKind,
+    /// The branch name, commit SHA, pull request URL or file path.
+    pub value: String,
+}
+
+/// An artifact as stored: which worker made it, and when.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedArtifact {
+    pub worker_id: String,
+    #[serde(flatten)]
+    pub artifact: Artifact,
+    pub created_at: Timestamp,
+}
+
+/// A note on a task, from a person or an agent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Comment {
+    pub id: i64,
+    pub task_id: String,
+    /// The account id of the author, or `admin`.
+    pub author: String,
+    pub body: String,
+    pub created_at: Timestamp,
 }
 
 /// One entry of a worker's runner stream, numbered from 1 per worker.

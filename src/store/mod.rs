@@ -15,7 +15,8 @@ use serde_json::Value;
 use crate::core::RuleError;
 use crate::core::actions::{Action, Outcome};
 use crate::core::model::{
-    Account, Grant, Message, Task, TaskStatus, Worker, WorkerStatus, Workspace,
+    Account, Comment, Grant, Message, RecordedArtifact, Task, TaskStatus, Worker, WorkerStatus,
+    Workspace,
 };
 use crate::core::time::Timestamp;
 
@@ -134,6 +135,19 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<i64>;
     /// Up to `limit` messages with `seq > after`, in order.
     async fn list_messages(&self, worker_id: &str, after: i64, limit: u32) -> Result<Vec<Message>>;
+
+    /// Everything the task's workers produced, oldest first.
+    async fn list_artifacts(&self, task_id: &str) -> Result<Vec<RecordedArtifact>>;
+
+    async fn add_comment(
+        &self,
+        task_id: &str,
+        author: &str,
+        body: &str,
+        now: Timestamp,
+    ) -> Result<Comment>;
+    /// The task's comments, oldest first.
+    async fn list_comments(&self, task_id: &str) -> Result<Vec<Comment>>;
 
     /// Ids of leased workers whose last heartbeat is older than `cutoff`. The sweeper
     /// expires each with [`Action::Expire`], which re-checks under lock, so two servers

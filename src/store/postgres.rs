@@ -25,7 +25,10 @@ use super::{
 use crate::core::actions::{self, Action, UsageChange};
 use crate::core::claim;
 use crate::core::events::Event;
-use crate::core::model::{Account, Grant, Message, Task, Worker, WorkerStatus, Workspace};
+use crate::core::model::{
+    Account, Artifact, Comment, Grant, Message, RecordedArtifact, Task, Worker, WorkerStatus,
+    Workspace,
+};
 use crate::core::time::{self, Timestamp};
 
 const MAX_CONNECTIONS: u32 = 16;
@@ -249,6 +252,31 @@ async fn record_usage(
         .execute(&mut *conn)
         .await?;
     }
+    Ok(())
+}
+
+async fn insert_artifacts(
+    conn: &mut PgConnection,
+    worker: &Worker,
+    artifacts: &[Artifact],
+    now: Timestamp,
+) -> Result<()> {
+    if artifacts.is_empty() {
+        return Ok(());
+    }
+    let kinds: Vec<&str> = artifacts.iter().map(|a| a.kind.as_str()).collect();
+    let values: Vec<&str> = artifacts.iter().map(|a| a.value.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO artifacts (task_id, worker_id, kind, value, created_at) \
+         SELECT $1, $2, k, v, $5 FROM UNNEST($3::text[], $4::text[]) WITH ORDINALITY AS a (k, v, ord) ORDER BY ord",
+    )
+    .bind(&worker.task_id)
+    .bind(&worker.id)
+    .bind(kinds)
+    .bind(values)
+    .bind(now)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -642,6 +670,7 @@ impl Store for PostgresStore {
             if let Some(w) = &worker {
                 save_worker(&mut tx, w).await?;
                 record_usage(&mut tx, &w.account_id, &outcome.usage).await?;
+                insert_artifacts(&mut tx, w, &outcome.artifacts, now).await?;
                 if !outcome.messages.is_empty() {
                     insert_messages(&mut tx, w, &outcome.messages, now).await?;
                 }
@@ -688,6 +717,72 @@ impl Store for PostgresStore {
                 Ok(Message {
                     seq: r.try_get("seq")?,
                     message: r.try_get::<Json<Value>, _>("body")?.0,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn list_artifacts(&self, task_id: &str) -> Result<Vec<RecordedArtifact>> {
+        let rows = sqlx::query(
+            "SELECT worker_id, kind, value, created_at FROM artifacts WHERE task_id = $1 ORDER BY id",
+        )
+        .bind(task_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RecordedArtifact {
+                    worker_id: r.try_get("worker_id")?,
+                    artifact: Artifact {
+                        kind: enum_col(r, "kind")?,
+                        value: r.try_get("value")?,
+                    },
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn add_comment(
+        &self,
+        task_id: &str,
+        author: &str,
+        body: &str,
+        now: Timestamp,
+    ) -> Result<Comment> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO comments (task_id, author, body, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(task_id)
+        .bind(author)
+        .bind(body)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Comment {
+            id,
+            task_id: task_id.to_owned(),
+            author: author.to_owned(),
+            body: body.to_owned(),
+            created_at: now,
+        })
+    }
+
+    async fn list_comments(&self, task_id: &str) -> Result<Vec<Comment>> {
+        let rows = sqlx::query(
+            "SELECT id, task_id, author, body, created_at FROM comments WHERE task_id = $1 ORDER BY id",
+        )
+        .bind(task_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Comment {
+                    id: r.try_get("id")?,
+                    task_id: r.try_get("task_id")?,
+                    author: r.try_get("author")?,
+                    body: r.try_get("body")?,
                     created_at: r.try_get("created_at")?,
                 })
             })

@@ -22,7 +22,10 @@ use super::{
 use crate::core::actions::{self, Action, UsageChange};
 use crate::core::claim;
 use crate::core::events::Event;
-use crate::core::model::{Account, Grant, Message, Task, Worker, WorkerStatus, Workspace};
+use crate::core::model::{
+    Account, Artifact, Comment, Grant, Message, RecordedArtifact, Task, Worker, WorkerStatus,
+    Workspace,
+};
 use crate::core::time::{self, Timestamp};
 
 /// Schema migrations in order; `PRAGMA user_version` records how many have run.
@@ -313,6 +316,27 @@ fn record_usage(tx: &Transaction, account_id: &str, change: &UsageChange) -> Res
              ON CONFLICT (account_id, day) DO UPDATE SET cost_usd = cost_usd + excluded.cost_usd",
         )?
         .execute(params![account_id, change.day, change.cost_usd])?;
+    }
+    Ok(())
+}
+
+fn insert_artifacts(
+    tx: &Transaction,
+    worker: &Worker,
+    artifacts: &[Artifact],
+    now: Timestamp,
+) -> Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO artifacts (task_id, worker_id, kind, value, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for a in artifacts {
+        stmt.execute(params![
+            worker.task_id,
+            worker.id,
+            a.kind.as_str(),
+            a.value,
+            millis(now)
+        ])?;
     }
     Ok(())
 }
@@ -694,6 +718,7 @@ impl Store for SqliteStore {
                 if let Some(w) = &worker {
                     save_worker(tx, w)?;
                     record_usage(tx, &w.account_id, &outcome.usage)?;
+                    insert_artifacts(tx, w, &outcome.artifacts, now)?;
                     if !outcome.messages.is_empty() {
                         insert_messages(tx, w, &outcome.messages, now)?;
                     }
@@ -740,6 +765,68 @@ impl Store for SqliteStore {
                     seq: r.get(0)?,
                     message: json_col(r, 1)?.unwrap_or(Value::Null),
                     created_at: time_col(r, 2)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn list_artifacts(&self, task_id: &str) -> Result<Vec<RecordedArtifact>> {
+        let id = task_id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT worker_id, kind, value, created_at FROM artifacts WHERE task_id = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([id], |r| {
+                Ok(RecordedArtifact {
+                    worker_id: r.get(0)?,
+                    artifact: Artifact { kind: enum_col(r, 1)?, value: r.get(2)? },
+                    created_at: time_col(r, 3)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn add_comment(
+        &self,
+        task_id: &str,
+        author: &str,
+        body: &str,
+        now: Timestamp,
+    ) -> Result<Comment> {
+        let (task_id, author, body) = (task_id.to_owned(), author.to_owned(), body.to_owned());
+        self.write(move |tx| {
+            tx.prepare_cached(
+                "INSERT INTO comments (task_id, author, body, created_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![task_id, author, body, millis(now)])?;
+            Ok(Comment {
+                id: tx.last_insert_rowid(),
+                task_id,
+                author,
+                body,
+                created_at: now,
+            })
+        })
+        .await
+    }
+
+    async fn list_comments(&self, task_id: &str) -> Result<Vec<Comment>> {
+        let id = task_id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, task_id, author, body, created_at FROM comments WHERE task_id = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([id], |r| {
+                Ok(Comment {
+                    id: r.get(0)?,
+                    task_id: r.get(1)?,
+                    author: r.get(2)?,
+                    body: r.get(3)?,
+                    created_at: time_col(r, 4)?,
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)

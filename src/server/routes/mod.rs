@@ -32,6 +32,11 @@ pub fn routes() -> Router<AppState> {
         .route("/api/tasks/{id}", get(tasks::show))
         .route("/api/tasks/{id}/cancel", post(tasks::cancel))
         .route("/api/tasks/{id}/reply", post(tasks::reply))
+        .route("/api/tasks/{id}/artifacts", get(tasks::artifacts))
+        .route(
+            "/api/tasks/{id}/comments",
+            post(tasks::comment).get(tasks::comments),
+        )
         .route("/api/workers", get(workers::list))
         .route("/api/workers/claim", post(workers::claim))
         .route(

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::page_limit;
 use crate::core::actions::Action;
 use crate::core::ids::{IdKind, new_id};
-use crate::core::model::{RunnerPreference, Task, TaskStatus};
+use crate::core::model::{Comment, RunnerPreference, Task, TaskStatus};
 use crate::core::{time, validate};
 use crate::server::AppState;
 use crate::server::auth::Caller;
@@ -171,4 +171,52 @@ pub async fn reply(
     };
     let applied = state.store.apply(&id, action, time::now()).await?;
     Ok(Json(applied.task))
+}
+
+/// `GET /api/tasks/:id/artifacts`: branches, commits, PRs and files of every attempt.
+pub async fn artifacts(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    visible_task(&state, &caller, &id).await?;
+    Ok(Json(
+        json!({ "artifacts": state.store.list_artifacts(&id).await? }),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct CommentBody {
+    body: String,
+}
+
+/// `POST /api/tasks/:id/comments`: anyone who can see the task may comment on it.
+pub async fn comment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(body): Body<CommentBody>,
+) -> ApiResult<(StatusCode, Json<Comment>)> {
+    validate::text("body", &body.body, validate::MAX_COMMENT_LEN)?;
+    visible_task(&state, &caller, &id).await?;
+    let author = match &caller {
+        Caller::Admin => "admin".to_owned(),
+        Caller::Account(a) => a.id.clone(),
+    };
+    let comment = state
+        .store
+        .add_comment(&id, &author, &body.body, time::now())
+        .await?;
+    Ok((StatusCode::CREATED, Json(comment)))
+}
+
+pub async fn comments(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    visible_task(&state, &caller, &id).await?;
+    Ok(Json(
+        json!({ "comments": state.store.list_comments(&id).await? }),
+    ))
 }
