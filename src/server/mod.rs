@@ -17,6 +17,7 @@ use axum::extract::DefaultBodyLimit;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::store::Store;
 
@@ -40,6 +41,8 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     routes::routes()
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // A bug must cost one request a 500, never the connection or the process.
+        .layer(CatchPanicLayer::custom(error::panic_response))
         .layer(axum::middleware::map_response(error::json_errors))
         .with_state(state)
 }
