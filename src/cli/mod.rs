@@ -24,7 +24,12 @@ enum Command {
 
 /// Runs buildd with the process's arguments and returns its exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => return usage_error(&e),
+        // --help and --version print their text on stdout and exit 0.
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
@@ -38,6 +43,18 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => fail(&message),
     }
+}
+
+/// A command line clap refused, as one line: clap's own first line, minus its
+/// `error: ` prefix, and where to look for help.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or("invalid arguments");
+    eprintln!(
+        "buildd: {} (see 'buildd --help')",
+        first.trim_start_matches("error: ")
+    );
+    ExitCode::from(2)
 }
 
 fn fail(message: &str) -> ExitCode {
