@@ -204,6 +204,32 @@ async fn the_original_readme_flow_works() {
         .collect();
     assert_eq!(authors, [user_id, "admin"]);
 
+    // Tasks from one GitHub issue share its source.
+    let issue = json!({"type": "github_issue", "externalId": "my-org/my-repo#12", "url": "https://github.com/my-org/my-repo/issues/12"});
+    let from_issue = admin
+        .task(&ws, json!({"title": "issue 12", "source": issue}))
+        .await;
+    let again = admin
+        .task(&ws, json!({"title": "issue 12, again", "source": issue}))
+        .await;
+    let source_id = from_issue["sourceId"].as_str().unwrap();
+    assert!(source_id.starts_with("src-"));
+    assert_eq!(again["sourceId"], source_id);
+    let (_, source) = agent.get(&format!("/api/sources/{source_id}")).await;
+    assert_eq!(source["type"], "github_issue");
+    assert_eq!(source["externalId"], "my-org/my-repo#12");
+    let (_, of_issue) = agent.get(&format!("/api/tasks?sourceId={source_id}")).await;
+    assert_eq!(of_issue["tasks"].as_array().unwrap().len(), 2);
+    for t in [&from_issue, &again] {
+        admin
+            .ok(
+                &format!("/api/tasks/{}/cancel", t["id"].as_str().unwrap()),
+                json!({}),
+            )
+            .await;
+    }
+    assert_eq!(high["sourceId"], Value::Null);
+
     let (_, listed) = admin
         .get(&format!("/api/tasks?workspaceId={ws}&status=pending"))
         .await;
@@ -643,6 +669,37 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             &admin,
             raw(r#"{"message": 3}"#),
             StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            "/api/tasks".into(),
+            &admin,
+            Some(Box::leak(
+                format!(
+                    r#"{{"workspaceId": "{ws}", "title": "t", "source": {{"type": "Not A Type"}}}}"#
+                )
+                .into_boxed_str(),
+            )),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            "/api/tasks".into(),
+            &admin,
+            Some(Box::leak(
+                format!(
+                    r#"{{"workspaceId": "{ws}", "title": "t", "source": {{"externalId": "x"}}}}"#
+                )
+                .into_boxed_str(),
+            )),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::GET,
+            "/api/sources/src-nope".into(),
+            &admin,
+            None,
+            StatusCode::NOT_FOUND,
         ),
         (
             Method::POST,

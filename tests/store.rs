@@ -55,6 +55,7 @@ store_suite!(
     messages_are_numbered_per_worker,
     concurrent_claims_never_share_a_task,
     artifacts_and_comments_stay_with_the_task,
+    tasks_from_one_source_share_it,
 );
 
 type Db = Arc<dyn Store>;
@@ -125,8 +126,9 @@ async fn new_task(
         claimed_at: None,
         completed_at: None,
         result: None,
+        source_id: None,
     };
-    db.create_task(&task).await.unwrap();
+    db.create_task(&task, None).await.unwrap();
     // Distinct creation times keep "oldest first" meaningful.
     tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     task
@@ -651,5 +653,57 @@ async fn artifacts_and_comments_stay_with_the_task(db: Db) {
     assert_eq!(
         db.list_comments(&task.id).await.unwrap(),
         vec![first, second]
+    );
+}
+
+async fn tasks_from_one_source_share_it(db: Db) {
+    let ws = new_workspace(&db).await;
+    let other_ws = new_workspace(&db).await;
+    let source = |ws: &Workspace, external: Option<&str>| Source {
+        id: new_id(IdKind::Source),
+        workspace_id: ws.id.clone(),
+        source_type: "github_issue".into(),
+        external_id: external.map(str::to_owned),
+        url: external.map(|e| format!("https://github.com/{e}")),
+        created_at: time::now(),
+    };
+    let template = new_task(&db, &ws, RunnerPreference::Any, 0, 3).await;
+    let mut create = async |ws: &Workspace, src: Source| {
+        let task = Task {
+            id: new_id(IdKind::Task),
+            workspace_id: ws.id.clone(),
+            ..template.clone()
+        };
+        let created = db.create_task(&task, Some(&src)).await.unwrap();
+        assert_eq!(
+            db.get_task(&created.id).await.unwrap(),
+            Some(created.clone())
+        );
+        created.source_id.unwrap()
+    };
+    let first = create(&ws, source(&ws, Some("o/r#12"))).await;
+    let again = create(&ws, source(&ws, Some("o/r#12"))).await;
+    let other_issue = create(&ws, source(&ws, Some("o/r#13"))).await;
+    let elsewhere = create(&other_ws, source(&other_ws, Some("o/r#12"))).await;
+    let anonymous_1 = create(&ws, source(&ws, None)).await;
+    let anonymous_2 = create(&ws, source(&ws, None)).await;
+    assert_eq!(first, again, "the same issue is one source");
+    let distinct: HashSet<&String> = [&first, &other_issue, &elsewhere, &anonymous_1, &anonymous_2]
+        .into_iter()
+        .collect();
+    assert_eq!(distinct.len(), 5);
+
+    let stored = db.get_source(&first).await.unwrap().unwrap();
+    assert_eq!(stored.external_id.as_deref(), Some("o/r#12"));
+    assert_eq!(stored.url.as_deref(), Some("https://github.com/o/r#12"));
+    let filter = TaskFilter {
+        source_id: Some(first.clone()),
+        limit: 10,
+        ..TaskFilter::default()
+    };
+    assert_eq!(db.list_tasks(&filter).await.unwrap().len(), 2);
+    assert_eq!(
+        db.get_task(&template.id).await.unwrap().unwrap().source_id,
+        None
     );
 }

@@ -31,6 +31,17 @@ CREATE TABLE account_workspaces (
     PRIMARY KEY (account_id, workspace_id)
 );
 
+-- Where tasks come from; one row per (type, external id) in a workspace.
+CREATE TABLE sources (
+    id           TEXT PRIMARY KEY,
+    workspace_id TEXT NOT NULL REFERENCES workspaces (id),
+    type         TEXT NOT NULL,
+    external_id  TEXT,
+    url          TEXT,
+    created_at   TIMESTAMPTZ NOT NULL
+);
+CREATE UNIQUE INDEX sources_external ON sources (workspace_id, type, external_id);
+
 CREATE TABLE tasks (
     id                TEXT PRIMARY KEY,
     workspace_id      TEXT NOT NULL REFERENCES workspaces (id),
@@ -47,11 +58,13 @@ CREATE TABLE tasks (
     created_at        TIMESTAMPTZ NOT NULL,
     claimed_at        TIMESTAMPTZ,
     completed_at      TIMESTAMPTZ,
-    result            JSONB
+    result            JSONB,
+    source_id         TEXT REFERENCES sources (id)
 );
 -- The claim walks pending tasks in dispatch order and stops at the first it may take.
 CREATE INDEX tasks_pending ON tasks (priority DESC, created_at, id) WHERE status = 'pending';
 CREATE INDEX tasks_workspace ON tasks (workspace_id, created_at);
+CREATE INDEX tasks_source ON tasks (source_id);
 
 CREATE TABLE workers (
     id            TEXT PRIMARY KEY,

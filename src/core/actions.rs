@@ -456,6 +456,7 @@ mod tests {
             claimed_at: None,
             completed_at: None,
             result: None,
+            source_id: None,
         };
         let account = Account {
             id: "acc-1".into(),

@@ -130,6 +130,7 @@ mod tests {
             claimed_at: None,
             completed_at: None,
             result: None,
+            source_id: None,
         };
         let (worker, events) = assign(&mut task, &account(1, None), now);
         assert_eq!(task.status, TaskStatus::Assigned);

@@ -12,6 +12,7 @@ pub enum IdKind {
     Workspace,
     Task,
     Worker,
+    Source,
 }
 
 impl IdKind {
@@ -21,6 +22,7 @@ impl IdKind {
             IdKind::Workspace => "ws",
             IdKind::Task => "task",
             IdKind::Worker => "wrk",
+            IdKind::Source => "src",
         }
     }
 }

@@ -178,6 +178,23 @@ pub struct Task {
     pub claimed_at: Option<Timestamp>,
     pub completed_at: Option<Timestamp>,
     pub result: Option<Value>,
+    /// Where the task came from; `None` for a task made by hand.
+    pub source_id: Option<String>,
+}
+
+/// Where tasks come from: a GitHub issue, a pull request, an alert, a schedule…
+/// Tasks created for the same `(type, externalId)` in a workspace share one source,
+/// so everything done about, say, one issue can be found together.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Source {
+    pub id: String,
+    pub workspace_id: String,
+    #[serde(rename = "type")]
+    pub source_type: String,
+    pub external_id: Option<String>,
+    pub url: Option<String>,
+    pub created_at: Timestamp,
 }
 
 /// One attempt of one task by one account.

@@ -82,6 +82,22 @@ pub fn github_repo(value: Option<&str>) -> Result<(), RuleError> {
     }
 }
 
+/// A source type: a short lowercase word such as `github_issue`.
+pub fn source_type(value: &str) -> Result<(), RuleError> {
+    let ok = !value.is_empty()
+        && value.len() <= 50
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "source type {value:?} must be 1 to 50 lowercase letters, digits or underscores"
+        )))
+    }
+}
+
 pub fn max_attempts(value: Option<i32>) -> Result<i32, RuleError> {
     let v = value.unwrap_or(DEFAULT_MAX_ATTEMPTS);
     if (1..=MAX_ATTEMPTS_LIMIT).contains(&v) {
@@ -124,5 +140,8 @@ mod tests {
         assert!(non_negative_count("maxConcurrentWorkers", Some(-1)).is_err());
         assert_eq!(max_attempts(None), Ok(3));
         assert!(max_attempts(Some(0)).is_err());
+        assert!(source_type("github_issue").is_ok());
+        assert!(source_type("GitHub Issue").is_err());
+        assert!(source_type("").is_err());
     }
 }

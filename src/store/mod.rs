@@ -15,8 +15,8 @@ use serde_json::Value;
 use crate::core::RuleError;
 use crate::core::actions::{Action, Outcome};
 use crate::core::model::{
-    Account, Comment, Grant, Message, RecordedArtifact, Task, TaskStatus, Worker, WorkerStatus,
-    Workspace,
+    Account, Comment, Grant, Message, RecordedArtifact, Source, Task, TaskStatus, Worker,
+    WorkerStatus, Workspace,
 };
 use crate::core::time::Timestamp;
 
@@ -54,6 +54,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct TaskFilter {
     pub workspace_id: Option<String>,
     pub status: Option<TaskStatus>,
+    pub source_id: Option<String>,
     /// Only tasks of workspaces this account has been granted.
     pub visible_to: Option<String>,
     pub limit: u32,
@@ -103,7 +104,11 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_grant(&self, account_id: &str, workspace_id: &str) -> Result<bool>;
     async fn get_grant(&self, account_id: &str, workspace_id: &str) -> Result<Option<Grant>>;
 
-    async fn create_task(&self, task: &Task) -> Result<()>;
+    /// Stores a new task. With a `source`, the task is linked to the workspace's source
+    /// of the same type and external id, which is created if there is none yet; the
+    /// task is returned with its `source_id` set.
+    async fn create_task(&self, task: &Task, source: Option<&Source>) -> Result<Task>;
+    async fn get_source(&self, id: &str) -> Result<Option<Source>>;
     async fn get_task(&self, id: &str) -> Result<Option<Task>>;
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>>;
 
@@ -192,7 +197,8 @@ const ACCOUNT_COLUMNS: &str = "id, type, name, auth_type, max_concurrent_workers
 const WORKSPACE_COLUMNS: &str = "id, name, repo_url, default_branch, created_at";
 const TASK_COLUMNS: &str = "id, workspace_id, title, description, runner_preference, \
      priority, status, attempts, max_attempts, max_cost_usd, claimed_by, worker_id, \
-     created_at, claimed_at, completed_at, result";
+     created_at, claimed_at, completed_at, result, source_id";
+const SOURCE_COLUMNS: &str = "id, workspace_id, type, external_id, url, created_at";
 const WORKER_COLUMNS: &str = "id, task_id, workspace_id, account_id, status, cost_usd, \
      turns, session_id, branch, commit_sha, pr_url, question, error, pending_reply, \
      started_at, heartbeat_at, finished_at";

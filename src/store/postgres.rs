@@ -19,15 +19,16 @@ use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 
 use super::{
-    ACCOUNT_COLUMNS, Applied, ClaimRequest, Result, Store, StoreError, TASK_COLUMNS, TaskFilter,
-    WORKER_COLUMNS, WORKSPACE_COLUMNS, WorkerFilter, parse_column, status_list,
+    ACCOUNT_COLUMNS, Applied, ClaimRequest, Result, SOURCE_COLUMNS, Store, StoreError,
+    TASK_COLUMNS, TaskFilter, WORKER_COLUMNS, WORKSPACE_COLUMNS, WorkerFilter, parse_column,
+    status_list,
 };
 use crate::core::actions::{self, Action, UsageChange};
 use crate::core::claim;
 use crate::core::events::Event;
 use crate::core::model::{
-    Account, Artifact, Comment, Grant, Message, RecordedArtifact, Task, Worker, WorkerStatus,
-    Workspace,
+    Account, Artifact, Comment, Grant, Message, RecordedArtifact, Source, Task, Worker,
+    WorkerStatus, Workspace,
 };
 use crate::core::time::{self, Timestamp};
 
@@ -108,6 +109,7 @@ fn task_from_row(row: &PgRow) -> Result<Task> {
         result: row
             .try_get::<Option<Json<Value>>, _>("result")?
             .map(|j| j.0),
+        source_id: row.try_get("source_id")?,
     })
 }
 
@@ -253,6 +255,35 @@ async fn record_usage(
         .await?;
     }
     Ok(())
+}
+
+/// The id of the workspace's source with `src`'s type and external id, made from
+/// `src` if there is none. A source without an external id is always new.
+async fn upsert_source(conn: &mut PgConnection, src: &Source) -> Result<String> {
+    let sql = format!(
+        "INSERT INTO sources ({SOURCE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (workspace_id, type, external_id) DO NOTHING"
+    );
+    sqlx::query(built(sql))
+        .bind(&src.id)
+        .bind(&src.workspace_id)
+        .bind(&src.source_type)
+        .bind(&src.external_id)
+        .bind(&src.url)
+        .bind(src.created_at)
+        .execute(&mut *conn)
+        .await?;
+    match &src.external_id {
+        None => Ok(src.id.clone()),
+        Some(external) => Ok(sqlx::query_scalar(
+            "SELECT id FROM sources WHERE workspace_id = $1 AND type = $2 AND external_id = $3",
+        )
+        .bind(&src.workspace_id)
+        .bind(&src.source_type)
+        .bind(external)
+        .fetch_one(conn)
+        .await?),
+    }
 }
 
 async fn insert_artifacts(
@@ -470,11 +501,15 @@ impl Store for PostgresStore {
         .transpose()
     }
 
-    async fn create_task(&self, t: &Task) -> Result<()> {
+    async fn create_task(&self, t: &Task, source: Option<&Source>) -> Result<Task> {
+        let mut t = t.clone();
         let mut tx = self.pool.begin().await?;
+        if let Some(src) = source {
+            t.source_id = Some(upsert_source(&mut tx, src).await?);
+        }
         sqlx::query(built(format!(
             "INSERT INTO tasks ({TASK_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
         )))
         .bind(&t.id)
         .bind(&t.workspace_id)
@@ -492,11 +527,31 @@ impl Store for PostgresStore {
         .bind(t.claimed_at)
         .bind(t.completed_at)
         .bind(t.result.as_ref().map(Json))
+        .bind(&t.source_id)
         .execute(&mut *tx)
         .await?;
-        insert_events(&mut tx, &[Event::task_created(t)], t.created_at).await?;
+        insert_events(&mut tx, &[Event::task_created(&t)], t.created_at).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(t)
+    }
+
+    async fn get_source(&self, id: &str) -> Result<Option<Source>> {
+        let sql = format!("SELECT {SOURCE_COLUMNS} FROM sources WHERE id = $1");
+        let row = sqlx::query(built(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(Source {
+                id: r.try_get("id")?,
+                workspace_id: r.try_get("workspace_id")?,
+                source_type: r.try_get("type")?,
+                external_id: r.try_get("external_id")?,
+                url: r.try_get("url")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .transpose()
     }
 
     async fn get_task(&self, id: &str) -> Result<Option<Task>> {
@@ -515,6 +570,7 @@ impl Store for PostgresStore {
              WHERE ($1::text IS NULL OR workspace_id = $1) AND ($2::text IS NULL OR status = $2) \
              AND ($3::text IS NULL OR workspace_id IN \
                   (SELECT workspace_id FROM account_workspaces WHERE account_id = $3)) \
+             AND ($5::text IS NULL OR source_id = $5) \
              ORDER BY created_at DESC, id DESC LIMIT $4"
         );
         sqlx::query(built(sql))
@@ -522,6 +578,7 @@ impl Store for PostgresStore {
             .bind(f.status.map(|s| s.as_str()))
             .bind(&f.visible_to)
             .bind(i64::from(f.limit))
+            .bind(&f.source_id)
             .fetch_all(&self.pool)
             .await?
             .iter()

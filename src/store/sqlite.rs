@@ -16,15 +16,16 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 use serde_json::Value;
 
 use super::{
-    ACCOUNT_COLUMNS, Applied, ClaimRequest, Result, Store, StoreError, TASK_COLUMNS, TaskFilter,
-    WORKER_COLUMNS, WORKSPACE_COLUMNS, WorkerFilter, parse_column, status_list,
+    ACCOUNT_COLUMNS, Applied, ClaimRequest, Result, SOURCE_COLUMNS, Store, StoreError,
+    TASK_COLUMNS, TaskFilter, WORKER_COLUMNS, WORKSPACE_COLUMNS, WorkerFilter, parse_column,
+    status_list,
 };
 use crate::core::actions::{self, Action, UsageChange};
 use crate::core::claim;
 use crate::core::events::Event;
 use crate::core::model::{
-    Account, Artifact, Comment, Grant, Message, RecordedArtifact, Task, Worker, WorkerStatus,
-    Workspace,
+    Account, Artifact, Comment, Grant, Message, RecordedArtifact, Source, Task, Worker,
+    WorkerStatus, Workspace,
 };
 use crate::core::time::{self, Timestamp};
 
@@ -196,6 +197,7 @@ fn task_from_row(row: &Row) -> rusqlite::Result<Task> {
         claimed_at: opt_time_col(row, 13)?,
         completed_at: opt_time_col(row, 14)?,
         result: json_col(row, 15)?,
+        source_id: row.get(16)?,
     })
 }
 
@@ -318,6 +320,33 @@ fn record_usage(tx: &Transaction, account_id: &str, change: &UsageChange) -> Res
         .execute(params![account_id, change.day, change.cost_usd])?;
     }
     Ok(())
+}
+
+/// The id of the workspace's source with `src`'s type and external id, made from
+/// `src` if there is none. A source without an external id is always new.
+fn upsert_source(tx: &Transaction, src: &Source) -> Result<String> {
+    tx.prepare_cached(&format!(
+        "INSERT INTO sources ({SOURCE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+         ON CONFLICT (workspace_id, type, external_id) DO NOTHING"
+    ))?
+    .execute(params![
+        src.id,
+        src.workspace_id,
+        src.source_type,
+        src.external_id,
+        src.url,
+        millis(src.created_at),
+    ])?;
+    match &src.external_id {
+        None => Ok(src.id.clone()),
+        Some(external) => Ok(tx
+            .prepare_cached(
+                "SELECT id FROM sources WHERE workspace_id = ?1 AND type = ?2 AND external_id = ?3",
+            )?
+            .query_row(params![src.workspace_id, src.source_type, external], |r| {
+                r.get(0)
+            })?),
+    }
 }
 
 fn insert_artifacts(
@@ -529,12 +558,16 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn create_task(&self, t: &Task) -> Result<()> {
-        let t = t.clone();
+    async fn create_task(&self, t: &Task, source: Option<&Source>) -> Result<Task> {
+        let mut t = t.clone();
+        let source = source.cloned();
         self.write(move |tx| {
+            if let Some(src) = &source {
+                t.source_id = Some(upsert_source(tx, src)?);
+            }
             tx.prepare_cached(&format!(
                 "INSERT INTO tasks ({TASK_COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
             ))?
             .execute(params![
                 t.id,
@@ -553,8 +586,30 @@ impl Store for SqliteStore {
                 opt_millis(t.claimed_at),
                 opt_millis(t.completed_at),
                 t.result.as_ref().map(Value::to_string),
+                t.source_id,
             ])?;
-            insert_events(tx, &[Event::task_created(&t)], t.created_at)
+            insert_events(tx, &[Event::task_created(&t)], t.created_at)?;
+            Ok(t)
+        })
+        .await
+    }
+
+    async fn get_source(&self, id: &str) -> Result<Option<Source>> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            let sql = format!("SELECT {SOURCE_COLUMNS} FROM sources WHERE id = ?1");
+            Ok(c.prepare_cached(&sql)?
+                .query_row([id], |r| {
+                    Ok(Source {
+                        id: r.get(0)?,
+                        workspace_id: r.get(1)?,
+                        source_type: r.get(2)?,
+                        external_id: r.get(3)?,
+                        url: r.get(4)?,
+                        created_at: time_col(r, 5)?,
+                    })
+                })
+                .optional()?)
         })
         .await
     }
@@ -572,6 +627,7 @@ impl Store for SqliteStore {
                  WHERE (?1 IS NULL OR workspace_id = ?1) AND (?2 IS NULL OR status = ?2) \
                  AND (?3 IS NULL OR workspace_id IN \
                       (SELECT workspace_id FROM account_workspaces WHERE account_id = ?3)) \
+                 AND (?5 IS NULL OR source_id = ?5) \
                  ORDER BY created_at DESC, id DESC LIMIT ?4"
             );
             let mut stmt = c.prepare_cached(&sql)?;
@@ -580,7 +636,8 @@ impl Store for SqliteStore {
                     f.workspace_id,
                     f.status.map(|s| s.as_str()),
                     f.visible_to,
-                    f.limit
+                    f.limit,
+                    f.source_id
                 ],
                 task_from_row,
             )?;

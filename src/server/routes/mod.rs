@@ -37,6 +37,7 @@ pub fn routes() -> Router<AppState> {
             "/api/tasks/{id}/comments",
             post(tasks::comment).get(tasks::comments),
         )
+        .route("/api/sources/{id}", get(tasks::source))
         .route("/api/workers", get(workers::list))
         .route("/api/workers/claim", post(workers::claim))
         .route(

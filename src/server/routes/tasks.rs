@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::page_limit;
 use crate::core::actions::Action;
 use crate::core::ids::{IdKind, new_id};
-use crate::core::model::{Comment, RunnerPreference, Task, TaskStatus};
+use crate::core::model::{Comment, RunnerPreference, Source, Task, TaskStatus};
 use crate::core::{time, validate};
 use crate::server::AppState;
 use crate::server::auth::Caller;
@@ -29,6 +29,18 @@ pub struct NewTask {
     priority: i32,
     max_attempts: Option<i32>,
     max_cost_usd: Option<f64>,
+    source: Option<NewSource>,
+}
+
+/// Where a new task came from, e.g. `{"type": "github_issue", "externalId":
+/// "my-org/my-repo#12", "url": "https://github.com/my-org/my-repo/issues/12"}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewSource {
+    #[serde(rename = "type")]
+    source_type: String,
+    external_id: Option<String>,
+    url: Option<String>,
 }
 
 pub async fn create(
@@ -44,6 +56,15 @@ pub async fn create(
     )?;
     validate::money("maxCostUsd", body.max_cost_usd)?;
     let max_attempts = validate::max_attempts(body.max_attempts)?;
+    if let Some(src) = &body.source {
+        validate::source_type(&src.source_type)?;
+        validate::optional_text(
+            "source.externalId",
+            src.external_id.as_deref(),
+            validate::MAX_NAME_LEN,
+        )?;
+        validate::optional_text("source.url", src.url.as_deref(), validate::MAX_URL_LEN)?;
+    }
     if state
         .store
         .get_workspace(&body.workspace_id)
@@ -82,8 +103,17 @@ pub async fn create(
         claimed_at: None,
         completed_at: None,
         result: None,
+        source_id: None,
     };
-    state.store.create_task(&task).await?;
+    let source = body.source.map(|src| Source {
+        id: new_id(IdKind::Source),
+        workspace_id: task.workspace_id.clone(),
+        source_type: src.source_type,
+        external_id: src.external_id,
+        url: src.url,
+        created_at: task.created_at,
+    });
+    let task = state.store.create_task(&task, source.as_ref()).await?;
     state.new_work.notify_waiters();
     Ok((StatusCode::CREATED, Json(task)))
 }
@@ -93,6 +123,7 @@ pub async fn create(
 pub struct ListQuery {
     workspace_id: Option<String>,
     status: Option<TaskStatus>,
+    source_id: Option<String>,
     limit: Option<u32>,
 }
 
@@ -104,6 +135,7 @@ pub async fn list(
     let filter = TaskFilter {
         workspace_id: query.workspace_id,
         status: query.status,
+        source_id: query.source_id,
         visible_to: caller.scope(),
         limit: page_limit(query.limit)?,
     };
@@ -219,4 +251,20 @@ pub async fn comments(
     Ok(Json(
         json!({ "comments": state.store.list_comments(&id).await? }),
     ))
+}
+
+/// `GET /api/sources/:id`: where tasks came from; list its tasks with
+/// `GET /api/tasks?sourceId=`.
+pub async fn source(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Source>> {
+    let source = state
+        .store
+        .get_source(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("source {id} not found")))?;
+    caller.grant_on(&state, &source.workspace_id).await?;
+    Ok(Json(source))
 }
