@@ -668,7 +668,7 @@ async fn tasks_from_one_source_share_it(db: Db) {
         created_at: time::now(),
     };
     let template = new_task(&db, &ws, RunnerPreference::Any, 0, 3).await;
-    let mut create = async |ws: &Workspace, src: Source| {
+    let create = async |ws: &Workspace, src: Source| {
         let task = Task {
             id: new_id(IdKind::Task),
             workspace_id: ws.id.clone(),
