@@ -1082,3 +1082,132 @@ async fn sigterm_stops_the_server_cleanly() {
     let exit = server.wait();
     assert_eq!(exit.code(), Some(0));
 }
+
+/// Files a run produced go up as raw bytes and come back the same, as downloads.
+#[tokio::test]
+async fn attachments_round_trip() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let ws = admin.workspace("w").await;
+    let (_, key) = admin
+        .account(json!({"type": "service", "name": "s"}), &ws, true, false)
+        .await;
+    let (_, other_key) = admin
+        .account(json!({"type": "service", "name": "o"}), &ws, false, false)
+        .await;
+    let agent = server.client(&key);
+    admin.task(&ws, json!({})).await;
+    let claimed = agent.ok("/api/workers/claim", json!({})).await;
+    let wid = claimed["workers"][0]["id"].as_str().unwrap().to_owned();
+    let upload = |token: &str, query: &str, content_type: &str, body: Vec<u8>| {
+        server
+            .client(token)
+            .http
+            .post(format!(
+                "{}/api/workers/{wid}/attachments?{query}",
+                server.url
+            ))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+
+    // Three MiB: more than the 1 MiB limit of JSON bodies, within the 10 MiB of files.
+    let png: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let resp = upload(
+        &key,
+        "name=screen%20shot.png&messageSeq=2",
+        "image/png",
+        png.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let meta: Value = resp.json().await.unwrap();
+    assert!(meta["id"].as_str().unwrap().starts_with("att-"));
+    assert_eq!(
+        (meta["name"].as_str(), meta["size"].as_u64()),
+        (Some("screen shot.png"), Some(png.len() as u64))
+    );
+    assert_eq!(meta["messageSeq"], 2);
+
+    let (_, listed) = admin.get(&format!("/api/workers/{wid}/attachments")).await;
+    assert_eq!(listed["attachments"][0]["id"], meta["id"]);
+    let resp = admin
+        .http
+        .get(format!(
+            "{}/api/attachments/{}",
+            server.url,
+            meta["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&admin.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let headers = resp.headers().clone();
+    assert_eq!(headers["content-type"], "image/png");
+    assert_eq!(
+        headers["content-disposition"],
+        "attachment; filename=\"screen shot.png\""
+    );
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(resp.bytes().await.unwrap().to_vec(), png);
+
+    for (token, query, content_type, body, expected) in [
+        (
+            key.as_str(),
+            "name=..%2Fescape",
+            "text/plain",
+            b"x".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            key.as_str(),
+            "name=a.txt",
+            "not a type",
+            b"x".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            key.as_str(),
+            "name=a.txt",
+            "text/plain",
+            Vec::new(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            key.as_str(),
+            "",
+            "text/plain",
+            b"x".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            key.as_str(),
+            "name=big.bin",
+            "application/octet-stream",
+            vec![0; 11 * 1024 * 1024],
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            other_key.as_str(),
+            "name=a.txt",
+            "text/plain",
+            b"x".to_vec(),
+            StatusCode::FORBIDDEN,
+        ),
+    ] {
+        let resp = upload(token, query, content_type, body).await.unwrap();
+        assert_eq!(resp.status(), expected, "{query} {content_type}");
+        let error: Value = resp.json().await.unwrap();
+        assert!(error["error"].is_string());
+    }
+    let (_, listed) = admin.get(&format!("/api/workers/{wid}/attachments")).await;
+    assert_eq!(
+        listed["attachments"].as_array().unwrap().len(),
+        1,
+        "refused uploads stored nothing"
+    );
+}

@@ -56,6 +56,7 @@ store_suite!(
     concurrent_claims_never_share_a_task,
     artifacts_and_comments_stay_with_the_task,
     tasks_from_one_source_share_it,
+    attachments_keep_their_bytes,
 );
 
 type Db = Arc<dyn Store>;
@@ -706,4 +707,44 @@ async fn tasks_from_one_source_share_it(db: Db) {
         db.get_task(&template.id).await.unwrap().unwrap().source_id,
         None
     );
+}
+
+async fn attachments_keep_their_bytes(db: Db) {
+    let ws = new_workspace(&db).await;
+    let a = account(AccountType::Service, 5, None);
+    new_account(&db, &a).await;
+    grant(&db, &a, &ws, true).await;
+    new_task(&db, &ws, RunnerPreference::Any, 0, 3).await;
+    let (w, t) = claim(&db, &a, 1).await.remove(0);
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let first = Attachment {
+        id: new_id(IdKind::Attachment),
+        worker_id: w.id.clone(),
+        task_id: t.id.clone(),
+        message_seq: Some(3),
+        name: "shot.png".into(),
+        content_type: "image/png".into(),
+        size: bytes.len() as i64,
+        created_at: time::now(),
+    };
+    db.add_attachment(&first, &bytes).await.unwrap();
+    let second = Attachment {
+        id: new_id(IdKind::Attachment),
+        message_seq: None,
+        name: "log.txt".into(),
+        content_type: "text/plain".into(),
+        size: 2,
+        created_at: time::now() + Duration::milliseconds(1),
+        ..first.clone()
+    };
+    db.add_attachment(&second, b"ok").await.unwrap();
+    assert_eq!(
+        db.list_attachments(&w.id).await.unwrap(),
+        vec![first.clone(), second]
+    );
+    assert_eq!(
+        db.get_attachment(&first.id).await.unwrap(),
+        Some((first, bytes))
+    );
+    assert_eq!(db.get_attachment("att-none").await.unwrap(), None);
 }

@@ -124,6 +124,20 @@ CREATE TABLE messages (
     PRIMARY KEY (worker_id, seq)
 );
 
+-- Files a worker's run produced, with their bytes.
+CREATE TABLE attachments (
+    id           TEXT PRIMARY KEY,
+    worker_id    TEXT NOT NULL REFERENCES workers (id),
+    task_id      TEXT NOT NULL REFERENCES tasks (id),
+    message_seq  BIGINT,
+    name         TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    size         BIGINT NOT NULL,
+    data         BYTEA NOT NULL,
+    created_at   TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX attachments_worker ON attachments (worker_id, created_at);
+
 -- Every change, for the event stream to replay.
 CREATE TABLE events (
     id           BIGSERIAL PRIMARY KEY,

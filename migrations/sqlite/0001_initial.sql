@@ -126,6 +126,20 @@ CREATE TABLE messages (
     PRIMARY KEY (worker_id, seq)
 ) WITHOUT ROWID;
 
+-- Files a worker's run produced, with their bytes.
+CREATE TABLE attachments (
+    id           TEXT PRIMARY KEY,
+    worker_id    TEXT NOT NULL REFERENCES workers (id),
+    task_id      TEXT NOT NULL REFERENCES tasks (id),
+    message_seq  INTEGER,
+    name         TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    size         INTEGER NOT NULL,
+    data         BLOB NOT NULL,
+    created_at   INTEGER NOT NULL
+);
+CREATE INDEX attachments_worker ON attachments (worker_id, created_at);
+
 -- Every change, in commit order, for the event stream to replay.
 CREATE TABLE events (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,

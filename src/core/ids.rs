@@ -13,6 +13,7 @@ pub enum IdKind {
     Task,
     Worker,
     Source,
+    Attachment,
 }
 
 impl IdKind {
@@ -23,6 +24,7 @@ impl IdKind {
             IdKind::Task => "task",
             IdKind::Worker => "wrk",
             IdKind::Source => "src",
+            IdKind::Attachment => "att",
         }
     }
 }

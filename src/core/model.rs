@@ -253,6 +253,22 @@ pub struct Comment {
     pub created_at: Timestamp,
 }
 
+/// A file a worker's run produced (a screenshot, a log), stored with the worker. The
+/// bytes are fetched separately from this description.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    pub id: String,
+    pub worker_id: String,
+    pub task_id: String,
+    /// The message it belongs to, when the run attached it to one.
+    pub message_seq: Option<i64>,
+    pub name: String,
+    pub content_type: String,
+    pub size: i64,
+    pub created_at: Timestamp,
+}
+
 /// One entry of a worker's runner stream, numbered from 1 per worker.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]

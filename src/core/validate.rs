@@ -98,6 +98,38 @@ pub fn source_type(value: &str) -> Result<(), RuleError> {
     }
 }
 
+/// The largest attachment accepted, in bytes.
+pub const MAX_ATTACHMENT_BYTES: usize = 10 * 1024 * 1024;
+
+/// An attachment's file name: a plain name, no directories, nothing invisible.
+pub fn file_name(value: &str) -> Result<(), RuleError> {
+    text("name", value, 255)?;
+    if value.contains(['/', '\\'])
+        || value.chars().any(char::is_control)
+        || value == "."
+        || value == ".."
+    {
+        return Err(invalid(format!("name {value:?} must be a plain file name")));
+    }
+    Ok(())
+}
+
+/// A MIME type such as `image/png` (parameters like `; charset=utf-8` allowed).
+pub fn content_type(value: &str) -> Result<(), RuleError> {
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "!#$&^_.+-".contains(c))
+    };
+    match essence.split_once('/') {
+        Some((kind, sub)) if value.len() <= 255 && token(kind) && token(sub) => Ok(()),
+        _ => Err(invalid(format!(
+            "content type {value:?} is not a MIME type"
+        ))),
+    }
+}
+
 pub fn max_attempts(value: Option<i32>) -> Result<i32, RuleError> {
     let v = value.unwrap_or(DEFAULT_MAX_ATTEMPTS);
     if (1..=MAX_ATTEMPTS_LIMIT).contains(&v) {
@@ -143,5 +175,12 @@ mod tests {
         assert!(source_type("github_issue").is_ok());
         assert!(source_type("GitHub Issue").is_err());
         assert!(source_type("").is_err());
+        assert!(file_name("screenshot.png").is_ok());
+        for bad in ["", "../etc/passwd", "a/b", "..", "x\u{7}"] {
+            assert!(file_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(content_type("image/png").is_ok());
+        assert!(content_type("text/plain; charset=utf-8").is_ok());
+        assert!(content_type("nonsense").is_err());
     }
 }

@@ -15,8 +15,8 @@ use serde_json::Value;
 use crate::core::RuleError;
 use crate::core::actions::{Action, Outcome};
 use crate::core::model::{
-    Account, Comment, Grant, Message, RecordedArtifact, Source, Task, TaskStatus, Worker,
-    WorkerStatus, Workspace,
+    Account, Attachment, Comment, Grant, Message, RecordedArtifact, Source, Task, TaskStatus,
+    Worker, WorkerStatus, Workspace,
 };
 use crate::core::time::Timestamp;
 
@@ -154,6 +154,12 @@ pub trait Store: Send + Sync + 'static {
     /// The task's comments, oldest first.
     async fn list_comments(&self, task_id: &str) -> Result<Vec<Comment>>;
 
+    async fn add_attachment(&self, attachment: &Attachment, data: &[u8]) -> Result<()>;
+    /// The worker's attachments (without their bytes), oldest first.
+    async fn list_attachments(&self, worker_id: &str) -> Result<Vec<Attachment>>;
+    /// One attachment and its bytes.
+    async fn get_attachment(&self, id: &str) -> Result<Option<(Attachment, Vec<u8>)>>;
+
     /// Ids of leased workers whose last heartbeat is older than `cutoff`. The sweeper
     /// expires each with [`Action::Expire`], which re-checks under lock, so two servers
     /// sweeping at once act on a worker only once.
@@ -198,6 +204,8 @@ const WORKSPACE_COLUMNS: &str = "id, name, repo_url, default_branch, created_at"
 const TASK_COLUMNS: &str = "id, workspace_id, title, description, runner_preference, \
      priority, status, attempts, max_attempts, max_cost_usd, claimed_by, worker_id, \
      created_at, claimed_at, completed_at, result, source_id";
+const ATTACHMENT_COLUMNS: &str =
+    "id, worker_id, task_id, message_seq, name, content_type, size, created_at";
 const SOURCE_COLUMNS: &str = "id, workspace_id, type, external_id, url, created_at";
 const WORKER_COLUMNS: &str = "id, task_id, workspace_id, account_id, status, cost_usd, \
      turns, session_id, branch, commit_sha, pr_url, question, error, pending_reply, \

@@ -19,15 +19,15 @@ use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 
 use super::{
-    ACCOUNT_COLUMNS, Applied, ClaimRequest, Result, SOURCE_COLUMNS, Store, StoreError,
-    TASK_COLUMNS, TaskFilter, WORKER_COLUMNS, WORKSPACE_COLUMNS, WorkerFilter, parse_column,
-    status_list,
+    ACCOUNT_COLUMNS, ATTACHMENT_COLUMNS, Applied, ClaimRequest, Result, SOURCE_COLUMNS, Store,
+    StoreError, TASK_COLUMNS, TaskFilter, WORKER_COLUMNS, WORKSPACE_COLUMNS, WorkerFilter,
+    parse_column, status_list,
 };
 use crate::core::actions::{self, Action, UsageChange};
 use crate::core::claim;
 use crate::core::events::Event;
 use crate::core::model::{
-    Account, Artifact, Comment, Grant, Message, RecordedArtifact, Source, Task, Worker,
+    Account, Artifact, Attachment, Comment, Grant, Message, RecordedArtifact, Source, Task, Worker,
     WorkerStatus, Workspace,
 };
 use crate::core::time::{self, Timestamp};
@@ -132,6 +132,19 @@ fn worker_from_row(row: &PgRow) -> Result<Worker> {
         started_at: row.try_get("started_at")?,
         heartbeat_at: row.try_get("heartbeat_at")?,
         finished_at: row.try_get("finished_at")?,
+    })
+}
+
+fn attachment_from_row(row: &PgRow) -> Result<Attachment> {
+    Ok(Attachment {
+        id: row.try_get("id")?,
+        worker_id: row.try_get("worker_id")?,
+        task_id: row.try_get("task_id")?,
+        message_seq: row.try_get("message_seq")?,
+        name: row.try_get("name")?,
+        content_type: row.try_get("content_type")?,
+        size: row.try_get("size")?,
+        created_at: row.try_get("created_at")?,
     })
 }
 
@@ -844,6 +857,48 @@ impl Store for PostgresStore {
                 })
             })
             .collect()
+    }
+
+    async fn add_attachment(&self, a: &Attachment, data: &[u8]) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO attachments ({ATTACHMENT_COLUMNS}, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        );
+        sqlx::query(built(sql))
+            .bind(&a.id)
+            .bind(&a.worker_id)
+            .bind(&a.task_id)
+            .bind(a.message_seq)
+            .bind(&a.name)
+            .bind(&a.content_type)
+            .bind(a.size)
+            .bind(a.created_at)
+            .bind(data)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_attachments(&self, worker_id: &str) -> Result<Vec<Attachment>> {
+        let sql = format!(
+            "SELECT {ATTACHMENT_COLUMNS} FROM attachments WHERE worker_id = $1 ORDER BY created_at, id"
+        );
+        sqlx::query(built(sql))
+            .bind(worker_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(attachment_from_row)
+            .collect()
+    }
+
+    async fn get_attachment(&self, id: &str) -> Result<Option<(Attachment, Vec<u8>)>> {
+        let sql = format!("SELECT {ATTACHMENT_COLUMNS}, data FROM attachments WHERE id = $1");
+        let row = sqlx::query(built(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((attachment_from_row(&r)?, r.try_get("data")?)))
+            .transpose()
     }
 
     async fn stale_workers(&self, cutoff: Timestamp) -> Result<Vec<String>> {

@@ -16,15 +16,15 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 use serde_json::Value;
 
 use super::{
-    ACCOUNT_COLUMNS, Applied, ClaimRequest, Result, SOURCE_COLUMNS, Store, StoreError,
-    TASK_COLUMNS, TaskFilter, WORKER_COLUMNS, WORKSPACE_COLUMNS, WorkerFilter, parse_column,
-    status_list,
+    ACCOUNT_COLUMNS, ATTACHMENT_COLUMNS, Applied, ClaimRequest, Result, SOURCE_COLUMNS, Store,
+    StoreError, TASK_COLUMNS, TaskFilter, WORKER_COLUMNS, WORKSPACE_COLUMNS, WorkerFilter,
+    parse_column, status_list,
 };
 use crate::core::actions::{self, Action, UsageChange};
 use crate::core::claim;
 use crate::core::events::Event;
 use crate::core::model::{
-    Account, Artifact, Comment, Grant, Message, RecordedArtifact, Source, Task, Worker,
+    Account, Artifact, Attachment, Comment, Grant, Message, RecordedArtifact, Source, Task, Worker,
     WorkerStatus, Workspace,
 };
 use crate::core::time::{self, Timestamp};
@@ -220,6 +220,19 @@ fn worker_from_row(row: &Row) -> rusqlite::Result<Worker> {
         started_at: time_col(row, 14)?,
         heartbeat_at: time_col(row, 15)?,
         finished_at: opt_time_col(row, 16)?,
+    })
+}
+
+fn attachment_from_row(row: &Row) -> rusqlite::Result<Attachment> {
+    Ok(Attachment {
+        id: row.get(0)?,
+        worker_id: row.get(1)?,
+        task_id: row.get(2)?,
+        message_seq: row.get(3)?,
+        name: row.get(4)?,
+        content_type: row.get(5)?,
+        size: row.get(6)?,
+        created_at: time_col(row, 7)?,
     })
 }
 
@@ -887,6 +900,52 @@ impl Store for SqliteStore {
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn add_attachment(&self, a: &Attachment, data: &[u8]) -> Result<()> {
+        let (a, data) = (a.clone(), data.to_vec());
+        self.write(move |tx| {
+            tx.prepare_cached(&format!(
+                "INSERT INTO attachments ({ATTACHMENT_COLUMNS}, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ))?
+            .execute(params![
+                a.id,
+                a.worker_id,
+                a.task_id,
+                a.message_seq,
+                a.name,
+                a.content_type,
+                a.size,
+                millis(a.created_at),
+                data,
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_attachments(&self, worker_id: &str) -> Result<Vec<Attachment>> {
+        let id = worker_id.to_owned();
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {ATTACHMENT_COLUMNS} FROM attachments WHERE worker_id = ?1 ORDER BY created_at, id"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map([id], attachment_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn get_attachment(&self, id: &str) -> Result<Option<(Attachment, Vec<u8>)>> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            let sql = format!("SELECT {ATTACHMENT_COLUMNS}, data FROM attachments WHERE id = ?1");
+            Ok(c.prepare_cached(&sql)?
+                .query_row([id], |r| Ok((attachment_from_row(r)?, r.get(8)?)))
+                .optional()?)
         })
         .await
     }

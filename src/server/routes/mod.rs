@@ -5,12 +5,14 @@ mod tasks;
 mod workers;
 mod workspaces;
 
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
+use crate::core::validate;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -49,6 +51,13 @@ pub fn routes() -> Router<AppState> {
             "/api/workers/{id}/messages",
             post(workers::append_messages).get(workers::messages),
         )
+        .route(
+            "/api/workers/{id}/attachments",
+            post(workers::attach)
+                .layer(DefaultBodyLimit::max(validate::MAX_ATTACHMENT_BYTES))
+                .get(workers::attachments),
+        )
+        .route("/api/attachments/{id}", get(workers::attachment))
         .route("/api/workers/{id}/pause", post(workers::pause))
         .route("/api/workers/{id}/start", post(workers::start))
         .fallback(not_found)

@@ -3,15 +3,19 @@
 use std::time::Duration;
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::page_limit;
 use crate::core::actions::{Action, WorkerUpdate};
 use crate::core::claim::{MAX_TASKS_PER_CLAIM, MAX_WAIT_SECS};
-use crate::core::model::{TaskStatus, Worker, WorkerStatus};
-use crate::core::time;
+use crate::core::ids::{IdKind, new_id};
+use crate::core::model::{Attachment, TaskStatus, Worker, WorkerStatus};
+use crate::core::{time, validate};
 use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult, Body, Params};
@@ -273,4 +277,95 @@ pub async fn messages(
     let limit = page_limit(Some(query.limit.unwrap_or(1000)))?;
     let messages = state.store.list_messages(&id, query.after, limit).await?;
     Ok(Json(json!({ "messages": messages })))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachQuery {
+    name: String,
+    message_seq: Option<i64>,
+}
+
+/// `POST /api/workers/:id/attachments?name=shot.png[&messageSeq=N]`: the body is the
+/// file itself, its `Content-Type` header its type.
+pub async fn attach(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Params(query): Params<AttachQuery>,
+    headers: HeaderMap,
+    data: Bytes,
+) -> ApiResult<(StatusCode, Json<Attachment>)> {
+    let worker = owned_worker(&state, &caller, &id).await?;
+    validate::file_name(&query.name)?;
+    let content_type = match headers.get(header::CONTENT_TYPE) {
+        None => "application/octet-stream".to_owned(),
+        Some(v) => v
+            .to_str()
+            .map_err(|_| ApiError::BadRequest("Content-Type is not readable text".into()))?
+            .to_owned(),
+    };
+    validate::content_type(&content_type)?;
+    if data.is_empty() {
+        return Err(ApiError::BadRequest("the attachment is empty".into()));
+    }
+    let attachment = Attachment {
+        id: new_id(IdKind::Attachment),
+        worker_id: worker.id,
+        task_id: worker.task_id,
+        message_seq: query.message_seq,
+        name: query.name,
+        content_type,
+        size: data.len() as i64,
+        created_at: time::now(),
+    };
+    state.store.add_attachment(&attachment, &data).await?;
+    Ok((StatusCode::CREATED, Json(attachment)))
+}
+
+pub async fn attachments(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    visible_worker(&state, &caller, &id).await?;
+    Ok(Json(
+        json!({ "attachments": state.store.list_attachments(&id).await? }),
+    ))
+}
+
+/// `GET /api/attachments/:id`: the bytes, always as a download and never sniffed, so a
+/// file a run produced cannot run as a page of this server.
+pub async fn attachment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let (attachment, data) = state
+        .store
+        .get_attachment(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("attachment {id} not found")))?;
+    visible_worker(&state, &caller, &attachment.worker_id).await?;
+    let file_name: String = attachment
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .map(|c| if c == '"' || c == '\\' { '_' } else { c })
+        .collect();
+    let headers = [
+        (header::CONTENT_TYPE, attachment.content_type),
+        (
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{file_name}\""),
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+    ];
+    Ok((headers, data).into_response())
 }
