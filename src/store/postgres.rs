@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
-use sqlx::{AssertSqlSafe, PgConnection, Row};
+use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row, Transaction};
 
 use super::{
     ACCOUNT_COLUMNS, ATTACHMENT_COLUMNS, Applied, ClaimRequest, Result, SOURCE_COLUMNS, Store,
@@ -378,6 +378,203 @@ async fn insert_messages(
     Ok(last + messages.len() as i64)
 }
 
+/// Ends a transaction: committed if `result` is a success, rolled back otherwise.
+///
+/// The explicit rollback matters. A dropped sqlx transaction only queues its
+/// `ROLLBACK` until the connection is next used, and its row locks stay held until
+/// then: a refused update would leave its task locked, and the next claim's
+/// `SKIP LOCKED` would pass over a task that is in fact free.
+async fn finish<T>(tx: Transaction<'_, Postgres>, result: Result<T>) -> Result<T> {
+    match result {
+        Ok(value) => {
+            tx.commit().await?;
+            Ok(value)
+        }
+        Err(e) => {
+            if let Err(rollback) = tx.rollback().await {
+                tracing::warn!(error = %rollback, "rollback failed; the connection is discarded");
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn create_task_in(
+    conn: &mut PgConnection,
+    t: &Task,
+    source: Option<&Source>,
+) -> Result<Task> {
+    let mut t = t.clone();
+    if let Some(src) = source {
+        t.source_id = Some(upsert_source(&mut *conn, src).await?);
+    }
+    sqlx::query(built(format!(
+        "INSERT INTO tasks ({TASK_COLUMNS}) VALUES \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+    )))
+    .bind(&t.id)
+    .bind(&t.workspace_id)
+    .bind(&t.title)
+    .bind(&t.description)
+    .bind(t.runner_preference.as_str())
+    .bind(t.priority)
+    .bind(t.status.as_str())
+    .bind(t.attempts)
+    .bind(t.max_attempts)
+    .bind(t.max_cost_usd)
+    .bind(&t.claimed_by)
+    .bind(&t.worker_id)
+    .bind(t.created_at)
+    .bind(t.claimed_at)
+    .bind(t.completed_at)
+    .bind(t.result.as_ref().map(Json))
+    .bind(&t.source_id)
+    .execute(&mut *conn)
+    .await?;
+    insert_events(&mut *conn, &[Event::task_created(&t)], t.created_at).await?;
+    Ok(t)
+}
+
+async fn claim_in(
+    conn: &mut PgConnection,
+    account: &Account,
+    request: &ClaimRequest,
+    now: Timestamp,
+) -> Result<Vec<(Worker, Task)>> {
+    // Locking the account row serialises this account's claims, so the counts
+    // below stay true until commit; its limits are re-read as they are now.
+    let sql =
+        format!("SELECT {ACCOUNT_COLUMNS}, active_workers FROM accounts WHERE id = $1 FOR UPDATE");
+    let (account, active) = match sqlx::query(built(sql))
+        .bind(&account.id)
+        .fetch_optional(&mut *conn)
+        .await?
+    {
+        Some(row) => (
+            account_from_row(&row)?,
+            row.try_get::<i64, _>("active_workers")?,
+        ),
+        None => return Err(StoreError::NotFound(format!("account {}", account.id))),
+    };
+    let cost_today: f64 =
+        sqlx::query_scalar("SELECT cost_usd FROM account_usage WHERE account_id = $1 AND day = $2")
+            .bind(&account.id)
+            .bind(time::utc_day(now))
+            .fetch_optional(&mut *conn)
+            .await?
+            .unwrap_or(0.0);
+    let slots = claim::free_slots(&account, active, cost_today, request.max_tasks);
+    if slots == 0 {
+        return Ok(Vec::new());
+    }
+    // The pick must walk `tasks_pending` in dispatch order and stop at the first
+    // task it may lock. On a young table with no statistics yet the planner would
+    // rather read every pending task and sort them, which makes each claim cost
+    // O(queue length); ruling out the sort for this transaction keeps it O(1).
+    sqlx::query("SET LOCAL enable_sort = off")
+        .execute(&mut *conn)
+        .await?;
+    let [any, own] = claim::preferences_for(account.account_type);
+    let sql = format!(
+        "SELECT {TASK_COLUMNS} FROM tasks WHERE status = 'pending' \
+             AND runner_preference IN ($2, $3) \
+             AND workspace_id IN (SELECT workspace_id FROM account_workspaces \
+                                  WHERE account_id = $1 AND can_claim) \
+             AND ($4::text IS NULL OR workspace_id = $4) \
+             ORDER BY priority DESC, created_at, id LIMIT $5 FOR UPDATE SKIP LOCKED"
+    );
+    let rows = sqlx::query(built(sql))
+        .bind(&account.id)
+        .bind(any.as_str())
+        .bind(own.as_str())
+        .bind(&request.workspace_id)
+        .bind(i64::from(slots))
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut claimed = Vec::with_capacity(rows.len());
+    let mut events = Vec::new();
+    for row in &rows {
+        let mut task = task_from_row(row)?;
+        let (worker, task_events) = claim::assign(&mut task, &account, now);
+        save_task(&mut *conn, &task).await?;
+        insert_worker(&mut *conn, &worker).await?;
+        events.extend(task_events);
+        claimed.push((worker, task));
+    }
+    insert_events(&mut *conn, &events, now).await?;
+    let taken = UsageChange {
+        active_workers: claimed.len() as i64,
+        ..UsageChange::default()
+    };
+    record_usage(&mut *conn, &account.id, &taken).await?;
+    Ok(claimed)
+}
+
+async fn apply_in(
+    conn: &mut PgConnection,
+    id: &str,
+    action: Action,
+    now: Timestamp,
+) -> Result<Applied> {
+    let (mut task, mut worker) = if action.targets_worker() {
+        // A worker's task never changes, so it can be read before locking: the
+        // locks are then taken task first, like everywhere else.
+        let task_id: Option<String> =
+            sqlx::query_scalar("SELECT task_id FROM workers WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        let task_id = task_id.ok_or_else(|| StoreError::NotFound(format!("worker {id}")))?;
+        let task = lock_task(&mut *conn, &task_id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("task {task_id}")))?;
+        let worker = lock_worker(&mut *conn, id).await?;
+        (task, worker)
+    } else {
+        let task = lock_task(&mut *conn, id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
+        let worker = match &task.worker_id {
+            Some(w) => lock_worker(&mut *conn, w).await?,
+            None => None,
+        };
+        (task, worker)
+    };
+    let outcome = actions::apply(action, &mut task, worker.as_mut(), now)?;
+    if outcome.changed {
+        save_task(&mut *conn, &task).await?;
+        if let Some(w) = &worker {
+            save_worker(&mut *conn, w).await?;
+            record_usage(&mut *conn, &w.account_id, &outcome.usage).await?;
+            insert_artifacts(&mut *conn, w, &outcome.artifacts, now).await?;
+            if !outcome.messages.is_empty() {
+                insert_messages(&mut *conn, w, &outcome.messages, now).await?;
+            }
+        }
+        insert_events(&mut *conn, &outcome.events, now).await?;
+    }
+    Ok(Applied {
+        task,
+        worker,
+        outcome,
+    })
+}
+
+async fn append_messages_in(
+    conn: &mut PgConnection,
+    worker_id: &str,
+    messages: &[Value],
+    now: Timestamp,
+) -> Result<i64> {
+    let mut worker = lock_worker(&mut *conn, worker_id)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("worker {worker_id}")))?;
+    let last = insert_messages(&mut *conn, &worker, messages, now).await?;
+    worker.heartbeat_at = now;
+    save_worker(&mut *conn, &worker).await?;
+    Ok(last)
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn create_account(&self, a: &Account, key_hash: &str) -> Result<()> {
@@ -515,37 +712,9 @@ impl Store for PostgresStore {
     }
 
     async fn create_task(&self, t: &Task, source: Option<&Source>) -> Result<Task> {
-        let mut t = t.clone();
         let mut tx = self.pool.begin().await?;
-        if let Some(src) = source {
-            t.source_id = Some(upsert_source(&mut tx, src).await?);
-        }
-        sqlx::query(built(format!(
-            "INSERT INTO tasks ({TASK_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
-        )))
-        .bind(&t.id)
-        .bind(&t.workspace_id)
-        .bind(&t.title)
-        .bind(&t.description)
-        .bind(t.runner_preference.as_str())
-        .bind(t.priority)
-        .bind(t.status.as_str())
-        .bind(t.attempts)
-        .bind(t.max_attempts)
-        .bind(t.max_cost_usd)
-        .bind(&t.claimed_by)
-        .bind(&t.worker_id)
-        .bind(t.created_at)
-        .bind(t.claimed_at)
-        .bind(t.completed_at)
-        .bind(t.result.as_ref().map(Json))
-        .bind(&t.source_id)
-        .execute(&mut *tx)
-        .await?;
-        insert_events(&mut tx, &[Event::task_created(&t)], t.created_at).await?;
-        tx.commit().await?;
-        Ok(t)
+        let result = create_task_in(&mut tx, t, source).await;
+        finish(tx, result).await
     }
 
     async fn get_source(&self, id: &str) -> Result<Option<Source>> {
@@ -606,76 +775,8 @@ impl Store for PostgresStore {
         now: Timestamp,
     ) -> Result<Vec<(Worker, Task)>> {
         let mut tx = self.pool.begin().await?;
-        // Locking the account row serialises this account's claims, so the counts
-        // below stay true until commit; its limits are re-read as they are now.
-        let sql = format!(
-            "SELECT {ACCOUNT_COLUMNS}, active_workers FROM accounts WHERE id = $1 FOR UPDATE"
-        );
-        let (account, active) = match sqlx::query(built(sql))
-            .bind(&account.id)
-            .fetch_optional(&mut *tx)
-            .await?
-        {
-            Some(row) => (
-                account_from_row(&row)?,
-                row.try_get::<i64, _>("active_workers")?,
-            ),
-            None => return Err(StoreError::NotFound(format!("account {}", account.id))),
-        };
-        let cost_today: f64 = sqlx::query_scalar(
-            "SELECT cost_usd FROM account_usage WHERE account_id = $1 AND day = $2",
-        )
-        .bind(&account.id)
-        .bind(time::utc_day(now))
-        .fetch_optional(&mut *tx)
-        .await?
-        .unwrap_or(0.0);
-        let slots = claim::free_slots(&account, active, cost_today, request.max_tasks);
-        if slots == 0 {
-            return Ok(Vec::new());
-        }
-        // The pick must walk `tasks_pending` in dispatch order and stop at the first
-        // task it may lock. On a young table with no statistics yet the planner would
-        // rather read every pending task and sort them, which makes each claim cost
-        // O(queue length); ruling out the sort for this transaction keeps it O(1).
-        sqlx::query("SET LOCAL enable_sort = off")
-            .execute(&mut *tx)
-            .await?;
-        let [any, own] = claim::preferences_for(account.account_type);
-        let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE status = 'pending' \
-             AND runner_preference IN ($2, $3) \
-             AND workspace_id IN (SELECT workspace_id FROM account_workspaces \
-                                  WHERE account_id = $1 AND can_claim) \
-             AND ($4::text IS NULL OR workspace_id = $4) \
-             ORDER BY priority DESC, created_at, id LIMIT $5 FOR UPDATE SKIP LOCKED"
-        );
-        let rows = sqlx::query(built(sql))
-            .bind(&account.id)
-            .bind(any.as_str())
-            .bind(own.as_str())
-            .bind(&request.workspace_id)
-            .bind(i64::from(slots))
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        let mut events = Vec::new();
-        for row in &rows {
-            let mut task = task_from_row(row)?;
-            let (worker, task_events) = claim::assign(&mut task, &account, now);
-            save_task(&mut tx, &task).await?;
-            insert_worker(&mut tx, &worker).await?;
-            events.extend(task_events);
-            claimed.push((worker, task));
-        }
-        insert_events(&mut tx, &events, now).await?;
-        let taken = UsageChange {
-            active_workers: claimed.len() as i64,
-            ..UsageChange::default()
-        };
-        record_usage(&mut tx, &account.id, &taken).await?;
-        tx.commit().await?;
-        Ok(claimed)
+        let result = claim_in(&mut tx, account, request, now).await;
+        finish(tx, result).await
     }
 
     async fn get_worker(&self, id: &str) -> Result<Option<Worker>> {
@@ -710,49 +811,8 @@ impl Store for PostgresStore {
 
     async fn apply(&self, id: &str, action: Action, now: Timestamp) -> Result<Applied> {
         let mut tx = self.pool.begin().await?;
-        let (mut task, mut worker) = if action.targets_worker() {
-            // A worker's task never changes, so it can be read before locking: the
-            // locks are then taken task first, like everywhere else.
-            let task_id: Option<String> =
-                sqlx::query_scalar("SELECT task_id FROM workers WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let task_id = task_id.ok_or_else(|| StoreError::NotFound(format!("worker {id}")))?;
-            let task = lock_task(&mut tx, &task_id)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(format!("task {task_id}")))?;
-            let worker = lock_worker(&mut tx, id).await?;
-            (task, worker)
-        } else {
-            let task = lock_task(&mut tx, id)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
-            let worker = match &task.worker_id {
-                Some(w) => lock_worker(&mut tx, w).await?,
-                None => None,
-            };
-            (task, worker)
-        };
-        let outcome = actions::apply(action, &mut task, worker.as_mut(), now)?;
-        if outcome.changed {
-            save_task(&mut tx, &task).await?;
-            if let Some(w) = &worker {
-                save_worker(&mut tx, w).await?;
-                record_usage(&mut tx, &w.account_id, &outcome.usage).await?;
-                insert_artifacts(&mut tx, w, &outcome.artifacts, now).await?;
-                if !outcome.messages.is_empty() {
-                    insert_messages(&mut tx, w, &outcome.messages, now).await?;
-                }
-            }
-            insert_events(&mut tx, &outcome.events, now).await?;
-            tx.commit().await?;
-        }
-        Ok(Applied {
-            task,
-            worker,
-            outcome,
-        })
+        let result = apply_in(&mut tx, id, action, now).await;
+        finish(tx, result).await
     }
 
     async fn append_messages(
@@ -762,14 +822,8 @@ impl Store for PostgresStore {
         now: Timestamp,
     ) -> Result<i64> {
         let mut tx = self.pool.begin().await?;
-        let mut worker = lock_worker(&mut tx, worker_id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("worker {worker_id}")))?;
-        let last = insert_messages(&mut tx, &worker, messages, now).await?;
-        worker.heartbeat_at = now;
-        save_worker(&mut tx, &worker).await?;
-        tx.commit().await?;
-        Ok(last)
+        let result = append_messages_in(&mut tx, worker_id, messages, now).await;
+        finish(tx, result).await
     }
 
     async fn list_messages(&self, worker_id: &str, after: i64, limit: u32) -> Result<Vec<Message>> {
