@@ -15,6 +15,7 @@ use tracing_subscriber::EnvFilter;
 
 use super::paths;
 use crate::core::keys;
+use crate::server::events::EventHub;
 use crate::server::{self, AppState};
 use crate::store;
 
@@ -71,8 +72,12 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
+    let events = EventHub::start(store.clone(), shutdown.clone())
+        .await
+        .map_err(|e| format!("cannot read the event log: {e}"))?;
     let state = AppState {
         store,
+        events,
         admin_token: Arc::from(admin_token),
         lease_ttl: Duration::from_secs(args.lease_ttl),
         new_work: Arc::new(Notify::new()),

@@ -5,6 +5,28 @@ use serde_json::{Value, json};
 
 use super::model::{Task, Worker};
 
+/// An event as stored, with the id `GET /api/events` sends and resumes from. Ids
+/// increase in commit order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub name: String,
+    pub workspace_id: String,
+    pub data: Value,
+}
+
+impl StoredEvent {
+    /// Whether this event may make a waiting claim succeed: a new task, or one back
+    /// in the queue.
+    pub fn offers_work(&self) -> bool {
+        match self.name.as_str() {
+            "task.created" => true,
+            "task.updated" => self.data["task"]["status"] == "pending",
+            _ => false,
+        }
+    }
+}
+
 /// One change, as `GET /api/events` will send it: a name, the workspace it belongs to
 /// (for per-account scoping) and the full resource.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,6 +5,7 @@
 
 mod auth;
 mod error;
+pub mod events;
 mod routes;
 mod sweeper;
 
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::store::Store;
+use events::EventHub;
 
 /// The largest request body accepted; bigger ones get 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -30,8 +32,11 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub admin_token: Arc<str>,
     pub lease_ttl: Duration,
-    /// Woken when a task may have become claimable (created, or back in the queue),
-    /// so that claims waiting with `wait` look again at once.
+    /// Every event of the cluster as it is committed: feeds `GET /api/events` and
+    /// wakes waiting claims when a task is created or requeued on any server.
+    pub events: Arc<EventHub>,
+    /// Woken when a change that writes no event (a new grant) may let a waiting claim
+    /// succeed.
     pub new_work: Arc<Notify>,
     /// Cancelled at shutdown: waiting claims return and the sweeper stops.
     pub shutdown: CancellationToken,

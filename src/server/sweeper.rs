@@ -5,7 +5,6 @@ use tracing::{info, warn};
 use super::AppState;
 use crate::core::actions::Action;
 use crate::core::lease;
-use crate::core::model::TaskStatus;
 use crate::core::time;
 
 /// Sweeps every [`lease::sweep_interval`] until shutdown. Every server of a cluster
@@ -44,9 +43,6 @@ async fn sweep_once(state: &AppState) -> Result<(), crate::store::StoreError> {
             attempts = applied.task.attempts,
             "worker lost its lease"
         );
-        if applied.task.status == TaskStatus::Pending {
-            state.new_work.notify_waiters();
-        }
     }
     Ok(())
 }

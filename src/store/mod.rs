@@ -11,9 +11,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::Value;
+use tokio::sync::watch;
 
 use crate::core::RuleError;
 use crate::core::actions::{Action, Outcome};
+use crate::core::events::StoredEvent;
 use crate::core::model::{
     Account, Attachment, Comment, Grant, Message, RecordedArtifact, Source, Task, TaskStatus,
     Worker, WorkerStatus, Workspace,
@@ -159,6 +161,14 @@ pub trait Store: Send + Sync + 'static {
     async fn list_attachments(&self, worker_id: &str) -> Result<Vec<Attachment>>;
     /// One attachment and its bytes.
     async fn get_attachment(&self, id: &str) -> Result<Option<(Attachment, Vec<u8>)>>;
+
+    /// Up to `limit` events with ids above `after`, in id order.
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>>;
+    /// The id of the newest event (0 when there is none).
+    async fn last_event_id(&self) -> Result<i64>;
+    /// Changes whenever events may have been written: by this process (SQLite), or by
+    /// any server of the cluster (Postgres, through `LISTEN`). The value means nothing.
+    fn event_signal(&self) -> watch::Receiver<u64>;
 
     /// Ids of leased workers whose last heartbeat is older than `cutoff`. The sweeper
     /// expires each with [`Action::Expire`], which re-checks under lock, so two servers

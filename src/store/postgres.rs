@@ -14,9 +14,10 @@
 
 use async_trait::async_trait;
 use serde_json::Value;
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row, Transaction};
+use tokio::sync::watch;
 
 use super::{
     ACCOUNT_COLUMNS, ATTACHMENT_COLUMNS, Applied, ClaimRequest, Result, SOURCE_COLUMNS, Store,
@@ -25,7 +26,7 @@ use super::{
 };
 use crate::core::actions::{self, Action, UsageChange};
 use crate::core::claim;
-use crate::core::events::Event;
+use crate::core::events::{Event, StoredEvent};
 use crate::core::model::{
     Account, Artifact, Attachment, Comment, Grant, Message, RecordedArtifact, Source, Task, Worker,
     WorkerStatus, Workspace,
@@ -33,6 +34,10 @@ use crate::core::model::{
 use crate::core::time::{self, Timestamp};
 
 const MAX_CONNECTIONS: u32 = 16;
+/// The `NOTIFY` channel that tells every server of the cluster new events exist.
+const EVENTS_CHANNEL: &str = "buildd_events";
+/// The advisory lock event writers hold from their first event until commit.
+const EVENTS_LOCK: i64 = 0x6275_696c_6464; // "buildd"
 
 /// Marks SQL assembled with `format!` as reviewed: every piece spliced in is one of the
 /// constant column or status lists, never input; values always go through `bind`.
@@ -42,6 +47,14 @@ fn built(sql: String) -> AssertSqlSafe<String> {
 
 pub struct PostgresStore {
     pool: PgPool,
+    events_seen: watch::Sender<u64>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
 }
 
 impl PostgresStore {
@@ -57,7 +70,36 @@ impl PostgresStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
-        Ok(PostgresStore { pool })
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen(EVENTS_CHANNEL).await?;
+        let events_seen = watch::Sender::new(0);
+        let listener = tokio::spawn(listen_for_events(listener, events_seen.clone()));
+        Ok(PostgresStore {
+            pool,
+            events_seen,
+            listener,
+        })
+    }
+}
+
+/// Turns every `NOTIFY` on the events channel into a bump of `seen`. When the listening
+/// connection was lost, notifications may have been missed: the bump after it comes
+/// back makes readers look anyway.
+async fn listen_for_events(mut listener: PgListener, seen: watch::Sender<u64>) {
+    let bump = |n: &mut u64| *n = n.wrapping_add(1);
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(_)) => seen.send_modify(bump),
+            Ok(None) => {
+                tracing::warn!("event listener connection lost; reconnecting");
+                seen.send_modify(bump);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "event listener failed; retrying in 1 s");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                seen.send_modify(bump);
+            }
+        }
     }
 }
 
@@ -324,11 +366,23 @@ async fn insert_artifacts(
     Ok(())
 }
 
-/// Inserts all `events` in one statement.
+/// Inserts all `events` in one statement, and notifies the cluster at commit.
+///
+/// Event ids come from a sequence when the row is inserted, but rows become visible
+/// at commit; two transactions could commit in the other order, and a subscriber that
+/// resumes "after id N" would miss the late one. Holding one advisory lock from here
+/// to commit makes ids follow commit order. It is the last lock any transaction
+/// takes, so it cannot be part of a deadlock, and it is held only for the insert
+/// and the commit.
 async fn insert_events(conn: &mut PgConnection, events: &[Event], now: Timestamp) -> Result<()> {
     if events.is_empty() {
         return Ok(());
     }
+    sqlx::query("SELECT pg_advisory_xact_lock($1), pg_notify($2, '')")
+        .bind(EVENTS_LOCK)
+        .bind(EVENTS_CHANNEL)
+        .execute(&mut *conn)
+        .await?;
     let names: Vec<&str> = events.iter().map(|e| e.name).collect();
     let workspaces: Vec<&str> = events.iter().map(|e| e.workspace_id.as_str()).collect();
     let data: Vec<String> = events.iter().map(|e| e.data.to_string()).collect();
@@ -953,6 +1007,38 @@ impl Store for PostgresStore {
             .await?;
         row.map(|r| Ok((attachment_from_row(&r)?, r.try_get("data")?)))
             .transpose()
+    }
+
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, name, workspace_id, data FROM events WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredEvent {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    workspace_id: r.try_get("workspace_id")?,
+                    data: r.try_get::<Json<Value>, _>("data")?.0,
+                })
+            })
+            .collect()
+    }
+
+    async fn last_event_id(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM events")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    fn event_signal(&self) -> watch::Receiver<u64> {
+        self.events_seen.subscribe()
     }
 
     async fn stale_workers(&self, cutoff: Timestamp) -> Result<Vec<String>> {

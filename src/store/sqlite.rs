@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use serde_json::Value;
+use tokio::sync::watch;
 
 use super::{
     ACCOUNT_COLUMNS, ATTACHMENT_COLUMNS, Applied, ClaimRequest, Result, SOURCE_COLUMNS, Store,
@@ -22,7 +23,7 @@ use super::{
 };
 use crate::core::actions::{self, Action, UsageChange};
 use crate::core::claim;
-use crate::core::events::Event;
+use crate::core::events::{Event, StoredEvent};
 use crate::core::model::{
     Account, Artifact, Attachment, Comment, Grant, Message, RecordedArtifact, Source, Task, Worker,
     WorkerStatus, Workspace,
@@ -37,6 +38,10 @@ pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
     readers: Arc<Vec<Mutex<Connection>>>,
     next_reader: AtomicUsize,
+    /// Bumped after each commit that wrote events. One process owns the file's
+    /// events (two servers on one SQLite file are not a cluster), so a local signal
+    /// reaches everyone who streams them.
+    events_written: watch::Sender<u64>,
 }
 
 fn connect(path: &Path) -> Result<Connection> {
@@ -78,6 +83,7 @@ impl SqliteStore {
                 writer: Arc::new(Mutex::new(writer)),
                 readers: Arc::new(readers),
                 next_reader: AtomicUsize::new(0),
+                events_written: watch::Sender::new(0),
             })
         })
         .await
@@ -99,6 +105,10 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+
+    fn signal_events(&self) {
+        self.events_written.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Runs `f` on one of the read connections, taking turns.
@@ -574,37 +584,40 @@ impl Store for SqliteStore {
     async fn create_task(&self, t: &Task, source: Option<&Source>) -> Result<Task> {
         let mut t = t.clone();
         let source = source.cloned();
-        self.write(move |tx| {
-            if let Some(src) = &source {
-                t.source_id = Some(upsert_source(tx, src)?);
-            }
-            tx.prepare_cached(&format!(
-                "INSERT INTO tasks ({TASK_COLUMNS}) VALUES \
+        let created = self
+            .write(move |tx| {
+                if let Some(src) = &source {
+                    t.source_id = Some(upsert_source(tx, src)?);
+                }
+                tx.prepare_cached(&format!(
+                    "INSERT INTO tasks ({TASK_COLUMNS}) VALUES \
                  (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
-            ))?
-            .execute(params![
-                t.id,
-                t.workspace_id,
-                t.title,
-                t.description,
-                t.runner_preference.as_str(),
-                t.priority,
-                t.status.as_str(),
-                t.attempts,
-                t.max_attempts,
-                t.max_cost_usd,
-                t.claimed_by,
-                t.worker_id,
-                millis(t.created_at),
-                opt_millis(t.claimed_at),
-                opt_millis(t.completed_at),
-                t.result.as_ref().map(Value::to_string),
-                t.source_id,
-            ])?;
-            insert_events(tx, &[Event::task_created(&t)], t.created_at)?;
-            Ok(t)
-        })
-        .await
+                ))?
+                .execute(params![
+                    t.id,
+                    t.workspace_id,
+                    t.title,
+                    t.description,
+                    t.runner_preference.as_str(),
+                    t.priority,
+                    t.status.as_str(),
+                    t.attempts,
+                    t.max_attempts,
+                    t.max_cost_usd,
+                    t.claimed_by,
+                    t.worker_id,
+                    millis(t.created_at),
+                    opt_millis(t.claimed_at),
+                    opt_millis(t.completed_at),
+                    t.result.as_ref().map(Value::to_string),
+                    t.source_id,
+                ])?;
+                insert_events(tx, &[Event::task_created(&t)], t.created_at)?;
+                Ok(t)
+            })
+            .await?;
+        self.signal_events();
+        Ok(created)
     }
 
     async fn get_source(&self, id: &str) -> Result<Option<Source>> {
@@ -667,7 +680,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<(Worker, Task)>> {
         let account_id = account.id.clone();
         let request = request.clone();
-        self.write(move |tx| {
+        let claimed = self.write(move |tx| {
             // Re-read the account under the write lock: its limits may have changed.
             let sql =
                 format!("SELECT {ACCOUNT_COLUMNS}, active_workers FROM accounts WHERE id = ?1");
@@ -731,7 +744,11 @@ impl Store for SqliteStore {
             record_usage(tx, &account.id, &taken)?;
             Ok(claimed)
         })
-        .await
+        .await?;
+        if !claimed.is_empty() {
+            self.signal_events();
+        }
+        Ok(claimed)
     }
 
     async fn get_worker(&self, id: &str) -> Result<Option<Worker>> {
@@ -766,42 +783,47 @@ impl Store for SqliteStore {
 
     async fn apply(&self, id: &str, action: Action, now: Timestamp) -> Result<Applied> {
         let id = id.to_owned();
-        self.write(move |tx| {
-            let (mut task, mut worker) = if action.targets_worker() {
-                let worker = load_worker(tx, &id)?
-                    .ok_or_else(|| StoreError::NotFound(format!("worker {id}")))?;
-                let task = load_task(tx, &worker.task_id)?
-                    .ok_or_else(|| StoreError::NotFound(format!("task {}", worker.task_id)))?;
-                (task, Some(worker))
-            } else {
-                let task = load_task(tx, &id)?
-                    .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
-                let worker = match &task.worker_id {
-                    Some(w) => load_worker(tx, w)?,
-                    None => None,
+        let applied = self
+            .write(move |tx| {
+                let (mut task, mut worker) = if action.targets_worker() {
+                    let worker = load_worker(tx, &id)?
+                        .ok_or_else(|| StoreError::NotFound(format!("worker {id}")))?;
+                    let task = load_task(tx, &worker.task_id)?
+                        .ok_or_else(|| StoreError::NotFound(format!("task {}", worker.task_id)))?;
+                    (task, Some(worker))
+                } else {
+                    let task = load_task(tx, &id)?
+                        .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
+                    let worker = match &task.worker_id {
+                        Some(w) => load_worker(tx, w)?,
+                        None => None,
+                    };
+                    (task, worker)
                 };
-                (task, worker)
-            };
-            let outcome = actions::apply(action, &mut task, worker.as_mut(), now)?;
-            if outcome.changed {
-                save_task(tx, &task)?;
-                if let Some(w) = &worker {
-                    save_worker(tx, w)?;
-                    record_usage(tx, &w.account_id, &outcome.usage)?;
-                    insert_artifacts(tx, w, &outcome.artifacts, now)?;
-                    if !outcome.messages.is_empty() {
-                        insert_messages(tx, w, &outcome.messages, now)?;
+                let outcome = actions::apply(action, &mut task, worker.as_mut(), now)?;
+                if outcome.changed {
+                    save_task(tx, &task)?;
+                    if let Some(w) = &worker {
+                        save_worker(tx, w)?;
+                        record_usage(tx, &w.account_id, &outcome.usage)?;
+                        insert_artifacts(tx, w, &outcome.artifacts, now)?;
+                        if !outcome.messages.is_empty() {
+                            insert_messages(tx, w, &outcome.messages, now)?;
+                        }
                     }
+                    insert_events(tx, &outcome.events, now)?;
                 }
-                insert_events(tx, &outcome.events, now)?;
-            }
-            Ok(Applied {
-                task,
-                worker,
-                outcome,
+                Ok(Applied {
+                    task,
+                    worker,
+                    outcome,
+                })
             })
-        })
-        .await
+            .await?;
+        if !(applied.outcome.events.is_empty() && applied.outcome.messages.is_empty()) {
+            self.signal_events();
+        }
+        Ok(applied)
     }
 
     async fn append_messages(
@@ -812,15 +834,18 @@ impl Store for SqliteStore {
     ) -> Result<i64> {
         let id = worker_id.to_owned();
         let messages = messages.to_vec();
-        self.write(move |tx| {
-            let mut worker = load_worker(tx, &id)?
-                .ok_or_else(|| StoreError::NotFound(format!("worker {id}")))?;
-            let last = insert_messages(tx, &worker, &messages, now)?;
-            worker.heartbeat_at = now;
-            save_worker(tx, &worker)?;
-            Ok(last)
-        })
-        .await
+        let last = self
+            .write(move |tx| {
+                let mut worker = load_worker(tx, &id)?
+                    .ok_or_else(|| StoreError::NotFound(format!("worker {id}")))?;
+                let last = insert_messages(tx, &worker, &messages, now)?;
+                worker.heartbeat_at = now;
+                save_worker(tx, &worker)?;
+                Ok(last)
+            })
+            .await?;
+        self.signal_events();
+        Ok(last)
     }
 
     async fn list_messages(&self, worker_id: &str, after: i64, limit: u32) -> Result<Vec<Message>> {
@@ -948,6 +973,33 @@ impl Store for SqliteStore {
                 .optional()?)
         })
         .await
+    }
+
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, name, workspace_id, data FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after, limit], |r| {
+                Ok(StoredEvent {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    workspace_id: r.get(2)?,
+                    data: json_col(r, 3)?.unwrap_or(Value::Null),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn last_event_id(&self) -> Result<i64> {
+        self.read(|c| Ok(c.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?))
+            .await
+    }
+
+    fn event_signal(&self) -> watch::Receiver<u64> {
+        self.events_written.subscribe()
     }
 
     async fn stale_workers(&self, cutoff: Timestamp) -> Result<Vec<String>> {

@@ -1,6 +1,7 @@
 //! The API's routes, one module per resource.
 
 mod accounts;
+mod events;
 mod tasks;
 mod workers;
 mod workspaces;
@@ -18,6 +19,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/me", get(accounts::me))
+        .route("/api/events", get(events::stream))
         .route("/api/accounts", post(accounts::create).get(accounts::list))
         .route("/api/accounts/{id}", get(accounts::show))
         .route("/api/accounts/{id}/workspaces", post(accounts::grant))

@@ -114,7 +114,6 @@ pub async fn create(
         created_at: task.created_at,
     });
     let task = state.store.create_task(&task, source.as_ref()).await?;
-    state.new_work.notify_waiters();
     Ok((StatusCode::CREATED, Json(task)))
 }
 

@@ -1,6 +1,9 @@
 //! Workers: claimed by agents, reported on by their own account, steered by people.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::broadcast;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -13,8 +16,9 @@ use serde_json::{Value, json};
 use super::page_limit;
 use crate::core::actions::{Action, WorkerUpdate};
 use crate::core::claim::{MAX_TASKS_PER_CLAIM, MAX_WAIT_SECS};
+use crate::core::events::StoredEvent;
 use crate::core::ids::{IdKind, new_id};
-use crate::core::model::{Attachment, TaskStatus, Worker, WorkerStatus};
+use crate::core::model::{Attachment, Worker, WorkerStatus};
 use crate::core::{time, validate};
 use crate::server::AppState;
 use crate::server::auth::Caller;
@@ -23,9 +27,6 @@ use crate::store::{ClaimRequest, WorkerFilter};
 
 /// The most entries one `POST /api/workers/:id/messages` may carry.
 pub const MAX_MESSAGES_PER_BATCH: usize = 1000;
-/// While a claim waits, how often it looks again even without a local wake-up: tasks
-/// created through another server of a cluster only show up this way.
-const WAIT_RECHECK: Duration = Duration::from_secs(1);
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -68,9 +69,10 @@ pub async fn claim(
         workspace_id: body.workspace_id,
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    // Listen before looking, so a task created between the look and the wait still
+    // wakes this claim.
+    let mut events = state.events.subscribe();
     loop {
-        // Register for wake-ups before looking, so a task created between the look and
-        // the wait is not missed.
         let woken = state.new_work.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
@@ -90,8 +92,22 @@ pub async fn claim(
         }
         tokio::select! {
             _ = &mut woken => {}
-            _ = tokio::time::sleep(WAIT_RECHECK.min(deadline - now)) => {}
+            _ = work_offered(&mut events) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
             _ = state.shutdown.cancelled() => return Ok(Json(json!({ "workers": [] }))),
+        }
+    }
+}
+
+/// Returns when an event says a task may be claimable now (or when events were
+/// missed, so that the caller looks anyway).
+async fn work_offered(events: &mut broadcast::Receiver<Arc<StoredEvent>>) {
+    loop {
+        match events.recv().await {
+            Ok(event) if event.offers_work() => return,
+            Ok(_) => continue,
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
         }
     }
 }
@@ -172,9 +188,6 @@ pub async fn update(
         .store
         .apply(&id, Action::update(update), time::now())
         .await?;
-    if applied.task.status == TaskStatus::Pending {
-        state.new_work.notify_waiters();
-    }
     applied
         .worker
         .map(Json)

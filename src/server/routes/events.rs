@@ -1,0 +1,188 @@
+//! `GET /api/events`: the live event stream (Server-Sent Events).
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, KeepAliveStream, Sse};
+use serde::Deserialize;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::core::events::StoredEvent;
+use crate::server::AppState;
+use crate::server::auth::Caller;
+use crate::server::error::{ApiError, ApiResult, Params};
+use crate::server::events::READ_BATCH;
+
+/// Comment lines keep idle streams (and the proxies in front of them) open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How long an account's list of granted workspaces is trusted before it is read
+/// again, so that a revoked grant stops the flow soon without a query per event.
+const GRANTS_TTL: Duration = Duration::from_secs(5);
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventsQuery {
+    workspace_id: Option<String>,
+    last_event_id: Option<i64>,
+}
+
+type EventStream = Sse<KeepAliveStream<ReceiverStream<Result<SseEvent, Infallible>>>>;
+
+pub async fn stream(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params(query): Params<EventsQuery>,
+    headers: HeaderMap,
+) -> ApiResult<EventStream> {
+    if let Some(ws) = &query.workspace_id {
+        if state.store.get_workspace(ws).await?.is_none() {
+            return Err(ApiError::NotFound(format!("workspace {ws} not found")));
+        }
+        caller.grant_on(&state, ws).await?;
+    }
+    let resume = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .ok_or_else(|| ApiError::BadRequest("Last-Event-ID must be an event id".into()))?,
+        ),
+        None => query.last_event_id,
+    };
+
+    // Subscribe before reading the backlog, so nothing falls between the two.
+    let live = state.events.subscribe();
+    let start = resume.unwrap_or_else(|| state.events.last_id());
+    let view = View {
+        account: caller.scope(),
+        workspace: query.workspace_id,
+        granted: HashSet::new(),
+        checked: None,
+    };
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(follow(state, view, start, live, tx));
+    Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+/// What one subscriber may see.
+struct View {
+    /// The account watching, or `None` for the admin.
+    account: Option<String>,
+    /// The `?workspaceId=` filter.
+    workspace: Option<String>,
+    granted: HashSet<String>,
+    checked: Option<Instant>,
+}
+
+impl View {
+    async fn allows(&mut self, state: &AppState, event: &StoredEvent) -> bool {
+        if self
+            .workspace
+            .as_ref()
+            .is_some_and(|ws| *ws != event.workspace_id)
+        {
+            return false;
+        }
+        let Some(account) = &self.account else {
+            return true;
+        };
+        if self.checked.is_none_or(|at| at.elapsed() > GRANTS_TTL) {
+            match state.store.list_workspaces(Some(account)).await {
+                Ok(list) => {
+                    self.granted = list.into_iter().map(|w| w.id).collect();
+                    self.checked = Some(Instant::now());
+                }
+                // Without a fresh list, show nothing rather than too much.
+                Err(_) => return false,
+            }
+        }
+        self.granted.contains(&event.workspace_id)
+    }
+}
+
+fn to_sse(event: &StoredEvent) -> SseEvent {
+    SseEvent::default()
+        .id(event.id.to_string())
+        .event(event.name.clone())
+        .data(event.data.to_string())
+}
+
+/// Sends everything after `last` the view allows: first from the database, then live.
+async fn follow(
+    state: AppState,
+    mut view: View,
+    mut last: i64,
+    mut live: broadcast::Receiver<Arc<StoredEvent>>,
+    tx: mpsc::Sender<Result<SseEvent, Infallible>>,
+) {
+    if !catch_up(&state, &mut view, &mut last, &tx).await {
+        return;
+    }
+    loop {
+        let received = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tx.closed() => return,
+            received = live.recv() => received,
+        };
+        match received {
+            Ok(event) => {
+                if event.id > last && !deliver(&state, &mut view, &mut last, &event, &tx).await {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                if !catch_up(&state, &mut view, &mut last, &tx).await {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Reads and sends the events after `last` from the database. False once the client
+/// is gone or the database cannot be read (the client reconnects and resumes).
+async fn catch_up(
+    state: &AppState,
+    view: &mut View,
+    last: &mut i64,
+    tx: &mpsc::Sender<Result<SseEvent, Infallible>>,
+) -> bool {
+    loop {
+        let batch = match state.store.events_after(*last, READ_BATCH).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(error = %e, "event backlog unreadable; closing the stream");
+                return false;
+            }
+        };
+        let full = batch.len() == READ_BATCH as usize;
+        for event in &batch {
+            if !deliver(state, view, last, event, tx).await {
+                return false;
+            }
+        }
+        if !full {
+            return true;
+        }
+    }
+}
+
+async fn deliver(
+    state: &AppState,
+    view: &mut View,
+    last: &mut i64,
+    event: &StoredEvent,
+    tx: &mpsc::Sender<Result<SseEvent, Infallible>>,
+) -> bool {
+    *last = event.id;
+    if !view.allows(state, event).await {
+        return true;
+    }
+    tx.send(Ok(to_sse(event))).await.is_ok()
+}
