@@ -231,3 +231,88 @@ impl Api {
         self.ok("/api/tasks", body).await
     }
 }
+
+/// One Server-Sent Event as received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    pub id: i64,
+    pub name: String,
+    pub data: Value,
+}
+
+/// Reads `GET /api/events` as it streams.
+pub struct EventReader {
+    response: reqwest::Response,
+    buffer: String,
+    /// Comment lines seen (keep-alives).
+    pub comments: usize,
+}
+
+impl Api {
+    /// Opens the event stream; `query` is appended to the path (e.g. `?workspaceId=…`).
+    pub async fn events(
+        &self,
+        query: &str,
+        last_event_id: Option<i64>,
+    ) -> (StatusCode, EventReader) {
+        let mut req = self
+            .http
+            .get(format!("{}/api/events{query}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id.to_string());
+        }
+        let response = req.send().await.expect("events request reached the server");
+        (
+            response.status(),
+            EventReader {
+                response,
+                buffer: String::new(),
+                comments: 0,
+            },
+        )
+    }
+}
+
+impl EventReader {
+    /// The next event, or `None` if none arrives within `timeout` or the stream ends.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Received> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut id, mut name, mut data) = (None, None, String::new());
+                for line in block.lines() {
+                    if line.starts_with(':') {
+                        self.comments += 1;
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().parse().ok();
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        name = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if let (Some(id), Some(name)) = (id, name) {
+                    let data = serde_json::from_str(&data).expect("event data is JSON");
+                    return Some(Received { id, name, data });
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .ok()?;
+            let bytes = chunk.expect("stream readable")?;
+            self.buffer.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+
+    /// Events until none arrives for `quiet`.
+    pub async fn drain(&mut self, quiet: Duration) -> Vec<Received> {
+        let mut all = Vec::new();
+        while let Some(e) = self.next(quiet).await {
+            all.push(e);
+        }
+        all
+    }
+}
