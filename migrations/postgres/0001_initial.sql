@@ -138,11 +138,15 @@ CREATE TABLE attachments (
 );
 CREATE INDEX attachments_worker ON attachments (worker_id, created_at);
 
--- Every change, for the event stream to replay.
+-- Every change, for the event stream to replay. `id` is taken at insert, so two
+-- transactions can commit in the other order; `seq`, the id subscribers see, is
+-- stamped after commit by the sequencer, in commit order.
 CREATE TABLE events (
     id           BIGSERIAL PRIMARY KEY,
+    seq          BIGINT UNIQUE,
     name         TEXT NOT NULL,
     workspace_id TEXT NOT NULL,
     data         JSONB NOT NULL,
     created_at   TIMESTAMPTZ NOT NULL
 );
+CREATE INDEX events_unsequenced ON events (id) WHERE seq IS NULL;

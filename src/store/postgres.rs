@@ -34,10 +34,15 @@ use crate::core::model::{
 use crate::core::time::{self, Timestamp};
 
 const MAX_CONNECTIONS: u32 = 16;
-/// The `NOTIFY` channel that tells every server of the cluster new events exist.
+/// The `NOTIFY` channel that tells every server's hub new events have their public ids.
 const EVENTS_CHANNEL: &str = "buildd_events";
-/// The advisory lock event writers hold from their first event until commit.
-const EVENTS_LOCK: i64 = 0x6275_696c_6464; // "buildd"
+/// How often a sequencer passes without being woken, for events a server committed
+/// but could not sequence before it died.
+const SEQUENCER_BACKSTOP: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a woken sequencer waits for more commits before its pass.
+const SEQUENCER_GATHER: std::time::Duration = std::time::Duration::from_millis(3);
+/// The advisory lock that lets one sequencer pass run at a time.
+const SEQUENCER_LOCK: i64 = 0x6275_696c_6464; // "buildd"
 
 /// Marks SQL assembled with `format!` as reviewed: every piece spliced in is one of the
 /// constant column or status lists, never input; values always go through `bind`.
@@ -47,19 +52,25 @@ fn built(sql: String) -> AssertSqlSafe<String> {
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// Bumped after this server commits events: wakes its sequencer.
+    written: watch::Sender<u64>,
+    /// Bumped when any server sequenced events: wakes this server's hub.
     events_seen: watch::Sender<u64>,
-    listener: tokio::task::JoinHandle<()>,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for PostgresStore {
     fn drop(&mut self) {
-        self.listener.abort();
+        for task in &self.background {
+            task.abort();
+        }
     }
 }
 
 impl PostgresStore {
     /// Connects and runs pending migrations (sqlx holds an advisory lock while it does,
-    /// so several servers starting together migrate once).
+    /// so several servers starting together migrate once), then starts listening for
+    /// the cluster's events and sequencing them.
     pub async fn connect(url: &str) -> Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
@@ -72,32 +83,42 @@ impl PostgresStore {
             .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(EVENTS_CHANNEL).await?;
+        let written = watch::Sender::new(0);
         let events_seen = watch::Sender::new(0);
-        let listener = tokio::spawn(listen_for_events(listener, events_seen.clone()));
+        let background = vec![
+            tokio::spawn(listen(listener, events_seen.clone())),
+            tokio::spawn(run_sequencer(pool.clone(), written.subscribe())),
+        ];
         Ok(PostgresStore {
             pool,
+            written,
             events_seen,
-            listener,
+            background,
         })
+    }
+
+    /// Wakes this server's sequencer after a commit that wrote events.
+    fn events_written(&self) {
+        self.written.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
-/// Turns every `NOTIFY` on the events channel into a bump of `seen`. When the listening
-/// connection was lost, notifications may have been missed: the bump after it comes
-/// back makes readers look anyway.
-async fn listen_for_events(mut listener: PgListener, seen: watch::Sender<u64>) {
+/// Turns each notification that events were sequenced into a bump of `sequenced`.
+/// When the listening connection was lost, notifications may have been missed: the
+/// bump after it comes back makes the hub look anyway.
+async fn listen(mut listener: PgListener, sequenced: watch::Sender<u64>) {
     let bump = |n: &mut u64| *n = n.wrapping_add(1);
     loop {
         match listener.try_recv().await {
-            Ok(Some(_)) => seen.send_modify(bump),
+            Ok(Some(_)) => sequenced.send_modify(bump),
             Ok(None) => {
                 tracing::warn!("event listener connection lost; reconnecting");
-                seen.send_modify(bump);
+                sequenced.send_modify(bump);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "event listener failed; retrying in 1 s");
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                seen.send_modify(bump);
+                sequenced.send_modify(bump);
             }
         }
     }
@@ -366,23 +387,14 @@ async fn insert_artifacts(
     Ok(())
 }
 
-/// Inserts all `events` in one statement, and notifies the cluster at commit.
-///
-/// Event ids come from a sequence when the row is inserted, but rows become visible
-/// at commit; two transactions could commit in the other order, and a subscriber that
-/// resumes "after id N" would miss the late one. Holding one advisory lock from here
-/// to commit makes ids follow commit order. It is the last lock any transaction
-/// takes, so it cannot be part of a deadlock, and it is held only for the insert
-/// and the commit.
+/// Inserts all `events` in one statement. They get their public ids from the
+/// sequencer after commit. Writers send no `NOTIFY` themselves: Postgres serialises
+/// the commits of all notifying transactions, fsync included, which would cap the
+/// whole cluster's claims and updates at one commit at a time.
 async fn insert_events(conn: &mut PgConnection, events: &[Event], now: Timestamp) -> Result<()> {
     if events.is_empty() {
         return Ok(());
     }
-    sqlx::query("SELECT pg_advisory_xact_lock($1), pg_notify($2, '')")
-        .bind(EVENTS_LOCK)
-        .bind(EVENTS_CHANNEL)
-        .execute(&mut *conn)
-        .await?;
     let names: Vec<&str> = events.iter().map(|e| e.name).collect();
     let workspaces: Vec<&str> = events.iter().map(|e| e.workspace_id.as_str()).collect();
     let data: Vec<String> = events.iter().map(|e| e.data.to_string()).collect();
@@ -398,6 +410,64 @@ async fn insert_events(conn: &mut PgConnection, events: &[Event], now: Timestamp
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// One sequencer pass: stamps every committed, unstamped event with the next public
+/// ids, in insert order, and tells every server's hub. Passes are serialised by an
+/// advisory lock, and a pass only sees committed rows, so an event committed after
+/// a pass gets a higher id than everything that pass stamped: ids follow commit
+/// order, and a subscriber resuming "after N" never misses one. Returns how many
+/// events were stamped.
+async fn sequence_events(pool: &PgPool) -> Result<u64> {
+    let mut tx = pool.begin().await?;
+    let result = async {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(SEQUENCER_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let stamped = sqlx::query(
+            "UPDATE events e SET seq = base.last + fresh.n \
+             FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM events WHERE seq IS NULL) fresh, \
+                  (SELECT COALESCE(MAX(seq), 0) AS last FROM events) base \
+             WHERE e.id = fresh.id",
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if stamped > 0 {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(EVENTS_CHANNEL)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(stamped)
+    }
+    .await;
+    finish(tx, result).await
+}
+
+/// Runs a sequencer pass whenever this server has committed events, at start, and
+/// every few seconds as a backstop for events another server committed but died
+/// before sequencing. Passes coalesce: many commits during one pass need one more.
+async fn run_sequencer(pool: PgPool, mut written: watch::Receiver<u64>) {
+    loop {
+        if let Err(e) = sequence_events(&pool).await {
+            tracing::warn!(error = %e, "event sequencer pass failed; retrying in 1 s");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            continue;
+        }
+        tokio::select! {
+            changed = written.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // Let commits that land meanwhile join this pass: under load one
+                // pass (one fsync) then stamps many transactions' events.
+                tokio::time::sleep(SEQUENCER_GATHER).await;
+            }
+            _ = tokio::time::sleep(SEQUENCER_BACKSTOP) => {}
+        }
+    }
 }
 
 /// Appends to a worker's stream; the caller holds the worker's row lock, which keeps
@@ -768,7 +838,9 @@ impl Store for PostgresStore {
     async fn create_task(&self, t: &Task, source: Option<&Source>) -> Result<Task> {
         let mut tx = self.pool.begin().await?;
         let result = create_task_in(&mut tx, t, source).await;
-        finish(tx, result).await
+        let created = finish(tx, result).await?;
+        self.events_written();
+        Ok(created)
     }
 
     async fn get_source(&self, id: &str) -> Result<Option<Source>> {
@@ -830,7 +902,11 @@ impl Store for PostgresStore {
     ) -> Result<Vec<(Worker, Task)>> {
         let mut tx = self.pool.begin().await?;
         let result = claim_in(&mut tx, account, request, now).await;
-        finish(tx, result).await
+        let claimed = finish(tx, result).await?;
+        if !claimed.is_empty() {
+            self.events_written();
+        }
+        Ok(claimed)
     }
 
     async fn get_worker(&self, id: &str) -> Result<Option<Worker>> {
@@ -866,7 +942,11 @@ impl Store for PostgresStore {
     async fn apply(&self, id: &str, action: Action, now: Timestamp) -> Result<Applied> {
         let mut tx = self.pool.begin().await?;
         let result = apply_in(&mut tx, id, action, now).await;
-        finish(tx, result).await
+        let applied = finish(tx, result).await?;
+        if !(applied.outcome.events.is_empty() && applied.outcome.messages.is_empty()) {
+            self.events_written();
+        }
+        Ok(applied)
     }
 
     async fn append_messages(
@@ -877,7 +957,9 @@ impl Store for PostgresStore {
     ) -> Result<i64> {
         let mut tx = self.pool.begin().await?;
         let result = append_messages_in(&mut tx, worker_id, messages, now).await;
-        finish(tx, result).await
+        let last = finish(tx, result).await?;
+        self.events_written();
+        Ok(last)
     }
 
     async fn list_messages(&self, worker_id: &str, after: i64, limit: u32) -> Result<Vec<Message>> {
@@ -1011,7 +1093,7 @@ impl Store for PostgresStore {
 
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>> {
         let rows = sqlx::query(
-            "SELECT id, name, workspace_id, data FROM events WHERE id > $1 ORDER BY id LIMIT $2",
+            "SELECT seq, name, workspace_id, data FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
         )
         .bind(after)
         .bind(i64::from(limit))
@@ -1020,7 +1102,7 @@ impl Store for PostgresStore {
         rows.iter()
             .map(|r| {
                 Ok(StoredEvent {
-                    id: r.try_get("id")?,
+                    id: r.try_get("seq")?,
                     name: r.try_get("name")?,
                     workspace_id: r.try_get("workspace_id")?,
                     data: r.try_get::<Json<Value>, _>("data")?.0,
@@ -1031,7 +1113,7 @@ impl Store for PostgresStore {
 
     async fn last_event_id(&self) -> Result<i64> {
         Ok(
-            sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM events")
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
                 .fetch_one(&self.pool)
                 .await?,
         )
