@@ -1,0 +1,146 @@
+//! An idle fleet: 1,000 agents connected and nothing to do. Prints the server's RSS
+//! and how many transactions Postgres runs per second meanwhile, for agents that
+//! wait on the event stream and for agents that hold waiting claims.
+//!
+//! `cargo bench --bench idle-fleet` (needs `BUILDD_TEST_DATABASE_URL`, to count the
+//! database's transactions); `BUILDD_BENCH_AGENTS` (default 1000).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{Api, Server};
+use serde_json::json;
+use sqlx::Connection;
+
+const ACCOUNTS: usize = 100;
+const WINDOW: Duration = Duration::from_secs(10);
+const SETTLE: Duration = Duration::from_secs(12);
+const CLAIM_WINDOW: Duration = Duration::from_secs(35);
+
+fn main() {
+    let agents: usize = std::env::var("BUILDD_BENCH_AGENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let Some(base) = common::pg_base_url() else {
+        println!("idle-fleet: skipped (BUILDD_TEST_DATABASE_URL is not set)");
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        println!("idle fleet: {agents} agents over {ACCOUNTS} accounts, one server on Postgres");
+        let url = common::fresh_pg_database(&base).await;
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(&url, dir.path(), &[]);
+        let admin = server.admin();
+        let ws = admin.workspace("fleet").await;
+        let mut clients = Vec::new();
+        for n in 0..ACCOUNTS {
+            let (_, key) = admin
+                .account(
+                    json!({"type": "service", "name": format!("fleet {n}")}),
+                    &ws,
+                    true,
+                    false,
+                )
+                .await;
+            clients.push(server.client(&key));
+        }
+        println!(
+            "{:<34} server RSS {:>6.1} MiB",
+            "no agents",
+            rss_mib(server.pid())
+        );
+
+        // Agents that wait on their event stream.
+        let mut streams = Vec::new();
+        for i in 0..agents {
+            let (status, reader) = clients[i % ACCOUNTS].events("", None).await;
+            assert!(status.is_success());
+            streams.push(reader);
+        }
+        measure(
+            &format!("{agents} idle event streams"),
+            &server,
+            &url,
+            WINDOW,
+        )
+        .await;
+        drop(streams);
+
+        // Agents that hold waiting claims, re-issued as each one times out.
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut waiting = Vec::new();
+        for i in 0..agents {
+            let api: Api = clients[i % ACCOUNTS].clone();
+            let stop = stop.clone();
+            waiting.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    api.ok("/api/workers/claim", json!({"wait": 30})).await;
+                }
+            }));
+        }
+        // The window spans a whole 30 s wait, so every claim is re-issued once in it.
+        measure(
+            &format!("{agents} idle waiting claims (30 s)"),
+            &server,
+            &url,
+            CLAIM_WINDOW,
+        )
+        .await;
+        stop.store(true, Ordering::Relaxed);
+        for w in waiting {
+            w.abort();
+        }
+    });
+}
+
+/// Settles, then counts the database's transactions over the window. Backends
+/// report their counts lazily (up to about 10 s when idle), so the settling time is
+/// longer than that: setup work must not be counted as idle work.
+async fn measure(label: &str, server: &Server, url: &str, window: Duration) {
+    tokio::time::sleep(SETTLE).await;
+    let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+    let before = transactions(&mut db).await;
+    tokio::time::sleep(window).await;
+    let after = transactions(&mut db).await;
+    // The two counting queries are transactions too.
+    let per_second = (after - before - 1) as f64 / window.as_secs_f64();
+    println!(
+        "{label:<34} server RSS {:>6.1} MiB   database {:>6.1} transactions/s",
+        rss_mib(server.pid()),
+        per_second
+    );
+}
+
+async fn transactions(db: &mut sqlx::PgConnection) -> i64 {
+    // Statistics reach pg_stat_database with a delay; ask for a fresh snapshot.
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *db)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    sqlx::query_scalar("SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = current_database()")
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
