@@ -3,9 +3,11 @@
 //! - [`core`]: the domain, with no I/O.
 //! - [`store`]: one storage trait, with SQLite and Postgres behind it.
 //! - [`server`]: the HTTP API over a store (`buildd serve`).
+//! - [`client`]: the typed HTTP client the terminal commands (and the agent) use.
 //! - [`cli`]: the command line that starts everything.
 
 pub mod cli;
+pub mod client;
 pub mod core;
 pub mod server;
 pub mod store;

@@ -2,12 +2,19 @@
 //!
 //! Every failure ends as one line on stderr and a non-zero exit, never a panic.
 
+mod account;
+mod credentials;
+mod output;
 mod paths;
 mod serve;
+mod task;
+mod workspace;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::Client;
 
 #[derive(Parser)]
 #[command(name = "buildd", version, about = "A task broker for AI coding agents")]
@@ -18,8 +25,55 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the broker: REST API and lease sweeper, on SQLite or Postgres.
+    /// Run the broker: REST API, event stream and lease sweeper, on SQLite or Postgres.
     Serve(serve::ServeArgs),
+    /// Workspaces: the repositories agents work on.
+    Workspace {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        command: workspace::WorkspaceCommand,
+    },
+    /// Accounts: who may run agents, and their limits.
+    Account {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        command: account::AccountCommand,
+    },
+    /// Tasks: queue, follow, steer.
+    Task {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        command: task::TaskCommand,
+    },
+}
+
+/// The flags every client command shares.
+#[derive(Args)]
+struct Connection {
+    /// The buildd server.
+    #[arg(
+        long,
+        env = "BUILDD_SERVER",
+        default_value = "http://localhost:3000",
+        global = true
+    )]
+    server: String,
+    /// An account key or the admin token [default: the local server's admin token].
+    #[arg(long, env = "BUILDD_API_KEY", hide_env_values = true, global = true)]
+    api_key: Option<String>,
+    /// Print the API's JSON instead of tables and sentences.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl Connection {
+    fn client(&self) -> Result<Client, String> {
+        let token = credentials::token(self.api_key.clone())?;
+        Client::new(&self.server, &token).map_err(|e| e.to_string())
+    }
 }
 
 /// Runs buildd with the process's arguments and returns its exit code.
@@ -37,6 +91,18 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
+            Command::Workspace {
+                connection,
+                command,
+            } => workspace::run(&connection.client()?, connection.json, command).await,
+            Command::Account {
+                connection,
+                command,
+            } => account::run(&connection.client()?, connection.json, command).await,
+            Command::Task {
+                connection,
+                command,
+            } => task::run(&connection.client()?, connection.json, command).await,
         }
     });
     match result {

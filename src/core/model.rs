@@ -124,7 +124,7 @@ impl WorkerStatus {
     ];
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Account {
     pub id: String,
@@ -139,7 +139,7 @@ pub struct Account {
     pub created_at: Timestamp,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Workspace {
     pub id: String,
@@ -150,7 +150,7 @@ pub struct Workspace {
 }
 
 /// What an account may do in a workspace.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Grant {
     pub account_id: String,
@@ -159,7 +159,7 @@ pub struct Grant {
     pub can_create: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Task {
     pub id: String,
@@ -185,7 +185,7 @@ pub struct Task {
 /// Where tasks come from: a GitHub issue, a pull request, an alert, a schedule…
 /// Tasks created for the same `(type, externalId)` in a workspace share one source,
 /// so everything done about, say, one issue can be found together.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Source {
     pub id: String,
@@ -198,7 +198,7 @@ pub struct Source {
 }
 
 /// One attempt of one task by one account.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Worker {
     pub id: String,
@@ -232,7 +232,7 @@ pub struct Artifact {
 }
 
 /// An artifact as stored: which worker made it, and when.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RecordedArtifact {
     pub worker_id: String,
@@ -242,7 +242,7 @@ pub struct RecordedArtifact {
 }
 
 /// A note on a task, from a person or an agent.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Comment {
     pub id: i64,
@@ -255,7 +255,7 @@ pub struct Comment {
 
 /// A file a worker's run produced (a screenshot, a log), stored with the worker. The
 /// bytes are fetched separately from this description.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Attachment {
     pub id: String,
@@ -270,7 +270,7 @@ pub struct Attachment {
 }
 
 /// One entry of a worker's runner stream, numbered from 1 per worker.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
     pub seq: i64,

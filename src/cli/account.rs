@@ -1,0 +1,151 @@
+//! `buildd account …`
+
+use clap::Subcommand;
+use serde_json::json;
+
+use super::output::{self, or_dash};
+use crate::client::{Client, decode};
+use crate::core::model::{Account, AccountType, AuthType};
+
+#[derive(Subcommand)]
+pub enum AccountCommand {
+    /// Create an account (admin); its API key is shown once.
+    Create {
+        #[arg(long = "type", value_parser = parse_type)]
+        account_type: AccountType,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = parse_auth)]
+        auth_type: Option<AuthType>,
+        #[arg(long)]
+        max_workers: Option<i64>,
+        #[arg(long)]
+        max_sessions: Option<i64>,
+        #[arg(long)]
+        max_cost_per_day: Option<f64>,
+        /// OWNER/REPO, for action accounts.
+        #[arg(long)]
+        github_repo: Option<String>,
+    },
+    /// List accounts (admin).
+    List,
+    /// Let an account claim and/or create tasks in a workspace (admin).
+    Grant {
+        account_id: String,
+        #[arg(long)]
+        workspace: String,
+        #[arg(long)]
+        can_claim: bool,
+        #[arg(long)]
+        can_create: bool,
+    },
+}
+
+fn parse_type(s: &str) -> Result<AccountType, String> {
+    s.parse()
+}
+
+fn parse_auth(s: &str) -> Result<AuthType, String> {
+    s.parse()
+}
+
+pub async fn run(client: &Client, json: bool, command: AccountCommand) -> Result<(), String> {
+    match command {
+        AccountCommand::Create {
+            account_type,
+            name,
+            auth_type,
+            max_workers,
+            max_sessions,
+            max_cost_per_day,
+            github_repo,
+        } => {
+            let body = json!({
+                "type": account_type,
+                "name": name,
+                "authType": auth_type,
+                "maxConcurrentWorkers": max_workers,
+                "maxConcurrentSessions": max_sessions,
+                "maxCostPerDay": max_cost_per_day,
+                "githubRepo": github_repo,
+            });
+            let created = client
+                .create_account(body)
+                .await
+                .map_err(|e| e.to_string())?;
+            if json {
+                output::json(&created);
+            } else {
+                let account: Account = decode(&created).map_err(|e| e.to_string())?;
+                println!(
+                    "Created {} account {} ({}).",
+                    account.account_type, account.id, account.name
+                );
+                println!(
+                    "API key (shown once, keep it safe): {}",
+                    created["apiKey"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        AccountCommand::List => {
+            let listed = client.list_accounts().await.map_err(|e| e.to_string())?;
+            if json {
+                output::json(&listed["accounts"]);
+            } else {
+                let all: Vec<Account> = decode(&listed["accounts"]).map_err(|e| e.to_string())?;
+                let rows: Vec<Vec<String>> = all
+                    .into_iter()
+                    .map(|a| {
+                        vec![
+                            a.id,
+                            a.account_type.to_string(),
+                            a.name,
+                            a.auth_type.to_string(),
+                            a.max_concurrent_workers.to_string(),
+                            or_dash(a.max_cost_per_day),
+                            or_dash(a.github_repo),
+                        ]
+                    })
+                    .collect();
+                output::table(
+                    &[
+                        "ID",
+                        "TYPE",
+                        "NAME",
+                        "AUTH",
+                        "MAX WORKERS",
+                        "USD/DAY",
+                        "GITHUB",
+                    ],
+                    &rows,
+                );
+            }
+        }
+        AccountCommand::Grant {
+            account_id,
+            workspace,
+            can_claim,
+            can_create,
+        } => {
+            let grant = client
+                .grant(&account_id, &workspace, can_claim, can_create)
+                .await
+                .map_err(|e| e.to_string())?;
+            if json {
+                output::json(&grant);
+            } else {
+                let rights: Vec<&str> = [(can_claim, "claim"), (can_create, "create")]
+                    .into_iter()
+                    .filter_map(|(on, name)| on.then_some(name))
+                    .collect();
+                let rights = if rights.is_empty() {
+                    "see only".to_owned()
+                } else {
+                    rights.join(" and ")
+                };
+                println!("Account {account_id} may now {rights} in workspace {workspace}.");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! The typed HTTP client for buildd's API, shared by the terminal client and the agent.
+//!
+//! Every method is one endpoint and returns the API's JSON as it came, so `--json`
+//! can print it untouched; [`decode`] turns it into the core's types for display.
+//! Every failure is a [`ClientError`] whose message fits on one line.
+
+mod events;
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+pub use events::{EventStream, StreamedEvent};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the buildd server at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    /// The server refused the request; `message` is its `{"error": …}`.
+    #[error("{message} (HTTP {status})")]
+    Api { status: u16, message: String },
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// Turns API JSON into one of the core's types.
+pub fn decode<T: DeserializeOwned>(value: &Value) -> Result<T> {
+    T::deserialize(value).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+/// Query-string parameters, leaving out those not given.
+fn query(pairs: &[(&str, Option<&str>)]) -> String {
+    let present: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(v))))
+        .collect();
+    if present.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", present.join("&"))
+    }
+}
+
+/// Percent-encodes a query value (ids and statuses are plain, but be safe).
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Client {
+    pub fn new(server: &str, token: &str) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(Client {
+            base: server.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            http,
+        })
+    }
+
+    pub fn server(&self) -> &str {
+        &self.base
+    }
+
+    fn unreachable(&self, e: &reqwest::Error) -> ClientError {
+        let reason = if e.is_connect() {
+            "connection refused or host unknown".to_owned()
+        } else if e.is_timeout() {
+            "timed out".to_owned()
+        } else {
+            e.to_string()
+        };
+        ClientError::Unreachable {
+            url: self.base.clone(),
+            reason,
+        }
+    }
+
+    /// Sends one request and returns the JSON answer (`null` for an empty one).
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|e| self.unreachable(&e))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| self.unreachable(&e))?;
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).map_err(|_| {
+                ClientError::Protocol(format!("HTTP {status} with a body that is not JSON"))
+            })?
+        };
+        if status.is_success() {
+            return Ok(value);
+        }
+        let message = value["error"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    pub async fn me(&self) -> Result<Value> {
+        self.call(Method::GET, "/api/me", None).await
+    }
+
+    pub async fn create_workspace(
+        &self,
+        name: &str,
+        repo_url: Option<&str>,
+        default_branch: Option<&str>,
+    ) -> Result<Value> {
+        let body = json!({ "name": name, "repoUrl": repo_url, "defaultBranch": default_branch });
+        self.call(Method::POST, "/api/workspaces", Some(body)).await
+    }
+
+    pub async fn list_workspaces(&self) -> Result<Value> {
+        self.call(Method::GET, "/api/workspaces", None).await
+    }
+
+    pub async fn create_account(&self, body: Value) -> Result<Value> {
+        self.call(Method::POST, "/api/accounts", Some(body)).await
+    }
+
+    pub async fn list_accounts(&self) -> Result<Value> {
+        self.call(Method::GET, "/api/accounts", None).await
+    }
+
+    pub async fn grant(
+        &self,
+        account_id: &str,
+        workspace_id: &str,
+        can_claim: bool,
+        can_create: bool,
+    ) -> Result<Value> {
+        let body =
+            json!({ "workspaceId": workspace_id, "canClaim": can_claim, "canCreate": can_create });
+        self.call(
+            Method::POST,
+            &format!("/api/accounts/{}/workspaces", encode(account_id)),
+            Some(body),
+        )
+        .await
+    }
+
+    pub async fn create_task(&self, body: Value) -> Result<Value> {
+        self.call(Method::POST, "/api/tasks", Some(body)).await
+    }
+
+    pub async fn list_tasks(
+        &self,
+        workspace_id: Option<&str>,
+        status: Option<&str>,
+    ) -> Result<Value> {
+        let q = query(&[("workspaceId", workspace_id), ("status", status)]);
+        self.call(Method::GET, &format!("/api/tasks{q}"), None)
+            .await
+    }
+
+    pub async fn get_task(&self, id: &str) -> Result<Value> {
+        self.call(Method::GET, &format!("/api/tasks/{}", encode(id)), None)
+            .await
+    }
+
+    pub async fn cancel_task(&self, id: &str) -> Result<Value> {
+        self.call(
+            Method::POST,
+            &format!("/api/tasks/{}/cancel", encode(id)),
+            Some(json!({})),
+        )
+        .await
+    }
+
+    pub async fn reply_task(&self, id: &str, message: &str) -> Result<Value> {
+        let body = json!({ "message": message });
+        self.call(
+            Method::POST,
+            &format!("/api/tasks/{}/reply", encode(id)),
+            Some(body),
+        )
+        .await
+    }
+
+    pub async fn list_workers(&self, task_id: Option<&str>) -> Result<Value> {
+        let q = query(&[("taskId", task_id)]);
+        self.call(Method::GET, &format!("/api/workers{q}"), None)
+            .await
+    }
+
+    pub async fn messages(&self, worker_id: &str, after: i64) -> Result<Value> {
+        let path = format!("/api/workers/{}/messages?after={after}", encode(worker_id));
+        self.call(Method::GET, &path, None).await
+    }
+
+    /// Opens `GET /api/events`, resuming after `last_event_id` when given.
+    pub async fn events(
+        &self,
+        workspace_id: Option<&str>,
+        last_event_id: Option<i64>,
+    ) -> Result<EventStream> {
+        let q = query(&[("workspaceId", workspace_id)]);
+        let mut request = self
+            .http
+            .get(format!("{}/api/events{q}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        let response = request.send().await.map_err(|e| self.unreachable(&e))?;
+        if response.status() != StatusCode::OK {
+            let status = response.status().as_u16();
+            let value: Value = response.json().await.unwrap_or(Value::Null);
+            let message = value["error"]
+                .as_str()
+                .unwrap_or("the event stream was refused")
+                .to_owned();
+            return Err(ClientError::Api { status, message });
+        }
+        Ok(EventStream::new(response))
+    }
+}

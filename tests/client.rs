@@ -1,0 +1,294 @@
+//! The terminal client end to end: the real `buildd` commands against a real server,
+//! `--json` parsed, human output checked for content.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{ADMIN, Server};
+use serde_json::{Value, json};
+
+/// Runs `buildd ARGS` against `server` with the admin token unless `key` says otherwise.
+fn buildd(server: &Server, key: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_buildd"))
+        .args(args)
+        .env("BUILDD_SERVER", &server.url)
+        .env("BUILDD_API_KEY", key)
+        .env("HOME", home.path())
+        .env("XDG_DATA_HOME", home.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok_text(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn ok_json(output: &Output) -> Value {
+    serde_json::from_str(&ok_text(output)).expect("--json prints JSON only")
+}
+
+fn one_line_error(output: &Output) -> String {
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    stderr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_client_flow() {
+    let server = Server::sqlite(&[]);
+    let run = |args: &[&str]| buildd(&server, ADMIN, args, None);
+
+    let ws = ok_json(&run(&[
+        "workspace",
+        "create",
+        "demo",
+        "--repo",
+        "https://example.invalid/demo.git",
+        "--json",
+    ]));
+    let ws_id = ws["id"].as_str().unwrap().to_owned();
+    assert!(ws_id.starts_with("ws-"));
+    let listed = ok_text(&run(&["workspace", "list"]));
+    assert!(listed.starts_with("ID"), "{listed}");
+    assert!(
+        listed.contains("demo") && listed.contains("https://example.invalid/demo.git"),
+        "{listed}"
+    );
+
+    let account = ok_json(&run(&[
+        "account",
+        "create",
+        "--type",
+        "service",
+        "--name",
+        "bot",
+        "--max-workers",
+        "2",
+        "--json",
+    ]));
+    let account_id = account["id"].as_str().unwrap().to_owned();
+    let key = account["apiKey"].as_str().unwrap().to_owned();
+    let granted = ok_text(&run(&[
+        "account",
+        "grant",
+        &account_id,
+        "--workspace",
+        &ws_id,
+        "--can-claim",
+    ]));
+    assert!(granted.contains("may now claim"), "{granted}");
+    let accounts = ok_text(&run(&["account", "list"]));
+    assert!(
+        accounts.contains("bot") && accounts.contains("service"),
+        "{accounts}"
+    );
+    let human = ok_text(&run(&[
+        "account", "create", "--type", "user", "--name", "max",
+    ]));
+    assert!(
+        human.contains("Created user account acc-") && human.contains("buildd_user_"),
+        "{human}"
+    );
+
+    let description = "The login test fails one run in ten.\nFind out why.";
+    let created = ok_json(&buildd(
+        &server,
+        ADMIN,
+        &[
+            "task",
+            "create",
+            "--workspace",
+            &ws_id,
+            "--title",
+            "Fix the flaky login test",
+            "--description",
+            "-",
+            "--priority",
+            "5",
+            "--json",
+        ],
+        Some(description),
+    ));
+    let task_id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["description"], description);
+    assert_eq!(created["priority"], 5);
+    let tasks = ok_json(&run(&["task", "list", "--workspace", &ws_id, "--json"]));
+    assert_eq!(tasks.as_array().unwrap().len(), 1);
+    let table = ok_text(&run(&["task", "list", "--status", "pending"]));
+    assert!(
+        table.contains("Fix the flaky login test") && table.contains("pending"),
+        "{table}"
+    );
+    let shown = ok_text(&run(&["task", "show", &task_id]));
+    assert!(
+        shown.contains("Fix the flaky login test") && shown.contains("Find out why."),
+        "{shown}"
+    );
+
+    // Watch it live while an agent works on it and asks a question.
+    let watcher = {
+        let (url, task_id) = (server.url.clone(), task_id.clone());
+        std::thread::spawn(move || {
+            Command::new(env!("CARGO_BIN_EXE_buildd"))
+                .args([
+                    "task",
+                    "watch",
+                    &task_id,
+                    "--server",
+                    &url,
+                    "--api-key",
+                    ADMIN,
+                ])
+                .output()
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let agent = server.client(&key);
+    let claimed = agent.ok("/api/workers/claim", json!({})).await;
+    let wid = claimed["workers"][0]["id"].as_str().unwrap().to_owned();
+    for status in ["starting", "running"] {
+        agent
+            .patch(&format!("/api/workers/{wid}"), json!({"status": status}))
+            .await;
+    }
+    agent
+        .ok(
+            &format!("/api/workers/{wid}/messages"),
+            json!({"messages": [{"type": "assistant", "message": {"content": [{"type": "text", "text": "Reading the test."}]}}]}),
+        )
+        .await;
+    agent
+        .patch(
+            &format!("/api/workers/{wid}"),
+            json!({"status": "waiting_input", "question": "Retry or fix the race?"}),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let replied = ok_text(&run(&["task", "reply", &task_id, "Fix the race."]));
+    assert!(replied.contains("running again"), "{replied}");
+    let beat = agent
+        .ok(&format!("/api/workers/{wid}/heartbeat"), json!({}))
+        .await;
+    assert_eq!(beat["reply"], "Fix the race.");
+    agent
+        .ok(
+            &format!("/api/workers/{wid}/messages"),
+            json!({"messages": ["Fixed the race."]}),
+        )
+        .await;
+    agent
+        .patch(
+            &format!("/api/workers/{wid}"),
+            json!({"status": "completed", "costUsd": 0.37, "commitSha": "abc123"}),
+        )
+        .await;
+
+    let watched = watcher.join().unwrap();
+    let out = ok_text(&watched);
+    for expected in [
+        "assigned",
+        "running",
+        "waiting_input",
+        "Retry or fix the race?",
+        "Reading the test.",
+        "Fixed the race.",
+        "completed",
+    ] {
+        assert!(
+            out.contains(expected),
+            "watch output lacks {expected:?}:\n{out}"
+        );
+    }
+
+    let logs = ok_text(&run(&["task", "logs", &task_id]));
+    assert!(
+        logs.contains("Reading the test.")
+            && logs.contains("Fix the race.")
+            && logs.contains("Fixed the race."),
+        "{logs}"
+    );
+    let logs = ok_json(&run(&["task", "logs", &task_id, "--json"]));
+    assert_eq!(logs.as_array().unwrap().len(), 3);
+    assert_eq!(logs[0]["workerId"], wid.as_str());
+    let shown = ok_json(&run(&["task", "show", &task_id, "--json"]));
+    assert_eq!(shown["status"], "completed");
+    assert_eq!(shown["workers"][0]["commitSha"], "abc123");
+
+    // A watched task that is cancelled ends the watch with exit 1.
+    let other = ok_json(&run(&[
+        "task",
+        "create",
+        "--workspace",
+        &ws_id,
+        "--title",
+        "Doomed",
+        "--json",
+    ]));
+    let other_id = other["id"].as_str().unwrap().to_owned();
+    let watcher = {
+        let (url, id) = (server.url.clone(), other_id.clone());
+        std::thread::spawn(move || {
+            Command::new(env!("CARGO_BIN_EXE_buildd"))
+                .args(["task", "watch", &id, "--server", &url, "--api-key", ADMIN])
+                .output()
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(ok_text(&run(&["task", "cancel", &other_id])).contains("Cancelled"));
+    let watched = watcher.join().unwrap();
+    assert_eq!(watched.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&watched.stderr).contains("cancelled"));
+
+    // Errors are one line, with a non-zero exit.
+    let err = one_line_error(&run(&["task", "show", "task-nope"]));
+    assert!(
+        err.contains("task task-nope not found") && err.contains("404"),
+        "{err}"
+    );
+    let err = one_line_error(&buildd(&server, &key, &["account", "list"], None));
+    assert!(err.contains("403"), "{err}");
+}
+
+#[test]
+fn an_unreachable_server_is_one_clear_line() {
+    let home = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_buildd"))
+        .args([
+            "task",
+            "list",
+            "--server",
+            "http://127.0.0.1:9",
+            "--api-key",
+            "k",
+        ])
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    let err = one_line_error(&output);
+    assert!(
+        err.contains("cannot reach the buildd server at http://127.0.0.1:9"),
+        "{err}"
+    );
+}
