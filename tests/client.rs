@@ -292,3 +292,73 @@ fn an_unreachable_server_is_one_clear_line() {
         "{err}"
     );
 }
+
+/// `buildd login` checks the key, keeps it (OS keyring, else a 0600 file), and later
+/// commands use it without `--api-key`.
+#[tokio::test]
+async fn login_keeps_the_key_for_later_commands() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let ws = admin.workspace("mine").await;
+    let (_, key) = admin
+        .account(json!({"type": "user", "name": "u"}), &ws, true, true)
+        .await;
+    admin.task(&ws, json!({"title": "visible to u"})).await;
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_buildd"))
+            .args(args)
+            .args(["--server", &server.url])
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join("config"))
+            .env("XDG_DATA_HOME", home.path().join("data"))
+            .env_remove("BUILDD_API_KEY")
+            .output()
+            .unwrap()
+    };
+
+    let err = one_line_error(&run(&["task", "list"]));
+    assert!(err.contains("buildd login"), "{err}");
+    let err = one_line_error(&run(&["login", "--api-key", "buildd_user_wrong"]));
+    assert!(err.contains("401"), "{err}");
+
+    let said = ok_text(&run(&["login", "--api-key", &key]));
+    assert!(
+        said.contains("Logged in") && said.contains("acc-"),
+        "{said}"
+    );
+    let file = home.path().join("config/buildd/credentials.json");
+    if said.contains("No OS keyring") {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&file).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+    } else {
+        assert!(
+            !file.exists(),
+            "with a keyring the key is not written to a file"
+        );
+    }
+    let listed = ok_text(&run(&["task", "list"]));
+    assert!(listed.contains("visible to u"), "{listed}");
+}
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_buildd"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        let script = ok_text(&output);
+        assert!(
+            script.contains("buildd") && script.contains("workspace"),
+            "{shell}"
+        );
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_buildd"))
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    one_line_error(&output);
+}

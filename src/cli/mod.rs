@@ -41,6 +41,13 @@ enum Command {
         #[command(subcommand)]
         command: account::AccountCommand,
     },
+    /// Check an API key and keep it for this server (OS keyring, else a 0600 file).
+    Login {
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
+    Completions { shell: clap_complete::Shell },
     /// Tasks: queue, follow, steer.
     Task {
         #[command(flatten)]
@@ -71,7 +78,7 @@ struct Connection {
 
 impl Connection {
     fn client(&self) -> Result<Client, String> {
-        let token = credentials::token(self.api_key.clone())?;
+        let token = credentials::token(&self.server, self.api_key.clone())?;
         Client::new(&self.server, &token).map_err(|e| e.to_string())
     }
 }
@@ -103,12 +110,47 @@ pub fn main() -> ExitCode {
                 connection,
                 command,
             } => task::run(&connection.client()?, connection.json, command).await,
+            Command::Login { connection } => login(connection).await,
+            Command::Completions { shell } => {
+                let mut command = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut command, "buildd", &mut std::io::stdout());
+                Ok(())
+            }
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => fail(&message),
     }
+}
+
+/// `buildd login`: checks the key against the server, then saves it.
+async fn login(connection: Connection) -> Result<(), String> {
+    let key = connection
+        .api_key
+        .clone()
+        .filter(|k| !k.trim().is_empty())
+        .ok_or("pass the key with --api-key or BUILDD_API_KEY")?;
+    let client = Client::new(&connection.server, &key).map_err(|e| e.to_string())?;
+    let me = client.me().await.map_err(|e| e.to_string())?;
+    let who = match me["id"].as_str() {
+        Some(id) => format!("{id} ({})", me["name"].as_str().unwrap_or("")),
+        None => "the admin".to_owned(),
+    };
+    match credentials::save(&connection.server, &key)? {
+        credentials::Saved::Keyring => {
+            println!(
+                "Logged in to {} as {who}; the key is in the OS keyring.",
+                client.server()
+            );
+        }
+        credentials::Saved::File(file) => println!(
+            "Logged in to {} as {who}. No OS keyring here: the key is in {} (readable only by you).",
+            client.server(),
+            file.display()
+        ),
+    }
+    Ok(())
 }
 
 /// A command line clap refused, as one line: clap's own first line, minus its

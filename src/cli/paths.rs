@@ -12,6 +12,13 @@ pub fn data_dir() -> Result<PathBuf, String> {
         .ok_or_else(|| "cannot find a home directory for buildd's data; pass --database-url".into())
 }
 
+/// The platform's config directory for buildd (`~/.config/buildd` on Linux).
+pub fn config_dir() -> Result<PathBuf, String> {
+    ProjectDirs::from("dev", "buildd", "buildd")
+        .map(|dirs| dirs.config_dir().to_owned())
+        .ok_or_else(|| "cannot find a home directory for buildd's config".into())
+}
+
 /// The SQLite file a server with no `--database-url` uses.
 pub fn default_database_url() -> Result<String, String> {
     Ok(format!(
