@@ -362,3 +362,55 @@ fn completions_are_printed_for_each_shell() {
         .unwrap();
     one_line_error(&output);
 }
+
+/// `task watch` rides out a server crash: it reconnects, resumes after the last event
+/// it saw, and still sees the task end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_survives_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("buildd.db").display());
+    let first = Server::start(&db, dir.path(), &[]);
+    let listen = first.url.trim_start_matches("http://").to_owned();
+    let admin = first.admin();
+    let ws = admin.workspace("w").await;
+    let (_, key) = admin
+        .account(json!({"type": "service", "name": "s"}), &ws, true, false)
+        .await;
+    let task = admin.task(&ws, json!({"title": "survivor"})).await;
+    let task_id = task["id"].as_str().unwrap().to_owned();
+    let watcher = {
+        let (url, id) = (first.url.clone(), task_id.clone());
+        std::thread::spawn(move || {
+            Command::new(env!("CARGO_BIN_EXE_buildd"))
+                .args(["task", "watch", &id, "--server", &url, "--api-key", ADMIN])
+                .output()
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let claimed = first.client(&key).ok("/api/workers/claim", json!({})).await;
+    let wid = claimed["workers"][0]["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    drop(first); // kill -9
+    let second = Server::start_on(&listen, &db, dir.path(), &[]);
+    let agent = second.client(&key);
+    for status in ["starting", "running", "completed"] {
+        let (code, body) = agent
+            .patch(&format!("/api/workers/{wid}"), json!({"status": status}))
+            .await;
+        assert!(code.is_success(), "{body}");
+    }
+
+    let watched = watcher.join().unwrap();
+    let out = ok_text(&watched);
+    assert!(
+        out.contains("assigned") && out.contains("completed"),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches(": running").count(),
+        1,
+        "no event seen twice:\n{out}"
+    );
+}

@@ -253,11 +253,7 @@ async fn watch(client: &Client, json: bool, id: &str) -> Result<(), String> {
     }
     let mut workers: Vec<String> = current.worker_id.into_iter().collect();
     while !status.is_terminal() {
-        let Some(event) = stream.next().await.map_err(fail)? else {
-            return Err(format!(
-                "the server closed the event stream while {id} was {status}"
-            ));
-        };
+        let event = stream.next().await.map_err(fail)?;
         let data = &event.data;
         let relevant = match event.name.as_str() {
             "task.created" | "task.updated" => data["task"]["id"] == id,

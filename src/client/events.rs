@@ -1,8 +1,20 @@
-//! Reading `GET /api/events` as it streams.
+//! Reading `GET /api/events` as it streams, reconnecting when it drops.
+//!
+//! When the connection ends or fails, the stream reconnects with growing pauses and
+//! resumes after the last event it delivered (`Last-Event-ID`), so a server restart
+//! costs a pause, never a lost or repeated event. It gives up after
+//! [`GIVE_UP_AFTER`] without a connection.
+
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{ClientError, Result};
+use super::{Client, ClientError, Result};
+
+/// How long the stream keeps trying to reconnect before it reports the server gone.
+pub const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
+const FIRST_PAUSE: Duration = Duration::from_millis(250);
+const LONGEST_PAUSE: Duration = Duration::from_secs(5);
 
 /// One event as the server sent it.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,40 +25,75 @@ pub struct StreamedEvent {
 }
 
 pub struct EventStream {
-    response: reqwest::Response,
+    client: Client,
+    workspace_id: Option<String>,
+    /// The id of the last event delivered, to resume after.
+    last_id: Option<i64>,
+    response: Option<reqwest::Response>,
     buffer: String,
 }
 
 impl EventStream {
-    pub(super) fn new(response: reqwest::Response) -> Self {
-        EventStream {
-            response,
+    /// Connects once; an error here (refused token, unknown workspace) is final.
+    pub(super) async fn open(
+        client: Client,
+        workspace_id: Option<String>,
+        last_id: Option<i64>,
+    ) -> Result<Self> {
+        let response = client.open_events(workspace_id.as_deref(), last_id).await?;
+        Ok(EventStream {
+            client,
+            workspace_id,
+            last_id,
+            response: Some(response),
             buffer: String::new(),
-        }
+        })
     }
 
-    /// The next event; `None` when the server ended the stream. Keep-alive comments
-    /// are read and skipped.
-    pub async fn next(&mut self) -> Result<Option<StreamedEvent>> {
+    /// The next event. Keep-alive comments are skipped; dropped connections are
+    /// reopened and resumed.
+    pub async fn next(&mut self) -> Result<StreamedEvent> {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
                 if let Some(event) = parse(&block)? {
-                    return Ok(Some(event));
+                    self.last_id = Some(event.id);
+                    return Ok(event);
                 }
                 continue;
             }
-            let chunk = self
-                .response
-                .chunk()
-                .await
-                .map_err(|e| ClientError::Unreachable {
-                    url: self.response.url().to_string(),
-                    reason: e.to_string(),
-                })?;
+            let chunk = match self.response.as_mut() {
+                Some(response) => response.chunk().await.ok().flatten(),
+                None => None,
+            };
             match chunk {
                 Some(bytes) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
-                None => return Ok(None),
+                None => self.reconnect().await?,
+            }
+        }
+    }
+
+    async fn reconnect(&mut self) -> Result<()> {
+        self.response = None;
+        // A partial event from the lost connection is sent again after resuming.
+        self.buffer.clear();
+        let started = Instant::now();
+        let mut pause = FIRST_PAUSE;
+        loop {
+            tokio::time::sleep(pause).await;
+            match self
+                .client
+                .open_events(self.workspace_id.as_deref(), self.last_id)
+                .await
+            {
+                Ok(response) => {
+                    self.response = Some(response);
+                    return Ok(());
+                }
+                // The server answered and said no: reconnecting will not help.
+                Err(e @ ClientError::Api { .. }) => return Err(e),
+                Err(e) if started.elapsed() >= GIVE_UP_AFTER => return Err(e),
+                Err(_) => pause = (pause * 2).min(LONGEST_PAUSE),
             }
         }
     }

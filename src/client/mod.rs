@@ -229,12 +229,22 @@ impl Client {
         self.call(Method::GET, &path, None).await
     }
 
-    /// Opens `GET /api/events`, resuming after `last_event_id` when given.
+    /// Follows `GET /api/events`, resuming after `last_event_id` when given, and
+    /// reconnecting by itself when the connection drops.
     pub async fn events(
         &self,
         workspace_id: Option<&str>,
         last_event_id: Option<i64>,
     ) -> Result<EventStream> {
+        EventStream::open(self.clone(), workspace_id.map(str::to_owned), last_event_id).await
+    }
+
+    /// One connection to the event stream.
+    async fn open_events(
+        &self,
+        workspace_id: Option<&str>,
+        last_event_id: Option<i64>,
+    ) -> Result<reqwest::Response> {
         let q = query(&[("workspaceId", workspace_id)]);
         let mut request = self
             .http
@@ -253,6 +263,6 @@ impl Client {
                 .to_owned();
             return Err(ClientError::Api { status, message });
         }
-        Ok(EventStream::new(response))
+        Ok(response)
     }
 }

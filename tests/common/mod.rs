@@ -69,14 +69,13 @@ impl Server {
 
     /// A server on `database_url`, with `data_dir` as its home.
     pub fn start(database_url: &str, data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_on("127.0.0.1:0", database_url, data_dir, extra)
+    }
+
+    /// A server listening on `listen` (to restart one where it was).
+    pub fn start_on(listen: &str, database_url: &str, data_dir: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_buildd"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--database-url",
-                database_url,
-            ])
+            .args(["serve", "--listen", listen, "--database-url", database_url])
             .args(["--admin-token", ADMIN])
             .args(extra)
             .env("HOME", data_dir)
