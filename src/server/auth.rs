@@ -7,7 +7,7 @@ use axum::http::request::Parts;
 use super::AppState;
 use super::error::ApiError;
 use crate::core::keys;
-use crate::core::model::{Account, Grant};
+use crate::core::model::Account;
 
 /// The authenticated caller of a request. Extracting it answers 401 for a missing or
 /// unknown token.
@@ -80,21 +80,19 @@ impl Caller {
         }
     }
 
-    /// The caller's grant on `workspace_id`, or 403. The admin passes with a grant that
-    /// allows everything.
-    pub async fn grant_on(&self, state: &AppState, workspace_id: &str) -> Result<Grant, ApiError> {
+    /// What the caller may do in `workspace_id`, or 403 if it has no grant there. The
+    /// admin may do everything everywhere.
+    pub async fn access(&self, state: &AppState, workspace_id: &str) -> Result<Access, ApiError> {
         let account = match self {
             Caller::Admin => {
-                return Ok(Grant {
-                    account_id: String::new(),
-                    workspace_id: workspace_id.to_owned(),
+                return Ok(Access {
                     can_claim: true,
                     can_create: true,
                 });
             }
             Caller::Account(a) => a,
         };
-        state
+        let grant = state
             .store
             .get_grant(&account.id, workspace_id)
             .await?
@@ -103,6 +101,17 @@ impl Caller {
                     "account {} has no access to workspace {workspace_id}",
                     account.id
                 ))
-            })
+            })?;
+        Ok(Access {
+            can_claim: grant.can_claim,
+            can_create: grant.can_create,
+        })
     }
+}
+
+/// What a caller may do in one workspace (seeing it is implied).
+#[derive(Debug, Clone, Copy)]
+pub struct Access {
+    pub can_claim: bool,
+    pub can_create: bool,
 }

@@ -43,7 +43,7 @@ pub async fn stream(
         if state.store.get_workspace(ws).await?.is_none() {
             return Err(ApiError::NotFound(format!("workspace {ws} not found")));
         }
-        caller.grant_on(&state, ws).await?;
+        caller.access(&state, ws).await?;
     }
     let resume = match headers.get("last-event-id") {
         Some(v) => Some(

@@ -13,7 +13,7 @@ use crate::core::ids::{IdKind, new_id};
 use crate::core::model::{Comment, RunnerPreference, Source, Task, TaskStatus};
 use crate::core::{time, validate};
 use crate::server::AppState;
-use crate::server::auth::Caller;
+use crate::server::auth::{Access, Caller};
 use crate::server::error::{ApiError, ApiResult, Body, Params};
 use crate::store::TaskFilter;
 
@@ -76,11 +76,7 @@ pub async fn create(
             body.workspace_id
         )));
     }
-    if !caller
-        .grant_on(&state, &body.workspace_id)
-        .await?
-        .can_create
-    {
+    if !caller.access(&state, &body.workspace_id).await?.can_create {
         return Err(ApiError::Forbidden(format!(
             "no canCreate grant on workspace {}",
             body.workspace_id
@@ -143,15 +139,16 @@ pub async fn list(
     ))
 }
 
-/// The task, if the caller may see it (any grant on its workspace).
-async fn visible_task(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Task> {
+/// The task, if the caller may see it (any grant on its workspace), and what the
+/// caller may do there.
+async fn visible_task(state: &AppState, caller: &Caller, id: &str) -> ApiResult<(Task, Access)> {
     let task = state
         .store
         .get_task(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("task {id} not found")))?;
-    caller.grant_on(state, &task.workspace_id).await?;
-    Ok(task)
+    let access = caller.access(state, &task.workspace_id).await?;
+    Ok((task, access))
 }
 
 pub async fn show(
@@ -159,14 +156,14 @@ pub async fn show(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Task>> {
-    Ok(Json(visible_task(&state, &caller, &id).await?))
+    Ok(Json(visible_task(&state, &caller, &id).await?.0))
 }
 
 /// Checks that the caller may steer the task: the admin, or an account that may
 /// create tasks in its workspace.
 async fn steerable_task(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Task> {
-    let task = visible_task(state, caller, id).await?;
-    if !caller.grant_on(state, &task.workspace_id).await?.can_create {
+    let (task, access) = visible_task(state, caller, id).await?;
+    if !access.can_create {
         return Err(ApiError::Forbidden(format!(
             "no canCreate grant on workspace {}",
             task.workspace_id
@@ -264,6 +261,6 @@ pub async fn source(
         .get_source(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("source {id} not found")))?;
-    caller.grant_on(&state, &source.workspace_id).await?;
+    caller.access(&state, &source.workspace_id).await?;
     Ok(Json(source))
 }

@@ -58,7 +58,7 @@ pub async fn claim(
         if state.store.get_workspace(ws).await?.is_none() {
             return Err(ApiError::NotFound(format!("workspace {ws} not found")));
         }
-        if !caller.grant_on(&state, ws).await?.can_claim {
+        if !caller.access(&state, ws).await?.can_claim {
             return Err(ApiError::Forbidden(format!(
                 "no canClaim grant on workspace {ws}"
             )));
@@ -153,7 +153,7 @@ fn is_owner(caller: &Caller, worker: &Worker) -> bool {
 async fn visible_worker(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Worker> {
     let worker = find(state, id).await?;
     if !is_owner(caller, &worker) {
-        caller.grant_on(state, &worker.workspace_id).await?;
+        caller.access(state, &worker.workspace_id).await?;
     }
     Ok(worker)
 }

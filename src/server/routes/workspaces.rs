@@ -62,6 +62,6 @@ pub async fn show(
         .get_workspace(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("workspace {id} not found")))?;
-    caller.grant_on(&state, &workspace.id).await?;
+    caller.access(&state, &workspace.id).await?;
     Ok(Json(workspace))
 }
