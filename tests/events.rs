@@ -252,3 +252,16 @@ async fn a_cluster_shares_its_events_and_wakes_claims_anywhere() {
     let replayed = replay.drain(Duration::from_secs(1)).await;
     assert!(ids(&replayed).ends_with(&ids(&seen_a)));
 }
+
+/// An idle stream gets a comment line at least every 15 s, so proxies keep it open.
+#[tokio::test]
+async fn idle_streams_get_keep_alive_comments() {
+    let server = Server::sqlite(&[]);
+    let (_, mut stream) = server.admin().events("", None).await;
+    assert_eq!(
+        stream.next(Duration::from_secs(17)).await,
+        None,
+        "no event on an idle server"
+    );
+    assert!(stream.comments >= 1, "no keep-alive within 17 s");
+}
