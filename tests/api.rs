@@ -106,12 +106,7 @@ async fn the_original_readme_flow_works() {
     let wid = worker["id"].as_str().unwrap();
     assert!(wid.starts_with("wrk-"));
 
-    for status in ["starting", "running"] {
-        let (code, w) = agent
-            .patch(&format!("/api/workers/{wid}"), json!({"status": status}))
-            .await;
-        assert_eq!(code, StatusCode::OK, "{w}");
-    }
+    agent.move_worker(wid, &["starting", "running"]).await;
     let (_, task) = agent
         .get(&format!("/api/tasks/{}", high["id"].as_str().unwrap()))
         .await;
@@ -348,8 +343,7 @@ async fn accounts_only_see_their_workspaces() {
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     // The other account's worker cannot be driven by this one.
-    let claimed = other.ok("/api/workers/claim", json!({})).await;
-    let wid = claimed["workers"][0]["id"].as_str().unwrap();
+    let wid = other.claim_one().await;
     assert_eq!(
         me.patch(
             &format!("/api/workers/{wid}"),
@@ -385,8 +379,7 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     let agent = server.client(&key);
     let task = admin.task(&ws, json!({})).await;
     let tid = task["id"].as_str().unwrap().to_owned();
-    let claimed = agent.ok("/api/workers/claim", json!({})).await;
-    let wid = claimed["workers"][0]["id"].as_str().unwrap().to_owned();
+    let wid = agent.claim_one().await;
     let before = snapshot(&admin).await;
 
     let raw = |body: &'static str| Some(body);
@@ -1097,8 +1090,7 @@ async fn attachments_round_trip() {
         .await;
     let agent = server.client(&key);
     admin.task(&ws, json!({})).await;
-    let claimed = agent.ok("/api/workers/claim", json!({})).await;
-    let wid = claimed["workers"][0]["id"].as_str().unwrap().to_owned();
+    let wid = agent.claim_one().await;
     let upload = |token: &str, query: &str, content_type: &str, body: Vec<u8>| {
         server
             .client(token)

@@ -165,13 +165,8 @@ async fn the_whole_client_flow() {
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let agent = server.client(&key);
-    let claimed = agent.ok("/api/workers/claim", json!({})).await;
-    let wid = claimed["workers"][0]["id"].as_str().unwrap().to_owned();
-    for status in ["starting", "running"] {
-        agent
-            .patch(&format!("/api/workers/{wid}"), json!({"status": status}))
-            .await;
-    }
+    let wid = agent.claim_one().await;
+    agent.move_worker(&wid, &["starting", "running"]).await;
     agent
         .ok(
             &format!("/api/workers/{wid}/messages"),
@@ -388,19 +383,15 @@ async fn watch_survives_a_server_restart() {
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let claimed = first.client(&key).ok("/api/workers/claim", json!({})).await;
-    let wid = claimed["workers"][0]["id"].as_str().unwrap().to_owned();
+    let wid = first.client(&key).claim_one().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     drop(first); // kill -9
     let second = Server::start_on(&listen, &db, dir.path(), &[]);
     let agent = second.client(&key);
-    for status in ["starting", "running", "completed"] {
-        let (code, body) = agent
-            .patch(&format!("/api/workers/{wid}"), json!({"status": status}))
-            .await;
-        assert!(code.is_success(), "{body}");
-    }
+    agent
+        .move_worker(&wid, &["starting", "running", "completed"])
+        .await;
 
     let watched = watcher.join().unwrap();
     let out = ok_text(&watched);

@@ -16,13 +16,8 @@ const SOON: Duration = Duration::from_secs(10);
 /// Creates, claims, runs and completes one task with a few messages.
 async fn one_task_lifecycle(admin: &Api, agent: &Api, ws: &str) -> String {
     let task = admin.task(ws, json!({"title": "streamed"})).await;
-    let claimed = agent.ok("/api/workers/claim", json!({})).await;
-    let wid = claimed["workers"][0]["id"].as_str().unwrap().to_owned();
-    for status in ["starting", "running"] {
-        agent
-            .patch(&format!("/api/workers/{wid}"), json!({"status": status}))
-            .await;
-    }
+    let wid = agent.claim_one().await;
+    agent.move_worker(&wid, &["starting", "running"]).await;
     agent
         .ok(
             &format!("/api/workers/{wid}/messages"),

@@ -222,6 +222,27 @@ impl Api {
         (id, created["apiKey"].as_str().unwrap().to_owned())
     }
 
+    /// Claims one task as this account and returns its worker's id.
+    pub async fn claim_one(&self) -> String {
+        let claimed = self.ok("/api/workers/claim", json!({})).await;
+        let workers = claimed["workers"].as_array().expect("a workers list");
+        assert_eq!(workers.len(), 1, "expected one claimed task: {claimed}");
+        workers[0]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Reports `statuses` for a worker, in order, each of which must be accepted.
+    pub async fn move_worker(&self, worker_id: &str, statuses: &[&str]) {
+        for status in statuses {
+            let (code, body) = self
+                .patch(
+                    &format!("/api/workers/{worker_id}"),
+                    json!({"status": status}),
+                )
+                .await;
+            assert!(code.is_success(), "{worker_id} → {status}: {code} {body}");
+        }
+    }
+
     pub async fn task(&self, workspace: &str, extra: Value) -> Value {
         let mut body = json!({ "workspaceId": workspace, "title": "a task" });
         body.as_object_mut()
