@@ -89,6 +89,14 @@ pub struct Outcome {
     pub artifacts: Vec<Artifact>,
 }
 
+impl Outcome {
+    /// Whether applying the outcome writes events (its own, or one per appended
+    /// message), so that subscribers must be told.
+    pub fn writes_events(&self) -> bool {
+        !(self.events.is_empty() && self.messages.is_empty())
+    }
+}
+
 /// A change to an account's usage counters, which the claim checks against its limits:
 /// workers holding a slot, and the cost of workers started on `day` (UTC).
 #[derive(Debug, Clone, Default, PartialEq)]

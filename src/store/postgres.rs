@@ -943,7 +943,7 @@ impl Store for PostgresStore {
         let mut tx = self.pool.begin().await?;
         let result = apply_in(&mut tx, id, action, now).await;
         let applied = finish(tx, result).await?;
-        if !(applied.outcome.events.is_empty() && applied.outcome.messages.is_empty()) {
+        if applied.outcome.writes_events() {
             self.events_written();
         }
         Ok(applied)

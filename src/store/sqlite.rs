@@ -820,7 +820,7 @@ impl Store for SqliteStore {
                 })
             })
             .await?;
-        if !(applied.outcome.events.is_empty() && applied.outcome.messages.is_empty()) {
+        if applied.outcome.writes_events() {
             self.signal_events();
         }
         Ok(applied)
