@@ -18,7 +18,7 @@ use crate::core::actions::{Action, WorkerUpdate};
 use crate::core::claim::{MAX_TASKS_PER_CLAIM, MAX_WAIT_SECS};
 use crate::core::events::StoredEvent;
 use crate::core::ids::{IdKind, new_id};
-use crate::core::model::{Attachment, Worker, WorkerStatus};
+use crate::core::model::{Account, Attachment, Task, Worker, WorkerStatus};
 use crate::core::{time, validate};
 use crate::server::AppState;
 use crate::server::auth::Caller;
@@ -68,7 +68,31 @@ pub async fn claim(
         max_tasks,
         workspace_id: body.workspace_id,
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    let claimed = if wait == 0 {
+        state.store.claim(&account, &request, time::now()).await?
+    } else {
+        claim_waiting(&state, &account, &request, Duration::from_secs(wait)).await?
+    };
+    let workers: Vec<Value> = claimed
+        .into_iter()
+        .map(|(worker, task)| {
+            let mut entry = json!(worker);
+            entry["task"] = json!(task);
+            entry
+        })
+        .collect();
+    Ok(Json(json!({ "workers": workers })))
+}
+
+/// Claims, and while nothing fits, waits for a sign that something may (a task
+/// created or requeued anywhere in the cluster, a new grant) until `wait` is up.
+async fn claim_waiting(
+    state: &AppState,
+    account: &Account,
+    request: &ClaimRequest,
+    wait: Duration,
+) -> ApiResult<Vec<(Worker, Task)>> {
+    let deadline = tokio::time::Instant::now() + wait;
     // Listen before looking, so a task created between the look and the wait still
     // wakes this claim.
     let mut events = state.events.subscribe();
@@ -77,24 +101,15 @@ pub async fn claim(
         tokio::pin!(woken);
         woken.as_mut().enable();
 
-        let claimed = state.store.claim(&account, &request, time::now()).await?;
-        let now = tokio::time::Instant::now();
-        if !claimed.is_empty() || now >= deadline {
-            let workers: Vec<Value> = claimed
-                .into_iter()
-                .map(|(worker, task)| {
-                    let mut entry = json!(worker);
-                    entry["task"] = json!(task);
-                    entry
-                })
-                .collect();
-            return Ok(Json(json!({ "workers": workers })));
+        let claimed = state.store.claim(account, request, time::now()).await?;
+        if !claimed.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(claimed);
         }
         tokio::select! {
             _ = &mut woken => {}
             _ = work_offered(&mut events) => {}
             _ = tokio::time::sleep_until(deadline) => {}
-            _ = state.shutdown.cancelled() => return Ok(Json(json!({ "workers": [] }))),
+            _ = state.shutdown.cancelled() => return Ok(Vec::new()),
         }
     }
 }
