@@ -3,6 +3,7 @@
 //! Every failure ends as one line on stderr and a non-zero exit, never a panic.
 
 mod account;
+mod agent;
 mod credentials;
 mod output;
 mod paths;
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run the broker: REST API, event stream and lease sweeper, on SQLite or Postgres.
     Serve(serve::ServeArgs),
+    /// Claim tasks and run Claude Code (or another runner) on them in git worktrees.
+    Agent(agent::AgentArgs),
     /// Workspaces: the repositories agents work on.
     Workspace {
         #[command(flatten)]
@@ -97,30 +100,73 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await,
-            Command::Workspace {
-                connection,
-                command,
-            } => workspace::run(&connection.client()?, connection.json, command).await,
-            Command::Account {
-                connection,
-                command,
-            } => account::run(&connection.client()?, connection.json, command).await,
-            Command::Task {
-                connection,
-                command,
-            } => task::run(&connection.client()?, connection.json, command).await,
-            Command::Login { connection } => login(connection).await,
-            Command::Completions { shell } => {
-                let mut command = <Cli as clap::CommandFactory>::command();
-                clap_complete::generate(shell, &mut command, "buildd", &mut std::io::stdout());
-                Ok(())
-            }
+            Command::Serve(args) => serve::run(args).await.map_err(Some),
+            Command::Agent(args) => match agent::run(args).await {
+                Ok(true) => Ok(()),
+                // `--once` whose task did not complete: its log says why.
+                Ok(false) => Err(None),
+                Err(message) => Err(Some(message)),
+            },
+            other => run_client(other).await.map_err(Some),
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => fail(&message),
+        Err(Some(message)) => fail(&message),
+        Err(None) => ExitCode::FAILURE,
+    }
+}
+
+/// The terminal client's commands.
+async fn run_client(command: Command) -> Result<(), String> {
+    match command {
+        Command::Serve(_) | Command::Agent(_) => unreachable!("handled by main"),
+        Command::Workspace {
+            connection,
+            command,
+        } => workspace::run(&connection.client()?, connection.json, command).await,
+        Command::Account {
+            connection,
+            command,
+        } => account::run(&connection.client()?, connection.json, command).await,
+        Command::Task {
+            connection,
+            command,
+        } => task::run(&connection.client()?, connection.json, command).await,
+        Command::Login { connection } => login(connection).await,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "buildd", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+/// Logs to stderr, at the level `BUILDD_LOG` sets (default `info`).
+fn init_logging() {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BUILDD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// Returns at the first SIGTERM or SIGINT.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
 }
 

@@ -32,6 +32,16 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// Whether trying again later may work: the server was unreachable, overloaded or
+    /// failing, rather than refusing the request itself.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } => true,
+            ClientError::Api { status, .. } => *status >= 500 || *status == 429,
+            ClientError::Protocol(_) => false,
+        }
+    }
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
@@ -120,9 +130,17 @@ impl Client {
         let value: Value = if text.is_empty() {
             Value::Null
         } else {
-            serde_json::from_str(&text).map_err(|_| {
-                ClientError::Protocol(format!("HTTP {status} with a body that is not JSON"))
-            })?
+            match serde_json::from_str(&text) {
+                Ok(value) => value,
+                // A proxy's error page in front of the server: keep the status, so
+                // that callers can tell a failing server from a refused request.
+                Err(_) if !status.is_success() => Value::Null,
+                Err(_) => {
+                    return Err(ClientError::Protocol(format!(
+                        "HTTP {status} with a body that is not JSON"
+                    )));
+                }
+            }
         };
         if status.is_success() {
             return Ok(value);
@@ -222,6 +240,53 @@ impl Client {
         let q = query(&[("taskId", task_id)]);
         self.call(Method::GET, &format!("/api/workers{q}"), None)
             .await
+    }
+
+    /// `POST /api/workers/claim`: up to `max_tasks` tasks, waiting up to `wait` seconds
+    /// for one to fit.
+    pub async fn claim(
+        &self,
+        max_tasks: u32,
+        workspace_id: Option<&str>,
+        wait: u64,
+    ) -> Result<Value> {
+        let body = json!({ "maxTasks": max_tasks, "workspaceId": workspace_id, "wait": wait });
+        self.call(Method::POST, "/api/workers/claim", Some(body))
+            .await
+    }
+
+    pub async fn get_worker(&self, id: &str) -> Result<Value> {
+        self.call(Method::GET, &format!("/api/workers/{}", encode(id)), None)
+            .await
+    }
+
+    /// `PATCH /api/workers/:id`: progress, status and results of a run.
+    pub async fn update_worker(&self, id: &str, update: &Value) -> Result<Value> {
+        self.call(
+            Method::PATCH,
+            &format!("/api/workers/{}", encode(id)),
+            Some(update.clone()),
+        )
+        .await
+    }
+
+    /// `POST /api/workers/:id/heartbeat`: `{"cancel": bool, "reply"?: text}`.
+    pub async fn heartbeat(&self, id: &str) -> Result<Value> {
+        self.call(
+            Method::POST,
+            &format!("/api/workers/{}/heartbeat", encode(id)),
+            Some(json!({})),
+        )
+        .await
+    }
+
+    pub async fn append_messages(&self, worker_id: &str, messages: &[Value]) -> Result<Value> {
+        self.call(
+            Method::POST,
+            &format!("/api/workers/{}/messages", encode(worker_id)),
+            Some(json!({ "messages": messages })),
+        )
+        .await
     }
 
     pub async fn messages(&self, worker_id: &str, after: i64) -> Result<Value> {

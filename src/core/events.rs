@@ -19,11 +19,18 @@ impl StoredEvent {
     /// Whether this event may make a waiting claim succeed: a new task, or one back
     /// in the queue.
     pub fn offers_work(&self) -> bool {
-        match self.name.as_str() {
-            "task.created" => true,
-            "task.updated" => self.data["task"]["status"] == "pending",
-            _ => false,
-        }
+        offers_work(&self.name, &self.data)
+    }
+}
+
+/// Whether an event named `name` carrying `data` may make a claim succeed: a new task,
+/// or one back in the queue. Waiting claims on the server and idle agents both wake on
+/// it.
+pub fn offers_work(name: &str, data: &Value) -> bool {
+    match name {
+        "task.created" => true,
+        "task.updated" => data["task"]["status"] == "pending",
+        _ => false,
     }
 }
 

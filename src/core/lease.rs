@@ -12,6 +12,13 @@ pub fn sweep_interval(lease_ttl: Duration) -> Duration {
     (lease_ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(5))
 }
 
+/// How often an agent heartbeats a worker: four times per lease, so that three lost
+/// heartbeats in a row still keep it, and never less often than every 15 s, so that
+/// cancels and answers reach a run within seconds even under a long lease.
+pub fn heartbeat_interval(lease_ttl: Duration) -> Duration {
+    (lease_ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(15))
+}
+
 /// Gives a task whose worker ended without completing it back to the queue, or fails
 /// it once its attempts are spent. Finished and cancelled tasks are left as they are.
 pub fn release(task: &mut Task, now: Timestamp) {
@@ -32,6 +39,18 @@ pub fn release(task: &mut Task, now: Timestamp) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heartbeats_come_four_times_a_lease_within_bounds() {
+        assert_eq!(
+            heartbeat_interval(Duration::from_secs(2)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            heartbeat_interval(Duration::from_secs(600)),
+            Duration::from_secs(15)
+        );
+    }
 
     #[test]
     fn interval_is_a_quarter_lease_within_bounds() {

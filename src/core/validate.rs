@@ -9,6 +9,8 @@ pub const MAX_TITLE_LEN: usize = 500;
 pub const MAX_DESCRIPTION_LEN: usize = 256 * 1024;
 pub const MAX_URL_LEN: usize = 2048;
 pub const MAX_COMMENT_LEN: usize = 64 * 1024;
+/// The most entries one `POST /api/workers/:id/messages` may carry.
+pub const MAX_MESSAGES_PER_BATCH: usize = 1000;
 pub const DEFAULT_MAX_WORKERS: i64 = 3;
 pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
 pub const MAX_ATTEMPTS_LIMIT: i32 = 100;

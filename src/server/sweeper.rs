@@ -10,7 +10,15 @@ use crate::core::time;
 /// Sweeps every [`lease::sweep_interval`] until shutdown. Every server of a cluster
 /// runs one; each expiry re-checks the worker under its row lock, so a lost worker is
 /// expired by exactly one of them.
+///
+/// The first sweep waits one lease: while the broker was down, agents could not
+/// heartbeat, and their workers deserve one lease to come back before they are
+/// declared lost.
 pub async fn run(state: AppState) {
+    tokio::select! {
+        _ = state.shutdown.cancelled() => return,
+        _ = tokio::time::sleep(state.lease_ttl) => {}
+    }
     let mut tick = tokio::time::interval(lease::sweep_interval(state.lease_ttl));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -19,14 +19,12 @@ use crate::core::claim::{MAX_TASKS_PER_CLAIM, MAX_WAIT_SECS};
 use crate::core::events::StoredEvent;
 use crate::core::ids::{IdKind, new_id};
 use crate::core::model::{Account, Attachment, Task, Worker, WorkerStatus};
-use crate::core::{time, validate};
+use crate::core::time;
+use crate::core::validate::{self, MAX_MESSAGES_PER_BATCH};
 use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult, Body, Params};
 use crate::store::{ClaimRequest, WorkerFilter};
-
-/// The most entries one `POST /api/workers/:id/messages` may carry.
-pub const MAX_MESSAGES_PER_BATCH: usize = 1000;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -81,7 +79,12 @@ pub async fn claim(
             entry
         })
         .collect();
-    Ok(Json(json!({ "workers": workers })))
+    // The lease tells agents how often to heartbeat: one that knows it can stay well
+    // inside it whatever the server was started with.
+    Ok(Json(json!({
+        "workers": workers,
+        "leaseTtlSecs": state.lease_ttl.as_secs_f64(),
+    })))
 }
 
 /// Claims, and while nothing fits, waits for a sign that something may (a task

@@ -1,0 +1,164 @@
+//! The Claude Code runner: `claude -p … --output-format stream-json --verbose`.
+//!
+//! Permissions: Claude Code refuses `--dangerously-skip-permissions` (and the
+//! `bypassPermissions` mode) under root, which is how CI containers run. So the agent
+//! runs it in `acceptEdits` mode with an explicit `--allowedTools` list: edits and the
+//! listed tools run without asking, anything else is denied rather than left waiting
+//! for a person who is not there. That works the same as root and as anyone else.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use serde_json::Value;
+use tokio::process::Command;
+
+use super::runner::{Finish, LineReport, OutputParser, RunSpec, Runner, unattended_instructions};
+
+/// The tools a run may use unless `--allowed-tools` says otherwise.
+pub const DEFAULT_ALLOWED_TOOLS: &str =
+    "Bash,Edit,MultiEdit,Write,Read,Glob,Grep,LS,NotebookEdit,TodoWrite,WebFetch,WebSearch";
+
+#[derive(Debug, Clone)]
+pub struct ClaudeRunner {
+    pub bin: PathBuf,
+    pub model: Option<String>,
+    pub allowed_tools: String,
+    pub max_turns: Option<u32>,
+}
+
+impl Runner for ClaudeRunner {
+    fn command(&self, spec: &RunSpec) -> Command {
+        let mut command = Command::new(&self.bin);
+        command
+            .arg("-p")
+            .arg(&spec.prompt)
+            .args(["--output-format", "stream-json", "--verbose"])
+            .args(["--permission-mode", "acceptEdits"])
+            .arg("--allowedTools")
+            .arg(&self.allowed_tools)
+            .arg("--append-system-prompt")
+            .arg(unattended_instructions())
+            .stdin(Stdio::null());
+        if let Some(model) = &self.model {
+            command.arg("--model").arg(model);
+        }
+        if let Some(turns) = self.max_turns {
+            command.arg("--max-turns").arg(turns.to_string());
+        }
+        if let Some(session) = &spec.resume {
+            command.arg("--resume").arg(session);
+        }
+        if let Some(budget) = spec.budget_usd {
+            command.arg("--max-budget-usd").arg(format!("{budget:.4}"));
+        }
+        command
+    }
+
+    fn parser(&self) -> Box<dyn OutputParser> {
+        Box::new(StreamJson::default())
+    }
+}
+
+/// Reads Claude Code's stream-json: one JSON object per line (`system` init,
+/// `assistant`, `user` tool results, and a final `result`).
+#[derive(Default)]
+pub struct StreamJson {
+    /// Usage per assistant message id: one message may come as several lines.
+    usage: HashMap<String, f64>,
+}
+
+impl OutputParser for StreamJson {
+    fn line(&mut self, line: &str) -> LineReport {
+        let Ok(message) = serde_json::from_str::<Value>(line) else {
+            return LineReport {
+                message: serde_json::json!({ "type": "output", "text": line }),
+                ..LineReport::default()
+            };
+        };
+        let mut report = LineReport::default();
+        match message["type"].as_str() {
+            Some("system") => {
+                report.session_id = message["session_id"].as_str().map(str::to_owned);
+            }
+            Some("assistant") => {
+                let m = &message["message"];
+                let id = m["id"].as_str().unwrap_or_default().to_owned();
+                let model = m["model"].as_str().unwrap_or_default();
+                self.usage.insert(id, estimate_usd(model, &m["usage"]));
+                report.turns = Some(self.usage.len() as i64);
+                report.cost_usd = Some(self.usage.values().sum());
+            }
+            Some("result") => {
+                report.session_id = message["session_id"].as_str().map(str::to_owned);
+                report.turns = message["num_turns"].as_i64();
+                report.cost_usd = message["total_cost_usd"].as_f64();
+                let text = message["result"].as_str().map(str::to_owned);
+                let subtype = message["subtype"].as_str().unwrap_or("error");
+                report.finish = Some(Finish {
+                    text: text.unwrap_or_else(|| format!("the run ended: {subtype}")),
+                    is_error: message["is_error"]
+                        .as_bool()
+                        .unwrap_or(subtype != "success"),
+                });
+            }
+            _ => {}
+        }
+        report.message = message;
+        report
+    }
+}
+
+/// Dollars for one assistant message's token usage at list prices per million tokens
+/// (input, output), with cache writes at 1.25× and cache reads at 0.1× input. Only
+/// an estimate while the run goes on (the output count in a streamed message is
+/// partial); the run's `result` carries the exact cost, which replaces it.
+fn estimate_usd(model: &str, usage: &Value) -> f64 {
+    let (input, output) = if model.contains("haiku") {
+        (1.0, 5.0)
+    } else if model.contains("opus") {
+        (5.0, 25.0)
+    } else {
+        (3.0, 15.0)
+    };
+    let tokens = |k: &str| usage[k].as_f64().unwrap_or(0.0);
+    (tokens("input_tokens") * input
+        + tokens("cache_creation_input_tokens") * input * 1.25
+        + tokens("cache_read_input_tokens") * input * 0.1
+        + tokens("output_tokens") * output)
+        / 1_000_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_json_gives_session_turns_cost_and_result() {
+        let mut p = StreamJson::default();
+        let init = p.line(r#"{"type":"system","subtype":"init","session_id":"s-1"}"#);
+        assert_eq!(init.session_id.as_deref(), Some("s-1"));
+        let a = r#"{"type":"assistant","message":{"id":"m1","model":"claude-sonnet-4-5","usage":{"input_tokens":1000000,"output_tokens":0}}}"#;
+        let first = p.line(a);
+        assert_eq!(first.turns, Some(1));
+        assert_eq!(first.cost_usd, Some(3.0));
+        // The same message again (a second content block) is not a second turn.
+        assert_eq!(p.line(a).turns, Some(1));
+        let end = p.line(
+            r#"{"type":"result","subtype":"success","is_error":false,"result":"Done.","num_turns":2,"total_cost_usd":0.5,"session_id":"s-1"}"#,
+        );
+        assert_eq!(end.cost_usd, Some(0.5));
+        assert_eq!(end.turns, Some(2));
+        assert_eq!(
+            end.finish,
+            Some(Finish {
+                text: "Done.".into(),
+                is_error: false
+            })
+        );
+        let plain = p.line("not json");
+        assert_eq!(plain.message["text"], "not json");
+        let capped = p.line(r#"{"type":"result","subtype":"error_max_budget_usd","is_error":true,"total_cost_usd":1.0}"#);
+        assert!(capped.finish.unwrap().is_error);
+    }
+}

@@ -1,0 +1,61 @@
+//! The generic runner: any program (Codex, Gemini, a script) run through `sh -c`.
+//!
+//! The program finds the prompt in `BUILDD_PROMPT` and works in its current directory
+//! (the task's worktree). `BUILDD_RESUME` holds the session id it printed before, when
+//! a run carries on after a question or a pause. Each line it prints is a message of
+//! the run. A line of Claude's stream-json (a JSON object with a `type`) is read like
+//! Claude's, so a program can report its session, cost and result that way; without
+//! a `result` line, the exit status decides and the last line is the result.
+
+use std::process::Stdio;
+
+use tokio::process::Command;
+
+use super::claude::StreamJson;
+use super::runner::{LineReport, OutputParser, RunSpec, Runner, unattended_instructions};
+
+#[derive(Debug, Clone)]
+pub struct CommandRunner {
+    pub command: String,
+}
+
+impl Runner for CommandRunner {
+    fn command(&self, spec: &RunSpec) -> Command {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(&self.command)
+            .env("BUILDD_PROMPT", &spec.prompt)
+            .env("BUILDD_INSTRUCTIONS", unattended_instructions())
+            .env_remove("BUILDD_RESUME")
+            .stdin(Stdio::null());
+        if let Some(session) = &spec.resume {
+            command.env("BUILDD_RESUME", session);
+        }
+        if let Some(budget) = spec.budget_usd {
+            command.env("BUILDD_BUDGET_USD", format!("{budget:.4}"));
+        }
+        command
+    }
+
+    fn parser(&self) -> Box<dyn OutputParser> {
+        Box::new(Lines(StreamJson::default()))
+    }
+}
+
+struct Lines(StreamJson);
+
+impl OutputParser for Lines {
+    fn line(&mut self, line: &str) -> LineReport {
+        let is_stream_json =
+            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v["type"].is_string());
+        if is_stream_json {
+            self.0.line(line)
+        } else {
+            LineReport {
+                message: serde_json::json!({ "type": "output", "text": line }),
+                ..LineReport::default()
+            }
+        }
+    }
+}

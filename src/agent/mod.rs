@@ -1,0 +1,289 @@
+//! `buildd agent`: claims tasks and runs them, each in its own git worktree.
+//!
+//! The agent idles on the event stream rather than polling: a `task.created` (or a
+//! task back in the queue) wakes it to claim, and a slow safety claim covers anything
+//! the stream could have missed. Each claimed task becomes a [`job::Job`]; events about
+//! a job's worker or task (a cancel, a pause, an answer) nudge it to heartbeat at once
+//! instead of at its next tick.
+//!
+//! Shutdown has two steps. SIGTERM or SIGINT stops claiming and lets runs finish for
+//! the grace period; then runs still going are stopped and reported, and the agent
+//! exits 0. Results the server could not take wait in the spool for the next start.
+
+pub mod claude;
+pub mod command;
+mod git;
+mod github;
+mod job;
+mod process;
+pub mod runner;
+mod spool;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::RngExt;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::client::{Client, StreamedEvent};
+use crate::core::events::offers_work;
+use crate::core::lease;
+
+pub use job::PrSettings;
+use job::{Job, JobContext};
+use runner::Runner;
+use spool::Spool;
+
+/// How often an idle agent claims even though no event said so.
+const SAFETY_CLAIM_EVERY: Duration = Duration::from_secs(60);
+
+pub struct Config {
+    pub client: Client,
+    pub workspace_id: Option<String>,
+    pub max_tasks: u32,
+    pub once: bool,
+    /// The git checkout to work in.
+    pub dir: PathBuf,
+    /// Where worktrees and the spool live.
+    pub state_dir: PathBuf,
+    pub runner: Arc<dyn Runner>,
+    pub grace: Duration,
+    pub push: bool,
+    pub pr: Option<PrSettings>,
+}
+
+/// A pause before trying the server again: doubling from 250 ms up to 30 s, with
+/// jitter so that a fleet that lost its server does not come back in one wave.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let full = Duration::from_millis(250)
+        .saturating_mul(1 << attempt.min(8))
+        .min(Duration::from_secs(30));
+    full.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
+/// What the event follower tells the agent.
+enum Signal {
+    /// (Re)connected: events may have been missed, so look for work.
+    Connected,
+    Event(StreamedEvent),
+}
+
+/// Runs the agent until it is told to stop (or, with `--once`, until its one task
+/// ended). `Ok(false)` means a `--once` task did not complete.
+pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, String> {
+    let me = config.client.me().await.map_err(|e| e.to_string())?;
+    if me["type"].as_str().is_none() {
+        return Err(
+            "buildd agent needs an account key (buildd_user_…, buildd_service_… or buildd_action_…), not the admin token"
+                .into(),
+        );
+    }
+    let repo = git::checkout_root(&config.dir).await?;
+    let spool = Spool::open(config.state_dir.join("spool"))?;
+    tokio::spawn(spool.clone().run(config.client.clone()));
+    let stopping = CancellationToken::new();
+    let ctx = Arc::new(JobContext {
+        client: config.client.clone(),
+        runner: config.runner.clone(),
+        repo,
+        worktrees: config.state_dir.join("worktrees"),
+        spool: spool.clone(),
+        push: config.push,
+        pr: config.pr.clone(),
+        draining: draining.clone(),
+        stopping: stopping.clone(),
+    });
+    info!(
+        account = me["id"].as_str().unwrap_or_default(),
+        server = config.client.server(),
+        max_tasks = config.max_tasks,
+        "agent ready"
+    );
+
+    let (signals_tx, mut signals) = mpsc::channel(1024);
+    if !config.once {
+        tokio::spawn(follow_events(
+            config.client.clone(),
+            config.workspace_id.clone(),
+            signals_tx,
+        ));
+    }
+
+    let mut jobs: JoinSet<(String, bool)> = JoinSet::new();
+    let mut nudges: HashMap<String, (String, Arc<Notify>)> = HashMap::new();
+    let mut want_claim = true;
+    let mut claim_failures = 0;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut safety = tokio::time::interval(SAFETY_CLAIM_EVERY);
+    let mut once_outcome = None;
+    let mut grace_started = false;
+
+    loop {
+        let free = config.max_tasks as usize - jobs.len();
+        let claiming_over = draining.is_cancelled() || (config.once && once_outcome.is_some());
+        if want_claim && free > 0 && !claiming_over && retry_at.is_none() {
+            want_claim = false;
+            match config
+                .client
+                .claim(free as u32, config.workspace_id.as_deref(), 0)
+                .await
+            {
+                Ok(answer) => {
+                    claim_failures = 0;
+                    let heartbeat_every = lease::heartbeat_interval(Duration::from_secs_f64(
+                        answer["leaseTtlSecs"].as_f64().unwrap_or(60.0),
+                    ));
+                    for entry in answer["workers"].as_array().into_iter().flatten() {
+                        let (worker, task) = job::claimed(entry).map_err(|e| e.to_string())?;
+                        let nudge = Arc::new(Notify::new());
+                        nudges.insert(worker.id.clone(), (task.id.clone(), nudge.clone()));
+                        let worker_id = worker.id.clone();
+                        let job = Job::new(ctx.clone(), worker, task, heartbeat_every, nudge);
+                        jobs.spawn(async move { (worker_id, job.run().await) });
+                    }
+                    if config.once {
+                        if jobs.is_empty() {
+                            info!("no task to run");
+                            return Ok(true);
+                        }
+                        once_outcome = Some(false);
+                    }
+                }
+                Err(e) if e.is_transient() => {
+                    claim_failures += 1;
+                    warn!(error = %e, "cannot claim; trying again");
+                    retry_at = Some(tokio::time::Instant::now() + backoff(claim_failures));
+                }
+                Err(e) => return Err(format!("the server refused the claim: {e}")),
+            }
+        }
+        if (draining.is_cancelled() || once_outcome.is_some()) && jobs.is_empty() {
+            break;
+        }
+        let retry = async {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(signal) = signals.recv() => match signal {
+                Signal::Connected => want_claim = true,
+                Signal::Event(event) => {
+                    if offers_work(&event.name, &event.data) {
+                        want_claim = true;
+                    }
+                    nudge_jobs(&nudges, &event);
+                }
+            },
+            Some(joined) = jobs.join_next() => {
+                match joined {
+                    Ok((worker_id, completed)) => {
+                        nudges.remove(&worker_id);
+                        if config.once {
+                            once_outcome = Some(completed);
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "a job ended abnormally"),
+                }
+                want_claim = true;
+            }
+            _ = safety.tick() => want_claim = true,
+            _ = retry => {
+                retry_at = None;
+                want_claim = true;
+            }
+            _ = draining.cancelled(), if !grace_started => {
+                grace_started = true;
+                info!(running = jobs.len(), grace_secs = config.grace.as_secs(), "shutting down: no more claims; letting runs finish");
+                let stopping = stopping.clone();
+                let grace = config.grace;
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    stopping.cancel();
+                });
+            }
+        }
+    }
+
+    if config.once {
+        // A CI job's result must reach the server before the job ends.
+        let deadline = tokio::time::Instant::now() + spool::ONCE_DELIVERY_LIMIT;
+        while spool.pending() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if spool.pending() > 0 {
+            return Err(
+                "the result could not be delivered; it waits in the spool for the next start"
+                    .into(),
+            );
+        }
+    }
+    info!("agent stopped");
+    Ok(once_outcome.unwrap_or(true))
+}
+
+/// Wakes the job an event asks something of: its task cancelled, its worker paused or
+/// started again, or an answer to its question. (Its own progress reports come back as
+/// events too; those wake nobody.)
+fn nudge_jobs(nudges: &HashMap<String, (String, Arc<Notify>)>, event: &StreamedEvent) {
+    let data = &event.data;
+    let worker_id = match event.name.as_str() {
+        "task.updated" if data["task"]["status"] == "cancelled" => {
+            let task_id = data["task"]["id"].as_str().unwrap_or_default();
+            nudges
+                .iter()
+                .find(|(_, (task, _))| task == task_id)
+                .map(|(worker, _)| worker.as_str())
+        }
+        "worker.updated"
+            if matches!(
+                data["worker"]["status"].as_str(),
+                Some("paused" | "starting")
+            ) =>
+        {
+            data["worker"]["id"].as_str()
+        }
+        "worker.message" if data["message"]["type"] == "user_reply" => data["workerId"].as_str(),
+        _ => None,
+    };
+    if let Some((_, nudge)) = worker_id.and_then(|id| nudges.get(id)) {
+        nudge.notify_one();
+    }
+}
+
+/// Follows the event stream for as long as the agent runs, reconnecting with backoff.
+async fn follow_events(
+    client: Client,
+    workspace_id: Option<String>,
+    signals: mpsc::Sender<Signal>,
+) {
+    let mut attempt = 0;
+    loop {
+        match client.events(workspace_id.as_deref(), None).await {
+            Ok(mut stream) => {
+                attempt = 0;
+                if signals.send(Signal::Connected).await.is_err() {
+                    return;
+                }
+                while let Ok(event) = stream.next().await {
+                    if signals.send(Signal::Event(event)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                if attempt == 0 {
+                    warn!(error = %e, "the event stream is unavailable; reconnecting");
+                }
+            }
+        }
+        attempt += 1;
+        tokio::time::sleep(backoff(attempt)).await;
+    }
+}

@@ -1,0 +1,171 @@
+//! The spool: a run's final report, kept on disk until the server has it.
+//!
+//! A report is written to the spool before it is sent, and removed once the server
+//! has taken it (or refused it for good). So a result finished while the server is
+//! down, or while the agent is being stopped, is delivered when the server is back,
+//! by this agent process or the next one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use super::backoff;
+use crate::client::{Client, ClientError};
+use crate::core::validate::MAX_MESSAGES_PER_BATCH;
+
+/// A run's last words: the messages not yet sent, and the final worker update.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FinalReport {
+    pub worker_id: String,
+    pub messages: Vec<Value>,
+    pub update: Value,
+}
+
+/// What became of a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Delivered,
+    /// The server refused it for good (the worker was expired meanwhile, say).
+    Refused,
+    /// The server could not be reached; the report waits in the spool.
+    Spooled,
+}
+
+pub struct Spool {
+    dir: PathBuf,
+    /// Wakes the background delivery when a report was left in the spool.
+    spooled: Notify,
+}
+
+impl Spool {
+    pub fn open(dir: PathBuf) -> Result<Arc<Self>, String> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create the spool {}: {e}", dir.display()))?;
+        Ok(Arc::new(Spool {
+            dir,
+            spooled: Notify::new(),
+        }))
+    }
+
+    fn path_of(&self, worker_id: &str) -> PathBuf {
+        self.dir.join(format!("{worker_id}.json"))
+    }
+
+    /// Keeps `report` on disk, then sends it once. A report the server could not
+    /// take now is left to [`Spool::run`].
+    pub async fn submit(&self, client: &Client, report: FinalReport) -> Delivery {
+        let path = self.path_of(&report.worker_id);
+        if let Err(e) = write_atomically(&path, &report) {
+            warn!(worker = %report.worker_id, error = %e, "cannot write the result to the spool; sending it without a copy on disk");
+        }
+        let delivery = self.send(client, &path, report).await;
+        if delivery == Delivery::Spooled {
+            self.spooled.notify_one();
+        }
+        delivery
+    }
+
+    /// How many reports wait for the server.
+    pub fn pending(&self) -> usize {
+        self.files().len()
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// Delivers what waits in the spool (left by an earlier agent process, or by this
+    /// one while the server was away), retrying with backoff until it is all sent.
+    pub async fn run(self: Arc<Self>, client: Client) {
+        let mut attempt = 0;
+        loop {
+            let mut waiting = false;
+            for path in self.files() {
+                let report = match std::fs::read(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| {
+                        serde_json::from_slice::<FinalReport>(&b).map_err(|e| e.to_string())
+                    }) {
+                    Ok(report) => report,
+                    Err(e) => {
+                        warn!(file = %path.display(), error = %e, "dropping an unreadable spooled result");
+                        let _ = std::fs::remove_file(&path);
+                        continue;
+                    }
+                };
+                let worker = report.worker_id.clone();
+                match self.send(&client, &path, report).await {
+                    Delivery::Delivered => info!(worker = %worker, "delivered a spooled result"),
+                    Delivery::Refused => {}
+                    Delivery::Spooled => waiting = true,
+                }
+            }
+            if waiting {
+                attempt += 1;
+                tokio::time::sleep(backoff(attempt)).await;
+            } else {
+                attempt = 0;
+                self.spooled.notified().await;
+            }
+        }
+    }
+
+    /// Sends a report: messages first, in batches (the file shrinks as they go), then
+    /// the update. Removes the file unless the server could not be reached.
+    async fn send(&self, client: &Client, path: &Path, mut report: FinalReport) -> Delivery {
+        let outcome = async {
+            while !report.messages.is_empty() {
+                let n = report.messages.len().min(MAX_MESSAGES_PER_BATCH);
+                client
+                    .append_messages(&report.worker_id, &report.messages[..n])
+                    .await?;
+                report.messages.drain(..n);
+                let _ = write_atomically(path, &report);
+            }
+            client
+                .update_worker(&report.worker_id, &report.update)
+                .await
+        }
+        .await;
+        let delivery = match outcome {
+            Ok(_) => Delivery::Delivered,
+            Err(e) if e.is_transient() => return Delivery::Spooled,
+            Err(e) => {
+                refused(&report.worker_id, &e);
+                Delivery::Refused
+            }
+        };
+        let _ = std::fs::remove_file(path);
+        delivery
+    }
+}
+
+fn refused(worker_id: &str, e: &ClientError) {
+    warn!(worker = %worker_id, error = %e, "the server refused the run's result; dropping it");
+}
+
+/// Writes `report` to `path` through a temporary file, so that a crash leaves the old
+/// version or the new one, never half of one.
+fn write_atomically(path: &Path, report: &FinalReport) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(report)?)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// How long `--once` waits for its result to reach the server before giving up and
+/// leaving it in the spool.
+pub const ONCE_DELIVERY_LIMIT: Duration = Duration::from_secs(300);

@@ -1,0 +1,131 @@
+//! `buildd agent`: flags, credentials and signals around [`crate::agent::run`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::{Connection, paths};
+use crate::agent::claude::{ClaudeRunner, DEFAULT_ALLOWED_TOOLS};
+use crate::agent::command::CommandRunner;
+use crate::agent::runner::Runner;
+use crate::agent::{self, PrSettings};
+use crate::core::claim::MAX_TASKS_PER_CLAIM;
+
+#[derive(Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// Only claim tasks of this workspace.
+    #[arg(long, env = "BUILDD_WORKSPACE")]
+    workspace: Option<String>,
+    /// How many tasks to run at once.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=MAX_TASKS_PER_CLAIM as i64))]
+    max_tasks: u32,
+    /// Take at most one task, run it, and exit 0 if it completed, 1 otherwise (for CI).
+    #[arg(long)]
+    once: bool,
+    /// The git checkout tasks branch from.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// The Claude Code executable.
+    #[arg(long, env = "BUILDD_CLAUDE_BIN", default_value = "claude")]
+    claude_bin: PathBuf,
+    /// The model Claude Code uses [default: Claude Code's own].
+    #[arg(long, env = "BUILDD_MODEL")]
+    model: Option<String>,
+    /// The tools a run may use without asking; everything else is denied.
+    #[arg(long, default_value = DEFAULT_ALLOWED_TOOLS)]
+    allowed_tools: String,
+    /// Stop a run after this many turns.
+    #[arg(long)]
+    max_turns: Option<u32>,
+    /// Run this shell command instead of Claude Code (the prompt is in $BUILDD_PROMPT).
+    #[arg(long, env = "BUILDD_RUNNER_COMMAND")]
+    command: Option<String>,
+    /// Seconds that running tasks get to finish after SIGTERM before they are stopped.
+    #[arg(long, default_value_t = 30)]
+    grace: u64,
+    /// Where worktrees and undelivered results live [default: agent/ in the data dir].
+    #[arg(long, env = "BUILDD_AGENT_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Push each completed task's branch to origin.
+    #[arg(long)]
+    push: bool,
+    /// Push, then open a pull request on GitHub (needs GITHUB_TOKEN).
+    #[arg(long)]
+    pr: bool,
+    /// The GitHub REST API, for --pr.
+    #[arg(
+        long,
+        env = "BUILDD_GITHUB_API_URL",
+        default_value = "https://api.github.com"
+    )]
+    github_api_url: String,
+}
+
+/// The environment variables that authenticate Claude Code, in the order checked.
+const CLAUDE_CREDENTIALS: [&str; 2] = ["CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_API_KEY"];
+
+pub async fn run(args: AgentArgs) -> Result<bool, String> {
+    super::init_logging();
+    let runner: Arc<dyn Runner> = match &args.command {
+        Some(command) => Arc::new(CommandRunner {
+            command: command.clone(),
+        }),
+        None => {
+            // Claude's credentials stay in this process's environment, which only the
+            // runner inherits; the server never sees them and nothing logs them.
+            if !CLAUDE_CREDENTIALS
+                .iter()
+                .any(|name| std::env::var(name).is_ok_and(|v| !v.trim().is_empty()))
+            {
+                return Err("No authentication configured: set CLAUDE_CODE_OAUTH_TOKEN (a Claude subscription) or ANTHROPIC_API_KEY (API billing) in the agent's environment".into());
+            }
+            Arc::new(ClaudeRunner {
+                bin: args.claude_bin.clone(),
+                model: args.model.clone(),
+                allowed_tools: args.allowed_tools.clone(),
+                max_turns: args.max_turns,
+            })
+        }
+    };
+    let pr = if args.pr {
+        let token = std::env::var("GITHUB_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .ok_or("--pr needs GITHUB_TOKEN in the environment")?;
+        Some(PrSettings {
+            api_url: args.github_api_url.clone(),
+            token,
+        })
+    } else {
+        None
+    };
+    let state_dir = match args.state_dir {
+        Some(dir) => dir,
+        None => paths::data_dir()?.join("agent"),
+    };
+    let config = agent::Config {
+        client: args.connection.client()?,
+        workspace_id: args.workspace,
+        max_tasks: if args.once { 1 } else { args.max_tasks },
+        once: args.once,
+        dir: args.dir,
+        state_dir,
+        runner,
+        grace: Duration::from_secs(args.grace),
+        push: args.push || args.pr,
+        pr,
+    };
+    let draining = CancellationToken::new();
+    tokio::spawn(drain_on_signal(draining.clone()));
+    agent::run(config, draining).await
+}
+
+async fn drain_on_signal(draining: CancellationToken) {
+    super::wait_for_signal().await;
+    draining.cancel();
+}
