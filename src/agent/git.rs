@@ -38,15 +38,23 @@ pub async fn checkout_root(dir: &Path) -> Result<PathBuf, String> {
 }
 
 /// Makes a fresh worktree at `path` on `branch`, starting from the checkout's `HEAD`.
-/// A worktree or branch left by an earlier attempt of the same task is replaced.
+/// A worktree or branch left by an earlier attempt of the same task (by this agent, or
+/// by one that died) is replaced: that attempt is over, and this one starts afresh.
 pub async fn add_worktree(repo: &Path, path: &Path, branch: &str) -> Result<(), String> {
     if path.exists() {
         remove_worktree(repo, path).await;
     }
+    // Forget worktrees whose directories are gone, so their branches are free again.
+    git(repo, &["worktree", "prune"]).await?;
     let path_arg = path.to_string_lossy();
-    git(repo, &["worktree", "add", "-B", branch, &path_arg, "HEAD"])
-        .await
-        .map(drop)
+    git(
+        repo,
+        &[
+            "worktree", "add", "--force", "-B", branch, &path_arg, "HEAD",
+        ],
+    )
+    .await
+    .map(drop)
 }
 
 /// Removes a task's worktree; its branch, with the committed result, stays.

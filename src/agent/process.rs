@@ -23,6 +23,16 @@ impl RunProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl is async-signal-safe, which is all a pre-exec hook may call.
+        // It makes the kernel kill the runner if the agent dies without stopping it
+        // (kill -9), instead of leaving it working in a worktree nobody watches.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let mut child = command.spawn()?;
         let stdout = child.stdout.take().expect("stdout was piped");
         let group = child.id().map_or(0, |id| id as i32);

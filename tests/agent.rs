@@ -1,0 +1,761 @@
+//! `buildd agent`, the real binary, against a real `buildd serve`: with the real Claude
+//! Code CLI talking to a local stand-in for the Messages API, and with a scripted
+//! stand-in for Claude Code where a case needs precise control of the run.
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use common::agent::{
+    Agent, FakeAnthropic, FakeGitHub, Repo, claude_code, fake_claude, process_gone, wait_until,
+};
+use common::{Api, Server};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// A workspace, and a user account granted to claim there; returns (workspace, key).
+async fn workspace_and_key(admin: &Api, repo_url: Option<&str>) -> (String, String) {
+    let ws = admin
+        .ok(
+            "/api/workspaces",
+            json!({ "name": "widgets", "repoUrl": repo_url }),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, key) = admin
+        .account(
+            json!({ "type": "user", "name": "laptop" }),
+            &ws,
+            true,
+            false,
+        )
+        .await;
+    (ws, key)
+}
+
+async fn task(admin: &Api, ws: &str, title: &str, description: &str) -> String {
+    admin
+        .task(ws, json!({ "title": title, "description": description }))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn status_is(status: &'static str) -> impl Fn(&Value) -> bool {
+    move |t| t["status"] == status
+}
+
+/// The one worker a task has had so far.
+async fn worker_of(admin: &Api, task_id: &str) -> Value {
+    let (_, list) = admin.get(&format!("/api/workers?taskId={task_id}")).await;
+    let workers = list["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 1, "{list}");
+    workers[0].clone()
+}
+
+fn fake_claude_args() -> Vec<String> {
+    vec!["--claude-bin".into(), fake_claude().display().to_string()]
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+const FAKE_CREDENTIALS: (&str, &str) = ("ANTHROPIC_API_KEY", "sk-ant-test-not-a-real-key");
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_tasks_run_at_once_in_worktrees_with_claude_code_and_their_results_are_committed() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let (ws, key) = workspace_and_key(&admin, None).await;
+    let anthropic = FakeAnthropic::start().await;
+    let repo = Repo::new();
+    let a = task(
+        &admin,
+        &ws,
+        "Write a",
+        "slow 1\nwrite notes/a.txt hello from A",
+    )
+    .await;
+    let b = task(
+        &admin,
+        &ws,
+        "Write b",
+        "slow 1\nwrite notes/b.txt hello from B",
+    )
+    .await;
+    let claude = claude_code().display().to_string();
+    let _agent = Agent::start(
+        &server.url,
+        &key,
+        repo.path(),
+        &["--claude-bin", &claude, "--max-tasks", "2"],
+        &anthropic.env(),
+    );
+
+    for (id, file, text) in [
+        (&a, "notes/a.txt", "hello from A"),
+        (&b, "notes/b.txt", "hello from B"),
+    ] {
+        let done = wait_until(
+            &admin,
+            &format!("/api/tasks/{id}"),
+            LONG,
+            "task completed",
+            |t| {
+                t["status"]
+                    .as_str()
+                    .is_some_and(|s| s != "pending" && s != "assigned" && s != "running")
+            },
+        )
+        .await;
+        assert_eq!(done["status"], "completed", "{done}");
+        let branch = format!("buildd/{id}");
+        assert_eq!(repo.show(&branch, file), text);
+        let worker = worker_of(&admin, id).await;
+        assert_eq!(worker["branch"], branch.as_str());
+        assert_eq!(
+            worker["commitSha"].as_str().unwrap(),
+            repo.git(&["rev-parse", &branch])
+        );
+        assert!(worker["costUsd"].as_f64().unwrap() > 0.0, "{worker}");
+        assert!(worker["turns"].as_i64().unwrap() >= 2, "{worker}");
+        assert!(worker["sessionId"].as_str().is_some_and(|s| !s.is_empty()));
+        assert_eq!(done["result"]["branch"], branch.as_str());
+        assert!(done["result"]["text"].as_str().unwrap().starts_with("Done"));
+
+        let wid = worker["id"].as_str().unwrap();
+        let (_, messages) = admin.get(&format!("/api/workers/{wid}/messages")).await;
+        let types: Vec<&str> = messages["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["message"]["type"].as_str())
+            .collect();
+        for expected in ["system", "assistant", "user", "result"] {
+            assert!(
+                types.contains(&expected),
+                "{expected} missing from {types:?}"
+            );
+        }
+    }
+
+    // Both ran at once: each started before the other finished.
+    let (wa, wb) = (worker_of(&admin, &a).await, worker_of(&admin, &b).await);
+    let at = |w: &Value, k: &str| w[k].as_str().unwrap().to_owned();
+    assert!(
+        at(&wa, "startedAt") < at(&wb, "finishedAt")
+            && at(&wb, "startedAt") < at(&wa, "finishedAt")
+    );
+    // The user's checkout is as it was, and the worktrees are gone.
+    assert_eq!(repo.git(&["status", "--porcelain"]), "");
+    assert!(!repo.path().join("notes").exists());
+    assert_eq!(repo.git(&["worktree", "list"]).lines().count(), 1);
+    assert!(anthropic.requests() >= 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_question_waits_for_a_reply_and_the_run_carries_on_in_the_same_session() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let (ws, key) = workspace_and_key(&admin, None).await;
+    let anthropic = FakeAnthropic::start().await;
+    let repo = Repo::new();
+    let id = task(
+        &admin,
+        &ws,
+        "Paint it",
+        "ask Which colour?\nwrite colour.txt {answer}",
+    )
+    .await;
+    let claude = claude_code().display().to_string();
+    let _agent = Agent::start(
+        &server.url,
+        &key,
+        repo.path(),
+        &["--claude-bin", &claude],
+        &anthropic.env(),
+    );
+
+    wait_until(
+        &admin,
+        &format!("/api/tasks/{id}"),
+        LONG,
+        "task waiting",
+        status_is("waiting_input"),
+    )
+    .await;
+    let worker = worker_of(&admin, &id).await;
+    assert_eq!(worker["status"], "waiting_input");
+    assert_eq!(worker["question"], "Which colour?");
+    let session = worker["sessionId"].as_str().unwrap().to_owned();
+
+    // The answer goes in through the terminal client, as a person would give it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_buildd"))
+        .args([
+            "task",
+            "reply",
+            &id,
+            "teal",
+            "--server",
+            &server.url,
+            "--api-key",
+            common::ADMIN,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let done = wait_until(
+        &admin,
+        &format!("/api/tasks/{id}"),
+        LONG,
+        "task completed",
+        |t| t["status"] == "completed" || t["status"] == "failed",
+    )
+    .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(repo.show(&format!("buildd/{id}"), "colour.txt"), "teal");
+    let worker = worker_of(&admin, &id).await;
+    assert!(worker["question"].is_null());
+    // Claude Code may give a resumed session a new id; the conversation must have
+    // carried on, which the stand-in only does when it sees the earlier question.
+    assert!(
+        worker["sessionId"].as_str().is_some(),
+        "{worker} (first session {session})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_claude_credentials_the_agent_refuses_to_start() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let (_, key) = workspace_and_key(&admin, None).await;
+    let repo = Repo::new();
+    let mut agent = Agent::start(&server.url, &key, repo.path(), &[], &[]);
+    let status = agent.exit(LONG).await;
+    assert!(!status.success());
+    assert!(
+        agent.log().contains("No authentication configured"),
+        "{}",
+        agent.log()
+    );
+    // An empty variable is no credential either.
+    let mut agent = Agent::start(
+        &server.url,
+        &key,
+        repo.path(),
+        &[],
+        &[("ANTHROPIC_API_KEY", " ")],
+    );
+    assert!(!agent.exit(LONG).await.success());
+    assert!(agent.log().contains("No authentication configured"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_refuses_the_admin_token_and_a_directory_that_is_not_a_checkout() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let (_, key) = workspace_and_key(&admin, None).await;
+    let repo = Repo::new();
+    let mut agent = Agent::start(
+        &server.url,
+        common::ADMIN,
+        repo.path(),
+        &[],
+        &[FAKE_CREDENTIALS],
+    );
+    assert!(!agent.exit(LONG).await.success());
+    assert!(
+        agent.log().contains("needs an account key"),
+        "{}",
+        agent.log()
+    );
+    let plain = tempfile::tempdir().unwrap();
+    let mut agent = Agent::start(&server.url, &key, plain.path(), &[], &[FAKE_CREDENTIALS]);
+    assert!(!agent.exit(LONG).await.success());
+    assert!(
+        agent.log().contains("is not a git checkout"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_task_stops_the_whole_run_within_seconds() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let (ws, key) = workspace_and_key(&admin, None).await;
+    let repo = Repo::new();
+    let pids = tempfile::tempdir().unwrap();
+    let p = pids.path().display();
+    let id = task(
+        &admin,
+        &ws,
+        "Long job",
+        &format!("run: echo $$ > {p}/runner; sleep 300 & echo $! > {p}/child; wait"),
+    )
+    .await;
+    let _agent = Agent::start(
+        &server.url,
+        &key,
+        repo.path(),
+        &args(&fake_claude_args()),
+        &[FAKE_CREDENTIALS],
+    );
+    wait_until(
+        &admin,
+        &format!("/api/tasks/{id}"),
+        LONG,
+        "task running",
+        status_is("running"),
+    )
+    .await;
+    let read_pid = |name: &str| -> i32 {
+        let path = pids.path().join(name);
+        for _ in 0..200 {
+            if let Ok(text) = std::fs::read_to_string(&path)
+                && let Ok(pid) = text.trim().parse()
+            {
+                return pid;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("{name} pid never written");
+    };
+    let (runner, child) = (read_pid("runner"), read_pid("child"));
+    assert!(!process_gone(child));
+
+    admin
+        .ok(&format!("/api/tasks/{id}/cancel"), json!({}))
+        .await;
+    let worker = wait_until(
+        &admin,
+        &format!("/api/workers?taskId={id}"),
+        Duration::from_secs(15),
+        "worker ended after the cancel",
+        |w| w["workers"][0]["status"] == "error",
+    )
+    .await;
+    assert_eq!(worker["workers"][0]["error"], "the task was cancelled");
+    assert!(process_gone(runner), "the runner outlived the cancel");
+    assert!(
+        process_gone(child),
+        "the runner's child outlived the cancel"
+    );
+    let (_, t) = admin.get(&format!("/api/tasks/{id}")).await;
+    assert_eq!(t["status"], "cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_stops_the_run_and_start_resumes_the_same_session() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let (ws, key) = workspace_and_key(&admin, None).await;
+    let repo = Repo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("claude.log");
+    // The first run waits until it is stopped; the resumed one (no "run:" lines in its
+    // prompt) ends at once.
+    let id = task(
+        &admin,
+        &ws,
+        "Pausable",
+        "run: echo started > started.txt; sleep 300",
+    )
+    .await;
+    let _agent = Agent::start(
+        &server.url,
+        &key,
+        repo.path(),
+        &args(&fake_claude_args()),
+        &[FAKE_CREDENTIALS, ("FAKE_CLAUDE_LOG", log.to_str().unwrap())],
+    );
+    wait_until(
+        &admin,
+        &format!("/api/tasks/{id}"),
+        LONG,
+        "task running",
+        status_is("running"),
+    )
+    .await;
+    let worker = wait_until(
+        &admin,
+        &format!("/api/workers?taskId={id}"),
+        LONG,
+        "session reported",
+        |w| w["workers"][0]["sessionId"].is_string(),
+    )
+    .await;
+    let wid = worker["workers"][0]["id"].as_str().unwrap().to_owned();
+    let session = worker["workers"][0]["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    admin
+        .ok(&format!("/api/workers/{wid}/pause"), json!({}))
+        .await;
+    // The run is stopped: the stand-in's log holds one run, and nothing comes back.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, w) = admin.get(&format!("/api/workers/{wid}")).await;
+    assert_eq!(w["status"], "paused", "{w}");
+    let (_, t) = admin.get(&format!("/api/tasks/{id}")).await;
+    assert_eq!(t["status"], "assigned");
+
+    admin
+        .ok(&format!("/api/workers/{wid}/start"), json!({}))
+        .await;
+    let done = wait_until(
+        &admin,
+        &format!("/api/tasks/{id}"),
+        LONG,
+        "task completed",
+        |t| t["status"] == "completed" || t["status"] == "failed",
+    )
+    .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let runs = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(runs, format!("resume=\nresume={session}\n"));
+    // The file the first run wrote before the pause is in the committed result.
+    assert_eq!(repo.show(&format!("buildd/{id}"), "started.txt"), "started");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_passes_its_cost_cap_is_stopped() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let (ws, key) = workspace_and_key(&admin, None).await;
+    let repo = Repo::new();
+    // One message of a million input tokens: about $3, over the task's $0.50.
+    let id = admin
+        .task(
+            &ws,
+            json!({ "title": "Expensive", "maxCostUsd": 0.5,
+                    "description": "run: say 1 thinking 1000000; sleep 300" }),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let _agent = Agent::start(
+        &server.url,
+        &key,
+        repo.path(),
+        &args(&fake_claude_args()),
+        &[FAKE_CREDENTIALS],
+    );
+    let worker = wait_until(
+        &admin,
+        &format!("/api/workers?taskId={id}"),
+        Duration::from_secs(20),
+        "worker stopped",
+        |w| w["workers"][0]["status"] == "error",
+    )
+    .await;
+    let worker = &worker["workers"][0];
+    assert!(
+        worker["error"].as_str().unwrap().contains("maxCostUsd"),
+        "{worker}"
+    );
+    assert!(worker["costUsd"].as_f64().unwrap() > 0.5, "{worker}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_whose_agent_is_killed_is_finished_by_another_agent() {
+    let server = Server::sqlite(&["--lease-ttl", "2"]);
+    let admin = server.admin();
+    let (ws, key) = workspace_and_key(&admin, None).await;
+    let repo = Repo::new();
+    let marks = tempfile::tempdir().unwrap();
+    let m = marks.path().display();
+    // The first attempt hangs; the second finishes.
+    let id = task(
+        &admin,
+        &ws,
+        "Survive",
+        &format!("run: if [ ! -e {m}/first ]; then touch {m}/first; sleep 300; fi; echo finished > result.txt"),
+    )
+    .await;
+    let first = Agent::start(
+        &server.url,
+        &key,
+        repo.path(),
+        &args(&fake_claude_args()),
+        &[FAKE_CREDENTIALS],
+    );
+    wait_until(
+        &admin,
+        &format!("/api/tasks/{id}"),
+        LONG,
+        "task running",
+        status_is("running"),
+    )
+    .await;
+    first.signal(libc::SIGKILL);
+    drop(first);
+
+    let _second = Agent::start(
+        &server.url,
+        &key,
+        repo.path(),
+        &args(&fake_claude_args()),
+        &[FAKE_CREDENTIALS],
+    );
+    let done = wait_until(
+        &admin,
+        &format!("/api/tasks/{id}"),
+        LONG,
+        "task completed",
+        status_is("completed"),
+    )
+    .await;
+    assert_eq!(done["attempts"], 2);
+    let (_, workers) = admin.get(&format!("/api/workers?taskId={id}")).await;
+    let statuses: Vec<&str> = workers["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["status"].as_str().unwrap())
+        .collect();
+    assert!(
+        statuses.contains(&"error") && statuses.contains(&"completed"),
+        "{statuses:?}"
+    );
+    assert_eq!(repo.show(&format!("buildd/{id}"), "result.txt"), "finished");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_finished_while_the_server_is_down_is_delivered_when_it_is_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", tmp.path().join("buildd.db").display());
+    let server = Server::start(&db, tmp.path(), &["--lease-ttl", "30"]);
+    let admin = server.admin();
+    let (ws, key) = workspace_and_key(&admin, None).await;
+    let repo = Repo::new();
+    let gate = tempfile::tempdir().unwrap();
+    let g = gate.path().display();
+    // The run goes on until the test opens the gate, while the server is down.
+    let id = task(
+        &admin,
+        &ws,
+        "Offline",
+        &format!("run: until [ -e {g}/open ]; do sleep 0.1; done; echo offline > offline.txt"),
+    )
+    .await;
+    let _agent = Agent::start(
+        &server.url,
+        &key,
+        repo.path(),
+        &args(&fake_claude_args()),
+        &[FAKE_CREDENTIALS],
+    );
+    wait_until(
+        &admin,
+        &format!("/api/tasks/{id}"),
+        LONG,
+        "task running",
+        status_is("running"),
+    )
+    .await;
+
+    let listen = server.url.trim_start_matches("http://").to_owned();
+    drop(server);
+    std::fs::write(gate.path().join("open"), "").unwrap();
+    // Give the agent time to finish the run and fail to report it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let server = Server::start_on(&listen, &db, tmp.path(), &["--lease-ttl", "30"]);
+    let admin = server.admin();
+    let done = wait_until(
+        &admin,
+        &format!("/api/tasks/{id}"),
+        LONG,
+        "task completed",
+        status_is("completed"),
+    )
+    .await;
+    assert_eq!(done["attempts"], 1);
+    assert_eq!(repo.show(&format!("buildd/{id}"), "offline.txt"), "offline");
+    let worker = worker_of(&admin, &id).await;
+    let wid = worker["id"].as_str().unwrap();
+    let (_, messages) = admin.get(&format!("/api/workers/{wid}/messages")).await;
+    let last = messages["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["message"]["type"], "result", "{last}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_short_runs_finish_stops_long_ones_and_exits_zero() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let (ws, key) = workspace_and_key(&admin, None).await;
+    let repo = Repo::new();
+    let short = task(&admin, &ws, "Short", "run: sleep 1; echo short > short.txt").await;
+    let long = task(&admin, &ws, "Long", "run: sleep 300").await;
+    let mut flags = fake_claude_args();
+    flags.extend([
+        "--max-tasks".into(),
+        "2".into(),
+        "--grace".into(),
+        "3".into(),
+    ]);
+    let mut agent = Agent::start(
+        &server.url,
+        &key,
+        repo.path(),
+        &args(&flags),
+        &[FAKE_CREDENTIALS],
+    );
+    for id in [&short, &long] {
+        wait_until(
+            &admin,
+            &format!("/api/tasks/{id}"),
+            LONG,
+            "task running",
+            status_is("running"),
+        )
+        .await;
+    }
+    agent.signal(libc::SIGTERM);
+    let status = agent.exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "exit {status:?}; log:\n{}", agent.log());
+
+    let (_, s) = admin.get(&format!("/api/tasks/{short}")).await;
+    assert_eq!(s["status"], "completed", "{s}");
+    let (_, l) = admin.get(&format!("/api/tasks/{long}")).await;
+    assert_eq!(l["status"], "pending", "{l}");
+    let worker = worker_of(&admin, &long).await;
+    assert!(
+        worker["error"].as_str().unwrap().contains("shut down"),
+        "{worker}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_runs_one_task_and_exits_with_its_outcome() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let (ws, key) = workspace_and_key(&admin, None).await;
+    let repo = Repo::new();
+    let mut with_once = fake_claude_args();
+    with_once.push("--once".into());
+
+    // Nothing queued: nothing to do is not a failure.
+    let mut agent = Agent::start(
+        &server.url,
+        &key,
+        repo.path(),
+        &args(&with_once),
+        &[FAKE_CREDENTIALS],
+    );
+    assert!(agent.exit(LONG).await.success(), "{}", agent.log());
+
+    let good = task(&admin, &ws, "Good", "run: echo ok > ok.txt").await;
+    let bad = task(&admin, &ws, "Bad", "run: echo broken; exit 3").await;
+    let mut agent = Agent::start(
+        &server.url,
+        &key,
+        repo.path(),
+        &args(&with_once),
+        &[FAKE_CREDENTIALS],
+    );
+    assert!(agent.exit(LONG).await.success(), "{}", agent.log());
+    let (_, g) = admin.get(&format!("/api/tasks/{good}")).await;
+    assert_eq!(g["status"], "completed");
+    let (_, b) = admin.get(&format!("/api/tasks/{bad}")).await;
+    assert_eq!(b["status"], "pending", "--once took one task only");
+
+    let mut agent = Agent::start(
+        &server.url,
+        &key,
+        repo.path(),
+        &args(&with_once),
+        &[FAKE_CREDENTIALS],
+    );
+    let status = agent.exit(LONG).await;
+    assert_eq!(status.code(), Some(1), "{}", agent.log());
+    let worker = worker_of(&admin, &bad).await;
+    assert_eq!(worker["status"], "error");
+    assert!(
+        worker["error"].as_str().unwrap().contains("exit code 3"),
+        "{worker}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pr_pushes_the_branch_and_reports_the_pull_request() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let (ws, key) = workspace_and_key(&admin, Some("https://github.com/acme/widgets")).await;
+    let github = FakeGitHub::start().await;
+    let repo = Repo::new();
+    let origin = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("git")
+        .args(["init", "-q", "--bare"])
+        .arg(origin.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    repo.git(&["remote", "add", "origin", origin.path().to_str().unwrap()]);
+    let id = task(
+        &admin,
+        &ws,
+        "Add a changelog",
+        "run: echo '# Changes' > CHANGELOG.md",
+    )
+    .await;
+    let mut pr_args = fake_claude_args();
+    pr_args.extend([
+        "--pr".into(),
+        "--once".into(),
+        "--github-api-url".into(),
+        github.url.clone(),
+    ]);
+    let mut agent = Agent::start(
+        &server.url,
+        &key,
+        repo.path(),
+        &args(&pr_args),
+        &[FAKE_CREDENTIALS, ("GITHUB_TOKEN", "ghp_test")],
+    );
+    assert!(agent.exit(LONG).await.success(), "{}", agent.log());
+
+    let branch = format!("buildd/{id}");
+    let pushed = std::process::Command::new("git")
+        .arg("-C")
+        .arg(origin.path())
+        .args(["rev-parse", &branch])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&pushed.stdout).trim(),
+        repo.git(&["rev-parse", &branch])
+    );
+    let pulls = github.pulls.lock().unwrap().clone();
+    assert_eq!(pulls.len(), 1);
+    assert_eq!(pulls[0].0, "acme/widgets");
+    assert_eq!(pulls[0].1["head"], branch.as_str());
+    assert_eq!(pulls[0].1["base"], "main");
+    assert_eq!(pulls[0].1["title"], "Add a changelog");
+    let worker = worker_of(&admin, &id).await;
+    assert_eq!(worker["prUrl"], "https://github.com/acme/widgets/pull/1");
+    let (_, t) = admin.get(&format!("/api/tasks/{id}")).await;
+    assert_eq!(
+        t["result"]["prUrl"],
+        "https://github.com/acme/widgets/pull/1"
+    );
+}

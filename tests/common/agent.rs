@@ -1,0 +1,516 @@
+//! What the agent's tests share: the real `buildd agent` as a process, a git checkout
+//! to work in, the real Claude Code CLI, a local stand-in for the Anthropic Messages
+//! API it talks to, a scripted stand-in for Claude Code, and a stand-in GitHub API.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::Api;
+
+/// The real Claude Code CLI, installed from npm into `tests/claude-code` the first time
+/// a test needs it (`npm ci`, from the committed lockfile).
+pub fn claude_code() -> PathBuf {
+    static INSTALLED: OnceLock<PathBuf> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/claude-code");
+            let bin = dir.join("node_modules/.bin/claude");
+            if !bin.exists() {
+                let status = Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                    .current_dir(&dir)
+                    .status()
+                    .expect("npm is needed to install Claude Code for the tests");
+                assert!(status.success(), "npm ci in tests/claude-code failed");
+            }
+            let version = Command::new(&bin).arg("--version").output().unwrap();
+            assert!(version.status.success(), "claude --version failed");
+            bin
+        })
+        .clone()
+}
+
+/// The scripted stand-in for Claude Code (`tests/fixtures/fake-claude`).
+pub fn fake_claude() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-claude")
+}
+
+/// A git checkout with one commit, as a user's would be.
+pub struct Repo {
+    pub dir: tempfile::TempDir,
+}
+
+impl Repo {
+    pub fn new() -> Repo {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo { dir };
+        repo.git(&["init", "-q", "-b", "main"]);
+        std::fs::write(repo.path().join("README.md"), "# widgets\n").unwrap();
+        repo.git(&["add", "README.md"]);
+        repo.git(&[
+            "-c",
+            "user.name=Test",
+            "-c",
+            "user.email=test@example.com",
+            "commit",
+            "-q",
+            "-m",
+            "initial",
+        ]);
+        repo
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs git in the checkout and returns its stdout; panics if git fails.
+    pub fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(self.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// A file as committed on `branch`.
+    pub fn show(&self, branch: &str, file: &str) -> String {
+        self.git(&["show", &format!("{branch}:{file}")])
+    }
+}
+
+/// A running `buildd agent`, killed when dropped.
+pub struct Agent {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    pub state_dir: PathBuf,
+    _home: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Starts `buildd agent --dir REPO ARGS…` against `server` with `key`, in a home of
+    /// its own. Only the variables in `env` reach it besides the basics (no Claude
+    /// credentials unless given there).
+    pub fn start(
+        server: &str,
+        key: &str,
+        repo: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
+        let home = tempfile::tempdir().unwrap();
+        let state_dir = home.path().join("agent");
+        Agent::start_in(home, state_dir, server, key, repo, args, env)
+    }
+
+    /// Like [`Agent::start`], reusing the state directory of an earlier agent (its
+    /// spool and worktrees), as a restarted agent on the same machine would.
+    pub fn restart_from(
+        state_dir: &Path,
+        server: &str,
+        key: &str,
+        repo: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
+        let home = tempfile::tempdir().unwrap();
+        Agent::start_in(home, state_dir.to_owned(), server, key, repo, args, env)
+    }
+
+    fn start_in(
+        home: tempfile::TempDir,
+        state_dir: PathBuf,
+        server: &str,
+        key: &str,
+        repo: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_buildd"));
+        command
+            .arg("agent")
+            .arg("--dir")
+            .arg(repo)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", home.path())
+            .env("BUILDD_SERVER", server)
+            .env("BUILDD_API_KEY", key)
+            .env("BUILDD_AGENT_DIR", &state_dir)
+            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+            .env("BUILDD_LOG", "info,buildd=debug")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start buildd agent");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if std::env::var_os("BUILDD_TEST_LOG").is_some() {
+                    eprintln!("[agent] {line}");
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Agent {
+            child,
+            log,
+            state_dir,
+            _home: home,
+        }
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid(), signal);
+        }
+    }
+
+    /// Waits for the agent to exit by itself, up to `limit`.
+    pub async fn exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the agent did not exit within {limit:?}; its log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `GET path` until `done` holds for its JSON, up to `limit`; returns that JSON.
+pub async fn wait_until(
+    api: &Api,
+    path: &str,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let (status, body) = api.get(path).await;
+        if status.is_success() && done(&body) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}; last {path}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether process `pid` is gone (or a zombie nobody reaped yet).
+pub fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// A local stand-in for the Anthropic Messages API, enough for Claude Code to run a
+/// task offline. It plays the model by following lines of the task's prompt:
+/// `write PATH TEXT` (a `Write` tool call; `{answer}` in TEXT becomes the person's
+/// answer), `ask QUESTION` (ends the turn with a question, before any write), and
+/// `slow SECS` (waits that long before each answer).
+pub struct FakeAnthropic {
+    pub url: String,
+    requests: Arc<AtomicUsize>,
+}
+
+impl FakeAnthropic {
+    pub async fn start() -> FakeAnthropic {
+        let requests = Arc::new(AtomicUsize::new(0));
+        let app = axum::Router::new()
+            .route("/v1/messages", axum::routing::post(messages))
+            .with_state(requests.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FakeAnthropic { url, requests }
+    }
+
+    /// The model requests it answered.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// The environment an agent needs to run the real Claude Code against this stand-in.
+    pub fn env(&self) -> Vec<(&str, &str)> {
+        vec![
+            ("ANTHROPIC_BASE_URL", self.url.as_str()),
+            ("ANTHROPIC_API_KEY", "sk-ant-test-not-a-real-key"),
+        ]
+    }
+}
+
+/// The text of a message's content (a string, or its text blocks).
+fn text_of(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter(|b| b["type"] == "text")
+            .filter_map(|b| b["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+async fn messages(State(requests): State<Arc<AtomicUsize>>, Json(body): Json<Value>) -> Response {
+    requests.fetch_add(1, Ordering::SeqCst);
+    let system = text_of(&body["system"]);
+    let history = body["messages"].as_array().cloned().unwrap_or_default();
+    let prompt = history
+        .first()
+        .map(|m| text_of(&m["content"]))
+        .unwrap_or_default();
+    let cwd = system
+        .split("Primary working directory: ")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .map(str::trim)
+        .map(str::to_owned);
+    let tool_results = history
+        .iter()
+        .filter_map(|m| m["content"].as_array())
+        .flatten()
+        .filter(|b| b["type"] == "tool_result")
+        .count();
+    // A person's answer: a later user message that is text rather than tool results.
+    let answer = history
+        .iter()
+        .skip(1)
+        .rev()
+        .filter(|m| m["role"] == "user")
+        .filter(|m| {
+            m["content"].is_string()
+                || m["content"]
+                    .as_array()
+                    .is_some_and(|b| b.iter().all(|b| b["type"] == "text"))
+        })
+        .find_map(|m| {
+            let text = text_of(&m["content"]);
+            // Claude Code may wrap context around it; the answer is the last block.
+            let last = text.lines().rev().find(|l| !l.trim().is_empty())?;
+            Some(last.trim().to_owned())
+        });
+
+    let mut writes = Vec::new();
+    let mut question = None;
+    let mut slow = 0;
+    for line in prompt.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("write ") {
+            if let Some((path, text)) = rest.split_once(' ') {
+                writes.push((path.to_owned(), text.to_owned()));
+            }
+        } else if let Some(q) = line.strip_prefix("ask ") {
+            question = Some(q.to_owned());
+        } else if let Some(secs) = line.strip_prefix("slow ") {
+            slow = secs.parse().unwrap_or(0);
+        }
+    }
+    if slow > 0 {
+        tokio::time::sleep(Duration::from_secs(slow)).await;
+    }
+
+    let model = body["model"]
+        .as_str()
+        .unwrap_or("claude-sonnet-4-5")
+        .to_owned();
+    let reply = match (&cwd, &question, &answer) {
+        // Not the task's conversation (some side request): a plain short answer.
+        (None, _, _) => Reply::Text("OK".into()),
+        (Some(_), Some(q), None) => {
+            Reply::Text(format!("I need to know one thing first.\nQUESTION: {q}"))
+        }
+        (Some(cwd), _, _) => match writes.get(tool_results) {
+            Some((path, text)) => Reply::Write {
+                path: format!("{cwd}/{path}"),
+                content: format!(
+                    "{}\n",
+                    text.replace("{answer}", answer.as_deref().unwrap_or(""))
+                ),
+                id: format!("toolu_{tool_results}"),
+            },
+            None => Reply::Text(format!("Done: wrote {} file(s).", writes.len())),
+        },
+    };
+    if body["stream"] == true {
+        (
+            StatusCode::OK,
+            [("content-type", "text/event-stream")],
+            reply.stream(&model),
+        )
+            .into_response()
+    } else {
+        Json(reply.message(&model)).into_response()
+    }
+}
+
+enum Reply {
+    Text(String),
+    Write {
+        path: String,
+        content: String,
+        id: String,
+    },
+}
+
+impl Reply {
+    fn block(&self) -> Value {
+        match self {
+            Reply::Text(text) => json!({ "type": "text", "text": text }),
+            Reply::Write { path, content, id } => json!({
+                "type": "tool_use", "id": id, "name": "Write",
+                "input": { "file_path": path, "content": content }
+            }),
+        }
+    }
+
+    fn stop_reason(&self) -> &'static str {
+        match self {
+            Reply::Text(_) => "end_turn",
+            Reply::Write { .. } => "tool_use",
+        }
+    }
+
+    fn message(&self, model: &str) -> Value {
+        json!({
+            "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+            "content": [self.block()], "stop_reason": self.stop_reason(), "stop_sequence": null,
+            "usage": { "input_tokens": 1000, "output_tokens": 500 }
+        })
+    }
+
+    /// The answer as the Messages API streams it: `message_start` … `message_stop`.
+    fn stream(&self, model: &str) -> String {
+        let mut events = vec![(
+            "message_start",
+            json!({ "type": "message_start", "message": {
+                "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+                "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": { "input_tokens": 1000, "output_tokens": 1 } } }),
+        )];
+        match self {
+            Reply::Text(text) => {
+                events.push(("content_block_start", json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "text", "text": "" } })));
+                events.push(("content_block_delta", json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": text } })));
+            }
+            Reply::Write { id, .. } => {
+                let input = self.block()["input"].to_string();
+                events.push(("content_block_start", json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "tool_use", "id": id, "name": "Write", "input": {} } })));
+                events.push(("content_block_delta", json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "input_json_delta", "partial_json": input } })));
+            }
+        }
+        events.push((
+            "content_block_stop",
+            json!({ "type": "content_block_stop", "index": 0 }),
+        ));
+        events.push(("message_delta", json!({ "type": "message_delta", "delta": { "stop_reason": self.stop_reason(), "stop_sequence": null }, "usage": { "output_tokens": 500 } })));
+        events.push(("message_stop", json!({ "type": "message_stop" })));
+        events
+            .into_iter()
+            .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+            .collect()
+    }
+}
+
+/// Pull requests opened on [`FakeGitHub`]: the repository, and the request's body.
+pub type Pulls = Arc<Mutex<Vec<(String, Value)>>>;
+
+/// A stand-in for the GitHub REST API that records the pull requests opened on it.
+pub struct FakeGitHub {
+    pub url: String,
+    pub pulls: Pulls,
+}
+
+impl FakeGitHub {
+    pub async fn start() -> FakeGitHub {
+        let pulls: Pulls = Arc::default();
+        let app = axum::Router::new()
+            .route(
+                "/repos/{owner}/{repo}/pulls",
+                axum::routing::post(open_pull),
+            )
+            .with_state(pulls.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FakeGitHub { url, pulls }
+    }
+}
+
+async fn open_pull(
+    State(pulls): State<Pulls>,
+    axum::extract::Path((owner, repo)): axum::extract::Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer ghp_test") {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "message": "Bad credentials" })),
+        )
+            .into_response();
+    }
+    let mut pulls = pulls.lock().unwrap();
+    pulls.push((format!("{owner}/{repo}"), body));
+    let number = pulls.len();
+    (
+        StatusCode::CREATED,
+        Json(json!({ "number": number, "html_url": format!("https://github.com/{owner}/{repo}/pull/{number}") })),
+    )
+        .into_response()
+}
