@@ -288,6 +288,29 @@ async fn the_agent_refuses_the_admin_token_and_a_directory_that_is_not_a_checkou
         "{}",
         agent.log()
     );
+
+    // Two agents cannot share one state directory (worktrees and spool).
+    let first = Agent::start(&server.url, &key, repo.path(), &[], &[FAKE_CREDENTIALS]);
+    for _ in 0..200 {
+        if first.log().contains("agent ready") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut second = Agent::restart_from(
+        &first.state_dir,
+        &server.url,
+        &key,
+        repo.path(),
+        &[],
+        &[FAKE_CREDENTIALS],
+    );
+    assert!(!second.exit(LONG).await.success());
+    assert!(
+        second.log().contains("another buildd agent is using"),
+        "{}",
+        second.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

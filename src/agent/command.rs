@@ -1,8 +1,9 @@
 //! The generic runner: any program (Codex, Gemini, a script) run through `sh -c`.
 //!
 //! The program finds the prompt in `BUILDD_PROMPT` and works in its current directory
-//! (the task's worktree). `BUILDD_RESUME` holds the session id it printed before, when
-//! a run carries on after a question or a pause. Each line it prints is a message of
+//! (the task's worktree); `BUILDD_TASK_ID` and `BUILDD_WORKER_ID` say which task.
+//! `BUILDD_RESUME` holds the session id it printed before, when a run carries on after
+//! a question or a pause. Each line it prints is a message of
 //! the run. A line of Claude's stream-json (a JSON object with a `type`) is read like
 //! Claude's, so a program can report its session, cost and result that way; without
 //! a `result` line, the exit status decides and the last line is the result.

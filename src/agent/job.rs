@@ -208,7 +208,10 @@ impl Job {
         let mut command = self.ctx.runner.command(&spec);
         command.current_dir(&self.worktree);
         // The account key is the agent's, not the run's.
-        command.env_remove("BUILDD_API_KEY");
+        command
+            .env_remove("BUILDD_API_KEY")
+            .env("BUILDD_TASK_ID", &self.task.id)
+            .env("BUILDD_WORKER_ID", &self.worker.id);
         let (mut process, stdout) = match RunProcess::spawn(command) {
             Ok(started) => started,
             Err(e) => {

@@ -84,6 +84,9 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
         );
     }
     let repo = git::checkout_root(&config.dir).await?;
+    let _lock = lock_state_dir(&config.state_dir)?;
+    let worktrees = config.state_dir.join("worktrees");
+    clear_stale_worktrees(&repo, &worktrees).await;
     let spool = Spool::open(config.state_dir.join("spool"))?;
     tokio::spawn(spool.clone().run(config.client.clone()));
     let stopping = CancellationToken::new();
@@ -91,7 +94,7 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
         client: config.client.clone(),
         runner: config.runner.clone(),
         repo,
-        worktrees: config.state_dir.join("worktrees"),
+        worktrees,
         spool: spool.clone(),
         push: config.push,
         pr: config.pr.clone(),
@@ -226,6 +229,37 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
     }
     info!("agent stopped");
     Ok(once_outcome.unwrap_or(true))
+}
+
+/// Holds the state directory for this agent alone: two agents sharing worktrees and a
+/// spool would remove each other's work. The lock goes with the process.
+fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create the agent directory {}: {e}", dir.display()))?;
+    let path = dir.join("agent.lock");
+    let file =
+        std::fs::File::create(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // SAFETY: flock(2) on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!(
+            "another buildd agent is using {}; give each agent its own --state-dir",
+            dir.display()
+        ));
+    }
+    Ok(file)
+}
+
+/// Removes worktrees an earlier agent process left behind when it died: their runs
+/// are over, and their tasks went back to the queue when their leases ran out.
+async fn clear_stale_worktrees(repo: &std::path::Path, worktrees: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(worktrees) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        info!(path = %entry.path().display(), "removing a worktree left by an earlier agent");
+        git::remove_worktree(repo, &entry.path()).await;
+    }
 }
 
 /// Wakes the job an event asks something of: its task cancelled, its worker paused or
