@@ -291,12 +291,7 @@ async fn the_agent_refuses_the_admin_token_and_a_directory_that_is_not_a_checkou
 
     // Two agents cannot share one state directory (worktrees and spool).
     let first = Agent::start(&server.url, &key, repo.path(), &[], &[FAKE_CREDENTIALS]);
-    for _ in 0..200 {
-        if first.log().contains("agent ready") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    first.ready().await;
     let mut second = Agent::restart_from(
         &first.state_dir,
         &server.url,
@@ -781,4 +776,45 @@ async fn pr_pushes_the_branch_and_reports_the_pull_request() {
         t["result"]["prUrl"],
         "https://github.com/acme/widgets/pull/1"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_postgres_cluster_an_idle_agent_takes_work_created_through_another_server() {
+    let Some(base) = common::pg_base_url() else {
+        eprintln!("BUILDD_TEST_DATABASE_URL is not set: Postgres not tested here");
+        return;
+    };
+    let url = common::fresh_pg_database(&base).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        Server::start(&url, dir.path(), &[]),
+        Server::start(&url, dir.path(), &[]),
+    );
+    let admin = a.admin();
+    let (ws, key) = workspace_and_key(&admin, None).await;
+    let repo = Repo::new();
+    let agent = Agent::start(
+        &b.url,
+        &key,
+        repo.path(),
+        &args(&fake_claude_args()),
+        &[FAKE_CREDENTIALS],
+    );
+    agent.ready().await;
+    // Created through server A while the agent idles on server B's event stream.
+    let ids = [
+        task(&admin, &ws, "One", "run: echo 1 > one.txt").await,
+        task(&admin, &ws, "Two", "run: echo 2 > two.txt").await,
+    ];
+    for (id, file, text) in [(&ids[0], "one.txt", "1"), (&ids[1], "two.txt", "2")] {
+        wait_until(
+            &admin,
+            &format!("/api/tasks/{id}"),
+            LONG,
+            "task completed",
+            status_is("completed"),
+        )
+        .await;
+        assert_eq!(repo.show(&format!("buildd/{id}"), file), text);
+    }
 }

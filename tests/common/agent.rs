@@ -190,6 +190,17 @@ impl Agent {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits until the agent has checked its key and checkout and is about to claim.
+    pub async fn ready(&self) {
+        for _ in 0..400 {
+            if self.log().contains("agent ready") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the agent did not get ready; its log:\n{}", self.log());
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
