@@ -29,12 +29,16 @@ async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// The top of the git checkout holding `dir`, or why `dir` is not one.
+/// The top of the git checkout holding `dir`, or why tasks cannot branch from it.
 pub async fn checkout_root(dir: &Path) -> Result<PathBuf, String> {
-    git(dir, &["rev-parse", "--show-toplevel"])
+    let root = git(dir, &["rev-parse", "--show-toplevel"])
         .await
         .map(PathBuf::from)
-        .map_err(|_| format!("{} is not a git checkout (pass --dir)", dir.display()))
+        .map_err(|_| format!("{} is not a git checkout (pass --dir)", dir.display()))?;
+    git(&root, &["rev-parse", "--verify", "-q", "HEAD"])
+        .await
+        .map_err(|_| format!("the checkout {} has no commit to branch from yet", root.display()))?;
+    Ok(root)
 }
 
 /// Makes a fresh worktree at `path` on `branch`, starting from the checkout's `HEAD`.

@@ -157,6 +157,13 @@ impl Job {
         let mut prompt = task_prompt(&self.task);
         loop {
             if let Err(e) = self.patch(&json!({ "status": "running" })).await {
+                // Paused before the run began: wait for `start`, then begin.
+                if e.status() == Some(409) && matches!(self.beat().await, Control::Pause) {
+                    if let Err(end) = self.wait_for_start().await {
+                        return end;
+                    }
+                    continue;
+                }
                 return End::Interrupted(format!("the server refused the run: {e}"));
             }
             let segment = self.run_segment(prompt).await;

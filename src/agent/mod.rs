@@ -108,14 +108,13 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
         "agent ready"
     );
 
+    // Even with --once: the stream is how a cancel or an answer reaches the run at once.
     let (signals_tx, mut signals) = mpsc::channel(1024);
-    if !config.once {
-        tokio::spawn(follow_events(
-            config.client.clone(),
-            config.workspace_id.clone(),
-            signals_tx,
-        ));
-    }
+    tokio::spawn(follow_events(
+        config.client.clone(),
+        config.workspace_id.clone(),
+        signals_tx,
+    ));
 
     let mut jobs: JoinSet<(String, bool)> = JoinSet::new();
     let mut nudges: HashMap<String, (String, Arc<Notify>)> = HashMap::new();
