@@ -46,8 +46,33 @@ async fn task(admin: &Api, ws: &str, title: &str, description: &str) -> String {
         .to_owned()
 }
 
-fn status_is(status: &'static str) -> impl Fn(&Value) -> bool {
-    move |t| t["status"] == status
+/// Waits until the task is in `status`, or has ended otherwise (then fails at once).
+async fn wait_task(admin: &Api, id: &str, status: &str) -> Value {
+    let task = wait_until(admin, &format!("/api/tasks/{id}"), LONG, status, |t| {
+        t["status"] == status
+            || ["completed", "failed", "cancelled"]
+                .iter()
+                .any(|s| t["status"] == *s)
+    })
+    .await;
+    assert_eq!(task["status"], status, "{task}");
+    task
+}
+
+/// An agent that runs the scripted stand-in for Claude Code, with `flags` added.
+fn scripted_agent(
+    server: &str,
+    key: &str,
+    repo: &Repo,
+    flags: &[&str],
+    env: &[(&str, &str)],
+) -> Agent {
+    let bin = fake_claude().display().to_string();
+    let mut all = vec!["--claude-bin", bin.as_str()];
+    all.extend_from_slice(flags);
+    let mut vars = vec![FAKE_CREDENTIALS];
+    vars.extend_from_slice(env);
+    Agent::start(server, key, repo.path(), &all, &vars)
 }
 
 /// The one worker a task has had so far.
@@ -56,14 +81,6 @@ async fn worker_of(admin: &Api, task_id: &str) -> Value {
     let workers = list["workers"].as_array().unwrap();
     assert_eq!(workers.len(), 1, "{list}");
     workers[0].clone()
-}
-
-fn fake_claude_args() -> Vec<String> {
-    vec!["--claude-bin".into(), fake_claude().display().to_string()]
-}
-
-fn args(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
 }
 
 const FAKE_CREDENTIALS: (&str, &str) = ("ANTHROPIC_API_KEY", "sk-ant-test-not-a-real-key");
@@ -102,19 +119,7 @@ async fn two_tasks_run_at_once_in_worktrees_with_claude_code_and_their_results_a
         (&a, "notes/a.txt", "hello from A"),
         (&b, "notes/b.txt", "hello from B"),
     ] {
-        let done = wait_until(
-            &admin,
-            &format!("/api/tasks/{id}"),
-            LONG,
-            "task completed",
-            |t| {
-                t["status"]
-                    .as_str()
-                    .is_some_and(|s| s != "pending" && s != "assigned" && s != "running")
-            },
-        )
-        .await;
-        assert_eq!(done["status"], "completed", "{done}");
+        let done = wait_task(&admin, id, "completed").await;
         let branch = format!("buildd/{id}");
         assert_eq!(repo.show(&branch, file), text);
         let worker = worker_of(&admin, id).await;
@@ -182,14 +187,7 @@ async fn a_question_waits_for_a_reply_and_the_run_carries_on_in_the_same_session
         &anthropic.env(),
     );
 
-    wait_until(
-        &admin,
-        &format!("/api/tasks/{id}"),
-        LONG,
-        "task waiting",
-        status_is("waiting_input"),
-    )
-    .await;
+    wait_task(&admin, &id, "waiting_input").await;
     let worker = worker_of(&admin, &id).await;
     assert_eq!(worker["status"], "waiting_input");
     assert_eq!(worker["question"], "Which colour?");
@@ -215,15 +213,7 @@ async fn a_question_waits_for_a_reply_and_the_run_carries_on_in_the_same_session
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let done = wait_until(
-        &admin,
-        &format!("/api/tasks/{id}"),
-        LONG,
-        "task completed",
-        |t| t["status"] == "completed" || t["status"] == "failed",
-    )
-    .await;
-    assert_eq!(done["status"], "completed", "{done}");
+    wait_task(&admin, &id, "completed").await;
     assert_eq!(repo.show(&format!("buildd/{id}"), "colour.txt"), "teal");
     let worker = worker_of(&admin, &id).await;
     assert!(worker["question"].is_null());
@@ -323,21 +313,8 @@ async fn cancelling_a_task_stops_the_whole_run_within_seconds() {
         &format!("run: echo $$ > {p}/runner; sleep 300 & echo $! > {p}/child; wait"),
     )
     .await;
-    let _agent = Agent::start(
-        &server.url,
-        &key,
-        repo.path(),
-        &args(&fake_claude_args()),
-        &[FAKE_CREDENTIALS],
-    );
-    wait_until(
-        &admin,
-        &format!("/api/tasks/{id}"),
-        LONG,
-        "task running",
-        status_is("running"),
-    )
-    .await;
+    let _agent = scripted_agent(&server.url, &key, &repo, &[], &[]);
+    wait_task(&admin, &id, "running").await;
     let read_pid = |name: &str| -> i32 {
         let path = pids.path().join(name);
         for _ in 0..200 {
@@ -391,21 +368,14 @@ async fn pause_stops_the_run_and_start_resumes_the_same_session() {
         "run: echo started > started.txt; sleep 300",
     )
     .await;
-    let _agent = Agent::start(
+    let _agent = scripted_agent(
         &server.url,
         &key,
-        repo.path(),
-        &args(&fake_claude_args()),
-        &[FAKE_CREDENTIALS, ("FAKE_CLAUDE_LOG", log.to_str().unwrap())],
+        &repo,
+        &[],
+        &[("FAKE_CLAUDE_LOG", log.to_str().unwrap())],
     );
-    wait_until(
-        &admin,
-        &format!("/api/tasks/{id}"),
-        LONG,
-        "task running",
-        status_is("running"),
-    )
-    .await;
+    wait_task(&admin, &id, "running").await;
     let worker = wait_until(
         &admin,
         &format!("/api/workers?taskId={id}"),
@@ -433,15 +403,7 @@ async fn pause_stops_the_run_and_start_resumes_the_same_session() {
     admin
         .ok(&format!("/api/workers/{wid}/start"), json!({}))
         .await;
-    let done = wait_until(
-        &admin,
-        &format!("/api/tasks/{id}"),
-        LONG,
-        "task completed",
-        |t| t["status"] == "completed" || t["status"] == "failed",
-    )
-    .await;
-    assert_eq!(done["status"], "completed", "{done}");
+    wait_task(&admin, &id, "completed").await;
     let runs = std::fs::read_to_string(&log).unwrap();
     assert_eq!(runs, format!("resume=\nresume={session}\n"));
     // The file the first run wrote before the pause is in the committed result.
@@ -465,13 +427,7 @@ async fn a_run_that_passes_its_cost_cap_is_stopped() {
         .as_str()
         .unwrap()
         .to_owned();
-    let _agent = Agent::start(
-        &server.url,
-        &key,
-        repo.path(),
-        &args(&fake_claude_args()),
-        &[FAKE_CREDENTIALS],
-    );
+    let _agent = scripted_agent(&server.url, &key, &repo, &[], &[]);
     let worker = wait_until(
         &admin,
         &format!("/api/workers?taskId={id}"),
@@ -504,39 +460,13 @@ async fn a_task_whose_agent_is_killed_is_finished_by_another_agent() {
         &format!("run: if [ ! -e {m}/first ]; then touch {m}/first; sleep 300; fi; echo finished > result.txt"),
     )
     .await;
-    let first = Agent::start(
-        &server.url,
-        &key,
-        repo.path(),
-        &args(&fake_claude_args()),
-        &[FAKE_CREDENTIALS],
-    );
-    wait_until(
-        &admin,
-        &format!("/api/tasks/{id}"),
-        LONG,
-        "task running",
-        status_is("running"),
-    )
-    .await;
+    let first = scripted_agent(&server.url, &key, &repo, &[], &[]);
+    wait_task(&admin, &id, "running").await;
     first.signal(libc::SIGKILL);
     drop(first);
 
-    let _second = Agent::start(
-        &server.url,
-        &key,
-        repo.path(),
-        &args(&fake_claude_args()),
-        &[FAKE_CREDENTIALS],
-    );
-    let done = wait_until(
-        &admin,
-        &format!("/api/tasks/{id}"),
-        LONG,
-        "task completed",
-        status_is("completed"),
-    )
-    .await;
+    let _second = scripted_agent(&server.url, &key, &repo, &[], &[]);
+    let done = wait_task(&admin, &id, "completed").await;
     assert_eq!(done["attempts"], 2);
     let (_, workers) = admin.get(&format!("/api/workers?taskId={id}")).await;
     let statuses: Vec<&str> = workers["workers"]
@@ -570,21 +500,8 @@ async fn a_result_finished_while_the_server_is_down_is_delivered_when_it_is_back
         &format!("run: until [ -e {g}/open ]; do sleep 0.1; done; echo offline > offline.txt"),
     )
     .await;
-    let _agent = Agent::start(
-        &server.url,
-        &key,
-        repo.path(),
-        &args(&fake_claude_args()),
-        &[FAKE_CREDENTIALS],
-    );
-    wait_until(
-        &admin,
-        &format!("/api/tasks/{id}"),
-        LONG,
-        "task running",
-        status_is("running"),
-    )
-    .await;
+    let _agent = scripted_agent(&server.url, &key, &repo, &[], &[]);
+    wait_task(&admin, &id, "running").await;
 
     let listen = server.url.trim_start_matches("http://").to_owned();
     drop(server);
@@ -594,14 +511,7 @@ async fn a_result_finished_while_the_server_is_down_is_delivered_when_it_is_back
 
     let server = Server::start_on(&listen, &db, tmp.path(), &["--lease-ttl", "30"]);
     let admin = server.admin();
-    let done = wait_until(
-        &admin,
-        &format!("/api/tasks/{id}"),
-        LONG,
-        "task completed",
-        status_is("completed"),
-    )
-    .await;
+    let done = wait_task(&admin, &id, "completed").await;
     assert_eq!(done["attempts"], 1);
     assert_eq!(repo.show(&format!("buildd/{id}"), "offline.txt"), "offline");
     let worker = worker_of(&admin, &id).await;
@@ -624,29 +534,15 @@ async fn sigterm_lets_short_runs_finish_stops_long_ones_and_exits_zero() {
     let repo = Repo::new();
     let short = task(&admin, &ws, "Short", "run: sleep 1; echo short > short.txt").await;
     let long = task(&admin, &ws, "Long", "run: sleep 300").await;
-    let mut flags = fake_claude_args();
-    flags.extend([
-        "--max-tasks".into(),
-        "2".into(),
-        "--grace".into(),
-        "3".into(),
-    ]);
-    let mut agent = Agent::start(
+    let mut agent = scripted_agent(
         &server.url,
         &key,
-        repo.path(),
-        &args(&flags),
-        &[FAKE_CREDENTIALS],
+        &repo,
+        &["--max-tasks", "2", "--grace", "3"],
+        &[],
     );
     for id in [&short, &long] {
-        wait_until(
-            &admin,
-            &format!("/api/tasks/{id}"),
-            LONG,
-            "task running",
-            status_is("running"),
-        )
-        .await;
+        wait_task(&admin, id, "running").await;
     }
     agent.signal(libc::SIGTERM);
     let status = agent.exit(Duration::from_secs(30)).await;
@@ -669,41 +565,21 @@ async fn once_runs_one_task_and_exits_with_its_outcome() {
     let admin = server.admin();
     let (ws, key) = workspace_and_key(&admin, None).await;
     let repo = Repo::new();
-    let mut with_once = fake_claude_args();
-    with_once.push("--once".into());
 
     // Nothing queued: nothing to do is not a failure.
-    let mut agent = Agent::start(
-        &server.url,
-        &key,
-        repo.path(),
-        &args(&with_once),
-        &[FAKE_CREDENTIALS],
-    );
+    let mut agent = scripted_agent(&server.url, &key, &repo, &["--once"], &[]);
     assert!(agent.exit(LONG).await.success(), "{}", agent.log());
 
     let good = task(&admin, &ws, "Good", "run: echo ok > ok.txt").await;
     let bad = task(&admin, &ws, "Bad", "run: echo broken; exit 3").await;
-    let mut agent = Agent::start(
-        &server.url,
-        &key,
-        repo.path(),
-        &args(&with_once),
-        &[FAKE_CREDENTIALS],
-    );
+    let mut agent = scripted_agent(&server.url, &key, &repo, &["--once"], &[]);
     assert!(agent.exit(LONG).await.success(), "{}", agent.log());
     let (_, g) = admin.get(&format!("/api/tasks/{good}")).await;
     assert_eq!(g["status"], "completed");
     let (_, b) = admin.get(&format!("/api/tasks/{bad}")).await;
     assert_eq!(b["status"], "pending", "--once took one task only");
 
-    let mut agent = Agent::start(
-        &server.url,
-        &key,
-        repo.path(),
-        &args(&with_once),
-        &[FAKE_CREDENTIALS],
-    );
+    let mut agent = scripted_agent(&server.url, &key, &repo, &["--once"], &[]);
     let status = agent.exit(LONG).await;
     assert_eq!(status.code(), Some(1), "{}", agent.log());
     let worker = worker_of(&admin, &bad).await;
@@ -736,19 +612,12 @@ async fn pr_pushes_the_branch_and_reports_the_pull_request() {
         "run: echo '# Changes' > CHANGELOG.md",
     )
     .await;
-    let mut pr_args = fake_claude_args();
-    pr_args.extend([
-        "--pr".into(),
-        "--once".into(),
-        "--github-api-url".into(),
-        github.url.clone(),
-    ]);
-    let mut agent = Agent::start(
+    let mut agent = scripted_agent(
         &server.url,
         &key,
-        repo.path(),
-        &args(&pr_args),
-        &[FAKE_CREDENTIALS, ("GITHUB_TOKEN", "ghp_test")],
+        &repo,
+        &["--pr", "--once", "--github-api-url", &github.url],
+        &[("GITHUB_TOKEN", "ghp_test")],
     );
     assert!(agent.exit(LONG).await.success(), "{}", agent.log());
 
@@ -793,13 +662,7 @@ async fn on_a_postgres_cluster_an_idle_agent_takes_work_created_through_another_
     let admin = a.admin();
     let (ws, key) = workspace_and_key(&admin, None).await;
     let repo = Repo::new();
-    let agent = Agent::start(
-        &b.url,
-        &key,
-        repo.path(),
-        &args(&fake_claude_args()),
-        &[FAKE_CREDENTIALS],
-    );
+    let agent = scripted_agent(&b.url, &key, &repo, &[], &[]);
     agent.ready().await;
     // Created through server A while the agent idles on server B's event stream.
     let ids = [
@@ -807,14 +670,7 @@ async fn on_a_postgres_cluster_an_idle_agent_takes_work_created_through_another_
         task(&admin, &ws, "Two", "run: echo 2 > two.txt").await,
     ];
     for (id, file, text) in [(&ids[0], "one.txt", "1"), (&ids[1], "two.txt", "2")] {
-        wait_until(
-            &admin,
-            &format!("/api/tasks/{id}"),
-            LONG,
-            "task completed",
-            status_is("completed"),
-        )
-        .await;
+        wait_task(&admin, id, "completed").await;
         assert_eq!(repo.show(&format!("buildd/{id}"), file), text);
     }
 }

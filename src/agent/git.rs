@@ -37,7 +37,12 @@ pub async fn checkout_root(dir: &Path) -> Result<PathBuf, String> {
         .map_err(|_| format!("{} is not a git checkout (pass --dir)", dir.display()))?;
     git(&root, &["rev-parse", "--verify", "-q", "HEAD"])
         .await
-        .map_err(|_| format!("the checkout {} has no commit to branch from yet", root.display()))?;
+        .map_err(|_| {
+            format!(
+                "the checkout {} has no commit to branch from yet",
+                root.display()
+            )
+        })?;
     Ok(root)
 }
 
