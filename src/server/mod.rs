@@ -4,6 +4,7 @@
 //! call one store method. What a change does is decided in [`crate::core`].
 
 mod auth;
+mod dashboard;
 mod error;
 pub mod events;
 mod routes;
@@ -45,6 +46,7 @@ pub struct AppState {
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     routes::routes()
+        .merge(dashboard::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // A bug must cost one request a 500, never the connection or the process.
         .layer(CatchPanicLayer::custom(error::panic_response))

@@ -1,0 +1,551 @@
+// The buildd dashboard: one page over the same API and event stream the terminal
+// client uses. Everything shown is put in the page as text (textContent), never as
+// markup, so a task title or a runner's output cannot run in the browser.
+"use strict";
+
+const TOKEN_KEY = "buildd.token";
+const STATUSES = ["pending", "assigned", "running", "waiting_input", "completed", "failed", "cancelled"];
+const ACTIVE = ["idle", "starting", "running", "waiting_input", "paused"];
+
+const state = {
+  token: null,
+  me: null,
+  workspaces: new Map(),
+  tasks: new Map(),
+  workers: new Map(),
+  accounts: [],
+  filter: { workspace: "", status: "" },
+  // The worker whose output is on screen, and the last message number shown.
+  output: { workerId: null, seq: 0, el: null },
+  lastEventId: null,
+  stream: null,
+};
+
+// ---------- small DOM helpers (text only) ----------
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+const $ = (id) => document.getElementById(id);
+const badge = (s) => h("span", { class: `badge s-${s}` }, s.replace("_", " "));
+const money = (n) => (n ? `$${Number(n).toFixed(2)}` : "$0.00");
+
+function ago(iso) {
+  if (!iso) return "";
+  const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+  if (s < 60) return `${Math.floor(s)}s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h ago`;
+  return `${Math.floor(s / 86400)}d ago`;
+}
+
+// Only web links become links: a `javascript:` URL reported by a worker stays text.
+function safeLink(url, text) {
+  try {
+    const u = new URL(url);
+    if (u.protocol === "https:" || u.protocol === "http:") {
+      return h("a", { href: u.href, target: "_blank", rel: "noopener noreferrer" }, text || url);
+    }
+  } catch (_) { /* not a URL */ }
+  return document.createTextNode(url);
+}
+
+// ---------- the API ----------
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+async function api(method, path, body) {
+  const res = await fetch(path, {
+    method,
+    headers: Object.assign(
+      { Authorization: `Bearer ${state.token}` },
+      body === undefined ? {} : { "Content-Type": "application/json" },
+    ),
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const data = await res.json().catch(() => null);
+  if (!res.ok) {
+    if (res.status === 401) signOut("That token was not accepted.");
+    throw new ApiError(res.status, (data && data.error) || res.statusText);
+  }
+  return data;
+}
+
+// ---------- signing in ----------
+
+function tokenFromHash() {
+  const m = location.hash.match(/^#token=(.+)$/);
+  if (!m) return;
+  localStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+  history.replaceState(null, "", location.pathname + "#/");
+}
+
+function signOut(message) {
+  localStorage.removeItem(TOKEN_KEY);
+  state.token = null;
+  if (state.stream) state.stream.abort();
+  showSignIn(message);
+}
+
+function showSignIn(message) {
+  $("nav").hidden = true;
+  $("sign-out").hidden = true;
+  $("who").textContent = "";
+  setLive("offline");
+  const input = h("input", { type: "password", name: "token", placeholder: "buildd_admin_… or an account key", autocomplete: "off", required: true });
+  const form = h("form", { class: "stack panel signin", onsubmit: (e) => {
+    e.preventDefault();
+    localStorage.setItem(TOKEN_KEY, input.value.trim());
+    start();
+  } },
+  h("h1", {}, "Sign in to buildd"),
+  h("label", {}, "Token", input),
+  message ? h("p", { class: "error" }, message) : null,
+  h("p", { class: "muted" }, "The admin token (in the server's admin-token file) or an account key. It is kept in this browser only."),
+  h("button", { class: "primary", type: "submit" }, "Sign in"));
+  $("main").replaceChildren(form);
+  input.focus();
+}
+
+// ---------- loading and live updates ----------
+
+async function load() {
+  const [me, ws, tasks, workers] = await Promise.all([
+    api("GET", "/api/me"),
+    api("GET", "/api/workspaces"),
+    api("GET", "/api/tasks?limit=1000"),
+    api("GET", "/api/workers?limit=1000"),
+  ]);
+  state.me = me;
+  state.workspaces = new Map(ws.workspaces.map((w) => [w.id, w]));
+  state.tasks = new Map(tasks.tasks.map((t) => [t.id, t]));
+  state.workers = new Map(workers.workers.map((w) => [w.id, w]));
+  if (me.admin) state.accounts = (await api("GET", "/api/accounts")).accounts;
+}
+
+function setLive(mode) {
+  const el = $("live");
+  el.className = `live ${mode === "live" ? "on" : mode === "reconnecting" ? "retry" : ""}`;
+  el.textContent = mode;
+}
+
+// Reads `GET /api/events` with fetch (EventSource cannot send a token), resuming after
+// the last event seen whenever the connection drops, with a growing pause.
+async function follow() {
+  const controller = new AbortController();
+  state.stream = controller;
+  let pause = 500;
+  while (!controller.signal.aborted) {
+    try {
+      const headers = { Authorization: `Bearer ${state.token}` };
+      if (state.lastEventId !== null) headers["Last-Event-ID"] = String(state.lastEventId);
+      const res = await fetch("/api/events", { headers, signal: controller.signal });
+      if (res.status === 401) return signOut("That token was not accepted.");
+      if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
+      setLive("live");
+      pause = 500;
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          onBlock(block);
+        }
+      }
+    } catch (e) {
+      if (controller.signal.aborted) return;
+    }
+    setLive("reconnecting");
+    await new Promise((r) => setTimeout(r, pause));
+    pause = Math.min(pause * 2, 10000);
+  }
+}
+
+function onBlock(block) {
+  let id = null, name = null, data = "";
+  for (const line of block.split("\n")) {
+    if (line.startsWith("id:")) id = Number(line.slice(3).trim());
+    else if (line.startsWith("event:")) name = line.slice(6).trim();
+    else if (line.startsWith("data:")) data += line.slice(5).replace(/^ /, "");
+  }
+  if (id === null || !name) return;
+  state.lastEventId = id;
+  let payload;
+  try { payload = JSON.parse(data); } catch (_) { return; }
+  if (name === "task.created" || name === "task.updated") state.tasks.set(payload.task.id, payload.task);
+  else if (name === "worker.updated") state.workers.set(payload.worker.id, payload.worker);
+  else if (name === "worker.message") {
+    if (payload.workerId === state.output.workerId) appendOutput([{ message: payload.message }]);
+    return;
+  }
+  scheduleRender();
+}
+
+let renderQueued = false;
+function scheduleRender() {
+  if (renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(() => { renderQueued = false; renderData(); });
+}
+
+// ---------- views ----------
+
+// A view is built once per route (so forms keep what a person typed) and has a
+// `data` part that is rebuilt on every change.
+let view = { data: () => {} };
+
+function route() {
+  if (!state.token) return;
+  const hash = location.hash || "#/";
+  state.output = { workerId: null, seq: 0, el: null };
+  let m;
+  if ((m = hash.match(/^#\/tasks\/(.+)$/))) view = taskView(decodeURIComponent(m[1]));
+  else if (hash === "#/new") view = newTaskView();
+  else if (hash === "#/accounts") view = accountsView();
+  else view = tasksView();
+  renderData();
+}
+
+function renderData() {
+  view.data();
+}
+
+function workspaceName(id) {
+  const w = state.workspaces.get(id);
+  return w ? w.name : id;
+}
+
+function workersOf(taskId) {
+  return [...state.workers.values()]
+    .filter((w) => w.taskId === taskId)
+    .sort((a, b) => a.startedAt.localeCompare(b.startedAt));
+}
+
+function taskCost(taskId) {
+  return workersOf(taskId).reduce((sum, w) => sum + (w.costUsd || 0), 0);
+}
+
+function tasksView() {
+  const tabs = h("div", { class: "toolbar tabs" });
+  const wsSelect = h("select", { "aria-label": "workspace", onchange: (e) => { state.filter.workspace = e.target.value; renderData(); } });
+  const table = h("div", { id: "tasks" });
+  $("main").replaceChildren(
+    h("div", { class: "toolbar" }, h("h1", {}, "Tasks"), wsSelect),
+    tabs,
+    table,
+  );
+  return {
+    data() {
+      wsSelect.replaceChildren(
+        h("option", { value: "" }, "All workspaces"),
+        ...[...state.workspaces.values()].map((w) => h("option", { value: w.id, selected: w.id === state.filter.workspace }, w.name)),
+      );
+      const inWs = [...state.tasks.values()].filter((t) => !state.filter.workspace || t.workspaceId === state.filter.workspace);
+      const count = (s) => inWs.filter((t) => t.status === s).length;
+      tabs.replaceChildren(
+        h("button", { class: state.filter.status ? "" : "on", onclick: () => { state.filter.status = ""; renderData(); } }, `All ${inWs.length}`),
+        ...STATUSES.map((s) => h("button", {
+          class: state.filter.status === s ? "on" : "", "data-status": s,
+          onclick: () => { state.filter.status = s; renderData(); },
+        }, `${s.replace("_", " ")} ${count(s)}`)),
+      );
+      const rows = inWs
+        .filter((t) => !state.filter.status || t.status === state.filter.status)
+        .sort((a, b) => b.createdAt.localeCompare(a.createdAt));
+      if (!rows.length) {
+        table.replaceChildren(h("p", { class: "muted panel" }, "No tasks here yet. ", h("a", { href: "#/new" }, "Create one.")));
+        return;
+      }
+      table.replaceChildren(h("table", {},
+        h("thead", {}, h("tr", {}, ["Title", "Status", "Workspace", "Runner", "Priority", "Age", "Attempts", "Cost"].map((c, i) => h("th", { class: i >= 4 && i !== 5 ? "num" : "" }, c)))),
+        h("tbody", {}, rows.map((t) => h("tr", { "data-task": t.id },
+          h("td", { class: "title", "data-label": "Title" }, h("a", { href: `#/tasks/${encodeURIComponent(t.id)}` }, t.title)),
+          h("td", { "data-label": "Status" }, badge(t.status)),
+          h("td", { "data-label": "Workspace" }, workspaceName(t.workspaceId)),
+          h("td", { "data-label": "Runner" }, t.runnerPreference),
+          h("td", { class: "num", "data-label": "Priority" }, t.priority),
+          h("td", { "data-label": "Age", title: t.createdAt }, ago(t.createdAt)),
+          h("td", { class: "num", "data-label": "Attempts" }, `${t.attempts}/${t.maxAttempts}`),
+          h("td", { class: "num", "data-label": "Cost" }, money(taskCost(t.id))),
+        ))),
+      ));
+    },
+  };
+}
+
+function newTaskView() {
+  const creatable = [...state.workspaces.values()];
+  const msg = h("p", {});
+  const form = h("form", { class: "stack panel", onsubmit: async (e) => {
+    e.preventDefault();
+    const f = new FormData(form);
+    const body = {
+      workspaceId: f.get("workspaceId"),
+      title: f.get("title"),
+      description: f.get("description"),
+      runnerPreference: f.get("runnerPreference"),
+      priority: Number(f.get("priority") || 0),
+    };
+    try {
+      const task = await api("POST", "/api/tasks", body);
+      state.tasks.set(task.id, task);
+      location.hash = `#/tasks/${encodeURIComponent(task.id)}`;
+    } catch (err) {
+      msg.className = "error";
+      msg.textContent = err.message;
+    }
+  } },
+  h("h1", {}, "New task"),
+  h("label", {}, "Workspace", h("select", { name: "workspaceId", required: true }, creatable.map((w) => h("option", { value: w.id }, w.name)))),
+  h("label", {}, "Title", h("input", { name: "title", required: true, maxlength: 500 })),
+  h("label", {}, "Description", h("textarea", { name: "description", placeholder: "What should the agent do?" })),
+  h("label", {}, "Runner", h("select", { name: "runnerPreference" }, ["any", "user", "service", "action"].map((r) => h("option", { value: r }, r)))),
+  h("label", {}, "Priority (higher runs first)", h("input", { name: "priority", type: "number", value: 0, step: 1 })),
+  msg,
+  h("div", { class: "actions" }, h("button", { class: "primary", type: "submit" }, "Create task"), h("a", { href: "#/" }, "Cancel")));
+  $("main").replaceChildren(creatable.length ? form : h("p", { class: "panel muted" }, "There is no workspace you can create tasks in."));
+  return { data() {} };
+}
+
+// One action button: runs `fn`, shows its error beside the buttons.
+function action(label, cls, fn, errorEl) {
+  return h("button", { class: cls, onclick: async (e) => {
+    e.target.disabled = true;
+    errorEl.textContent = "";
+    try { await fn(); } catch (err) { errorEl.textContent = err.message; }
+    e.target.disabled = false;
+  } }, label);
+}
+
+function taskView(id) {
+  const head = h("div", {});
+  const workersEl = h("div", {});
+  const err = h("p", { class: "error", role: "alert" });
+  const replyInput = h("input", { name: "reply", placeholder: "Your answer", autocomplete: "off" });
+  const replyForm = h("form", { class: "row", onsubmit: async (e) => {
+    e.preventDefault();
+    err.textContent = "";
+    try {
+      const task = await api("POST", `/api/tasks/${encodeURIComponent(id)}/reply`, { message: replyInput.value });
+      state.tasks.set(task.id, task);
+      replyInput.value = "";
+      renderData();
+    } catch (e2) { err.textContent = e2.message; }
+  } }, replyInput, h("button", { class: "primary", type: "submit" }, "Answer"));
+  const outputTitle = h("h2", {}, "Output");
+  const output = h("pre", { class: "output", id: "output" });
+  $("main").replaceChildren(h("p", {}, h("a", { href: "#/" }, "← Tasks")), head, err, workersEl, outputTitle, output);
+
+  let fetched = false;
+  return {
+    async data() {
+      let task = state.tasks.get(id);
+      if (!task && !fetched) {
+        fetched = true;
+        try { task = await api("GET", `/api/tasks/${encodeURIComponent(id)}`); state.tasks.set(id, task); } catch (e) { head.replaceChildren(h("p", { class: "error" }, e.message)); return; }
+      }
+      if (!task) return;
+      const workers = workersOf(id);
+      const current = workers.find((w) => w.id === task.workerId) || workers[workers.length - 1];
+      const waiting = current && current.status === "waiting_input";
+      const ended = ["completed", "failed", "cancelled"].includes(task.status);
+      head.replaceChildren(
+        h("h1", {}, task.title, " ", badge(task.status)),
+        h("div", { class: "panel" },
+          h("dl", { class: "facts" },
+            h("dt", {}, "Id"), h("dd", {}, task.id),
+            h("dt", {}, "Workspace"), h("dd", {}, workspaceName(task.workspaceId)),
+            h("dt", {}, "Runner"), h("dd", {}, task.runnerPreference),
+            h("dt", {}, "Priority"), h("dd", {}, task.priority),
+            h("dt", {}, "Attempts"), h("dd", {}, `${task.attempts} of ${task.maxAttempts}`),
+            h("dt", {}, "Cost"), h("dd", {}, money(taskCost(id)), task.maxCostUsd ? ` (cap ${money(task.maxCostUsd)})` : ""),
+            h("dt", {}, "Created"), h("dd", { title: task.createdAt }, ago(task.createdAt)),
+            task.description ? [h("dt", {}, "Description"), h("dd", { style: "white-space: pre-wrap" }, task.description)] : null,
+            task.result ? [h("dt", {}, "Result"), h("dd", { style: "white-space: pre-wrap" }, typeof task.result.text === "string" ? task.result.text : JSON.stringify(task.result))] : null,
+          ),
+          waiting ? h("div", { class: "question" }, h("strong", {}, "Question: "), current.question || "") : null,
+          waiting ? replyForm : null,
+          h("div", { class: "actions", style: "margin-top:10px" },
+            ended ? null : action("Cancel task", "danger", async () => {
+              const t = await api("POST", `/api/tasks/${encodeURIComponent(id)}/cancel`, {});
+              state.tasks.set(t.id, t);
+              renderData();
+            }, err)),
+        ),
+      );
+      workersEl.replaceChildren(
+        h("h2", {}, "Workers"),
+        workers.length ? h("table", {},
+          h("thead", {}, h("tr", {}, ["Worker", "Status", "Branch", "Commit", "PR", "Turns", "Cost", "Started", ""].map((c) => h("th", {}, c)))),
+          h("tbody", {}, workers.map((w) => h("tr", { "data-worker": w.id },
+            h("td", { "data-label": "Worker" }, h("button", { class: "link", onclick: () => showOutput(w.id) }, w.id)),
+            h("td", { "data-label": "Status" }, badge(w.status), w.error ? h("div", { class: "muted" }, w.error) : null),
+            h("td", { "data-label": "Branch" }, w.branch || ""),
+            h("td", { "data-label": "Commit" }, w.commitSha ? w.commitSha.slice(0, 10) : ""),
+            h("td", { "data-label": "PR" }, w.prUrl ? safeLink(w.prUrl, "pull request") : ""),
+            h("td", { class: "num", "data-label": "Turns" }, w.turns),
+            h("td", { class: "num", "data-label": "Cost" }, money(w.costUsd)),
+            h("td", { "data-label": "Started", title: w.startedAt }, ago(w.startedAt)),
+            h("td", {}, h("div", { class: "actions" },
+              ["idle", "starting", "running", "waiting_input"].includes(w.status)
+                ? action("Pause", "", async () => { state.workers.set(w.id, await api("POST", `/api/workers/${w.id}/pause`, {})); renderData(); }, err) : null,
+              w.status === "paused"
+                ? action("Start", "", async () => { state.workers.set(w.id, await api("POST", `/api/workers/${w.id}/start`, {})); renderData(); }, err) : null,
+            )),
+          ))),
+        ) : h("p", { class: "muted" }, "No agent has claimed this task yet."),
+      );
+      if (current && state.output.workerId === null) showOutput(current.id);
+      if (!current) outputTitle.hidden = output.hidden = true;
+      else outputTitle.hidden = output.hidden = false;
+    },
+  };
+
+  async function showOutput(workerId) {
+    state.output = { workerId, seq: 0, el: output };
+    output.replaceChildren();
+    outputTitle.textContent = `Output of ${workerId}`;
+    let after = 0;
+    for (;;) {
+      const page = await api("GET", `/api/workers/${encodeURIComponent(workerId)}/messages?after=${after}&limit=1000`);
+      if (state.output.workerId !== workerId) return;
+      appendOutput(page.messages);
+      if (page.messages.length < 1000) break;
+      after = page.messages[page.messages.length - 1].seq;
+    }
+  }
+}
+
+// Appends messages (`{seq?, message}`) to the output on screen, skipping any already
+// shown (a live event may race the initial page).
+function appendOutput(entries) {
+  const out = state.output;
+  if (!out.el) return;
+  const atBottom = out.el.scrollHeight - out.el.scrollTop - out.el.clientHeight < 40;
+  for (const entry of entries) {
+    if (entry.seq !== undefined) {
+      if (entry.seq <= out.seq) continue;
+      out.seq = entry.seq;
+    }
+    out.el.append(describe(entry.message), "\n");
+  }
+  if (atBottom) out.el.scrollTop = out.el.scrollHeight;
+}
+
+// One runner message as a readable line (Claude Code's stream-json, or plain output).
+function describe(m) {
+  const span = (cls, text) => h("span", { class: cls }, text);
+  if (!m || typeof m !== "object") return String(m);
+  switch (m.type) {
+    case "system": return span("k", `● session ${m.session_id || ""} ${m.model || ""}`.trim());
+    case "assistant": {
+      const parts = ((m.message && m.message.content) || []).map((b) => {
+        if (b.type === "text") return b.text;
+        if (b.type === "tool_use") return span("t", `→ ${b.name} ${JSON.stringify(b.input).slice(0, 300)}`);
+        return "";
+      });
+      return h("span", {}, ...parts);
+    }
+    case "user": {
+      const results = ((m.message && m.message.content) || []).filter((b) => b.type === "tool_result");
+      if (!results.length) return span("k", "(user)");
+      return span("k", results.map((r) => `← ${(typeof r.content === "string" ? r.content : JSON.stringify(r.content)).slice(0, 300)}`).join("\n"));
+    }
+    case "result": return span("r", `■ ${m.subtype || "result"}: ${m.result || ""}${m.total_cost_usd !== undefined ? ` (${money(m.total_cost_usd)})` : ""}`);
+    case "user_reply": return span("r", `you: ${m.text}`);
+    case "output": return m.text;
+    default: return JSON.stringify(m);
+  }
+}
+
+function accountsView() {
+  const body = h("div", {});
+  $("main").replaceChildren(h("h1", {}, "Accounts"), body);
+  return {
+    data() {
+      if (!state.me || !state.me.admin) {
+        body.replaceChildren(h("p", { class: "muted" }, "Only the admin sees accounts."));
+        return;
+      }
+      const today = new Date().toISOString().slice(0, 10);
+      body.replaceChildren(h("table", {},
+        h("thead", {}, h("tr", {}, ["Account", "Type", "Auth", "Workers", "", "Cost today", "", "Repo"].map((c) => h("th", {}, c)))),
+        h("tbody", {}, state.accounts.map((a) => {
+          const mine = [...state.workers.values()].filter((w) => w.accountId === a.id);
+          const active = mine.filter((w) => ACTIVE.includes(w.status)).length;
+          const cost = mine.filter((w) => (w.startedAt || "").startsWith(today)).reduce((s, w) => s + (w.costUsd || 0), 0);
+          const bar = (used, max) => {
+            if (!max) return h("span", { class: "muted" }, "no limit");
+            const pct = Math.min(100, (100 * used) / max);
+            return h("div", { class: "bar", title: `${Math.round(pct)}%` }, h("span", { class: pct >= 100 ? "full" : "", style: `width:${pct}%` }));
+          };
+          return h("tr", { "data-account": a.id },
+            h("td", { "data-label": "Account" }, a.name, h("div", { class: "muted" }, a.id)),
+            h("td", { "data-label": "Type" }, a.type),
+            h("td", { "data-label": "Auth" }, a.authType),
+            h("td", { class: "num", "data-label": "Workers" }, `${active} / ${a.maxConcurrentWorkers}`),
+            h("td", {}, bar(active, a.maxConcurrentWorkers)),
+            h("td", { class: "num", "data-label": "Cost today" }, money(cost), a.maxCostPerDay ? ` / ${money(a.maxCostPerDay)}` : ""),
+            h("td", {}, bar(cost, a.maxCostPerDay)),
+            h("td", { "data-label": "Repo" }, a.githubRepo || ""),
+          );
+        })),
+      ));
+    },
+  };
+}
+
+// ---------- start ----------
+
+async function start() {
+  state.token = localStorage.getItem(TOKEN_KEY);
+  if (!state.token) return showSignIn();
+  try {
+    await load();
+  } catch (e) {
+    if (e.status !== 401) showSignIn(`Cannot load: ${e.message}`);
+    return;
+  }
+  $("nav").hidden = false;
+  $("sign-out").hidden = false;
+  $("nav-accounts").hidden = !state.me.admin;
+  $("who").textContent = state.me.admin ? "admin" : `${state.me.name} (${state.me.type})`;
+  route();
+  follow();
+}
+
+window.addEventListener("hashchange", () => {
+  if (location.hash.startsWith("#token=")) {
+    if (state.stream) state.stream.abort();
+    tokenFromHash();
+    start();
+  } else {
+    route();
+  }
+});
+document.addEventListener("DOMContentLoaded", () => {
+  $("sign-out").addEventListener("click", () => signOut());
+  tokenFromHash();
+  start();
+});
+// Ages on screen stay true without events.
+setInterval(() => { if (state.token) scheduleRender(); }, 30000);

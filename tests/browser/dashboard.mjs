@@ -1,0 +1,146 @@
+// The dashboard in real headless Chromium, driven by playwright-core. Started by
+// tests/dashboard.rs, which runs the server and seeds it; this script signs in, looks,
+// clicks, and exits non-zero on the first thing that is wrong. It asks the Rust side
+// to restart the server by printing RESTART and waits for RESTARTED on stdin.
+import { chromium } from "playwright-core";
+import { createInterface } from "node:readline";
+import { mkdirSync } from "node:fs";
+
+const { SERVER, TOKEN, OUT, TASK_CANCEL, TASK_WAITING, TASK_XSS, WORKSPACE } = process.env;
+
+mkdirSync(OUT, { recursive: true });
+const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+
+function check(ok, what) {
+  if (!ok) throw new Error(`check failed: ${what}`);
+}
+
+async function apiPost(path, body) {
+  const res = await fetch(SERVER + path, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${TOKEN}`, "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  check(res.ok, `POST ${path} → ${res.status}`);
+  return res.json();
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+const consoleErrors = [];
+let restarting = false;
+function watch(page) {
+  page.on("console", (m) => {
+    // While the server is down, Chromium itself logs the refused connections.
+    if (m.type() === "error" && !(restarting && m.text().startsWith("Failed to load resource"))) {
+      consoleErrors.push(m.text());
+    }
+  });
+  page.on("pageerror", (e) => consoleErrors.push(String(e)));
+}
+
+try {
+  // ---- Sign in through the form, measuring what the first load transfers.
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  watch(page);
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("Network.enable");
+  let transferred = 0;
+  cdp.on("Network.loadingFinished", (e) => { transferred += e.encodedDataLength; });
+  await page.goto(SERVER + "/");
+  await page.waitForSelector("input[name=token]");
+  await page.screenshot({ path: `${OUT}/sign-in.png` });
+  await page.fill("input[name=token]", TOKEN);
+  await page.click("button[type=submit]");
+  await page.waitForSelector(`tr[data-task="${TASK_CANCEL}"]`);
+  await page.waitForSelector(".live.on");
+  console.log(`PAGE_WEIGHT ${transferred}`);
+
+  // ---- A title holding markup is shown as text, and nothing of it ran.
+  const xssRow = page.locator(`tr[data-task="${TASK_XSS}"] td.title`);
+  check((await xssRow.textContent()).includes("<script>"), "the <script> title is shown as text");
+  check(await page.evaluate(() => window.__pwned === undefined), "the title's markup did not run");
+  await page.screenshot({ path: `${OUT}/tasks.png`, fullPage: true });
+
+  // ---- A task created through the API appears without a reload.
+  await page.evaluate(() => { window.__sameDocument = true; });
+  const created = await apiPost("/api/tasks", { workspaceId: WORKSPACE, title: "Created while watching" });
+  await page.waitForSelector(`tr[data-task="${created.id}"]`, { timeout: 5000 });
+  check(await page.evaluate(() => window.__sameDocument === true), "no reload happened");
+
+  // ---- Cancel from the page.
+  await page.click(`tr[data-task="${TASK_CANCEL}"] a`);
+  await page.waitForSelector("text=Cancel task");
+  await page.click("text=Cancel task");
+  await page.waitForSelector("h1 .s-cancelled");
+
+  // ---- Answer a waiting task from the page; its output is on screen.
+  await page.goto(`${SERVER}/#/tasks/${TASK_WAITING}`);
+  await page.waitForSelector(".question");
+  check((await page.textContent(".question")).includes("Which branch?"), "the question is shown");
+  await page.waitForSelector("#output >> text=Looking at the repository");
+  await page.screenshot({ path: `${OUT}/task-waiting.png`, fullPage: true });
+  await page.fill("input[name=reply]", "use main");
+  await page.click("form.row button[type=submit]");
+  await page.waitForSelector("h1 .s-running");
+  await page.waitForSelector("#output >> text=you: use main");
+  // Output streams in as the agent sends it.
+  const sent = await fetch(`${SERVER}/api/workers/${process.env.WORKER_WAITING}/messages`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${process.env.ACCOUNT_KEY}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ messages: [{ type: "output", text: "streamed <b>live</b>" }] }),
+  });
+  check(sent.ok, `messages → ${sent.status}`);
+  await page.waitForSelector("#output >> text=streamed <b>live</b>");
+
+  // ---- The server restarts; the page reconnects and keeps up.
+  restarting = true;
+  console.log("RESTART");
+  const answer = await lines.next();
+  check(answer.value === "RESTARTED", `the server restarted (${answer.value})`);
+  const after = await apiPost("/api/tasks", { workspaceId: WORKSPACE, title: "Created after the restart" });
+  await page.goto(`${SERVER}/#/`);
+  await page.waitForSelector(".live.on", { timeout: 20000 });
+  restarting = false;
+  await page.waitForSelector(`tr[data-task="${after.id}"]`, { timeout: 10000 });
+  const later = await apiPost("/api/tasks", { workspaceId: WORKSPACE, title: "Live after the restart" });
+  await page.waitForSelector(`tr[data-task="${later.id}"]`, { timeout: 10000 });
+
+  // ---- Create a task through the form.
+  await page.click("text=New task");
+  await page.fill("input[name=title]", "Made in the browser");
+  await page.fill("textarea[name=description]", "Line one\nLine two");
+  await page.click("button[type=submit]");
+  await page.waitForSelector("h1 >> text=Made in the browser");
+
+  // ---- Accounts and their load.
+  await page.click("#nav-accounts");
+  await page.waitForSelector("tr[data-account]");
+  await page.screenshot({ path: `${OUT}/accounts.png`, fullPage: true });
+  await context.close();
+
+  // ---- Signing in by link, on a phone-sized screen.
+  const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true });
+  const mobile = await phone.newPage();
+  watch(mobile);
+  await mobile.goto(`${SERVER}/#token=${encodeURIComponent(TOKEN)}`);
+  await mobile.waitForSelector(`tr[data-task="${TASK_WAITING}"]`);
+  check(!(await mobile.evaluate(() => location.hash.includes("token"))), "the token left the address bar");
+  const overflow = await mobile.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  check(overflow <= 1, `no sideways scrolling on a phone (${overflow}px)`);
+  await mobile.screenshot({ path: `${OUT}/phone.png`, fullPage: true });
+  await phone.close();
+
+  check(consoleErrors.length === 0, `console errors: ${JSON.stringify(consoleErrors)}`);
+  console.log("OK");
+} catch (e) {
+  console.error(e.stack || String(e));
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+  process.exit();
+}

@@ -1,0 +1,177 @@
+//! The web dashboard, served by the real binary, in real headless Chromium (Debian's
+//! `chromium`, driven by playwright-core: `tests/browser/dashboard.mjs`). Screenshots
+//! of the main views land in `target/dashboard-screenshots/`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::json;
+
+use common::Server;
+
+/// Chromium and playwright-core, installed on first use: Chromium from Debian's
+/// packages (when the tests run as root, as CI does), playwright-core from npm.
+fn browser_tools() -> (PathBuf, PathBuf) {
+    let chromium =
+        PathBuf::from(std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
+    if !chromium.exists() {
+        let root = unsafe { libc::geteuid() } == 0;
+        assert!(
+            root,
+            "the dashboard tests need Chromium: apt-get install chromium (or set CHROMIUM)"
+        );
+        let status = Command::new("apt-get")
+            .args(["install", "-y", "-q", "chromium"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .expect("apt-get");
+        assert!(status.success(), "apt-get install chromium failed");
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    if !dir.join("node_modules/playwright-core").exists() {
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm is needed for the dashboard tests");
+        assert!(status.success(), "npm ci in tests/browser failed");
+    }
+    (chromium, dir.join("dashboard.mjs"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_works_in_a_real_browser() {
+    let (chromium, script) = browser_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", tmp.path().join("buildd.db").display());
+    let mut server = Server::start(&db, tmp.path(), &[]);
+    let admin = server.admin();
+    let ws = admin.workspace("widgets").await;
+    let (_, key) = admin
+        .account(
+            json!({"type": "user", "name": "laptop", "maxCostPerDay": 20}),
+            &ws,
+            true,
+            true,
+        )
+        .await;
+    let agent = server.client(&key);
+
+    // A task waiting for an answer, with some output.
+    let waiting = admin
+        .task(&ws, json!({"title": "Pick a branch", "priority": 10}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let worker = agent.claim_one().await;
+    agent.move_worker(&worker, &["starting", "running"]).await;
+    agent
+        .ok(
+            &format!("/api/workers/{worker}/messages"),
+            json!({"messages": [
+                {"type": "system", "subtype": "init", "session_id": "s-1"},
+                {"type": "assistant", "message": {"content": [{"type": "text", "text": "Looking at the repository"}]}}
+            ]}),
+        )
+        .await;
+    let (status, _) = agent
+        .patch(
+            &format!("/api/workers/{worker}"),
+            json!({"status": "waiting_input", "question": "Which branch?", "costUsd": 0.42}),
+        )
+        .await;
+    assert!(status.is_success());
+    let to_cancel = admin
+        .task(&ws, json!({"title": "Fix the login page"}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let xss = admin
+        .task(
+            &ws,
+            json!({"title": "<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\">"}),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("dashboard-screenshots");
+    let mut node = Command::new("node")
+        .arg(&script)
+        .env("SERVER", &server.url)
+        .env("TOKEN", common::ADMIN)
+        .env("ACCOUNT_KEY", &key)
+        .env("WORKSPACE", &ws)
+        .env("TASK_CANCEL", &to_cancel)
+        .env("TASK_WAITING", &waiting)
+        .env("WORKER_WAITING", &worker)
+        .env("TASK_XSS", &xss)
+        .env("CHROMIUM", &chromium)
+        .env("OUT", &out)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node runs the browser script");
+    let mut to_node = node.stdin.take().unwrap();
+    let from_node = BufReader::new(node.stdout.take().unwrap());
+    let mut page_weight = None;
+    let mut ok = false;
+    for line in from_node.lines().map_while(Result::ok) {
+        println!("[browser] {line}");
+        if let Some(bytes) = line.strip_prefix("PAGE_WEIGHT ") {
+            page_weight = bytes.trim().parse::<f64>().ok();
+        } else if line == "RESTART" {
+            let listen = server.url.trim_start_matches("http://").to_owned();
+            drop(server);
+            server = Server::start_on(&listen, &db, tmp.path(), &[]);
+            writeln!(to_node, "RESTARTED").unwrap();
+        } else if line == "OK" {
+            ok = true;
+        }
+    }
+    let status = node.wait().unwrap();
+    assert!(
+        status.success() && ok,
+        "the browser script failed (see its output above)"
+    );
+
+    let weight = page_weight.expect("the script measured the first load");
+    println!(
+        "dashboard first load: {:.1} KiB transferred",
+        weight / 1024.0
+    );
+    assert!(
+        weight < 200.0 * 1024.0,
+        "first load {weight} bytes is over 200 KiB"
+    );
+    for shot in ["sign-in", "tasks", "task-waiting", "accounts", "phone"] {
+        assert!(out.join(format!("{shot}.png")).exists(), "{shot}.png");
+    }
+
+    // What the page did reached the server.
+    let admin = server.admin();
+    let (_, t) = admin.get(&format!("/api/tasks/{to_cancel}")).await;
+    assert_eq!(t["status"], "cancelled");
+    let agent = server.client(&key);
+    let (_, beat) = agent
+        .post(&format!("/api/workers/{worker}/heartbeat"), json!({}))
+        .await;
+    assert_eq!(beat["reply"], "use main", "{beat}");
+    let (_, made) = admin.get("/api/tasks?limit=1000").await;
+    let made = made["tasks"].as_array().unwrap();
+    let browser_task = made
+        .iter()
+        .find(|t| t["title"] == "Made in the browser")
+        .expect("the form created its task");
+    assert_eq!(browser_task["description"], "Line one\nLine two");
+}
