@@ -462,6 +462,18 @@ async fn a_task_whose_agent_is_killed_is_finished_by_another_agent() {
     .await;
     let first = scripted_agent(&server.url, &key, &repo, &[], &[]);
     wait_task(&admin, &id, "running").await;
+    // Kill it once the run itself is under way (the task shows running a moment
+    // before the runner starts).
+    for _ in 0..400 {
+        if marks.path().join("first").exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        marks.path().join("first").exists(),
+        "the first run never started"
+    );
     first.signal(libc::SIGKILL);
     drop(first);
 
