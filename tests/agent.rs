@@ -607,7 +607,7 @@ async fn pr_pushes_the_branch_and_reports_the_pull_request() {
     let server = Server::sqlite(&[]);
     let admin = server.admin();
     let (ws, key) = workspace_and_key(&admin, Some("https://github.com/acme/widgets")).await;
-    let github = FakeGitHub::start().await;
+    let github = FakeGitHub::start(0).await;
     let repo = Repo::new();
     let origin = tempfile::tempdir().unwrap();
     let out = std::process::Command::new("git")
@@ -647,9 +647,10 @@ async fn pr_pushes_the_branch_and_reports_the_pull_request() {
     let pulls = github.pulls.lock().unwrap().clone();
     assert_eq!(pulls.len(), 1);
     assert_eq!(pulls[0].0, "acme/widgets");
-    assert_eq!(pulls[0].1["head"], branch.as_str());
-    assert_eq!(pulls[0].1["base"], "main");
-    assert_eq!(pulls[0].1["title"], "Add a changelog");
+    assert_eq!(pulls[0].1, "Bearer ghp_test");
+    assert_eq!(pulls[0].2["head"], branch.as_str());
+    assert_eq!(pulls[0].2["base"], "main");
+    assert_eq!(pulls[0].2["title"], "Add a changelog");
     let worker = worker_of(&admin, &id).await;
     assert_eq!(worker["prUrl"], "https://github.com/acme/widgets/pull/1");
     let (_, t) = admin.get(&format!("/api/tasks/{id}")).await;
@@ -685,4 +686,101 @@ async fn on_a_postgres_cluster_an_idle_agent_takes_work_created_through_another_
         wait_task(&admin, id, "completed").await;
         assert_eq!(repo.show(&format!("buildd/{id}"), file), text);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_action_task_dispatches_a_github_workflow_whose_agent_runs_it_once() {
+    // The stand-in answers the first dispatch with a 500: the server must retry.
+    let github = FakeGitHub::start(1).await;
+    let server = Server::sqlite(&[
+        "--github-token",
+        "ghp_test",
+        "--github-api-url",
+        &github.url,
+    ]);
+    let admin = server.admin();
+    let (ws, _) = workspace_and_key(&admin, None).await;
+    let (_, action_key) = admin
+        .account(
+            json!({"type": "action", "name": "ci", "githubRepo": "acme/widgets"}),
+            &ws,
+            true,
+            false,
+        )
+        .await;
+    let (_, service_key) = admin
+        .account(json!({"type": "service", "name": "vm"}), &ws, true, false)
+        .await;
+    // An action account elsewhere is not woken for this workspace's tasks.
+    let other_ws = admin.workspace("elsewhere").await;
+    admin
+        .account(
+            json!({"type": "action", "name": "other", "githubRepo": "acme/other"}),
+            &other_ws,
+            true,
+            false,
+        )
+        .await;
+
+    let anyone = task(&admin, &ws, "For anyone", "run: true").await;
+    let action = admin
+        .task(&ws, json!({"title": "For CI", "runnerPreference": "action", "description": "run: echo ci > ci.txt"}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut dispatched = Vec::new();
+    for _ in 0..200 {
+        dispatched = github.dispatches.lock().unwrap().clone();
+        if dispatched.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        dispatched.len(),
+        2,
+        "one refused dispatch and its retry: {dispatched:?}"
+    );
+    for (repo, auth, body) in &dispatched {
+        assert_eq!(repo, "acme/widgets");
+        assert_eq!(auth, "Bearer ghp_test");
+        assert_eq!(
+            body,
+            &json!({"event_type": "buildd-task", "client_payload": {"task_id": action}})
+        );
+    }
+
+    // A service account never gets the action task.
+    let service = server.client(&service_key);
+    let claimed = service
+        .ok("/api/workers/claim", json!({"maxTasks": 10}))
+        .await;
+    let ids: Vec<&str> = claimed["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["task"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![anyone.as_str()]);
+
+    // The workflow's job: `buildd agent --once` with the action account's key.
+    let repo = Repo::new();
+    let mut agent = scripted_agent(&server.url, &action_key, &repo, &["--once"], &[]);
+    assert!(agent.exit(LONG).await.success(), "{}", agent.log());
+    let (_, t) = admin.get(&format!("/api/tasks/{action}")).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(repo.show(&format!("buildd/{action}"), "ci.txt"), "ci");
+
+    let failing = admin
+        .task(&ws, json!({"title": "Broken CI", "runnerPreference": "action", "description": "run: exit 1"}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut agent = scripted_agent(&server.url, &action_key, &repo, &["--once"], &[]);
+    let status = agent.exit(LONG).await;
+    assert_eq!(status.code(), Some(1), "{}", agent.log());
+    let worker = worker_of(&admin, &failing).await;
+    assert_eq!(worker["status"], "error");
 }

@@ -34,6 +34,17 @@ pub struct ServeArgs {
     /// Seconds without a heartbeat after which a worker is lost and its task requeued.
     #[arg(long, env = "BUILDD_LEASE_TTL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     lease_ttl: u64,
+    /// A GitHub token: action tasks then wake the workflows of action accounts with a
+    /// githubRepo (repository_dispatch) [env: BUILDD_GITHUB_TOKEN, then GITHUB_TOKEN]
+    #[arg(long)]
+    github_token: Option<String>,
+    /// The GitHub REST API.
+    #[arg(
+        long,
+        env = "BUILDD_GITHUB_API_URL",
+        default_value = "https://api.github.com"
+    )]
+    github_api_url: String,
 }
 
 pub async fn run(args: ServeArgs) -> Result<(), String> {
@@ -63,6 +74,22 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
 
+    let github_token = args
+        .github_token
+        .filter(|t| !t.is_empty())
+        .or_else(|| env_nonempty("BUILDD_GITHUB_TOKEN"))
+        .or_else(|| env_nonempty("GITHUB_TOKEN"));
+    let github = match github_token {
+        Some(token) => {
+            info!(api = %args.github_api_url, "GitHub Actions dispatch on");
+            Some(server::github::Dispatcher::new(
+                &args.github_api_url,
+                &token,
+            )?)
+        }
+        None => None,
+    };
+
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let events = EventHub::start(store.clone(), shutdown.clone())
@@ -75,6 +102,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         lease_ttl: Duration::from_secs(args.lease_ttl),
         new_work: Arc::new(Notify::new()),
         shutdown,
+        github,
     };
     info!(
         lease_ttl_secs = args.lease_ttl,

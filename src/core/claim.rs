@@ -3,7 +3,7 @@
 use super::events::Event;
 use super::ids::{IdKind, new_id};
 use super::model::{
-    Account, AccountType, RunnerPreference, Task, TaskStatus, Worker, WorkerStatus,
+    Account, AccountType, Grant, RunnerPreference, Task, TaskStatus, Worker, WorkerStatus,
 };
 use super::time::Timestamp;
 
@@ -25,6 +25,21 @@ pub fn preferences_for(account_type: AccountType) -> [RunnerPreference; 2] {
 /// Whether an account of `account_type` may run a task that prefers `preference`.
 pub fn routes_to(preference: RunnerPreference, account_type: AccountType) -> bool {
     preferences_for(account_type).contains(&preference)
+}
+
+/// The GitHub repository (`owner/repo`) to wake with a `repository_dispatch` for a new
+/// `task`: an action task, and an action account with a `githubRepo` that may claim in
+/// the task's workspace (`grant`). A GitHub Actions runner only runs when woken, so
+/// these accounts are told instead of waiting to claim.
+pub fn dispatch_repo<'a>(
+    task: &Task,
+    account: &'a Account,
+    grant: Option<&Grant>,
+) -> Option<&'a str> {
+    let wanted = task.runner_preference == RunnerPreference::Action
+        && account.account_type == AccountType::Action
+        && grant.is_some_and(|g| g.can_claim && g.workspace_id == task.workspace_id);
+    account.github_repo.as_deref().filter(|_| wanted)
 }
 
 /// How many tasks the account may take now: what it asked for, capped by its free
@@ -110,15 +125,14 @@ mod tests {
         assert_eq!(free_slots(&account(3, Some(10.0)), 0, 10.0, 1), 0);
     }
 
-    #[test]
-    fn assigning_counts_an_attempt_and_links_both_ways() {
+    fn pending_task(preference: RunnerPreference) -> Task {
         let now = time::now();
-        let mut task = Task {
+        Task {
             id: "task-1".into(),
             workspace_id: "ws-1".into(),
             title: "t".into(),
             description: String::new(),
-            runner_preference: RunnerPreference::Any,
+            runner_preference: preference,
             priority: 0,
             status: TaskStatus::Pending,
             attempts: 0,
@@ -131,7 +145,59 @@ mod tests {
             completed_at: None,
             result: None,
             source_id: None,
+        }
+    }
+
+    #[test]
+    fn only_action_tasks_wake_action_accounts_that_may_claim_them() {
+        let mut action = account(1, None);
+        action.account_type = AccountType::Action;
+        action.github_repo = Some("acme/widgets".into());
+        let grant = |ws: &str, can_claim| Grant {
+            account_id: "acc-1".into(),
+            workspace_id: ws.into(),
+            can_claim,
+            can_create: false,
         };
+        let task = pending_task(RunnerPreference::Action);
+        assert_eq!(
+            dispatch_repo(&task, &action, Some(&grant("ws-1", true))),
+            Some("acme/widgets")
+        );
+        assert_eq!(
+            dispatch_repo(&task, &action, Some(&grant("ws-1", false))),
+            None
+        );
+        assert_eq!(
+            dispatch_repo(&task, &action, Some(&grant("ws-2", true))),
+            None
+        );
+        assert_eq!(dispatch_repo(&task, &action, None), None);
+        assert_eq!(
+            dispatch_repo(
+                &pending_task(RunnerPreference::Any),
+                &action,
+                Some(&grant("ws-1", true))
+            ),
+            None
+        );
+        let mut service = action.clone();
+        service.account_type = AccountType::Service;
+        assert_eq!(
+            dispatch_repo(&task, &service, Some(&grant("ws-1", true))),
+            None
+        );
+        action.github_repo = None;
+        assert_eq!(
+            dispatch_repo(&task, &action, Some(&grant("ws-1", true))),
+            None
+        );
+    }
+
+    #[test]
+    fn assigning_counts_an_attempt_and_links_both_ways() {
+        let now = time::now();
+        let mut task = pending_task(RunnerPreference::Any);
         let (worker, events) = assign(&mut task, &account(1, None), now);
         assert_eq!(task.status, TaskStatus::Assigned);
         assert_eq!(task.attempts, 1);

@@ -7,6 +7,7 @@ mod auth;
 mod dashboard;
 mod error;
 pub mod events;
+pub mod github;
 mod routes;
 mod sweeper;
 
@@ -41,6 +42,8 @@ pub struct AppState {
     pub new_work: Arc<Notify>,
     /// Cancelled at shutdown: waiting claims return and the sweeper stops.
     pub shutdown: CancellationToken,
+    /// Wakes GitHub Actions workflows for action tasks, when a token was given.
+    pub github: Option<Arc<github::Dispatcher>>,
 }
 
 /// The whole API.

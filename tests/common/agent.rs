@@ -478,50 +478,106 @@ impl Reply {
     }
 }
 
-/// Pull requests opened on [`FakeGitHub`]: the repository, and the request's body.
-pub type Pulls = Arc<Mutex<Vec<(String, Value)>>>;
+/// What [`FakeGitHub`] was sent: the repository, the `Authorization` header and the
+/// body of each request.
+pub type Received = Arc<Mutex<Vec<(String, String, Value)>>>;
 
-/// A stand-in for the GitHub REST API that records the pull requests opened on it.
+/// A stand-in for the GitHub REST API: it records pull requests and repository
+/// dispatches, and answers the first `fail_dispatches` dispatches with a 500.
 pub struct FakeGitHub {
     pub url: String,
-    pub pulls: Pulls,
+    pub pulls: Received,
+    pub dispatches: Received,
+}
+
+#[derive(Clone)]
+struct GitHubState {
+    pulls: Received,
+    dispatches: Received,
+    fail_dispatches: Arc<AtomicUsize>,
 }
 
 impl FakeGitHub {
-    pub async fn start() -> FakeGitHub {
-        let pulls: Pulls = Arc::default();
+    pub async fn start(fail_dispatches: usize) -> FakeGitHub {
+        let state = GitHubState {
+            pulls: Arc::default(),
+            dispatches: Arc::default(),
+            fail_dispatches: Arc::new(AtomicUsize::new(fail_dispatches)),
+        };
         let app = axum::Router::new()
             .route(
                 "/repos/{owner}/{repo}/pulls",
                 axum::routing::post(open_pull),
             )
-            .with_state(pulls.clone());
+            .route(
+                "/repos/{owner}/{repo}/dispatches",
+                axum::routing::post(dispatch),
+            )
+            .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        FakeGitHub { url, pulls }
+        FakeGitHub {
+            url,
+            pulls: state.pulls,
+            dispatches: state.dispatches,
+        }
     }
 }
 
+fn authorization(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 async fn open_pull(
-    State(pulls): State<Pulls>,
+    State(state): State<GitHubState>,
     axum::extract::Path((owner, repo)): axum::extract::Path<(String, String)>,
     headers: axum::http::HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer ghp_test") {
+    let auth = authorization(&headers);
+    if auth != "Bearer ghp_test" {
         return (
             StatusCode::UNAUTHORIZED,
             Json(json!({ "message": "Bad credentials" })),
         )
             .into_response();
     }
-    let mut pulls = pulls.lock().unwrap();
-    pulls.push((format!("{owner}/{repo}"), body));
+    let mut pulls = state.pulls.lock().unwrap();
+    pulls.push((format!("{owner}/{repo}"), auth, body));
     let number = pulls.len();
     (
         StatusCode::CREATED,
         Json(json!({ "number": number, "html_url": format!("https://github.com/{owner}/{repo}/pull/{number}") })),
     )
         .into_response()
+}
+
+async fn dispatch(
+    State(state): State<GitHubState>,
+    axum::extract::Path((owner, repo)): axum::extract::Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    state.dispatches.lock().unwrap().push((
+        format!("{owner}/{repo}"),
+        authorization(&headers),
+        body,
+    ));
+    let failing = state
+        .fail_dispatches
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if failing {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "message": "try later" })),
+        )
+            .into_response();
+    }
+    StatusCode::NO_CONTENT.into_response()
 }

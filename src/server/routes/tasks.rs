@@ -110,6 +110,9 @@ pub async fn create(
         created_at: task.created_at,
     });
     let task = state.store.create_task(&task, source.as_ref()).await?;
+    if let Some(github) = &state.github {
+        github.task_created(state.store.clone(), task.clone());
+    }
     Ok((StatusCode::CREATED, Json(task)))
 }
 

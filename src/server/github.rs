@@ -1,0 +1,115 @@
+//! GitHub Actions dispatch: a new `action` task wakes the workflows of the action
+//! accounts that may claim it, with `POST /repos/{owner}/{repo}/dispatches`.
+//!
+//! Dispatching happens after the task is stored and the creation has answered: a
+//! GitHub outage delays the wake-up (retried with backoff, logged), never the task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::core::claim::dispatch_repo;
+use crate::core::model::{RunnerPreference, Task};
+use crate::store::Store;
+
+/// The event type workflows listen for (`on: repository_dispatch: types: [buildd-task]`).
+pub const EVENT_TYPE: &str = "buildd-task";
+/// Tries per repository before giving up: about a minute of backoff in all.
+const ATTEMPTS: u32 = 6;
+
+pub struct Dispatcher {
+    http: reqwest::Client,
+    api_url: String,
+    token: String,
+}
+
+impl Dispatcher {
+    pub fn new(api_url: &str, token: &str) -> Result<Arc<Self>, String> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .user_agent(concat!("buildd/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Arc::new(Dispatcher {
+            http,
+            api_url: api_url.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        }))
+    }
+
+    /// Wakes every repository that should run `task`, in the background.
+    pub fn task_created(self: &Arc<Self>, store: Arc<dyn Store>, task: Task) {
+        if task.runner_preference != RunnerPreference::Action {
+            return;
+        }
+        let dispatcher = self.clone();
+        tokio::spawn(async move {
+            let accounts = match store.list_accounts().await {
+                Ok(accounts) => accounts,
+                Err(e) => {
+                    warn!(task = %task.id, error = %e, "cannot list accounts to dispatch an action task");
+                    return;
+                }
+            };
+            let mut repos = Vec::new();
+            for account in &accounts {
+                let grant = store
+                    .get_grant(&account.id, &task.workspace_id)
+                    .await
+                    .ok()
+                    .flatten();
+                if let Some(repo) = dispatch_repo(&task, account, grant.as_ref())
+                    && !repos.contains(&repo)
+                {
+                    repos.push(repo);
+                }
+            }
+            if repos.is_empty() {
+                warn!(task = %task.id, "an action task, but no action account with a githubRepo may claim it");
+            }
+            for repo in repos {
+                let dispatcher = dispatcher.clone();
+                let (repo, task_id) = (repo.to_owned(), task.id.clone());
+                tokio::spawn(async move { dispatcher.dispatch(&repo, &task_id).await });
+            }
+        });
+    }
+
+    async fn dispatch(&self, repo: &str, task_id: &str) {
+        let url = format!("{}/repos/{repo}/dispatches", self.api_url);
+        let body = json!({ "event_type": EVENT_TYPE, "client_payload": { "task_id": task_id } });
+        let mut pause = Duration::from_secs(1);
+        for attempt in 1..=ATTEMPTS {
+            let sent = self
+                .http
+                .post(&url)
+                .bearer_auth(&self.token)
+                .header("Accept", "application/vnd.github+json")
+                .header("X-GitHub-Api-Version", "2022-11-28")
+                .json(&body)
+                .send()
+                .await;
+            let (retry, reason) = match sent {
+                Ok(r) if r.status().is_success() => {
+                    info!(repo, task = task_id, "dispatched to GitHub Actions");
+                    return;
+                }
+                Ok(r) => {
+                    let status = r.status();
+                    let retry = status.is_server_error() || status.as_u16() == 429;
+                    (retry, format!("HTTP {status}"))
+                }
+                Err(e) => (true, e.to_string()),
+            };
+            if !retry || attempt == ATTEMPTS {
+                warn!(repo, task = task_id, attempt, reason = %reason, "GitHub Actions dispatch failed; giving up");
+                return;
+            }
+            warn!(repo, task = task_id, attempt, reason = %reason, "GitHub Actions dispatch failed; retrying");
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+    }
+}
