@@ -402,7 +402,7 @@ impl Job {
                 Ok(_) => return Ok(()),
                 Err(e) if e.is_transient() && attempt < 8 => {
                     attempt += 1;
-                    tokio::time::sleep(super::backoff(attempt)).await;
+                    tokio::time::sleep(crate::client::backoff(attempt)).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -446,25 +446,17 @@ impl Job {
 
     /// Sends the buffered output; what the server cannot take now stays for later.
     async fn flush(&mut self) {
-        while !self.outbox.is_empty() {
-            let n = self
-                .outbox
-                .len()
-                .min(crate::core::validate::MAX_MESSAGES_PER_BATCH);
-            match self
-                .ctx
-                .client
-                .append_messages(&self.worker.id, &self.outbox[..n])
-                .await
-            {
-                Ok(_) => {
-                    self.outbox.drain(..n);
-                }
-                Err(e) if e.is_transient() => return,
-                Err(e) => {
-                    warn!(task = %self.task.id, error = %e, "the server refused the run's output; dropping it");
-                    self.outbox.clear();
-                }
+        match self
+            .ctx
+            .client
+            .append_all(&self.worker.id, &mut self.outbox)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.is_transient() => {}
+            Err(e) => {
+                warn!(task = %self.task.id, error = %e, "the server refused the run's output; dropping it");
+                self.outbox.clear();
             }
         }
     }
@@ -559,7 +551,12 @@ impl Job {
         let Some(pr) = &self.ctx.pr else {
             return Ok(None);
         };
-        let workspace = self.workspace().await;
+        let workspace = self
+            .ctx
+            .client
+            .get_workspace(&self.task.workspace_id)
+            .await
+            .ok();
         let repo_url = match workspace.as_ref().and_then(|w| w["repoUrl"].as_str()) {
             Some(url) => Some(url.to_owned()),
             None => git::origin_url(&self.ctx.repo).await,
@@ -587,15 +584,6 @@ impl Job {
         })
         .await
         .map(Some)
-    }
-
-    async fn workspace(&self) -> Option<Value> {
-        let list = self.ctx.client.list_workspaces().await.ok()?;
-        list["workspaces"]
-            .as_array()?
-            .iter()
-            .find(|w| w["id"] == self.task.workspace_id.as_str())
-            .cloned()
     }
 }
 

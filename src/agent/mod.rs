@@ -24,13 +24,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::RngExt;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::client::{Client, StreamedEvent};
+use crate::client::{Client, StreamedEvent, backoff};
 use crate::core::events::offers_work;
 use crate::core::lease;
 
@@ -55,15 +54,6 @@ pub struct Config {
     pub grace: Duration,
     pub push: bool,
     pub pr: Option<PrSettings>,
-}
-
-/// A pause before trying the server again: doubling from 250 ms up to 30 s, with
-/// jitter so that a fleet that lost its server does not come back in one wave.
-pub(crate) fn backoff(attempt: u32) -> Duration {
-    let full = Duration::from_millis(250)
-        .saturating_mul(1 << attempt.min(8))
-        .min(Duration::from_secs(30));
-    full.mul_f64(rand::rng().random_range(0.5..=1.0))
 }
 
 /// What the event follower tells the agent.

@@ -14,9 +14,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use super::backoff;
-use crate::client::{Client, ClientError};
-use crate::core::validate::MAX_MESSAGES_PER_BATCH;
+use crate::client::{Client, ClientError, backoff};
 
 /// A run's last words: the messages not yet sent, and the final worker update.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,26 +122,25 @@ impl Spool {
         }
     }
 
-    /// Sends a report: messages first, in batches (the file shrinks as they go), then
-    /// the update. Removes the file unless the server could not be reached.
+    /// Sends a report: messages first, then the update. Removes the file unless the
+    /// server could not be reached; then the file keeps only what it did not take.
     async fn send(&self, client: &Client, path: &Path, mut report: FinalReport) -> Delivery {
-        let outcome = async {
-            while !report.messages.is_empty() {
-                let n = report.messages.len().min(MAX_MESSAGES_PER_BATCH);
-                client
-                    .append_messages(&report.worker_id, &report.messages[..n])
-                    .await?;
-                report.messages.drain(..n);
-                let _ = write_atomically(path, &report);
-            }
-            client
+        let outcome = match client
+            .append_all(&report.worker_id, &mut report.messages)
+            .await
+        {
+            Ok(()) => client
                 .update_worker(&report.worker_id, &report.update)
                 .await
-        }
-        .await;
+                .map(drop),
+            Err(e) => Err(e),
+        };
         let delivery = match outcome {
-            Ok(_) => Delivery::Delivered,
-            Err(e) if e.is_transient() => return Delivery::Spooled,
+            Ok(()) => Delivery::Delivered,
+            Err(e) if e.is_transient() => {
+                let _ = write_atomically(path, &report);
+                return Delivery::Spooled;
+            }
             Err(e) => {
                 refused(&report.worker_id, &e);
                 Delivery::Refused

@@ -9,12 +9,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{Client, ClientError, Result};
+use super::{Client, ClientError, Result, backoff};
 
 /// How long the stream keeps trying to reconnect before it reports the server gone.
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
-const FIRST_PAUSE: Duration = Duration::from_millis(250);
-const LONGEST_PAUSE: Duration = Duration::from_secs(5);
 
 /// One event as the server sent it.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,9 +76,10 @@ impl EventStream {
         // A partial event from the lost connection is sent again after resuming.
         self.buffer.clear();
         let started = Instant::now();
-        let mut pause = FIRST_PAUSE;
+        let mut attempt = 0;
         loop {
-            tokio::time::sleep(pause).await;
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
             match self
                 .client
                 .open_events(self.workspace_id.as_deref(), self.last_id)
@@ -93,7 +92,7 @@ impl EventStream {
                 // The server answered and said no: reconnecting will not help.
                 Err(e @ ClientError::Api { .. }) => return Err(e),
                 Err(e) if started.elapsed() >= GIVE_UP_AFTER => return Err(e),
-                Err(_) => pause = (pause * 2).min(LONGEST_PAUSE),
+                Err(_) => {}
             }
         }
     }

@@ -12,6 +12,8 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use crate::core::validate::MAX_MESSAGES_PER_BATCH;
+
 pub use events::{EventStream, StreamedEvent};
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,17 @@ impl ClientError {
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// A pause before trying the server again after `attempt` failures: doubling from
+/// 250 ms up to 10 s, with jitter, so that a fleet that lost its server does not come
+/// back in one wave.
+pub fn backoff(attempt: u32) -> Duration {
+    use rand::RngExt;
+    let full = Duration::from_millis(250)
+        .saturating_mul(1 << attempt.min(8))
+        .min(Duration::from_secs(10));
+    full.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
 
 /// Turns API JSON into one of the core's types.
 pub fn decode<T: DeserializeOwned>(value: &Value) -> Result<T> {
@@ -173,6 +186,15 @@ impl Client {
         self.call(Method::GET, "/api/workspaces", None).await
     }
 
+    pub async fn get_workspace(&self, id: &str) -> Result<Value> {
+        self.call(
+            Method::GET,
+            &format!("/api/workspaces/{}", encode(id)),
+            None,
+        )
+        .await
+    }
+
     pub async fn create_account(&self, body: Value) -> Result<Value> {
         self.call(Method::POST, "/api/accounts", Some(body)).await
     }
@@ -280,13 +302,17 @@ impl Client {
         .await
     }
 
-    pub async fn append_messages(&self, worker_id: &str, messages: &[Value]) -> Result<Value> {
-        self.call(
-            Method::POST,
-            &format!("/api/workers/{}/messages", encode(worker_id)),
-            Some(json!({ "messages": messages })),
-        )
-        .await
+    /// Sends `messages` in batches the server accepts, removing each batch once it has
+    /// been taken: on an error, what is left is what the server does not have.
+    pub async fn append_all(&self, worker_id: &str, messages: &mut Vec<Value>) -> Result<()> {
+        let path = format!("/api/workers/{}/messages", encode(worker_id));
+        while !messages.is_empty() {
+            let n = messages.len().min(MAX_MESSAGES_PER_BATCH);
+            let batch = json!({ "messages": &messages[..n] });
+            self.call(Method::POST, &path, Some(batch)).await?;
+            messages.drain(..n);
+        }
+        Ok(())
     }
 
     pub async fn messages(&self, worker_id: &str, after: i64) -> Result<Value> {
