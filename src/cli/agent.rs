@@ -69,7 +69,7 @@ pub struct AgentArgs {
 /// The environment variables that authenticate Claude Code, in the order checked.
 const CLAUDE_CREDENTIALS: [&str; 2] = ["CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_API_KEY"];
 
-pub async fn run(args: AgentArgs) -> Result<bool, String> {
+pub async fn run(args: AgentArgs) -> Result<(), String> {
     super::init_logging();
     let runner: Arc<dyn Runner> = match &args.command {
         Some(command) => Arc::new(CommandRunner {
@@ -122,7 +122,10 @@ pub async fn run(args: AgentArgs) -> Result<bool, String> {
     };
     let draining = CancellationToken::new();
     tokio::spawn(drain_on_signal(draining.clone()));
-    agent::run(config, draining).await
+    match agent::run(config, draining).await? {
+        true => Ok(()),
+        false => Err("the task did not complete (the log above says why)".into()),
+    }
 }
 
 async fn drain_on_signal(draining: CancellationToken) {

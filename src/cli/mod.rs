@@ -100,45 +100,31 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await.map_err(Some),
-            Command::Agent(args) => match agent::run(args).await {
-                Ok(true) => Ok(()),
-                // `--once` whose task did not complete: its log says why.
-                Ok(false) => Err(None),
-                Err(message) => Err(Some(message)),
-            },
-            other => run_client(other).await.map_err(Some),
+            Command::Serve(args) => serve::run(args).await,
+            Command::Agent(args) => agent::run(args).await,
+            Command::Workspace {
+                connection,
+                command,
+            } => workspace::run(&connection.client()?, connection.json, command).await,
+            Command::Account {
+                connection,
+                command,
+            } => account::run(&connection.client()?, connection.json, command).await,
+            Command::Task {
+                connection,
+                command,
+            } => task::run(&connection.client()?, connection.json, command).await,
+            Command::Login { connection } => login(connection).await,
+            Command::Completions { shell } => {
+                let mut command = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut command, "buildd", &mut std::io::stdout());
+                Ok(())
+            }
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Some(message)) => fail(&message),
-        Err(None) => ExitCode::FAILURE,
-    }
-}
-
-/// The terminal client's commands.
-async fn run_client(command: Command) -> Result<(), String> {
-    match command {
-        Command::Serve(_) | Command::Agent(_) => unreachable!("handled by main"),
-        Command::Workspace {
-            connection,
-            command,
-        } => workspace::run(&connection.client()?, connection.json, command).await,
-        Command::Account {
-            connection,
-            command,
-        } => account::run(&connection.client()?, connection.json, command).await,
-        Command::Task {
-            connection,
-            command,
-        } => task::run(&connection.client()?, connection.json, command).await,
-        Command::Login { connection } => login(connection).await,
-        Command::Completions { shell } => {
-            let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut command, "buildd", &mut std::io::stdout());
-            Ok(())
-        }
+        Err(message) => fail(&message),
     }
 }
 
