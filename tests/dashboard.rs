@@ -32,14 +32,7 @@ fn browser_tools() -> (PathBuf, PathBuf) {
         assert!(status.success(), "apt-get install chromium failed");
     }
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    if !dir.join("node_modules/playwright-core").exists() {
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&dir)
-            .status()
-            .expect("npm is needed for the dashboard tests");
-        assert!(status.success(), "npm ci in tests/browser failed");
-    }
+    common::npm_ci(&dir, "playwright-core");
     (chromium, dir.join("dashboard.mjs"))
 }
 

@@ -23,15 +23,8 @@ pub fn claude_code() -> PathBuf {
     INSTALLED
         .get_or_init(|| {
             let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/claude-code");
+            super::npm_ci(&dir, "@anthropic-ai/claude-code");
             let bin = dir.join("node_modules/.bin/claude");
-            if !bin.exists() {
-                let status = Command::new("npm")
-                    .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-                    .current_dir(&dir)
-                    .status()
-                    .expect("npm is needed to install Claude Code for the tests");
-                assert!(status.success(), "npm ci in tests/claude-code failed");
-            }
             let version = Command::new(&bin).arg("--version").output().unwrap();
             assert!(version.status.success(), "claude --version failed");
             bin

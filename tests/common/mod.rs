@@ -42,6 +42,20 @@ pub async fn fresh_pg_database(base: &str) -> String {
     format!("{prefix}/{name}{query}")
 }
 
+/// `npm ci` in `dir` (one of the test-only npm projects under `tests/`) unless its
+/// `node_modules` holds `package` already.
+pub fn npm_ci(dir: &Path, package: &str) {
+    if dir.join("node_modules").join(package).exists() {
+        return;
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(dir)
+        .status()
+        .expect("npm is needed for these tests");
+    assert!(status.success(), "npm ci in {} failed", dir.display());
+}
+
 fn rand_suffix() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
     let nanos = SystemTime::now()
