@@ -97,6 +97,22 @@ async fn the_whole_client_flow() {
         "--can-claim",
     ]));
     assert!(granted.contains("may now claim"), "{granted}");
+    // The account rotates its own key: the old one stops, the new one works.
+    let rotated = ok_text(&buildd(
+        &server,
+        &key,
+        &["account", "rotate-key", &account_id],
+        None,
+    ));
+    assert!(rotated.contains("the old key no longer works"), "{rotated}");
+    let new_key = rotated
+        .split_whitespace()
+        .find(|w| w.starts_with("buildd_service_"))
+        .expect("the new key is printed")
+        .to_owned();
+    one_line_error(&buildd(&server, &key, &["task", "list"], None));
+    ok_text(&buildd(&server, &new_key, &["task", "list"], None));
+    let key = new_key;
     let accounts = ok_text(&run(&["account", "list"]));
     assert!(
         accounts.contains("bot") && accounts.contains("service"),

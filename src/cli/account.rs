@@ -39,6 +39,9 @@ pub enum AccountCommand {
         #[arg(long)]
         can_create: bool,
     },
+    /// Replace an account's API key (admin, or the account itself); the old key stops
+    /// working at once and the new one is shown once.
+    RotateKey { account_id: String },
 }
 
 fn parse_type(s: &str) -> Result<AccountType, String> {
@@ -81,10 +84,7 @@ pub async fn run(client: &Client, json: bool, command: AccountCommand) -> Result
                     "Created {} account {} ({}).",
                     account.account_type, account.id, account.name
                 );
-                println!(
-                    "API key (shown once, keep it safe): {}",
-                    created["apiKey"].as_str().unwrap_or("?")
-                );
+                print_key(&created);
             }
         }
         AccountCommand::List => {
@@ -146,6 +146,25 @@ pub async fn run(client: &Client, json: bool, command: AccountCommand) -> Result
                 println!("Account {account_id} may now {rights} in workspace {workspace}.");
             }
         }
+        AccountCommand::RotateKey { account_id } => {
+            let rotated = client
+                .rotate_key(&account_id)
+                .await
+                .map_err(|e| e.to_string())?;
+            if json {
+                output::json(&rotated);
+            } else {
+                println!("Rotated the key of account {account_id}; the old key no longer works.");
+                print_key(&rotated);
+            }
+        }
     }
     Ok(())
+}
+
+fn print_key(answer: &serde_json::Value) {
+    println!(
+        "API key (shown once, keep it safe): {}",
+        answer["apiKey"].as_str().unwrap_or("?")
+    );
 }

@@ -17,6 +17,8 @@ use crate::core::claim::MAX_TASKS_PER_CLAIM;
 #[derive(Args)]
 pub struct AgentArgs {
     #[command(flatten)]
+    logging: super::LogArgs,
+    #[command(flatten)]
     connection: Connection,
     /// Only claim tasks of this workspace.
     #[arg(long, env = "BUILDD_WORKSPACE")]
@@ -70,7 +72,7 @@ pub struct AgentArgs {
 const CLAUDE_CREDENTIALS: [&str; 2] = ["CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_API_KEY"];
 
 pub async fn run(args: AgentArgs) -> Result<(), String> {
-    super::init_logging();
+    args.logging.init();
     let runner: Arc<dyn Runner> = match &args.command {
         Some(command) => Arc::new(CommandRunner {
             command: command.clone(),

@@ -128,17 +128,34 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr, at the level `BUILDD_LOG` sets (default `info`).
-fn init_logging() {
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BUILDD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+/// How the long-running commands (`serve`, `agent`) log.
+#[derive(clap::Args)]
+pub struct LogArgs {
+    /// `text` for people, `json` (one object per line) for log collectors.
+    #[arg(long, env = "BUILDD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogArgs {
+    /// Logs to stderr, at the level `BUILDD_LOG` sets (default `info`).
+    fn init(&self) {
+        use std::io::IsTerminal;
+        let filter = tracing_subscriber::EnvFilter::try_from_env("BUILDD_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let logs = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match self.log_format {
+            LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+            LogFormat::Json => logs.json().flatten_event(true).init(),
+        }
+    }
 }
 
 /// Returns at the first SIGTERM or SIGINT.

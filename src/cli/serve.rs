@@ -20,6 +20,8 @@ use crate::store;
 
 #[derive(Args)]
 pub struct ServeArgs {
+    #[command(flatten)]
+    logging: super::LogArgs,
     /// Address to listen on (port 0 picks a free port; the log says which).
     #[arg(long, env = "BUILDD_LISTEN", default_value = "127.0.0.1:3000")]
     listen: String,
@@ -48,7 +50,7 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> Result<(), String> {
-    super::init_logging();
+    args.logging.init();
 
     let database_url = match args.database_url {
         Some(url) => url,
@@ -92,7 +94,8 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    let events = EventHub::start(store.clone(), shutdown.clone())
+    let metrics = Arc::new(server::metrics::Metrics::default());
+    let events = EventHub::start(store.clone(), metrics.clone(), shutdown.clone())
         .await
         .map_err(|e| format!("cannot read the event log: {e}"))?;
     let state = AppState {
@@ -103,6 +106,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         new_work: Arc::new(Notify::new()),
         shutdown,
         github,
+        metrics,
     };
     info!(
         lease_ttl_secs = args.lease_ttl,

@@ -203,6 +203,16 @@ impl Client {
         self.call(Method::GET, "/api/accounts", None).await
     }
 
+    /// A new key for the account; the old one stops working.
+    pub async fn rotate_key(&self, account_id: &str) -> Result<Value> {
+        self.call(
+            Method::POST,
+            &format!("/api/accounts/{}/rotate-key", encode(account_id)),
+            None,
+        )
+        .await
+    }
+
     pub async fn grant(
         &self,
         account_id: &str,

@@ -23,6 +23,11 @@ impl StoredEvent {
     }
 }
 
+/// How many `/api/events` streams one caller (an account, or the admin token) may
+/// hold open on one server. Agents need one each and a person a few dashboard tabs;
+/// more is a leak.
+pub const MAX_STREAMS_PER_CALLER: usize = 64;
+
 /// Whether an event named `name` carrying `data` may make a claim succeed: a new task,
 /// or one back in the queue. Waiting claims on the server and idle agents both wake on
 /// it.

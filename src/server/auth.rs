@@ -1,6 +1,7 @@
 //! Who is calling: the admin, or an account identified by its key.
 
 use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
@@ -21,18 +22,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer token".into()))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::Unauthorized("Authorization must be \"Bearer TOKEN\"".into())
-            })?;
+        let token = bearer_token(&parts.headers)?;
         if keys::secrets_equal(token, &state.admin_token) {
             return Ok(Caller::Admin);
         }
@@ -48,7 +38,28 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// The token of an `Authorization: Bearer TOKEN` header.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let header = headers
+        .get(AUTHORIZATION)
+        .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer token".into()))?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::Unauthorized("Authorization must be \"Bearer TOKEN\"".into()))
+}
+
 impl Caller {
+    /// Who the caller is, for per-caller limits: the account id, or `admin`.
+    pub fn name(&self) -> &str {
+        match self {
+            Caller::Admin => "admin",
+            Caller::Account(a) => &a.id,
+        }
+    }
+
     pub fn is_admin(&self) -> bool {
         matches!(self, Caller::Admin)
     }

@@ -24,6 +24,8 @@ pub enum ApiError {
     Forbidden(String),
     NotFound(String),
     Conflict(String),
+    /// A per-caller limit was reached.
+    TooManyRequests(String),
     /// The database failed; details are logged, never sent.
     Unavailable,
 }
@@ -36,6 +38,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -49,7 +52,8 @@ impl IntoResponse for ApiError {
             | ApiError::Unauthorized(m)
             | ApiError::Forbidden(m)
             | ApiError::NotFound(m)
-            | ApiError::Conflict(m) => m,
+            | ApiError::Conflict(m)
+            | ApiError::TooManyRequests(m) => m,
             ApiError::Unavailable => "the database is unavailable; try again".to_owned(),
         };
         (status, Json(json!({ "error": message }))).into_response()

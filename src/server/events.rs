@@ -6,15 +6,17 @@
 //! and broadcasts them; a subscriber that falls behind the broadcast reads what it
 //! missed from the database itself.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::core::events::StoredEvent;
+use super::metrics::Metrics;
+use crate::core::events::{MAX_STREAMS_PER_CALLER, StoredEvent};
 use crate::store::{Store, StoreError};
 
 /// Events kept for subscribers that are momentarily slow; beyond this they catch up
@@ -27,17 +29,51 @@ pub struct EventHub {
     live: broadcast::Sender<Arc<StoredEvent>>,
     /// The newest event id broadcast so far.
     last_id: AtomicI64,
+    /// Open streams per caller (an account id, or `admin`).
+    streams: Mutex<HashMap<String, CallerStreams>>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct CallerStreams {
+    open: usize,
+    /// Cancelled when the caller's key is rotated: its streams end at once.
+    revoked: CancellationToken,
+}
+
+/// One open event stream, counted until it is dropped.
+pub struct StreamSlot {
+    hub: Arc<EventHub>,
+    caller: String,
+    /// Cancelled when the caller's key stops working on this server.
+    pub revoked: CancellationToken,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut streams = self.hub.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = streams.get_mut(&self.caller) {
+            entry.open -= 1;
+            if entry.open == 0 {
+                streams.remove(&self.caller);
+            }
+        }
+        self.hub.metrics.stream_closed();
+    }
 }
 
 impl EventHub {
     /// Starts following the store's events from the newest one, until `shutdown`.
     pub async fn start(
         store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, StoreError> {
         let hub = Arc::new(EventHub {
             live: broadcast::Sender::new(BROADCAST_CAPACITY),
             last_id: AtomicI64::new(store.last_event_id().await?),
+            streams: Mutex::default(),
+            metrics,
         });
         tokio::spawn(pump(store, hub.clone(), shutdown));
         Ok(hub)
@@ -50,6 +86,34 @@ impl EventHub {
 
     pub fn last_id(&self) -> i64 {
         self.last_id.load(Ordering::Acquire)
+    }
+
+    /// A slot for one more stream of `caller`, or `None` when it already has
+    /// [`MAX_STREAMS_PER_CALLER`] open here: a leaking client must not exhaust the
+    /// server's memory and tasks.
+    pub fn open_stream(self: &Arc<Self>, caller: &str) -> Option<StreamSlot> {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = streams.entry(caller.to_owned()).or_default();
+        if entry.open >= MAX_STREAMS_PER_CALLER {
+            return None;
+        }
+        entry.open += 1;
+        self.metrics.stream_opened();
+        Some(StreamSlot {
+            hub: self.clone(),
+            caller: caller.to_owned(),
+            revoked: entry.revoked.clone(),
+        })
+    }
+
+    /// Ends every open stream of `caller` on this server (its key was rotated).
+    pub fn revoke(&self, caller: &str) {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = streams.get_mut(caller) {
+            entry.revoked.cancel();
+            // Streams opened later, with the new key, get a switch of their own.
+            entry.revoked = CancellationToken::new();
+        }
     }
 }
 

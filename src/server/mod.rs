@@ -8,6 +8,7 @@ mod dashboard;
 mod error;
 pub mod events;
 pub mod github;
+pub mod metrics;
 mod routes;
 mod sweeper;
 
@@ -44,6 +45,7 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Wakes GitHub Actions workflows for action tasks, when a token was given.
     pub github: Option<Arc<github::Dispatcher>>,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// The whole API.

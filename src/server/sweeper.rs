@@ -44,6 +44,7 @@ async fn sweep_once(state: &AppState) -> Result<(), crate::store::StoreError> {
         if !applied.outcome.changed {
             continue;
         }
+        state.metrics.lease_expired();
         info!(
             worker = %worker_id,
             task = %applied.task.id,

@@ -79,6 +79,33 @@ pub struct ClaimRequest {
     pub workspace_id: Option<String>,
 }
 
+/// Row counts for the metrics endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct Counts {
+    /// Every status, with zero for those no task is in.
+    pub tasks_by_status: Vec<(TaskStatus, i64)>,
+    /// Workers in an [`WorkerStatus::ACTIVE`] status.
+    pub active_workers: i64,
+}
+
+impl Counts {
+    /// Builds the counts from `(status, count)` rows, naming every status once.
+    fn from_rows(rows: Vec<(String, i64)>, active_workers: i64) -> Result<Self> {
+        let mut tasks_by_status: Vec<(TaskStatus, i64)> =
+            TaskStatus::ALL.iter().map(|s| (*s, 0)).collect();
+        for (status, n) in rows {
+            let status: TaskStatus = parse_column(&status)?;
+            if let Some(entry) = tasks_by_status.iter_mut().find(|(s, _)| *s == status) {
+                entry.1 = n;
+            }
+        }
+        Ok(Counts {
+            tasks_by_status,
+            active_workers,
+        })
+    }
+}
+
 /// The rows an action left behind, and what it produced.
 #[derive(Debug, Clone)]
 pub struct Applied {
@@ -93,6 +120,9 @@ pub trait Store: Send + Sync + 'static {
     /// The account whose key hashes to `key_hash`.
     async fn account_by_key_hash(&self, key_hash: &str) -> Result<Option<Account>>;
     async fn get_account(&self, id: &str) -> Result<Option<Account>>;
+    /// Replaces the account's key: the old one stops working with this commit.
+    /// False when there is no such account.
+    async fn set_account_key(&self, id: &str, key_hash: &str) -> Result<bool>;
     async fn list_accounts(&self) -> Result<Vec<Account>>;
 
     async fn create_workspace(&self, workspace: &Workspace) -> Result<()>;
@@ -169,6 +199,12 @@ pub trait Store: Send + Sync + 'static {
     /// Changes whenever events may have been written: by this process (SQLite), or by
     /// any server of the cluster (Postgres, through `LISTEN`). The value means nothing.
     fn event_signal(&self) -> watch::Receiver<u64>;
+
+    /// How many tasks are in each status and how many workers hold a slot, for
+    /// `/metrics`: the whole cluster's figures, whichever server is asked.
+    async fn counts(&self) -> Result<Counts>;
+    /// Answers when the database does; for `/readyz`.
+    async fn ping(&self) -> Result<()>;
 
     /// Ids of leased workers whose last heartbeat is older than `cutoff`. The sweeper
     /// expires each with [`Action::Expire`], which re-checks under lock, so two servers

@@ -20,8 +20,8 @@ use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row, Transaction};
 use tokio::sync::watch;
 
 use super::{
-    ACCOUNT_COLUMNS, ATTACHMENT_COLUMNS, Applied, ClaimRequest, Result, SOURCE_COLUMNS, Store,
-    StoreError, TASK_COLUMNS, TaskFilter, WORKER_COLUMNS, WORKSPACE_COLUMNS, WorkerFilter,
+    ACCOUNT_COLUMNS, ATTACHMENT_COLUMNS, Applied, ClaimRequest, Counts, Result, SOURCE_COLUMNS,
+    Store, StoreError, TASK_COLUMNS, TaskFilter, WORKER_COLUMNS, WORKSPACE_COLUMNS, WorkerFilter,
     parse_column, status_list,
 };
 use crate::core::actions::{self, Action, UsageChange};
@@ -815,6 +815,15 @@ impl Store for PostgresStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn set_account_key(&self, id: &str, key_hash: &str) -> Result<bool> {
+        let done = sqlx::query("UPDATE accounts SET key_hash = $2 WHERE id = $1")
+            .bind(id)
+            .bind(key_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn get_grant(&self, account_id: &str, workspace_id: &str) -> Result<Option<Grant>> {
         let row = sqlx::query(
             "SELECT account_id, workspace_id, can_claim, can_create FROM account_workspaces \
@@ -1121,6 +1130,24 @@ impl Store for PostgresStore {
 
     fn event_signal(&self) -> watch::Receiver<u64> {
         self.events_seen.subscribe()
+    }
+
+    async fn counts(&self) -> Result<Counts> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM tasks GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        let sql = format!(
+            "SELECT COUNT(*) FROM workers WHERE status IN ({})",
+            status_list(WorkerStatus::ACTIVE)
+        );
+        let active: i64 = sqlx::query_scalar(built(sql)).fetch_one(&self.pool).await?;
+        Counts::from_rows(rows, active)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
 
     async fn stale_workers(&self, cutoff: Timestamp) -> Result<Vec<String>> {

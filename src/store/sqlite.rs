@@ -17,8 +17,8 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::{
-    ACCOUNT_COLUMNS, ATTACHMENT_COLUMNS, Applied, ClaimRequest, Result, SOURCE_COLUMNS, Store,
-    StoreError, TASK_COLUMNS, TaskFilter, WORKER_COLUMNS, WORKSPACE_COLUMNS, WorkerFilter,
+    ACCOUNT_COLUMNS, ATTACHMENT_COLUMNS, Applied, ClaimRequest, Counts, Result, SOURCE_COLUMNS,
+    Store, StoreError, TASK_COLUMNS, TaskFilter, WORKER_COLUMNS, WORKSPACE_COLUMNS, WorkerFilter,
     parse_column, status_list,
 };
 use crate::core::actions::{self, Action, UsageChange};
@@ -561,6 +561,18 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn set_account_key(&self, id: &str, key_hash: &str) -> Result<bool> {
+        let (id, hash) = (id.to_owned(), key_hash.to_owned());
+        self.write(move |tx| {
+            let n = tx.execute(
+                "UPDATE accounts SET key_hash = ?2 WHERE id = ?1",
+                params![id, hash],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
     async fn get_grant(&self, account_id: &str, workspace_id: &str) -> Result<Option<Grant>> {
         let (a, w) = (account_id.to_owned(), workspace_id.to_owned());
         self.read(move |c| {
@@ -1000,6 +1012,30 @@ impl Store for SqliteStore {
 
     fn event_signal(&self) -> watch::Receiver<u64> {
         self.events_written.subscribe()
+    }
+
+    async fn counts(&self) -> Result<Counts> {
+        self.read(|c| {
+            let rows = c
+                .prepare_cached("SELECT status, COUNT(*) FROM tasks GROUP BY status")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<(String, i64)>>>()?;
+            let sql = format!(
+                "SELECT COUNT(*) FROM workers WHERE status IN ({})",
+                status_list(WorkerStatus::ACTIVE)
+            );
+            let active: i64 = c.query_row(&sql, [], |r| r.get(0))?;
+            Counts::from_rows(rows, active)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.read(|c| {
+            Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map(|_| ())?)
+        })
+        .await
     }
 
     async fn stale_workers(&self, cutoff: Timestamp) -> Result<Vec<String>> {

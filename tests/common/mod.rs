@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 pub mod agent;
@@ -70,6 +70,8 @@ pub struct Server {
     child: Child,
     pub url: String,
     pub data_dir: PathBuf,
+    /// Everything the server logged so far.
+    pub log: Arc<Mutex<String>>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -104,15 +106,22 @@ impl Server {
             .expect("start buildd serve");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let log = Arc::new(Mutex::new(String::new()));
+        let kept = log.clone();
         // Keep draining the log so the server never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if std::env::var_os("BUILDD_TEST_LOG").is_some() {
                     eprintln!("[server] {line}");
                 }
+                let mut kept = kept.lock().unwrap();
+                kept.push_str(&line);
+                kept.push('\n');
+                drop(kept);
                 if let Some(at) = line.find("listening on http://") {
+                    // Text or JSON logs: the address ends at a space or a quote.
                     let addr = line[at + "listening on ".len()..]
-                        .split_whitespace()
+                        .split([' ', '"'])
                         .next()
                         .unwrap()
                         .to_owned();
@@ -127,6 +136,7 @@ impl Server {
             child,
             url,
             data_dir: data_dir.to_owned(),
+            log,
             _tmp: None,
         }
     }
@@ -340,6 +350,19 @@ impl EventReader {
                 .ok()?;
             let bytes = chunk.expect("stream readable")?;
             self.buffer.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+
+    /// Whether the server ends the stream within `timeout` (events and keep-alives
+    /// before the end are skipped).
+    pub async fn ends_within(&mut self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.response.chunk()).await {
+                Err(_) => return false,
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) | Ok(Err(_)) => return true,
+            }
         }
     }
 

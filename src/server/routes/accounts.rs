@@ -187,3 +187,34 @@ pub async fn revoke(
         )))
     }
 }
+
+/// `POST /api/accounts/:id/rotate-key` (admin, or the account itself): a new key,
+/// shown once. The old key stops working with this request, and its event streams on
+/// this server end at once (on other servers of the cluster within seconds).
+pub async fn rotate_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    match &caller {
+        Caller::Account(a) if a.id == id => {}
+        _ => caller.require_admin()?,
+    }
+    let account = find(&state, &id).await?;
+    let api_key = keys::new_account_key(account.account_type);
+    if !state
+        .store
+        .set_account_key(&account.id, &keys::hash_key(&api_key))
+        .await?
+    {
+        return Err(ApiError::NotFound(format!("account {id} not found")));
+    }
+    state.events.revoke(&account.id);
+    tracing::info!(account = %account.id, "account key rotated");
+    let rotated = CreatedAccount {
+        account,
+        api_key,
+        warnings: Vec::new(),
+    };
+    Ok(Json(json!(rotated)))
+}

@@ -12,16 +12,19 @@ use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::core::events::StoredEvent;
+use crate::core::events::{MAX_STREAMS_PER_CALLER, StoredEvent};
+use crate::core::keys;
 use crate::server::AppState;
-use crate::server::auth::Caller;
+use crate::server::auth::{Caller, bearer_token};
 use crate::server::error::{ApiError, ApiResult, Params};
-use crate::server::events::READ_BATCH;
+use crate::server::events::{READ_BATCH, StreamSlot};
 
 /// Comment lines keep idle streams (and the proxies in front of them) open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// How long an account's list of granted workspaces is trusted before it is read
-/// again, so that a revoked grant stops the flow soon without a query per event.
+/// How long an account's key and list of granted workspaces are trusted before they
+/// are read again, so that a revoked grant, or a key rotated through another server of
+/// the cluster, stops the flow soon without a query per event. (A key rotated through
+/// this server ends its streams at once.)
 const GRANTS_TTL: Duration = Duration::from_secs(5);
 
 #[derive(Deserialize)]
@@ -55,17 +58,28 @@ pub async fn stream(
         None => query.last_event_id,
     };
 
+    let slot = state.events.open_stream(caller.name()).ok_or_else(|| {
+        ApiError::TooManyRequests(format!(
+            "this caller already has {MAX_STREAMS_PER_CALLER} event streams open; close one first"
+        ))
+    })?;
+    let key_hash = match &caller {
+        Caller::Admin => None,
+        Caller::Account(_) => Some(keys::hash_key(bearer_token(&headers)?)),
+    };
+
     // Subscribe before reading the backlog, so nothing falls between the two.
     let live = state.events.subscribe();
     let start = resume.unwrap_or_else(|| state.events.last_id());
     let view = View {
         account: caller.scope(),
+        key_hash,
         workspace: query.workspace_id,
         granted: HashSet::new(),
         checked: None,
     };
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(follow(state, view, start, live, tx));
+    tokio::spawn(follow(state, slot, view, start, live, tx));
     Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
@@ -73,35 +87,54 @@ pub async fn stream(
 struct View {
     /// The account watching, or `None` for the admin.
     account: Option<String>,
+    /// The hash of the key the account connected with.
+    key_hash: Option<String>,
     /// The `?workspaceId=` filter.
     workspace: Option<String>,
     granted: HashSet<String>,
     checked: Option<Instant>,
 }
 
+/// What to do with one event.
+enum Verdict {
+    Send,
+    Skip,
+    /// The caller's key no longer works: end the stream.
+    End,
+}
+
 impl View {
-    async fn allows(&mut self, state: &AppState, event: &StoredEvent) -> bool {
+    async fn judge(&mut self, state: &AppState, event: &StoredEvent) -> Verdict {
         if self
             .workspace
             .as_ref()
             .is_some_and(|ws| *ws != event.workspace_id)
         {
-            return false;
+            return Verdict::Skip;
         }
-        let Some(account) = &self.account else {
-            return true;
+        let (Some(account), Some(key_hash)) = (&self.account, &self.key_hash) else {
+            return Verdict::Send;
         };
         if self.checked.is_none_or(|at| at.elapsed() > GRANTS_TTL) {
+            match state.store.account_by_key_hash(key_hash).await {
+                Ok(Some(a)) if a.id == *account => {}
+                Ok(_) => return Verdict::End,
+                // Without a fresh answer, show nothing rather than too much.
+                Err(_) => return Verdict::Skip,
+            }
             match state.store.list_workspaces(Some(account)).await {
                 Ok(list) => {
                     self.granted = list.into_iter().map(|w| w.id).collect();
                     self.checked = Some(Instant::now());
                 }
-                // Without a fresh list, show nothing rather than too much.
-                Err(_) => return false,
+                Err(_) => return Verdict::Skip,
             }
         }
-        self.granted.contains(&event.workspace_id)
+        if self.granted.contains(&event.workspace_id) {
+            Verdict::Send
+        } else {
+            Verdict::Skip
+        }
     }
 }
 
@@ -115,6 +148,7 @@ fn to_sse(event: &StoredEvent) -> SseEvent {
 /// Sends everything after `last` the view allows: first from the database, then live.
 async fn follow(
     state: AppState,
+    slot: StreamSlot,
     mut view: View,
     mut last: i64,
     mut live: broadcast::Receiver<Arc<StoredEvent>>,
@@ -126,6 +160,7 @@ async fn follow(
     loop {
         let received = tokio::select! {
             _ = state.shutdown.cancelled() => return,
+            _ = slot.revoked.cancelled() => return,
             _ = tx.closed() => return,
             received = live.recv() => received,
         };
@@ -181,8 +216,9 @@ async fn deliver(
     tx: &mpsc::Sender<Result<SseEvent, Infallible>>,
 ) -> bool {
     *last = event.id;
-    if !view.allows(state, event).await {
-        return true;
+    match view.judge(state, event).await {
+        Verdict::Send => tx.send(Ok(to_sse(event))).await.is_ok(),
+        Verdict::Skip => true,
+        Verdict::End => false,
     }
-    tx.send(Ok(to_sse(event))).await.is_ok()
 }

@@ -2,6 +2,7 @@
 
 mod accounts;
 mod events;
+mod ops;
 mod tasks;
 mod workers;
 mod workspaces;
@@ -18,10 +19,13 @@ use crate::core::validate;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
         .route("/api/me", get(accounts::me))
         .route("/api/events", get(events::stream))
         .route("/api/accounts", post(accounts::create).get(accounts::list))
         .route("/api/accounts/{id}", get(accounts::show))
+        .route("/api/accounts/{id}/rotate-key", post(accounts::rotate_key))
         .route("/api/accounts/{id}/workspaces", post(accounts::grant))
         .route(
             "/api/accounts/{id}/workspaces/{workspace_id}",

@@ -1,7 +1,7 @@
 //! Workers: claimed by agents, reported on by their own account, steered by people.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
@@ -67,7 +67,7 @@ pub async fn claim(
         workspace_id: body.workspace_id,
     };
     let claimed = if wait == 0 {
-        state.store.claim(&account, &request, time::now()).await?
+        claim_now(&state, &account, &request).await?
     } else {
         claim_waiting(&state, &account, &request, Duration::from_secs(wait)).await?
     };
@@ -87,6 +87,18 @@ pub async fn claim(
     })))
 }
 
+/// One claim transaction, timed for `/metrics`.
+async fn claim_now(
+    state: &AppState,
+    account: &Account,
+    request: &ClaimRequest,
+) -> ApiResult<Vec<(Worker, Task)>> {
+    let started = Instant::now();
+    let claimed = state.store.claim(account, request, time::now()).await?;
+    state.metrics.claimed(started.elapsed(), claimed.len());
+    Ok(claimed)
+}
+
 /// Claims, and while nothing fits, waits for a sign that something may (a task
 /// created or requeued anywhere in the cluster, a new grant) until `wait` is up.
 async fn claim_waiting(
@@ -104,7 +116,7 @@ async fn claim_waiting(
         tokio::pin!(woken);
         woken.as_mut().enable();
 
-        let claimed = state.store.claim(account, request, time::now()).await?;
+        let claimed = claim_now(state, account, request).await?;
         if !claimed.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(claimed);
         }
