@@ -19,7 +19,7 @@ pub const MAX_TEXT_LEN: usize = 64 * 1024;
 pub const MAX_FIELD_LEN: usize = 2048;
 
 /// What a worker's owner may report, all optional (`PATCH /api/workers/:id`).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkerUpdate {
     pub status: Option<WorkerStatus>,

@@ -1,16 +1,20 @@
 //! The resources, exactly as the API shows them (camelCase JSON).
+//!
+//! They derive [`ToSchema`], so `GET /api/openapi.json` describes the very types the
+//! handlers serialise. Timestamps are written `DateTime<Utc>` (the same type as
+//! [`super::time::Timestamp`]) because the schema derive knows that name.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-use super::time::Timestamp;
+use utoipa::ToSchema;
 
 /// A closed set of lowercase names: serialised as the name, stored as the name, parsed
 /// from the name with an error that lists the accepted ones.
 macro_rules! string_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         pub enum $name {
             $(#[serde(rename = $text)] $variant),+
         }
@@ -124,7 +128,7 @@ impl WorkerStatus {
     ];
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Account {
     pub id: String,
@@ -136,21 +140,21 @@ pub struct Account {
     pub max_concurrent_sessions: Option<i64>,
     pub max_cost_per_day: Option<f64>,
     pub github_repo: Option<String>,
-    pub created_at: Timestamp,
+    pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Workspace {
     pub id: String,
     pub name: String,
     pub repo_url: Option<String>,
     pub default_branch: String,
-    pub created_at: Timestamp,
+    pub created_at: DateTime<Utc>,
 }
 
 /// What an account may do in a workspace.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Grant {
     pub account_id: String,
@@ -159,7 +163,7 @@ pub struct Grant {
     pub can_create: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Task {
     pub id: String,
@@ -174,9 +178,9 @@ pub struct Task {
     pub max_cost_usd: Option<f64>,
     pub claimed_by: Option<String>,
     pub worker_id: Option<String>,
-    pub created_at: Timestamp,
-    pub claimed_at: Option<Timestamp>,
-    pub completed_at: Option<Timestamp>,
+    pub created_at: DateTime<Utc>,
+    pub claimed_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
     pub result: Option<Value>,
     /// Where the task came from; `None` for a task made by hand.
     pub source_id: Option<String>,
@@ -185,7 +189,7 @@ pub struct Task {
 /// Where tasks come from: a GitHub issue, a pull request, an alert, a schedule…
 /// Tasks created for the same `(type, externalId)` in a workspace share one source,
 /// so everything done about, say, one issue can be found together.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Source {
     pub id: String,
@@ -194,11 +198,11 @@ pub struct Source {
     pub source_type: String,
     pub external_id: Option<String>,
     pub url: Option<String>,
-    pub created_at: Timestamp,
+    pub created_at: DateTime<Utc>,
 }
 
 /// One attempt of one task by one account.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Worker {
     pub id: String,
@@ -214,16 +218,16 @@ pub struct Worker {
     pub pr_url: Option<String>,
     pub question: Option<String>,
     pub error: Option<String>,
-    pub started_at: Timestamp,
-    pub heartbeat_at: Timestamp,
-    pub finished_at: Option<Timestamp>,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
     /// A person's answer to `question`, held until the agent's next heartbeat takes it.
     #[serde(skip)]
     pub pending_reply: Option<String>,
 }
 
 /// Something a worker produced, kept per task across all its attempts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Artifact {
     pub kind: ArtifactKind,
@@ -232,17 +236,17 @@ pub struct Artifact {
 }
 
 /// An artifact as stored: which worker made it, and when.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecordedArtifact {
     pub worker_id: String,
     #[serde(flatten)]
     pub artifact: Artifact,
-    pub created_at: Timestamp,
+    pub created_at: DateTime<Utc>,
 }
 
 /// A note on a task, from a person or an agent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Comment {
     pub id: i64,
@@ -250,12 +254,12 @@ pub struct Comment {
     /// The account id of the author, or `admin`.
     pub author: String,
     pub body: String,
-    pub created_at: Timestamp,
+    pub created_at: DateTime<Utc>,
 }
 
 /// A file a worker's run produced (a screenshot, a log), stored with the worker. The
 /// bytes are fetched separately from this description.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Attachment {
     pub id: String,
@@ -266,16 +270,16 @@ pub struct Attachment {
     pub name: String,
     pub content_type: String,
     pub size: i64,
-    pub created_at: Timestamp,
+    pub created_at: DateTime<Utc>,
 }
 
 /// One entry of a worker's runner stream, numbered from 1 per worker.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
     pub seq: i64,
     pub message: Value,
-    pub created_at: Timestamp,
+    pub created_at: DateTime<Utc>,
 }
 
 #[cfg(test)]

@@ -5,14 +5,18 @@
 //! bad query string) into a 4xx of this shape, and [`json_errors`] rewrites any
 //! remaining plain-text error (an unknown route, a wrong method) the same way.
 
+use std::collections::BTreeMap;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use utoipa::openapi::{self, RefOr};
+use utoipa::{IntoResponses, ToSchema};
 
 use crate::core::RuleError;
 use crate::store::StoreError;
@@ -56,7 +60,7 @@ impl IntoResponse for ApiError {
             | ApiError::TooManyRequests(m) => m,
             ApiError::Unavailable => "the database is unavailable; try again".to_owned(),
         };
-        (status, Json(json!({ "error": message }))).into_response()
+        error_body(status, message)
     }
 }
 
@@ -84,6 +88,58 @@ impl From<StoreError> for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// The body of every error answer.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What is wrong, for a person to read.
+    pub error: String,
+}
+
+fn error_body(status: StatusCode, error: String) -> Response {
+    (status, Json(ErrorBody { error })).into_response()
+}
+
+/// Every error an endpoint may answer, for the OpenAPI description: listed once, here,
+/// beside the type that produces them.
+impl IntoResponses for ApiError {
+    fn responses() -> BTreeMap<String, RefOr<openapi::response::Response>> {
+        [
+            (
+                StatusCode::BAD_REQUEST,
+                "Malformed JSON, a wrong type, an unknown enum value, an out-of-range number or a bad query string",
+            ),
+            (StatusCode::UNAUTHORIZED, "No token, or an unknown one"),
+            (StatusCode::FORBIDDEN, "A known token that may not do this"),
+            (StatusCode::NOT_FOUND, "An unknown id"),
+            (
+                StatusCode::CONFLICT,
+                "A change the resource's current state does not allow",
+            ),
+            (StatusCode::PAYLOAD_TOO_LARGE, "The request body is too large"),
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                "A per-caller limit was reached (open event streams)",
+            ),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The database is unavailable; retry",
+            ),
+        ]
+        .into_iter()
+        .map(|(status, description)| {
+            let content = openapi::ContentBuilder::new()
+                .schema(Some(openapi::Ref::from_schema_name("ErrorBody")))
+                .build();
+            let response = openapi::ResponseBuilder::new()
+                .description(description)
+                .content("application/json", content)
+                .build();
+            (status.as_str().to_owned(), RefOr::T(response))
+        })
+        .collect()
+    }
+}
+
 /// A JSON request body. Any content type is accepted (people forget the header with
 /// curl), and an empty body reads as `{}` so that a missing field gets a message that
 /// names it.
@@ -100,7 +156,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             } else {
                 rejection.body_text()
             };
-            (status, Json(json!({ "error": message }))).into_response()
+            error_body(status, message)
         })?;
         let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
@@ -139,7 +195,7 @@ pub async fn json_errors(response: Response) -> Response {
         return response;
     }
     let reason = status.canonical_reason().unwrap_or("error").to_lowercase();
-    let mut rewritten = (status, Json(json!({ "error": reason }))).into_response();
+    let mut rewritten = error_body(status, reason);
     if let Some(allow) = response.headers().get(header::ALLOW) {
         rewritten.headers_mut().insert(header::ALLOW, allow.clone());
     }
@@ -154,9 +210,5 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("unknown panic");
     tracing::error!(%detail, "request handler panicked");
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        Json(json!({ "error": "internal error" })),
-    )
-        .into_response()
+    error_body(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
 }

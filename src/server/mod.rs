@@ -9,6 +9,7 @@ mod error;
 pub mod events;
 pub mod github;
 pub mod metrics;
+mod openapi;
 mod routes;
 mod sweeper;
 

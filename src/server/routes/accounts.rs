@@ -4,7 +4,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::core::ids::{IdKind, new_id};
 use crate::core::keys;
@@ -16,7 +17,7 @@ use crate::server::error::{ApiError, ApiResult, Body};
 
 /// `POST /api/accounts`. Unknown fields are ignored so the original README's bodies
 /// work as they are; the Claude credentials those carry are read only to be refused.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NewAccount {
     #[serde(rename = "type")]
@@ -29,13 +30,15 @@ pub struct NewAccount {
     github_repo: Option<String>,
     /// The original README's name for `githubRepo`.
     github_id: Option<String>,
+    /// Refused: never stored (a warning says so).
     anthropic_api_key: Option<Value>,
+    /// Refused: never stored (a warning says so).
     oauth_token: Option<Value>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct CreatedAccount {
+pub struct CreatedAccount {
     #[serde(flatten)]
     account: Account,
     api_key: String,
@@ -43,11 +46,13 @@ struct CreatedAccount {
     warnings: Vec<String>,
 }
 
+#[utoipa::path(post, path = "/api/accounts", tag = "accounts", request_body = NewAccount,
+    responses((status = 201, description = "The account and its key, shown this once", body = CreatedAccount), ApiError))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     Body(body): Body<NewAccount>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<CreatedAccount>)> {
     caller.require_admin()?;
     validate::text("name", &body.name, validate::MAX_NAME_LEN)?;
     validate::non_negative_count("maxConcurrentWorkers", body.max_concurrent_workers)?;
@@ -95,16 +100,24 @@ pub async fn create(
         api_key,
         warnings,
     };
-    Ok((StatusCode::CREATED, Json(json!(created))))
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
-pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+#[derive(Serialize, ToSchema)]
+pub struct AccountList {
+    accounts: Vec<Account>,
+}
+
+#[utoipa::path(get, path = "/api/accounts", tag = "accounts",
+    responses((status = 200, description = "Every account (admin)", body = AccountList), ApiError))]
+pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<AccountList>> {
     caller.require_admin()?;
-    Ok(Json(
-        json!({ "accounts": state.store.list_accounts().await? }),
-    ))
+    let accounts = state.store.list_accounts().await?;
+    Ok(Json(AccountList { accounts }))
 }
 
+#[utoipa::path(get, path = "/api/accounts/{id}", tag = "accounts", params(("id" = String, Path, description = "The account's id")),
+    responses((status = 200, description = "The account (admin)", body = Account), ApiError))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -116,11 +129,21 @@ pub async fn show(
 
 /// `GET /api/me`: the calling account, or `{"admin": true}` for the admin token, so
 /// that a client can check any token it was given.
-pub async fn me(caller: Caller) -> Json<Value> {
-    match caller {
-        Caller::Admin => Json(json!({ "admin": true })),
-        Caller::Account(account) => Json(json!(account)),
-    }
+#[utoipa::path(get, path = "/api/me", tag = "accounts",
+    responses((status = 200, description = "The calling account, or `{\"admin\": true}`", body = Me), ApiError))]
+pub async fn me(caller: Caller) -> Json<Me> {
+    Json(match caller {
+        Caller::Admin => Me::Admin { admin: true },
+        Caller::Account(account) => Me::Account(account),
+    })
+}
+
+/// Who `GET /api/me` says the caller is.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Me {
+    Admin { admin: bool },
+    Account(Account),
 }
 
 async fn find(state: &AppState, id: &str) -> ApiResult<Account> {
@@ -131,7 +154,7 @@ async fn find(state: &AppState, id: &str) -> ApiResult<Account> {
         .ok_or_else(|| ApiError::NotFound(format!("account {id} not found")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NewGrant {
     workspace_id: String,
@@ -142,6 +165,8 @@ pub struct NewGrant {
 }
 
 /// `POST /api/accounts/:id/workspaces`: grants (or changes the grant of) a workspace.
+#[utoipa::path(post, path = "/api/accounts/{id}/workspaces", tag = "accounts", params(("id" = String, Path, description = "The account's id")), request_body = NewGrant,
+    responses((status = 200, description = "The grant, new or changed", body = Grant), ApiError))]
 pub async fn grant(
     State(state): State<AppState>,
     caller: Caller,
@@ -173,6 +198,9 @@ pub async fn grant(
     Ok(Json(grant))
 }
 
+#[utoipa::path(delete, path = "/api/accounts/{id}/workspaces/{workspace_id}", tag = "accounts",
+    params(("id" = String, Path, description = "The account's id"), ("workspace_id" = String, Path, description = "The workspace's id")),
+    responses((status = 204, description = "The grant is gone"), ApiError))]
 pub async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
@@ -191,11 +219,13 @@ pub async fn revoke(
 /// `POST /api/accounts/:id/rotate-key` (admin, or the account itself): a new key,
 /// shown once. The old key stops working with this request, and its event streams on
 /// this server end at once (on other servers of the cluster within seconds).
+#[utoipa::path(post, path = "/api/accounts/{id}/rotate-key", tag = "accounts", params(("id" = String, Path, description = "The account's id")),
+    responses((status = 200, description = "The account and its new key, shown this once", body = CreatedAccount), ApiError))]
 pub async fn rotate_key(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<CreatedAccount>> {
     match &caller {
         Caller::Account(a) if a.id == id => {}
         _ => caller.require_admin()?,
@@ -216,5 +246,5 @@ pub async fn rotate_key(
         api_key,
         warnings: Vec::new(),
     };
-    Ok(Json(json!(rotated)))
+    Ok(Json(rotated))
 }

@@ -11,6 +11,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, KeepAliveStream, Sse};
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+use utoipa::IntoParams;
 
 use crate::core::events::{MAX_STREAMS_PER_CALLER, StoredEvent};
 use crate::core::keys;
@@ -27,15 +28,24 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// this server ends its streams at once.)
 const GRANTS_TTL: Duration = Duration::from_secs(5);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// Only this workspace's events.
     workspace_id: Option<String>,
+    /// Resume after this event id (the `Last-Event-ID` header wins); 0 replays all.
     last_event_id: Option<i64>,
 }
 
 type EventStream = Sse<KeepAliveStream<ReceiverStream<Result<SseEvent, Infallible>>>>;
 
+#[utoipa::path(get, path = "/api/events", tag = "events",
+    params(EventsQuery, ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id")),
+    responses(
+        (status = 200, description = "Server-Sent Events: `task.created`, `task.updated`, `worker.updated`, `worker.message`, each with an increasing `id:` and JSON `data:`", content_type = "text/event-stream", body = String),
+        ApiError,
+    ))]
 pub async fn stream(
     State(state): State<AppState>,
     caller: Caller,

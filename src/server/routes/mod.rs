@@ -1,4 +1,8 @@
 //! The API's routes, one module per resource.
+//!
+//! Every route is registered through [`api`], which collects each handler together
+//! with its `#[utoipa::path]` description: a route cannot exist without being in
+//! `GET /api/openapi.json`, nor be described there without existing.
 
 mod accounts;
 mod events;
@@ -7,70 +11,68 @@ mod tasks;
 mod workers;
 mod workspaces;
 
+use std::sync::OnceLock;
+
+use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
-use serde_json::{Value, json};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::ApiError;
+use super::openapi::ApiDoc;
 use crate::core::validate;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/api/me", get(accounts::me))
-        .route("/api/events", get(events::stream))
-        .route("/api/accounts", post(accounts::create).get(accounts::list))
-        .route("/api/accounts/{id}", get(accounts::show))
-        .route("/api/accounts/{id}/rotate-key", post(accounts::rotate_key))
-        .route("/api/accounts/{id}/workspaces", post(accounts::grant))
-        .route(
-            "/api/accounts/{id}/workspaces/{workspace_id}",
-            delete(accounts::revoke),
-        )
-        .route(
-            "/api/workspaces",
-            post(workspaces::create).get(workspaces::list),
-        )
-        .route("/api/workspaces/{id}", get(workspaces::show))
-        .route("/api/tasks", post(tasks::create).get(tasks::list))
-        .route("/api/tasks/{id}", get(tasks::show))
-        .route("/api/tasks/{id}/cancel", post(tasks::cancel))
-        .route("/api/tasks/{id}/reply", post(tasks::reply))
-        .route("/api/tasks/{id}/artifacts", get(tasks::artifacts))
-        .route(
-            "/api/tasks/{id}/comments",
-            post(tasks::comment).get(tasks::comments),
-        )
-        .route("/api/sources/{id}", get(tasks::source))
-        .route("/api/workers", get(workers::list))
-        .route("/api/workers/claim", post(workers::claim))
-        .route(
-            "/api/workers/{id}",
-            get(workers::show).patch(workers::update),
-        )
-        .route("/api/workers/{id}/heartbeat", post(workers::heartbeat))
-        .route(
-            "/api/workers/{id}/messages",
-            post(workers::append_messages).get(workers::messages),
-        )
-        .route(
-            "/api/workers/{id}/attachments",
-            post(workers::attach)
-                .layer(DefaultBodyLimit::max(validate::MAX_ATTACHMENT_BYTES))
-                .get(workers::attachments),
-        )
-        .route("/api/attachments/{id}", get(workers::attachment))
-        .route("/api/workers/{id}/pause", post(workers::pause))
-        .route("/api/workers/{id}/start", post(workers::start))
-        .fallback(not_found)
+/// The API's routes, each with its description.
+fn api() -> OpenApiRouter<AppState> {
+    let (schemas, paths, attachments) = routes!(workers::attach, workers::attachments);
+    // Attachments are files: they get a larger body limit than JSON requests.
+    let attachments = (
+        schemas,
+        paths,
+        attachments.layer(DefaultBodyLimit::max(validate::MAX_ATTACHMENT_BYTES)),
+    );
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+        .routes(routes!(accounts::me))
+        .routes(routes!(events::stream))
+        .routes(routes!(accounts::create, accounts::list))
+        .routes(routes!(accounts::show))
+        .routes(routes!(accounts::rotate_key))
+        .routes(routes!(accounts::grant))
+        .routes(routes!(accounts::revoke))
+        .routes(routes!(workspaces::create, workspaces::list))
+        .routes(routes!(workspaces::show))
+        .routes(routes!(tasks::create, tasks::list))
+        .routes(routes!(tasks::show))
+        .routes(routes!(tasks::cancel))
+        .routes(routes!(tasks::reply))
+        .routes(routes!(tasks::artifacts))
+        .routes(routes!(tasks::comment, tasks::comments))
+        .routes(routes!(tasks::source))
+        .routes(routes!(workers::list))
+        .routes(routes!(workers::claim))
+        .routes(routes!(workers::show, workers::update))
+        .routes(routes!(workers::heartbeat))
+        .routes(routes!(workers::append_messages, workers::messages))
+        .routes(attachments)
+        .routes(routes!(workers::attachment))
+        .routes(routes!(workers::pause))
+        .routes(routes!(workers::start))
 }
 
-async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+pub fn routes() -> Router<AppState> {
+    api().split_for_parts().0.fallback(not_found)
+}
+
+/// The OpenAPI description of every route, built once.
+pub fn spec() -> &'static utoipa::openapi::OpenApi {
+    static SPEC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    SPEC.get_or_init(|| api().split_for_parts().1)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -84,5 +86,37 @@ fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
         _ => Err(ApiError::BadRequest(
             "limit must be between 1 and 1000".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use crate::core::claim::{MAX_TASKS_PER_CLAIM, MAX_WAIT_SECS};
+    use crate::core::validate::MAX_MESSAGES_PER_BATCH;
+
+    /// Bounds written as numbers in `#[schema]` attributes must follow the constants
+    /// the handlers check.
+    #[test]
+    fn described_bounds_follow_the_rules() {
+        let spec = serde_json::to_value(super::spec()).unwrap();
+        let schemas = &spec["components"]["schemas"];
+        let claim = &schemas["ClaimBody"]["properties"];
+        assert_eq!(claim["maxTasks"]["maximum"], json!(MAX_TASKS_PER_CLAIM));
+        assert_eq!(claim["wait"]["maximum"], json!(MAX_WAIT_SECS));
+        assert_eq!(
+            schemas["MessagesBody"]["properties"]["messages"]["maxItems"],
+            json!(MAX_MESSAGES_PER_BATCH)
+        );
+        let limits: Vec<&Value> = ["/api/tasks", "/api/workers"]
+            .iter()
+            .flat_map(|p| spec["paths"][p]["get"]["parameters"].as_array().unwrap())
+            .filter(|p| p["name"] == "limit")
+            .collect();
+        assert_eq!(limits.len(), 2);
+        for limit in limits {
+            assert_eq!(limit["schema"]["maximum"], json!(1000));
+        }
     }
 }

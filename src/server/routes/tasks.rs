@@ -4,20 +4,20 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::page_limit;
 use crate::core::actions::Action;
 use crate::core::ids::{IdKind, new_id};
-use crate::core::model::{Comment, RunnerPreference, Source, Task, TaskStatus};
+use crate::core::model::{Comment, RecordedArtifact, RunnerPreference, Source, Task, TaskStatus};
 use crate::core::{time, validate};
 use crate::server::AppState;
 use crate::server::auth::{Access, Caller};
 use crate::server::error::{ApiError, ApiResult, Body, Params};
 use crate::store::TaskFilter;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NewTask {
     workspace_id: String,
@@ -34,7 +34,7 @@ pub struct NewTask {
 
 /// Where a new task came from, e.g. `{"type": "github_issue", "externalId":
 /// "my-org/my-repo#12", "url": "https://github.com/my-org/my-repo/issues/12"}`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NewSource {
     #[serde(rename = "type")]
@@ -43,6 +43,8 @@ pub struct NewSource {
     url: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/tasks", tag = "tasks", request_body = NewTask,
+    responses((status = 201, description = "The task, pending", body = Task), ApiError))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -116,20 +118,30 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(task)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     workspace_id: Option<String>,
     status: Option<TaskStatus>,
     source_id: Option<String>,
+    /// 1–1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct TaskList {
+    tasks: Vec<Task>,
+}
+
+#[utoipa::path(get, path = "/api/tasks", tag = "tasks", params(ListQuery),
+    responses((status = 200, description = "Tasks the caller may see, newest first", body = TaskList), ApiError))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Params(query): Params<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TaskList>> {
     let filter = TaskFilter {
         workspace_id: query.workspace_id,
         status: query.status,
@@ -137,9 +149,8 @@ pub async fn list(
         visible_to: caller.scope(),
         limit: page_limit(query.limit)?,
     };
-    Ok(Json(
-        json!({ "tasks": state.store.list_tasks(&filter).await? }),
-    ))
+    let tasks = state.store.list_tasks(&filter).await?;
+    Ok(Json(TaskList { tasks }))
 }
 
 /// The task, if the caller may see it (any grant on its workspace), and what the
@@ -154,6 +165,8 @@ async fn visible_task(state: &AppState, caller: &Caller, id: &str) -> ApiResult<
     Ok((task, access))
 }
 
+#[utoipa::path(get, path = "/api/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "The task's id")),
+    responses((status = 200, description = "The task", body = Task), ApiError))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -175,6 +188,8 @@ async fn steerable_task(state: &AppState, caller: &Caller, id: &str) -> ApiResul
     Ok(task)
 }
 
+#[utoipa::path(post, path = "/api/tasks/{id}/cancel", tag = "tasks", params(("id" = String, Path, description = "The task's id")),
+    responses((status = 200, description = "The task, cancelled (or as it was, if it had ended)", body = Task), ApiError))]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -185,11 +200,13 @@ pub async fn cancel(
     Ok(Json(applied.task))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct ReplyBody {
     message: String,
 }
 
+#[utoipa::path(post, path = "/api/tasks/{id}/reply", tag = "tasks", params(("id" = String, Path, description = "The task's id")), request_body = ReplyBody,
+    responses((status = 200, description = "The task; its worker gets the answer at its next heartbeat", body = Task), ApiError))]
 pub async fn reply(
     State(state): State<AppState>,
     caller: Caller,
@@ -204,24 +221,32 @@ pub async fn reply(
     Ok(Json(applied.task))
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct ArtifactList {
+    artifacts: Vec<RecordedArtifact>,
+}
+
 /// `GET /api/tasks/:id/artifacts`: branches, commits, PRs and files of every attempt.
+#[utoipa::path(get, path = "/api/tasks/{id}/artifacts", tag = "tasks", params(("id" = String, Path, description = "The task's id")),
+    responses((status = 200, description = "What every attempt produced", body = ArtifactList), ApiError))]
 pub async fn artifacts(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ArtifactList>> {
     visible_task(&state, &caller, &id).await?;
-    Ok(Json(
-        json!({ "artifacts": state.store.list_artifacts(&id).await? }),
-    ))
+    let artifacts = state.store.list_artifacts(&id).await?;
+    Ok(Json(ArtifactList { artifacts }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct CommentBody {
     body: String,
 }
 
 /// `POST /api/tasks/:id/comments`: anyone who can see the task may comment on it.
+#[utoipa::path(post, path = "/api/tasks/{id}/comments", tag = "tasks", params(("id" = String, Path, description = "The task's id")), request_body = CommentBody,
+    responses((status = 201, description = "The comment", body = Comment), ApiError))]
 pub async fn comment(
     State(state): State<AppState>,
     caller: Caller,
@@ -241,19 +266,27 @@ pub async fn comment(
     Ok((StatusCode::CREATED, Json(comment)))
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct CommentList {
+    comments: Vec<Comment>,
+}
+
+#[utoipa::path(get, path = "/api/tasks/{id}/comments", tag = "tasks", params(("id" = String, Path, description = "The task's id")),
+    responses((status = 200, description = "The task's comments, oldest first", body = CommentList), ApiError))]
 pub async fn comments(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<CommentList>> {
     visible_task(&state, &caller, &id).await?;
-    Ok(Json(
-        json!({ "comments": state.store.list_comments(&id).await? }),
-    ))
+    let comments = state.store.list_comments(&id).await?;
+    Ok(Json(CommentList { comments }))
 }
 
 /// `GET /api/sources/:id`: where tasks came from; list its tasks with
 /// `GET /api/tasks?sourceId=`.
+#[utoipa::path(get, path = "/api/sources/{id}", tag = "tasks", params(("id" = String, Path, description = "The source's id")),
+    responses((status = 200, description = "The source", body = Source), ApiError))]
 pub async fn source(
     State(state): State<AppState>,
     caller: Caller,

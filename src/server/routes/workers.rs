@@ -10,15 +10,16 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 use super::page_limit;
 use crate::core::actions::{Action, WorkerUpdate};
 use crate::core::claim::{MAX_TASKS_PER_CLAIM, MAX_WAIT_SECS};
 use crate::core::events::StoredEvent;
 use crate::core::ids::{IdKind, new_id};
-use crate::core::model::{Account, Attachment, Task, Worker, WorkerStatus};
+use crate::core::model::{Account, Attachment, Message, Task, Worker, WorkerStatus};
 use crate::core::time;
 use crate::core::validate::{self, MAX_MESSAGES_PER_BATCH};
 use crate::server::AppState;
@@ -26,19 +27,43 @@ use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult, Body, Params};
 use crate::store::{ClaimRequest, WorkerFilter};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClaimBody {
+    /// How many tasks to take at most (default 1).
+    #[schema(minimum = 1, maximum = 50)]
     max_tasks: Option<u32>,
+    /// Only claim in this workspace.
     workspace_id: Option<String>,
+    /// Seconds to hold the request open until a task fits (default 0).
+    #[schema(minimum = 0, maximum = 30)]
     wait: Option<u64>,
 }
 
+/// The answer to a claim.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimAnswer {
+    workers: Vec<ClaimedWorker>,
+    /// The server's lease: heartbeat well inside it.
+    lease_ttl_secs: f64,
+}
+
+/// A new worker with the task it holds.
+#[derive(Serialize, ToSchema)]
+pub struct ClaimedWorker {
+    #[serde(flatten)]
+    worker: Worker,
+    task: Task,
+}
+
+#[utoipa::path(post, path = "/api/workers/claim", tag = "workers", request_body = ClaimBody,
+    responses((status = 200, description = "The claimed workers, each with its task; empty when nothing fits", body = ClaimAnswer), ApiError))]
 pub async fn claim(
     State(state): State<AppState>,
     caller: Caller,
     Body(body): Body<ClaimBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ClaimAnswer>> {
     let account = caller.require_account()?.clone();
     let max_tasks = body.max_tasks.unwrap_or(1);
     if !(1..=MAX_TASKS_PER_CLAIM).contains(&max_tasks) {
@@ -71,20 +96,16 @@ pub async fn claim(
     } else {
         claim_waiting(&state, &account, &request, Duration::from_secs(wait)).await?
     };
-    let workers: Vec<Value> = claimed
+    let workers = claimed
         .into_iter()
-        .map(|(worker, task)| {
-            let mut entry = json!(worker);
-            entry["task"] = json!(task);
-            entry
-        })
+        .map(|(worker, task)| ClaimedWorker { worker, task })
         .collect();
     // The lease tells agents how often to heartbeat: one that knows it can stay well
     // inside it whatever the server was started with.
-    Ok(Json(json!({
-        "workers": workers,
-        "leaseTtlSecs": state.lease_ttl.as_secs_f64(),
-    })))
+    Ok(Json(ClaimAnswer {
+        workers,
+        lease_ttl_secs: state.lease_ttl.as_secs_f64(),
+    }))
 }
 
 /// One claim transaction, timed for `/metrics`.
@@ -142,28 +163,37 @@ async fn work_offered(events: &mut broadcast::Receiver<Arc<StoredEvent>>) {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     task_id: Option<String>,
     status: Option<WorkerStatus>,
+    /// 1–1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct WorkerList {
+    workers: Vec<Worker>,
+}
+
+#[utoipa::path(get, path = "/api/workers", tag = "workers", params(ListQuery),
+    responses((status = 200, description = "Workers the caller may see, newest first", body = WorkerList), ApiError))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Params(query): Params<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WorkerList>> {
     let filter = WorkerFilter {
         task_id: query.task_id,
         status: query.status,
         visible_to: caller.scope(),
         limit: page_limit(query.limit)?,
     };
-    Ok(Json(
-        json!({ "workers": state.store.list_workers(&filter).await? }),
-    ))
+    let workers = state.store.list_workers(&filter).await?;
+    Ok(Json(WorkerList { workers }))
 }
 
 async fn find(state: &AppState, id: &str) -> ApiResult<Worker> {
@@ -199,6 +229,8 @@ async fn owned_worker(state: &AppState, caller: &Caller, id: &str) -> ApiResult<
     Ok(worker)
 }
 
+#[utoipa::path(get, path = "/api/workers/{id}", tag = "workers", params(("id" = String, Path, description = "The worker's id")),
+    responses((status = 200, description = "The worker", body = Worker), ApiError))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -207,6 +239,8 @@ pub async fn show(
     Ok(Json(visible_worker(&state, &caller, &id).await?))
 }
 
+#[utoipa::path(patch, path = "/api/workers/{id}", tag = "workers", params(("id" = String, Path, description = "The worker's id")), request_body = WorkerUpdate,
+    responses((status = 200, description = "The worker after the report (also a heartbeat)", body = Worker), ApiError))]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -224,22 +258,32 @@ pub async fn update(
         .ok_or_else(|| ApiError::NotFound(format!("worker {id} not found")))
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct HeartbeatAnswer {
+    /// True once the task was cancelled or the worker paused: stop the run.
+    cancel: bool,
+    /// A person's answer to the worker's question, sent once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/workers/{id}/heartbeat", tag = "workers", params(("id" = String, Path, description = "The worker's id")),
+    responses((status = 200, description = "Whether to stop, and a person's answer once", body = HeartbeatAnswer), ApiError))]
 pub async fn heartbeat(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<HeartbeatAnswer>> {
     owned_worker(&state, &caller, &id).await?;
     let outcome = state
         .store
         .apply(&id, Action::Heartbeat, time::now())
         .await?
         .outcome;
-    let mut body = json!({ "cancel": outcome.cancel });
-    if let Some(reply) = outcome.reply {
-        body["reply"] = json!(reply);
-    }
-    Ok(Json(body))
+    Ok(Json(HeartbeatAnswer {
+        cancel: outcome.cancel,
+        reply: outcome.reply,
+    }))
 }
 
 /// Pause and start: a person steering a worker, so the admin may too.
@@ -262,6 +306,8 @@ async fn steer(
         .ok_or_else(|| ApiError::NotFound(format!("worker {id} not found")))
 }
 
+#[utoipa::path(post, path = "/api/workers/{id}/pause", tag = "workers", params(("id" = String, Path, description = "The worker's id")),
+    responses((status = 200, description = "The worker, paused", body = Worker), ApiError))]
 pub async fn pause(
     State(state): State<AppState>,
     caller: Caller,
@@ -270,6 +316,8 @@ pub async fn pause(
     steer(&state, &caller, &id, Action::Pause).await
 }
 
+#[utoipa::path(post, path = "/api/workers/{id}/start", tag = "workers", params(("id" = String, Path, description = "The worker's id")),
+    responses((status = 200, description = "The worker, starting again", body = Worker), ApiError))]
 pub async fn start(
     State(state): State<AppState>,
     caller: Caller,
@@ -278,17 +326,29 @@ pub async fn start(
     steer(&state, &caller, &id, Action::Start).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct MessagesBody {
+    /// Any JSON values, 1–1000 of them.
+    #[schema(min_items = 1, max_items = 1000)]
     messages: Vec<Value>,
 }
 
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Appended {
+    appended: usize,
+    /// The number of the last message appended.
+    last_seq: i64,
+}
+
+#[utoipa::path(post, path = "/api/workers/{id}/messages", tag = "workers", params(("id" = String, Path, description = "The worker's id")), request_body = MessagesBody,
+    responses((status = 200, description = "How many were appended, and the last one's number", body = Appended), ApiError))]
 pub async fn append_messages(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     Body(body): Body<MessagesBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Appended>> {
     owned_worker(&state, &caller, &id).await?;
     let count = body.messages.len();
     if count == 0 || count > MAX_MESSAGES_PER_BATCH {
@@ -300,37 +360,62 @@ pub async fn append_messages(
         .store
         .append_messages(&id, &body.messages, time::now())
         .await?;
-    Ok(Json(json!({ "appended": count, "lastSeq": last })))
+    Ok(Json(Appended {
+        appended: count,
+        last_seq: last,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MessagesQuery {
+    /// Only messages numbered above this (default 0: from the start).
     #[serde(default)]
     after: i64,
+    /// 1–1000, default 1000.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct MessageList {
+    messages: Vec<Message>,
+}
+
+#[utoipa::path(get, path = "/api/workers/{id}/messages", tag = "workers", params(("id" = String, Path, description = "The worker's id"), MessagesQuery),
+    responses((status = 200, description = "The runner's stream after `after`, in order", body = MessageList), ApiError))]
 pub async fn messages(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     Params(query): Params<MessagesQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<MessageList>> {
     visible_worker(&state, &caller, &id).await?;
     let limit = page_limit(Some(query.limit.unwrap_or(1000)))?;
     let messages = state.store.list_messages(&id, query.after, limit).await?;
-    Ok(Json(json!({ "messages": messages })))
+    Ok(Json(MessageList { messages }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub struct AttachQuery {
+    /// The file's name.
     name: String,
+    /// The message it belongs to.
     message_seq: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AttachmentList {
+    attachments: Vec<Attachment>,
 }
 
 /// `POST /api/workers/:id/attachments?name=shot.png[&messageSeq=N]`: the body is the
 /// file itself, its `Content-Type` header its type.
+#[utoipa::path(post, path = "/api/workers/{id}/attachments", tag = "workers", params(("id" = String, Path, description = "The worker's id"), AttachQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file; its Content-Type header is kept as its type"),
+    responses((status = 201, description = "The attachment's description", body = Attachment), ApiError))]
 pub async fn attach(
     State(state): State<AppState>,
     caller: Caller,
@@ -366,19 +451,22 @@ pub async fn attach(
     Ok((StatusCode::CREATED, Json(attachment)))
 }
 
+#[utoipa::path(get, path = "/api/workers/{id}/attachments", tag = "workers", params(("id" = String, Path, description = "The worker's id")),
+    responses((status = 200, description = "The worker's attachments, oldest first", body = AttachmentList), ApiError))]
 pub async fn attachments(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<AttachmentList>> {
     visible_worker(&state, &caller, &id).await?;
-    Ok(Json(
-        json!({ "attachments": state.store.list_attachments(&id).await? }),
-    ))
+    let attachments = state.store.list_attachments(&id).await?;
+    Ok(Json(AttachmentList { attachments }))
 }
 
 /// `GET /api/attachments/:id`: the bytes, always as a download and never sniffed, so a
 /// file a run produced cannot run as a page of this server.
+#[utoipa::path(get, path = "/api/attachments/{id}", tag = "workers", params(("id" = String, Path, description = "The attachment's id")),
+    responses((status = 200, description = "The bytes, as a download, with the type they were uploaded with", content_type = "application/octet-stream", body = Vec<u8>), ApiError))]
 pub async fn attachment(
     State(state): State<AppState>,
     caller: Caller,

@@ -3,8 +3,8 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::core::ids::{IdKind, new_id};
 use crate::core::model::Workspace;
@@ -13,7 +13,7 @@ use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult, Body};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NewWorkspace {
     name: String,
@@ -22,6 +22,8 @@ pub struct NewWorkspace {
     default_branch: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/workspaces", tag = "workspaces", request_body = NewWorkspace,
+    responses((status = 201, description = "The workspace", body = Workspace), ApiError))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -46,12 +48,21 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(workspace)))
 }
 
-pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
-    let scope = caller.scope();
-    let workspaces = state.store.list_workspaces(scope.as_deref()).await?;
-    Ok(Json(json!({ "workspaces": workspaces })))
+#[derive(Serialize, ToSchema)]
+pub struct WorkspaceList {
+    workspaces: Vec<Workspace>,
 }
 
+#[utoipa::path(get, path = "/api/workspaces", tag = "workspaces",
+    responses((status = 200, description = "All workspaces (admin), or those granted to the account", body = WorkspaceList), ApiError))]
+pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<WorkspaceList>> {
+    let scope = caller.scope();
+    let workspaces = state.store.list_workspaces(scope.as_deref()).await?;
+    Ok(Json(WorkspaceList { workspaces }))
+}
+
+#[utoipa::path(get, path = "/api/workspaces/{id}", tag = "workspaces", params(("id" = String, Path, description = "The workspace's id")),
+    responses((status = 200, description = "The workspace", body = Workspace), ApiError))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
