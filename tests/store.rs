@@ -57,6 +57,7 @@ store_suite!(
     artifacts_and_comments_stay_with_the_task,
     tasks_from_one_source_share_it,
     attachments_keep_their_bytes,
+    json_reads_back_exactly_as_written,
 );
 
 type Db = Arc<dyn Store>;
@@ -747,4 +748,69 @@ async fn attachments_keep_their_bytes(db: Db) {
         Some((first, bytes))
     );
     assert_eq!(db.get_attachment("att-none").await.unwrap(), None);
+}
+
+/// Runner output, results and events are any JSON: each must read back as it was
+/// written, key order and extreme numbers included. (Postgres JSONB once rewrote the
+/// largest double into text no reader of doubles takes, which stopped the event stream.)
+async fn json_reads_back_exactly_as_written(db: Db) {
+    let ws = new_workspace(&db).await;
+    let a = account(AccountType::Service, 5, None);
+    new_account(&db, &a).await;
+    grant(&db, &a, &ws, true).await;
+    let task = new_task(&db, &ws, RunnerPreference::Any, 0, 3).await;
+    let from = db.last_event_id().await.unwrap();
+    let (worker, _) = claim(&db, &a, 1).await.remove(0);
+
+    let odd: serde_json::Value = serde_json::from_str(
+        r#"{"zeta": 1.7976931348623157e308, "alpha": -5e-324, "big": 18446744073709551615, "nested": {"b": [1, 2.5], "a": null}}"#,
+    )
+    .unwrap();
+    db.append_messages(&worker.id, std::slice::from_ref(&odd), time::now())
+        .await
+        .unwrap();
+    let read = db.list_messages(&worker.id, 0, 10).await.unwrap();
+    assert_eq!(read[0].message, odd);
+    assert_eq!(
+        read[0].message.to_string(),
+        odd.to_string(),
+        "key order kept"
+    );
+
+    set_status(&db, &worker.id, WorkerStatus::Starting, None).await;
+    set_status(
+        &db,
+        &worker.id,
+        WorkerStatus::Running,
+        Some(1.7976931348623157e308),
+    )
+    .await;
+    let update = WorkerUpdate {
+        status: Some(WorkerStatus::Completed),
+        result: Some(odd.clone()),
+        ..WorkerUpdate::default()
+    };
+    db.apply(&worker.id, Action::update(update), time::now())
+        .await
+        .unwrap();
+    let done = db.get_task(&task.id).await.unwrap().unwrap();
+    assert_eq!(done.result.as_ref().unwrap().to_string(), odd.to_string());
+
+    // Postgres numbers events just after commit; wait for the completion's.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let completed = loop {
+        let events = db.events_after(from, 100).await.unwrap();
+        if let Some(e) = events
+            .into_iter()
+            .find(|e| e.name == "task.updated" && e.data["task"]["status"] == "completed")
+        {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "no completion event");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        completed.data["task"]["result"].to_string(),
+        odd.to_string()
+    );
 }

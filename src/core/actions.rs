@@ -23,17 +23,26 @@ pub const MAX_FIELD_LEN: usize = 2048;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkerUpdate {
     pub status: Option<WorkerStatus>,
+    #[schema(minimum = 0)]
     pub cost_usd: Option<f64>,
+    #[schema(minimum = 0)]
     pub turns: Option<i64>,
+    #[schema(max_length = 2048)]
     pub session_id: Option<String>,
+    #[schema(max_length = 2048)]
     pub branch: Option<String>,
+    #[schema(max_length = 2048)]
     pub commit_sha: Option<String>,
+    #[schema(max_length = 2048)]
     pub pr_url: Option<String>,
+    #[schema(max_length = 65536)]
     pub question: Option<String>,
+    #[schema(max_length = 65536)]
     pub error: Option<String>,
     pub result: Option<Value>,
     /// Further artifacts, such as the files the run changed.
     #[serde(default)]
+    #[schema(max_items = 1000)]
     pub artifacts: Vec<Artifact>,
 }
 
@@ -215,9 +224,9 @@ fn reply(
     if message.trim().is_empty() {
         return Err(RuleError::Invalid("message must not be empty".into()));
     }
-    if message.len() > MAX_TEXT_LEN {
+    if message.chars().count() > MAX_TEXT_LEN {
         return Err(RuleError::Invalid(format!(
-            "message is longer than {MAX_TEXT_LEN} bytes"
+            "message is longer than {MAX_TEXT_LEN} characters"
         )));
     }
     let worker = match worker {
@@ -258,8 +267,8 @@ fn refuse_if_finished(worker: &Worker) -> Result<(), RuleError> {
 
 fn check_field(name: &str, value: &Option<String>, max: usize) -> Result<(), RuleError> {
     match value {
-        Some(v) if v.len() > max => Err(RuleError::Invalid(format!(
-            "{name} is longer than {max} bytes"
+        Some(v) if v.chars().count() > max => Err(RuleError::Invalid(format!(
+            "{name} is longer than {max} characters"
         ))),
         _ => Ok(()),
     }
@@ -292,9 +301,9 @@ fn update_worker(
         )));
     }
     for a in &update.artifacts {
-        if a.value.trim().is_empty() || a.value.len() > MAX_FIELD_LEN {
+        if a.value.trim().is_empty() || a.value.chars().count() > MAX_FIELD_LEN {
             return Err(RuleError::Invalid(format!(
-                "an artifact's value must be 1 to {MAX_FIELD_LEN} bytes"
+                "an artifact's value must be 1 to {MAX_FIELD_LEN} characters"
             )));
         }
     }

@@ -16,6 +16,22 @@ pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
 pub const MAX_ATTEMPTS_LIMIT: i32 = 100;
 pub const DEFAULT_BRANCH: &str = "main";
 
+/// Why text with a NUL character is refused everywhere: Postgres cannot store it in
+/// text or JSON columns, and accepting it on SQLite alone would make the two
+/// backends disagree.
+pub const NUL_REFUSED: &str = "text must not contain the NUL character (\\u0000)";
+
+/// Whether any string in `value`, key or value, holds a NUL character.
+pub fn has_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
 fn invalid(msg: impl Into<String>) -> RuleError {
     RuleError::Invalid(msg.into())
 }
@@ -30,7 +46,9 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<(), RuleError> {
 
 pub fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<(), RuleError> {
     match value {
-        Some(v) if v.len() > max => Err(invalid(format!("{field} is longer than {max} bytes"))),
+        Some(v) if v.chars().count() > max => {
+            Err(invalid(format!("{field} is longer than {max} characters")))
+        }
         _ => Ok(()),
     }
 }

@@ -12,13 +12,14 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use utoipa::openapi::{self, RefOr};
 use utoipa::{IntoResponses, ToSchema};
 
-use crate::core::RuleError;
+use crate::core::{RuleError, validate};
 use crate::store::StoreError;
 
 #[derive(Debug)]
@@ -163,9 +164,45 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         } else {
             &bytes
         };
-        serde_json::from_slice(text)
-            .map(Body)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")).into_response())
+        // A NUL can only arrive escaped; look closer only when the escape is there.
+        if text.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000"))
+            && serde_json::from_slice::<serde_json::Value>(text)
+                .is_ok_and(|v| validate::has_nul(&v))
+        {
+            return Err(ApiError::BadRequest(validate::NUL_REFUSED.into()).into_response());
+        }
+        let error = match serde_json::from_slice(text) {
+            Ok(body) => return Ok(Body(body)),
+            Err(e) => e,
+        };
+        // JSON Schema counts 3.0 as an integer, and so do some clients' encoders: read
+        // whole floats as integers before giving up.
+        if let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(text)
+            && integralize(&mut value)
+            && let Ok(body) = serde_json::from_value(value)
+        {
+            return Ok(Body(body));
+        }
+        Err(ApiError::BadRequest(format!("invalid JSON body: {error}")).into_response())
+    }
+}
+
+/// Turns every float with no fractional part into an integer; true if any changed.
+fn integralize(value: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                *value = Value::from(f as i64);
+                true
+            } else {
+                false
+            }
+        }
+        Value::Array(items) => items.iter_mut().fold(false, |c, v| integralize(v) | c),
+        Value::Object(map) => map.values_mut().fold(false, |c, v| integralize(v) | c),
+        _ => false,
     }
 }
 
@@ -181,6 +218,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
             .map(|Query(v)| Params(v))
             .map_err(|e| ApiError::BadRequest(format!("invalid query string: {}", e.body_text())))
     }
+}
+
+/// Refuses a path or query string holding an encoded NUL (`%00`) before any handler
+/// sees it, for the reason [`validate::NUL_REFUSED`] gives.
+pub async fn refuse_nul_in_uri(request: Request, next: Next) -> Response {
+    let uri = request.uri();
+    let has_nul = |s: &str| s.as_bytes().windows(3).any(|w| w == b"%00");
+    if has_nul(uri.path()) || uri.query().is_some_and(has_nul) {
+        return ApiError::BadRequest(validate::NUL_REFUSED.into()).into_response();
+    }
+    next.run(request).await
 }
 
 /// Gives every error response that is not JSON yet (axum's own 404, 405, 413…) the

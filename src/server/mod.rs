@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
     routes::routes()
         .merge(dashboard::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(error::refuse_nul_in_uri))
         // A bug must cost one request a 500, never the connection or the process.
         .layer(CatchPanicLayer::custom(error::panic_response))
         .layer(axum::middleware::map_response(error::json_errors))

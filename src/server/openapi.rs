@@ -1,7 +1,9 @@
 //! The frame of `GET /api/openapi.json`: title, auth scheme and tags. The paths and
 //! schemas come from the handlers and types themselves (see `routes::api`).
 
+use serde_json::json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{RefOr, Schema};
 use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
@@ -36,5 +38,25 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+    }
+}
+
+/// Adds what the schema derive cannot say: rules that tie two fields together. Runs on
+/// the finished document, once every route has added its schemas.
+pub fn add_cross_field_rules(openapi: &mut utoipa::openapi::OpenApi) {
+    let schemas = openapi.components.get_or_insert_with(Default::default);
+    if let Some(RefOr::T(Schema::Object(account))) = schemas.schemas.get_mut("NewAccount") {
+        // core::validate::auth_type: CI runners cannot hold an OAuth seat.
+        account
+            .extensions
+            .get_or_insert_with(Default::default)
+            .insert(
+                "not".into(),
+                json!({
+                    "description": "action accounts cannot use authType oauth",
+                    "required": ["type", "authType"],
+                    "properties": {"type": {"const": "action"}, "authType": {"const": "oauth"}},
+                }),
+            );
     }
 }

@@ -15,7 +15,6 @@
 use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row, Transaction};
 use tokio::sync::watch;
 
@@ -170,10 +169,18 @@ fn task_from_row(row: &PgRow) -> Result<Task> {
         claimed_at: row.try_get("claimed_at")?,
         completed_at: row.try_get("completed_at")?,
         result: row
-            .try_get::<Option<Json<Value>>, _>("result")?
-            .map(|j| j.0),
+            .try_get::<Option<String>, _>("result")?
+            .map(|text| json_text(&text))
+            .transpose()?,
         source_id: row.try_get("source_id")?,
     })
+}
+
+/// Reads a JSON column. JSON is stored as the text serde_json wrote (see migration
+/// 0002), so it always reads back.
+fn json_text(text: &str) -> Result<Value> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Backend(format!("stored JSON unreadable: {e}")))
 }
 
 fn worker_from_row(row: &PgRow) -> Result<Worker> {
@@ -298,7 +305,7 @@ async fn save_task(conn: &mut PgConnection, t: &Task) -> Result<()> {
     .bind(&t.worker_id)
     .bind(t.claimed_at)
     .bind(t.completed_at)
-    .bind(t.result.as_ref().map(Json))
+    .bind(t.result.as_ref().map(Value::to_string))
     .execute(conn)
     .await?;
     Ok(())
@@ -400,7 +407,7 @@ async fn insert_events(conn: &mut PgConnection, events: &[Event], now: Timestamp
     let data: Vec<String> = events.iter().map(|e| e.data.to_string()).collect();
     sqlx::query(
         "INSERT INTO events (name, workspace_id, data, created_at) \
-         SELECT n, w, d::jsonb, $4 FROM UNNEST($1::text[], $2::text[], $3::text[]) \
+         SELECT n, w, d, $4 FROM UNNEST($1::text[], $2::text[], $3::text[]) \
          WITH ORDINALITY AS e (n, w, d, ord) ORDER BY ord",
     )
     .bind(names)
@@ -486,7 +493,7 @@ async fn insert_messages(
     let bodies: Vec<String> = messages.iter().map(Value::to_string).collect();
     sqlx::query(
         "INSERT INTO messages (worker_id, seq, body, created_at) \
-         SELECT $1, $2 + ord, body::jsonb, $4 FROM UNNEST($3::text[]) WITH ORDINALITY AS m (body, ord)",
+         SELECT $1, $2 + ord, body, $4 FROM UNNEST($3::text[]) WITH ORDINALITY AS m (body, ord)",
     )
     .bind(&worker.id)
     .bind(last)
@@ -551,7 +558,7 @@ async fn create_task_in(
     .bind(t.created_at)
     .bind(t.claimed_at)
     .bind(t.completed_at)
-    .bind(t.result.as_ref().map(Json))
+    .bind(t.result.as_ref().map(Value::to_string))
     .bind(&t.source_id)
     .execute(&mut *conn)
     .await?;
@@ -985,7 +992,7 @@ impl Store for PostgresStore {
             .map(|r| {
                 Ok(Message {
                     seq: r.try_get("seq")?,
-                    message: r.try_get::<Json<Value>, _>("body")?.0,
+                    message: json_text(r.try_get("body")?)?,
                     created_at: r.try_get("created_at")?,
                 })
             })
@@ -1114,7 +1121,7 @@ impl Store for PostgresStore {
                     id: r.try_get("seq")?,
                     name: r.try_get("name")?,
                     workspace_id: r.try_get("workspace_id")?,
-                    data: r.try_get::<Json<Value>, _>("data")?.0,
+                    data: json_text(r.try_get("data")?)?,
                 })
             })
             .collect()

@@ -22,13 +22,24 @@ use crate::server::error::{ApiError, ApiResult, Body};
 pub struct NewAccount {
     #[serde(rename = "type")]
     account_type: AccountType,
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     name: String,
+    /// Default: `oauth` for user accounts, `api` for the others; action accounts
+    /// cannot be `oauth`.
     auth_type: Option<AuthType>,
+    /// Default 3.
+    #[schema(minimum = 0)]
     max_concurrent_workers: Option<i64>,
+    #[schema(minimum = 0)]
     max_concurrent_sessions: Option<i64>,
+    /// US dollars per UTC day.
+    #[schema(minimum = 0)]
     max_cost_per_day: Option<f64>,
+    /// `owner/repo`, for action accounts.
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$")]
     github_repo: Option<String>,
     /// The original README's name for `githubRepo`.
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$")]
     github_id: Option<String>,
     /// Refused: never stored (a warning says so).
     anthropic_api_key: Option<Value>,
@@ -58,8 +69,9 @@ pub async fn create(
     validate::non_negative_count("maxConcurrentWorkers", body.max_concurrent_workers)?;
     validate::non_negative_count("maxConcurrentSessions", body.max_concurrent_sessions)?;
     validate::money("maxCostPerDay", body.max_cost_per_day)?;
+    validate::github_repo(body.github_repo.as_deref())?;
+    validate::github_repo(body.github_id.as_deref())?;
     let github_repo = body.github_repo.or(body.github_id);
-    validate::github_repo(github_repo.as_deref())?;
     let auth_type = validate::auth_type(body.account_type, body.auth_type)?;
 
     let mut warnings = Vec::new();

@@ -21,7 +21,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::ApiError;
-use super::openapi::ApiDoc;
+use super::openapi::{ApiDoc, add_cross_field_rules};
 use crate::core::validate;
 
 /// The API's routes, each with its description.
@@ -72,7 +72,11 @@ pub fn routes() -> Router<AppState> {
 /// The OpenAPI description of every route, built once.
 pub fn spec() -> &'static utoipa::openapi::OpenApi {
     static SPEC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
-    SPEC.get_or_init(|| api().split_for_parts().1)
+    SPEC.get_or_init(|| {
+        let mut spec = api().split_for_parts().1;
+        add_cross_field_rules(&mut spec);
+        spec
+    })
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -93,22 +97,90 @@ fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
 mod tests {
     use serde_json::{Value, json};
 
+    use crate::core::actions::{MAX_ARTIFACTS_PER_UPDATE, MAX_FIELD_LEN, MAX_TEXT_LEN};
     use crate::core::claim::{MAX_TASKS_PER_CLAIM, MAX_WAIT_SECS};
-    use crate::core::validate::MAX_MESSAGES_PER_BATCH;
+    use crate::core::validate::{
+        MAX_ATTEMPTS_LIMIT, MAX_COMMENT_LEN, MAX_DESCRIPTION_LEN, MAX_MESSAGES_PER_BATCH,
+        MAX_NAME_LEN, MAX_TITLE_LEN, MAX_URL_LEN,
+    };
 
-    /// Bounds written as numbers in `#[schema]` attributes must follow the constants
-    /// the handlers check.
+    /// Bounds written as numbers in `#[schema]` attributes (which take only literals)
+    /// must follow the constants the handlers check.
     #[test]
     fn described_bounds_follow_the_rules() {
         let spec = serde_json::to_value(super::spec()).unwrap();
         let schemas = &spec["components"]["schemas"];
-        let claim = &schemas["ClaimBody"]["properties"];
-        assert_eq!(claim["maxTasks"]["maximum"], json!(MAX_TASKS_PER_CLAIM));
-        assert_eq!(claim["wait"]["maximum"], json!(MAX_WAIT_SECS));
-        assert_eq!(
-            schemas["MessagesBody"]["properties"]["messages"]["maxItems"],
-            json!(MAX_MESSAGES_PER_BATCH)
-        );
+        let bound = |schema: &str, field: &str, key: &str| {
+            let value = &schemas[schema]["properties"][field][key];
+            assert!(!value.is_null(), "{schema}.{field} has no {key}");
+            value.clone()
+        };
+        for (schema, field, key, rule) in [
+            (
+                "ClaimBody",
+                "maxTasks",
+                "maximum",
+                json!(MAX_TASKS_PER_CLAIM),
+            ),
+            ("ClaimBody", "wait", "maximum", json!(MAX_WAIT_SECS)),
+            (
+                "MessagesBody",
+                "messages",
+                "maxItems",
+                json!(MAX_MESSAGES_PER_BATCH),
+            ),
+            ("NewAccount", "name", "maxLength", json!(MAX_NAME_LEN)),
+            ("NewWorkspace", "name", "maxLength", json!(MAX_NAME_LEN)),
+            ("NewWorkspace", "repoUrl", "maxLength", json!(MAX_URL_LEN)),
+            (
+                "NewWorkspace",
+                "defaultBranch",
+                "maxLength",
+                json!(MAX_NAME_LEN),
+            ),
+            ("NewTask", "title", "maxLength", json!(MAX_TITLE_LEN)),
+            (
+                "NewTask",
+                "description",
+                "maxLength",
+                json!(MAX_DESCRIPTION_LEN),
+            ),
+            (
+                "NewTask",
+                "maxAttempts",
+                "maximum",
+                json!(MAX_ATTEMPTS_LIMIT),
+            ),
+            ("NewSource", "externalId", "maxLength", json!(MAX_NAME_LEN)),
+            ("NewSource", "url", "maxLength", json!(MAX_URL_LEN)),
+            ("ReplyBody", "message", "maxLength", json!(MAX_TEXT_LEN)),
+            ("CommentBody", "body", "maxLength", json!(MAX_COMMENT_LEN)),
+            ("WorkerUpdate", "branch", "maxLength", json!(MAX_FIELD_LEN)),
+            (
+                "WorkerUpdate",
+                "sessionId",
+                "maxLength",
+                json!(MAX_FIELD_LEN),
+            ),
+            (
+                "WorkerUpdate",
+                "commitSha",
+                "maxLength",
+                json!(MAX_FIELD_LEN),
+            ),
+            ("WorkerUpdate", "prUrl", "maxLength", json!(MAX_FIELD_LEN)),
+            ("WorkerUpdate", "question", "maxLength", json!(MAX_TEXT_LEN)),
+            ("WorkerUpdate", "error", "maxLength", json!(MAX_TEXT_LEN)),
+            (
+                "WorkerUpdate",
+                "artifacts",
+                "maxItems",
+                json!(MAX_ARTIFACTS_PER_UPDATE),
+            ),
+            ("Artifact", "value", "maxLength", json!(MAX_FIELD_LEN)),
+        ] {
+            assert_eq!(bound(schema, field, key), rule, "{schema}.{field} {key}");
+        }
         let limits: Vec<&Value> = ["/api/tasks", "/api/workers"]
             .iter()
             .flat_map(|p| spec["paths"][p]["get"]["parameters"].as_array().unwrap())

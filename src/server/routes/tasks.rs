@@ -21,13 +21,21 @@ use crate::store::TaskFilter;
 #[serde(rename_all = "camelCase")]
 pub struct NewTask {
     workspace_id: String,
+    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
     title: String,
     #[serde(default)]
+    #[schema(max_length = 262144)]
     description: String,
+    /// Default `any`.
     runner_preference: Option<RunnerPreference>,
+    /// Higher goes first; default 0.
     #[serde(default)]
     priority: i32,
+    /// Default 3.
+    #[schema(minimum = 1, maximum = 100)]
     max_attempts: Option<i32>,
+    /// The agent stops the run past this many US dollars.
+    #[schema(minimum = 0)]
     max_cost_usd: Option<f64>,
     source: Option<NewSource>,
 }
@@ -38,8 +46,11 @@ pub struct NewTask {
 #[serde(rename_all = "camelCase")]
 pub struct NewSource {
     #[serde(rename = "type")]
+    #[schema(pattern = r"^[a-z0-9_]{1,50}$")]
     source_type: String,
+    #[schema(max_length = 200)]
     external_id: Option<String>,
+    #[schema(max_length = 2048)]
     url: Option<String>,
 }
 
@@ -202,6 +213,7 @@ pub async fn cancel(
 
 #[derive(Deserialize, ToSchema)]
 pub struct ReplyBody {
+    #[schema(min_length = 1, max_length = 65536, pattern = r"\S")]
     message: String,
 }
 
@@ -241,6 +253,7 @@ pub async fn artifacts(
 
 #[derive(Deserialize, ToSchema)]
 pub struct CommentBody {
+    #[schema(min_length = 1, max_length = 65536, pattern = r"\S")]
     body: String,
 }
 

@@ -16,9 +16,13 @@ use crate::server::error::{ApiError, ApiResult, Body};
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NewWorkspace {
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     name: String,
     #[serde(alias = "repo")]
+    #[schema(max_length = 2048)]
     repo_url: Option<String>,
+    /// Default `main`.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     default_branch: Option<String>,
 }
 
