@@ -494,6 +494,31 @@ async fn a_task_whose_agent_is_killed_is_finished_by_another_agent() {
     assert_eq!(repo.show(&format!("buildd/{id}"), "result.txt"), "finished");
 }
 
+/// An agent killed while git was adding a worktree leaves an entry with an empty
+/// `commondir`, locked "initializing": git itself then fails every `worktree add` in
+/// the checkout, and `git worktree prune` keeps the entry. (Found by bench/chaos.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worktree_entry_left_half_made_by_a_kill_does_not_block_later_tasks() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let (ws, key) = workspace_and_key(&admin, None).await;
+    let repo = Repo::new();
+    let agent = scripted_agent(&server.url, &key, &repo, &[], &[]);
+    agent.ready().await;
+    let dead = agent.state_dir.join("worktrees/task-killed-midway");
+    let entry = repo.path().join(".git/worktrees/task-killed-midway");
+    std::fs::create_dir_all(&entry).unwrap();
+    std::fs::write(entry.join("locked"), "initializing").unwrap();
+    std::fs::write(entry.join("gitdir"), format!("{}/.git\n", dead.display())).unwrap();
+    std::fs::write(entry.join("commondir"), "").unwrap();
+
+    let id = task(&admin, &ws, "After the kill", "run: echo fine > result.txt").await;
+    let done = wait_task(&admin, &id, "completed").await;
+    assert_eq!(done["attempts"], 1, "{done}");
+    assert!(!entry.exists(), "the half-made entry is still there");
+    assert_eq!(repo.show(&format!("buildd/{id}"), "result.txt"), "fine");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_result_finished_while_the_server_is_down_is_delivered_when_it_is_back() {
     let tmp = tempfile::tempdir().unwrap();

@@ -50,8 +50,15 @@ pub async fn checkout_root(dir: &Path) -> Result<PathBuf, String> {
 /// A worktree or branch left by an earlier attempt of the same task (by this agent, or
 /// by one that died) is replaced: that attempt is over, and this one starts afresh.
 pub async fn add_worktree(repo: &Path, path: &Path, branch: &str) -> Result<(), String> {
+    // One at a time in this process, so that no half-made entry seen below is one of
+    // this agent's own adds still in progress.
+    static ADDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _adding = ADDING.lock().await;
     if path.exists() {
         remove_worktree(repo, path).await;
+    }
+    if let Some(ours) = path.parent() {
+        remove_half_made_entries(repo, ours).await?;
     }
     // Forget worktrees whose directories are gone, so their branches are free again.
     git(repo, &["worktree", "prune"]).await?;
@@ -64,6 +71,36 @@ pub async fn add_worktree(repo: &Path, path: &Path, branch: &str) -> Result<(), 
     )
     .await
     .map(drop)
+}
+
+/// Removes the entries (`.git/worktrees/NAME`) that a git killed while adding one of
+/// our worktrees left half-written. Git writes `gitdir`, then `commondir`; an entry
+/// whose file exists but is still empty makes every later `git worktree add` in the
+/// repository fail ("failed to read …/commondir"), and `git worktree prune` keeps it
+/// because it is locked as "initializing". Only entries pointing under `ours` (or too
+/// broken to point anywhere) are removed.
+async fn remove_half_made_entries(repo: &Path, ours: &Path) -> Result<(), String> {
+    let common = PathBuf::from(git(repo, &["rev-parse", "--git-common-dir"]).await?);
+    let entries = repo.join(common).join("worktrees");
+    let Ok(mut dir) = tokio::fs::read_dir(&entries).await else {
+        return Ok(());
+    };
+    while let Ok(Some(entry)) = dir.next_entry().await {
+        let read = |name: &str| std::fs::read_to_string(entry.path().join(name)).ok();
+        let gitdir = read("gitdir");
+        let half_made = [gitdir.as_deref(), read("commondir").as_deref()]
+            .iter()
+            .any(|file| file.is_some_and(|text| text.trim().is_empty()));
+        let points_to_ours = match gitdir.as_deref().map(str::trim) {
+            None | Some("") => true,
+            Some(target) => Path::new(target).starts_with(ours),
+        };
+        if half_made && points_to_ours {
+            tracing::info!(entry = %entry.path().display(), "removing a worktree entry a killed git left half-made");
+            let _ = tokio::fs::remove_dir_all(entry.path()).await;
+        }
+    }
+    Ok(())
 }
 
 /// Removes a task's worktree; its branch, with the committed result, stays.

@@ -286,6 +286,15 @@ pub struct Received {
     pub data: Value,
 }
 
+/// What reading an event stream gave.
+#[derive(Debug)]
+pub enum Next {
+    Event(Received),
+    /// Nothing within the time given.
+    Quiet,
+    Ended,
+}
+
 /// Reads `GET /api/events` as it streams.
 pub struct EventReader {
     response: reqwest::Response,
@@ -323,6 +332,14 @@ impl Api {
 impl EventReader {
     /// The next event, or `None` if none arrives within `timeout` or the stream ends.
     pub async fn next(&mut self, timeout: Duration) -> Option<Received> {
+        match self.next_event(timeout).await {
+            Next::Event(e) => Some(e),
+            Next::Quiet | Next::Ended => None,
+        }
+    }
+
+    /// The next event, or why there is none.
+    pub async fn next_event(&mut self, timeout: Duration) -> Next {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
@@ -341,15 +358,16 @@ impl EventReader {
                 }
                 if let (Some(id), Some(name)) = (id, name) {
                     let data = serde_json::from_str(&data).expect("event data is JSON");
-                    return Some(Received { id, name, data });
+                    return Next::Event(Received { id, name, data });
                 }
                 continue;
             }
-            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
-                .await
-                .ok()?;
-            let bytes = chunk.expect("stream readable")?;
-            self.buffer.push_str(&String::from_utf8_lossy(&bytes));
+            match tokio::time::timeout_at(deadline, self.response.chunk()).await {
+                Err(_) => return Next::Quiet,
+                Ok(Ok(Some(bytes))) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                // The server ended the stream, or went away.
+                Ok(Ok(None)) | Ok(Err(_)) => return Next::Ended,
+            }
         }
     }
 
@@ -358,10 +376,11 @@ impl EventReader {
     pub async fn ends_within(&mut self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            match tokio::time::timeout_at(deadline, self.response.chunk()).await {
-                Err(_) => return false,
-                Ok(Ok(Some(_))) => continue,
-                Ok(Ok(None)) | Ok(Err(_)) => return true,
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_event(left).await {
+                Next::Event(_) => continue,
+                Next::Quiet => return false,
+                Next::Ended => return true,
             }
         }
     }
