@@ -1,6 +1,8 @@
 //! Events: what the stores write, in the same transaction as the change they describe,
 //! so that a subscriber resuming from an event id misses nothing.
 
+use std::sync::Arc;
+
 use serde_json::{Value, json};
 
 use super::model::{Task, Worker};
@@ -12,14 +14,21 @@ pub struct StoredEvent {
     pub id: i64,
     pub name: String,
     pub workspace_id: String,
-    pub data: Value,
+    /// The JSON text as it was stored. Subscribers get it as it is: one event reaches
+    /// many streams, and none of them parses or serialises it again.
+    pub data: Arc<str>,
 }
 
 impl StoredEvent {
     /// Whether this event may make a waiting claim succeed: a new task, or one back
     /// in the queue.
     pub fn offers_work(&self) -> bool {
-        offers_work(&self.name, &self.data)
+        // Only a task's new status tells; other events need no parsing.
+        match self.name.as_str() {
+            "task.updated" => serde_json::from_str::<Value>(&self.data)
+                .is_ok_and(|data| offers_work(&self.name, &data)),
+            name => offers_work(name, &Value::Null),
+        }
     }
 }
 

@@ -1121,7 +1121,7 @@ impl Store for PostgresStore {
                     id: r.try_get("seq")?,
                     name: r.try_get("name")?,
                     workspace_id: r.try_get("workspace_id")?,
-                    data: json_text(r.try_get("data")?)?,
+                    data: r.try_get::<String, _>("data")?.into(),
                 })
             })
             .collect()

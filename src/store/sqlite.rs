@@ -997,7 +997,7 @@ impl Store for SqliteStore {
                     id: r.get(0)?,
                     name: r.get(1)?,
                     workspace_id: r.get(2)?,
-                    data: json_col(r, 3)?.unwrap_or(Value::Null),
+                    data: r.get::<_, String>(3)?.into(),
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -152,7 +152,7 @@ fn to_sse(event: &StoredEvent) -> SseEvent {
     SseEvent::default()
         .id(event.id.to_string())
         .event(event.name.clone())
-        .data(event.data.to_string())
+        .data(&*event.data)
 }
 
 /// Sends everything after `last` the view allows: first from the database, then live.
