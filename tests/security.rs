@@ -650,3 +650,43 @@ async fn nul_is_refused_on_postgres() {
     let dir = tempfile::tempdir().unwrap();
     nul_is_refused(&Server::start(&url, dir.path(), &[])).await;
 }
+
+/// What one caller can make the server hold at once is bounded: a body, a batch of
+/// messages (event streams: tests/ops.rs). Refused requests store nothing.
+#[tokio::test]
+async fn bodies_and_batches_are_bounded() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let ws = admin.workspace("w").await;
+    let (_, key) = admin
+        .account(json!({"type": "service", "name": "s"}), &ws, true, false)
+        .await;
+    admin.task(&ws, json!({})).await;
+    let agent = server.client(&key);
+    let worker = agent.claim_one().await;
+    let path = format!("/api/workers/{worker}/messages");
+
+    let too_many: Vec<Value> = (0..1001).map(|i| json!(i)).collect();
+    let (status, body) = agent.post(&path, json!({ "messages": too_many })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("1000"));
+    let (status, _) = agent.post(&path, json!({ "messages": [] })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let huge = "x".repeat(1024 * 1024);
+    let (status, body) = agent.post(&path, json!({ "messages": [huge] })).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+
+    // The server may close a connection whose body it refused to read: go on with a
+    // new client.
+    let agent = server.client(&key);
+    let (_, stored) = agent.get(&path).await;
+    assert_eq!(
+        stored["messages"],
+        json!([]),
+        "a refused batch stored something"
+    );
+    let full: Vec<Value> = (0..1000).map(|i| json!(i)).collect();
+    let appended = agent.ok(&path, json!({ "messages": full })).await;
+    assert_eq!(appended["appended"], 1000);
+}
