@@ -22,16 +22,8 @@ use common::agent::{Agent, Repo};
 use serde_json::json;
 
 fn main() {
-    let tasks: usize = std::env::var("BUILDD_BENCH_TASKS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run(tasks));
+    let tasks: usize = common::env_or("BUILDD_BENCH_TASKS", 100);
+    common::block_on(run(tasks));
 }
 
 async fn run(tasks: usize) {

@@ -43,32 +43,16 @@ const AGENTS: usize = 8;
 const LEASE_TTL_SECS: u64 = 3;
 
 fn main() {
-    let tasks: usize = env_or("BUILDD_CHAOS_TASKS", 200);
-    let seed: u64 = env_or("BUILDD_CHAOS_SEED", rand::random());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    let tasks: usize = common::env_or("BUILDD_CHAOS_TASKS", 200);
+    let seed: u64 = common::env_or("BUILDD_CHAOS_SEED", rand::random());
+    common::block_on(async {
         let tmp = tempfile::tempdir().unwrap();
         let sqlite = format!("sqlite:{}", tmp.path().join("buildd.db").display());
         run("SQLite, 1 server", &sqlite, 1, tasks, seed).await;
-        match common::pg_base_url() {
-            Some(base) => {
-                let url = common::fresh_pg_database(&base).await;
-                run("Postgres, 2 servers", &url, 2, tasks, seed).await;
-            }
-            None => println!("BUILDD_TEST_DATABASE_URL is not set: Postgres skipped"),
+        if let Some(url) = common::pg_database().await {
+            run("Postgres, 2 servers", &url, 2, tasks, seed).await;
         }
     });
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// One server of the run, restartable where it was.

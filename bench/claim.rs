@@ -19,17 +19,11 @@ const CLAIMERS: usize = 32;
 const ACCOUNTS: usize = 8;
 
 fn main() {
-    let tasks: usize = std::env::var("BUILDD_BENCH_TASKS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6000);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        println!("claim benchmark: {CLAIMERS} concurrent claimers ({ACCOUNTS} accounts), {tasks} tasks, maxTasks 1");
+    let tasks: usize = common::env_or("BUILDD_BENCH_TASKS", 6000);
+    common::block_on(async {
+        println!(
+            "claim benchmark: {CLAIMERS} concurrent claimers ({ACCOUNTS} accounts), {tasks} tasks, maxTasks 1"
+        );
         let server = Server::sqlite(&[]);
         report("sqlite, 1 server", &[&server], tasks).await;
         drop(server);

@@ -17,16 +17,8 @@ use common::{Api, Server};
 use serde_json::json;
 
 fn main() {
-    let tasks: usize = std::env::var("BUILDD_BENCH_TASKS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    let tasks: usize = common::env_or("BUILDD_BENCH_TASKS", 200);
+    common::block_on(async {
         println!(
             "dispatch benchmark: 1 idle agent (waiting claims), {tasks} tasks created one at a time"
         );

@@ -22,20 +22,12 @@ const SETTLE: Duration = Duration::from_secs(12);
 const CLAIM_WINDOW: Duration = Duration::from_secs(35);
 
 fn main() {
-    let agents: usize = std::env::var("BUILDD_BENCH_AGENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let agents: usize = common::env_or("BUILDD_BENCH_AGENTS", 1000);
     let Some(base) = common::pg_base_url() else {
         println!("idle-fleet: skipped (BUILDD_TEST_DATABASE_URL is not set)");
         return;
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    common::block_on(async {
         println!("idle fleet: {agents} agents over {ACCOUNTS} accounts, one server on Postgres");
         let url = common::fresh_pg_database(&base).await;
         let dir = tempfile::tempdir().unwrap();

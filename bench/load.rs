@@ -28,28 +28,14 @@ const MESSAGES_PER_BATCH: usize = 100;
 const QUEUED: u64 = 64;
 
 fn main() {
-    let secs: u64 = std::env::var("BUILDD_LOAD_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
-    let subscribers: usize = std::env::var("BUILDD_LOAD_SUBSCRIBERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    let secs: u64 = common::env_or("BUILDD_LOAD_SECS", 60);
+    let subscribers: usize = common::env_or("BUILDD_LOAD_SUBSCRIBERS", 20);
+    common::block_on(async {
         let tmp = tempfile::tempdir().unwrap();
         let sqlite = format!("sqlite:{}", tmp.path().join("buildd.db").display());
         run("SQLite", &sqlite, secs, subscribers).await;
-        if let Some(base) = common::pg_base_url() {
-            let url = common::fresh_pg_database(&base).await;
+        if let Some(url) = common::pg_database().await {
             run("Postgres", &url, secs, subscribers).await;
-        } else {
-            println!("BUILDD_TEST_DATABASE_URL is not set: Postgres skipped");
         }
     });
 }

@@ -687,11 +687,9 @@ async fn pr_pushes_the_branch_and_reports_the_pull_request() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn on_a_postgres_cluster_an_idle_agent_takes_work_created_through_another_server() {
-    let Some(base) = common::pg_base_url() else {
-        eprintln!("BUILDD_TEST_DATABASE_URL is not set: Postgres not tested here");
+    let Some(url) = common::pg_database().await else {
         return;
     };
-    let url = common::fresh_pg_database(&base).await;
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (
         Server::start(&url, dir.path(), &[]),

@@ -252,10 +252,7 @@ async fn the_original_readme_flow_works() {
 async fn tokens_are_checked_on_every_endpoint() {
     let server = Server::sqlite(&[]);
     let admin = server.admin();
-    let ws = admin.workspace("w").await;
-    let (_, key) = admin
-        .account(json!({"type": "service", "name": "s"}), &ws, true, false)
-        .await;
+    let (ws, _, key) = admin.workspace_with_claimer().await;
     let account = server.client(&key);
     let anonymous = server.client("");
     let stranger = server.client("buildd_service_not-a-real-key");
@@ -830,10 +827,7 @@ async fn no_secret_reaches_the_database_file() {
 async fn lost_workers_give_their_tasks_back() {
     let server = Server::sqlite(&["--lease-ttl", "1"]);
     let admin = server.admin();
-    let ws = admin.workspace("w").await;
-    let (_, key) = admin
-        .account(json!({"type": "service", "name": "s"}), &ws, true, false)
-        .await;
+    let (ws, _, key) = admin.workspace_with_claimer().await;
     let agent = server.client(&key);
     let task = admin.task(&ws, json!({"maxAttempts": 2})).await;
     let tid = task["id"].as_str().unwrap();
@@ -1047,10 +1041,7 @@ async fn people_steer_running_work() {
 async fn a_waiting_claim_wakes_for_a_new_task() {
     let server = Server::sqlite(&[]);
     let admin = server.admin();
-    let ws = admin.workspace("w").await;
-    let (_, key) = admin
-        .account(json!({"type": "service", "name": "s"}), &ws, true, false)
-        .await;
+    let (ws, _, key) = admin.workspace_with_claimer().await;
     let agent = server.client(&key);
     let waiting = tokio::spawn(async move {
         let started = Instant::now();
@@ -1083,10 +1074,7 @@ async fn sigterm_stops_the_server_cleanly() {
 async fn attachments_round_trip() {
     let server = Server::sqlite(&[]);
     let admin = server.admin();
-    let ws = admin.workspace("w").await;
-    let (_, key) = admin
-        .account(json!({"type": "service", "name": "s"}), &ws, true, false)
-        .await;
+    let (ws, _, key) = admin.workspace_with_claimer().await;
     let (_, other_key) = admin
         .account(json!({"type": "service", "name": "o"}), &ws, false, false)
         .await;

@@ -383,10 +383,7 @@ async fn watch_survives_a_server_restart() {
     let first = Server::start(&db, dir.path(), &[]);
     let listen = first.url.trim_start_matches("http://").to_owned();
     let admin = first.admin();
-    let ws = admin.workspace("w").await;
-    let (_, key) = admin
-        .account(json!({"type": "service", "name": "s"}), &ws, true, false)
-        .await;
+    let (ws, _, key) = admin.workspace_with_claimer().await;
     let task = admin.task(&ws, json!({"title": "survivor"})).await;
     let task_id = task["id"].as_str().unwrap().to_owned();
     let watcher = {

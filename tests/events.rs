@@ -41,10 +41,7 @@ fn ids(events: &[Received]) -> Vec<i64> {
 async fn every_change_is_streamed_in_order() {
     let server = Server::sqlite(&[]);
     let admin = server.admin();
-    let ws = admin.workspace("w").await;
-    let (_, key) = admin
-        .account(json!({"type": "service", "name": "s"}), &ws, true, false)
-        .await;
+    let (ws, _, key) = admin.workspace_with_claimer().await;
     let agent = server.client(&key);
     let (status, mut stream) = admin.events("", None).await;
     assert_eq!(status, StatusCode::OK);
@@ -79,10 +76,7 @@ async fn every_change_is_streamed_in_order() {
 async fn resuming_gives_exactly_the_missed_events() {
     let server = Server::sqlite(&[]);
     let admin = server.admin();
-    let ws = admin.workspace("w").await;
-    let (_, key) = admin
-        .account(json!({"type": "service", "name": "s"}), &ws, true, false)
-        .await;
+    let (ws, _, key) = admin.workspace_with_claimer().await;
     let agent = server.client(&key);
 
     let (_, mut first) = admin.events("?lastEventId=0", None).await;
@@ -172,11 +166,9 @@ async fn sigterm_ends_open_streams_and_exits_cleanly() {
 /// other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_shares_its_events_and_wakes_claims_anywhere() {
-    let Some(base) = common::pg_base_url() else {
-        eprintln!("BUILDD_TEST_DATABASE_URL is not set: Postgres not tested here");
+    let Some(url) = common::pg_database().await else {
         return;
     };
-    let url = common::fresh_pg_database(&base).await;
     let dir = tempfile::tempdir().unwrap();
     let a = Server::start(&url, dir.path(), &[]);
     let b = Server::start(&url, dir.path(), &[]);

@@ -36,10 +36,7 @@ async fn metrics(server: &Server) -> String {
 async fn metrics_count_tasks_claims_streams_and_lease_expiries() {
     let server = Server::sqlite(&["--lease-ttl", "1"]);
     let admin = server.admin();
-    let ws = admin.workspace("w").await;
-    let (_, key) = admin
-        .account(json!({"type": "service", "name": "s"}), &ws, true, false)
-        .await;
+    let (ws, _, key) = admin.workspace_with_claimer().await;
     let agent = server.client(&key);
 
     let (status, _) = server.client("").get("/metrics").await;
@@ -96,11 +93,9 @@ async fn readyz_follows_the_database() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({"status": "ready"}));
 
-    let Some(base) = common::pg_base_url() else {
-        eprintln!("BUILDD_TEST_DATABASE_URL is not set: Postgres not tested here");
+    let Some(url) = common::pg_database().await else {
         return;
     };
-    let url = common::fresh_pg_database(&base).await;
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&url, tmp.path(), &[]);
     let (status, _) = server.client("").get("/readyz").await;
@@ -108,6 +103,7 @@ async fn readyz_follows_the_database() {
 
     // The database goes away under the running server.
     use sqlx::Connection;
+    let base = common::pg_base_url().unwrap();
     let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
     let name = url.rsplit('/').next().unwrap().split('?').next().unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -212,10 +208,7 @@ async fn a_rotated_key_stops_at_once_and_its_streams_end() {
 async fn event_streams_per_caller_are_bounded() {
     let server = Server::sqlite(&[]);
     let admin = server.admin();
-    let ws = admin.workspace("w").await;
-    let (_, key) = admin
-        .account(json!({"type": "service", "name": "s"}), &ws, true, false)
-        .await;
+    let (_, _, key) = admin.workspace_with_claimer().await;
     let agent = server.client(&key);
 
     let mut open = Vec::new();

@@ -23,11 +23,9 @@ async fn claim_race_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claim_race_on_two_servers_sharing_postgres() {
-    let Some(base) = common::pg_base_url() else {
-        eprintln!("BUILDD_TEST_DATABASE_URL is not set: Postgres not tested here");
+    let Some(url) = common::pg_database().await else {
         return;
     };
-    let url = common::fresh_pg_database(&base).await;
     let dir = tempfile::tempdir().unwrap();
     let first = Server::start(&url, dir.path(), &[]);
     let second = Server::start(&url, dir.path(), &[]);

@@ -592,11 +592,9 @@ async fn secrets_stay_out_of_sqlite() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_stay_out_of_postgres() {
-    let Some(base) = common::pg_base_url() else {
-        eprintln!("BUILDD_TEST_DATABASE_URL is not set: Postgres not tested here");
+    let Some(url) = common::pg_database().await else {
         return;
     };
-    let url = common::fresh_pg_database(&base).await;
     let dir = tempfile::tempdir().unwrap();
     secrets_stay_out(&url, dir.path()).await;
 }
@@ -642,11 +640,9 @@ async fn nul_is_refused_on_sqlite() {
 
 #[tokio::test]
 async fn nul_is_refused_on_postgres() {
-    let Some(base) = common::pg_base_url() else {
-        eprintln!("BUILDD_TEST_DATABASE_URL is not set: Postgres not tested here");
+    let Some(url) = common::pg_database().await else {
         return;
     };
-    let url = common::fresh_pg_database(&base).await;
     let dir = tempfile::tempdir().unwrap();
     nul_is_refused(&Server::start(&url, dir.path(), &[])).await;
 }
@@ -657,10 +653,7 @@ async fn nul_is_refused_on_postgres() {
 async fn bodies_and_batches_are_bounded() {
     let server = Server::sqlite(&[]);
     let admin = server.admin();
-    let ws = admin.workspace("w").await;
-    let (_, key) = admin
-        .account(json!({"type": "service", "name": "s"}), &ws, true, false)
-        .await;
+    let (ws, _, key) = admin.workspace_with_claimer().await;
     admin.task(&ws, json!({})).await;
     let agent = server.client(&key);
     let worker = agent.claim_one().await;

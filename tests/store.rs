@@ -32,11 +32,9 @@ macro_rules! store_suite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    let Some(base) = super::common::pg_base_url() else {
-                        eprintln!("BUILDD_TEST_DATABASE_URL is not set: Postgres not tested here");
+                    let Some(url) = super::common::pg_database().await else {
                         return;
                     };
-                    let url = super::common::fresh_pg_database(&base).await;
                     super::$name(buildd::store::open(&url).await.unwrap()).await;
                 }
             )*

@@ -15,11 +15,40 @@ use serde_json::{Value, json};
 
 pub const ADMIN: &str = "buildd_admin_test-token";
 
+/// A benchmark's setting from the environment, or `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs a benchmark on two runtime threads, as the machines it is measured on have two
+/// cores.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
 /// The Postgres server tests may create databases on, from `BUILDD_TEST_DATABASE_URL`.
 pub fn pg_base_url() -> Option<String> {
     std::env::var("BUILDD_TEST_DATABASE_URL")
         .ok()
         .filter(|u| !u.is_empty())
+}
+
+/// A fresh database for one test (see [`fresh_pg_database`]), or `None`, said on
+/// stderr, when `BUILDD_TEST_DATABASE_URL` is not set.
+pub async fn pg_database() -> Option<String> {
+    let Some(base) = pg_base_url() else {
+        eprintln!("BUILDD_TEST_DATABASE_URL is not set: Postgres not tested here");
+        return None;
+    };
+    Some(fresh_pg_database(&base).await)
 }
 
 /// Creates an empty database for one test and returns its URL. Each test gets its own
@@ -246,6 +275,16 @@ impl Api {
         )
         .await;
         (id, created["apiKey"].as_str().unwrap().to_owned())
+    }
+
+    /// A new workspace and a service account that may claim in it (not create):
+    /// (workspace id, account id, key).
+    pub async fn workspace_with_claimer(&self) -> (String, String, String) {
+        let ws = self.workspace("w").await;
+        let (id, key) = self
+            .account(json!({"type": "service", "name": "s"}), &ws, true, false)
+            .await;
+        (ws, id, key)
     }
 
     /// Claims one task as this account and returns its worker's id.
