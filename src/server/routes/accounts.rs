@@ -230,7 +230,8 @@ pub async fn revoke(
 
 /// `POST /api/accounts/:id/rotate-key` (admin, or the account itself): a new key,
 /// shown once. The old key stops working with this request, and its event streams on
-/// this server end at once (on other servers of the cluster within seconds).
+/// this server end at once (on other servers of the cluster at their next event once
+/// the key is checked again, at most 5 s later).
 #[utoipa::path(post, path = "/api/accounts/{id}/rotate-key", tag = "accounts", params(("id" = String, Path, description = "The account's id")),
     responses((status = 200, description = "The account and its new key, shown this once", body = CreatedAccount), ApiError))]
 pub async fn rotate_key(
