@@ -121,13 +121,13 @@ pub fn source_type(value: &str) -> Result<(), RuleError> {
 /// The largest attachment accepted, in bytes.
 pub const MAX_ATTACHMENT_BYTES: usize = 10 * 1024 * 1024;
 
-/// An attachment's file name: a plain name, no directories, nothing invisible.
+/// An attachment's file name: a plain name, no directories, nothing invisible, not
+/// only dots.
 pub fn file_name(value: &str) -> Result<(), RuleError> {
     text("name", value, 255)?;
     if value.contains(['/', '\\'])
         || value.chars().any(char::is_control)
-        || value == "."
-        || value == ".."
+        || value.chars().all(|c| c == '.')
     {
         return Err(invalid(format!("name {value:?} must be a plain file name")));
     }

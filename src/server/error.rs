@@ -142,7 +142,8 @@ impl IntoResponses for ApiError {
 }
 
 /// A JSON request body. Any content type is accepted (people forget the header with
-/// curl), and an empty body reads as `{}` so that a missing field gets a message that
+/// curl), and an empty body (or `null`, which the description allows where every
+/// field is optional) reads as `{}`, so that a missing field gets a message that
 /// names it.
 pub struct Body<T>(pub T);
 
@@ -159,11 +160,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             };
             error_body(status, message)
         })?;
-        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else {
-            &bytes
-        };
+        let text: &[u8] =
+            if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
+                b"{}"
+            } else {
+                &bytes
+            };
         // A NUL can only arrive escaped; look closer only when the escape is there.
         if text.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000"))
             && serde_json::from_slice::<serde_json::Value>(text)

@@ -57,7 +57,7 @@ pub struct ClaimedWorker {
     task: Task,
 }
 
-#[utoipa::path(post, path = "/api/workers/claim", tag = "workers", request_body = ClaimBody,
+#[utoipa::path(post, path = "/api/workers/claim", tag = "workers", request_body = Option<ClaimBody>,
     responses((status = 200, description = "The claimed workers, each with its task; empty when nothing fits", body = ClaimAnswer), ApiError))]
 pub async fn claim(
     State(state): State<AppState>,
@@ -239,7 +239,7 @@ pub async fn show(
     Ok(Json(visible_worker(&state, &caller, &id).await?))
 }
 
-#[utoipa::path(patch, path = "/api/workers/{id}", tag = "workers", params(("id" = String, Path, description = "The worker's id")), request_body = WorkerUpdate,
+#[utoipa::path(patch, path = "/api/workers/{id}", tag = "workers", params(("id" = String, Path, description = "The worker's id")), request_body = Option<WorkerUpdate>,
     responses((status = 200, description = "The worker after the report (also a heartbeat)", body = Worker), ApiError))]
 pub async fn update(
     State(state): State<AppState>,
@@ -400,7 +400,12 @@ pub async fn messages(
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct AttachQuery {
-    /// The file's name.
+    /// The file's name: no directories, no control characters, not only dots.
+    #[param(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^/\\\x00-\x1f\x7f-\x9f]*[^/\\\x00-\x1f\x7f-\x9f.\s][^/\\\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: String,
     /// The message it belongs to.
     message_seq: Option<i64>,
