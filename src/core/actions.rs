@@ -318,7 +318,8 @@ fn update_worker(
     }
 
     // A branch, commit or PR reported for the first time (or changed) is recorded as
-    // an artifact, so the task keeps the history of every attempt.
+    // an artifact, so the task keeps the history of every attempt. A blank one clears
+    // the field and is no artifact, which must name something.
     let mut artifacts = Vec::new();
     for (kind, new, old) in [
         (ArtifactKind::Branch, &update.branch, &worker.branch),
@@ -326,6 +327,7 @@ fn update_worker(
         (ArtifactKind::Pr, &update.pr_url, &worker.pr_url),
     ] {
         if let Some(value) = new
+            && !value.trim().is_empty()
             && Some(value) != old.as_ref()
         {
             artifacts.push(Artifact {
@@ -556,6 +558,13 @@ mod tests {
             ["c2", "src/a.rs"],
             "an unchanged branch is not recorded again"
         );
+        let blank = Action::update(WorkerUpdate {
+            branch: Some(String::new()),
+            pr_url: Some(" ".into()),
+            ..WorkerUpdate::default()
+        });
+        let out = apply(blank, &mut task, Some(&mut worker), now).unwrap();
+        assert!(out.artifacts.is_empty(), "blank values are no artifacts");
     }
 
     #[test]
