@@ -1,8 +1,10 @@
 //! Reading `GET /api/events` as it streams, reconnecting when it drops.
 //!
-//! When the connection ends or fails, the stream reconnects with growing pauses and
-//! resumes after the last event it delivered (`Last-Event-ID`), so a server restart
-//! costs a pause, never a lost or repeated event. It gives up after
+//! When the connection ends, fails, or stays silent for [`STREAM_IDLE_LIMIT`] (the
+//! server writes a keep-alive every [`crate::core::events::KEEP_ALIVE`], so silence
+//! means a dead connection or a stuck server), the stream reconnects with growing
+//! pauses and resumes after the last event it delivered (`Last-Event-ID`), so a server
+//! restart costs a pause, never a lost or repeated event. It gives up after
 //! [`GIVE_UP_AFTER`] without a connection.
 
 use std::time::{Duration, Instant};
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::{Client, ClientError, Result, backoff};
+use crate::core::events::STREAM_IDLE_LIMIT;
 
 /// How long the stream keeps trying to reconnect before it reports the server gone.
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
@@ -28,7 +31,10 @@ pub struct EventStream {
     /// The id of the last event delivered, to resume after.
     last_id: Option<i64>,
     response: Option<reqwest::Response>,
-    buffer: String,
+    /// Bytes received and not yet parsed. Kept as bytes, so that a character split
+    /// across two network chunks is decoded whole.
+    buffer: Vec<u8>,
+    idle_limit: Duration,
 }
 
 impl EventStream {
@@ -44,28 +50,46 @@ impl EventStream {
             workspace_id,
             last_id,
             response: Some(response),
-            buffer: String::new(),
+            buffer: Vec::new(),
+            idle_limit: STREAM_IDLE_LIMIT,
         })
     }
 
-    /// The next event. Keep-alive comments are skipped; dropped connections are
-    /// reopened and resumed.
+    /// Overrides [`STREAM_IDLE_LIMIT`] (tests use a short one).
+    pub fn with_idle_limit(mut self, limit: Duration) -> Self {
+        self.idle_limit = limit;
+        self
+    }
+
+    /// The next event. Keep-alive comments are skipped; dropped or silent connections
+    /// are reopened and resumed.
     pub async fn next(&mut self) -> Result<StreamedEvent> {
         loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                if let Some(event) = parse(&block)? {
+            if let Some(end) = block_end(&self.buffer) {
+                let block: Vec<u8> = self.buffer.drain(..end).collect();
+                if let Some(event) = parse(&String::from_utf8_lossy(&block))? {
                     self.last_id = Some(event.id);
                     return Ok(event);
                 }
                 continue;
             }
             let chunk = match self.response.as_mut() {
-                Some(response) => response.chunk().await.ok().flatten(),
+                Some(response) => {
+                    match tokio::time::timeout(self.idle_limit, response.chunk()).await {
+                        Ok(chunk) => chunk.ok().flatten(),
+                        Err(_) => {
+                            tracing::info!(
+                                idle_secs = self.idle_limit.as_secs(),
+                                "the event stream went silent; reconnecting"
+                            );
+                            None
+                        }
+                    }
+                }
                 None => None,
             };
             match chunk {
-                Some(bytes) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                Some(bytes) => self.buffer.extend_from_slice(&bytes),
                 None => self.reconnect().await?,
             }
         }
@@ -98,21 +122,36 @@ impl EventStream {
     }
 }
 
-/// One `id:`/`event:`/`data:` block; `None` for a block of comments only.
+/// Where the first complete block (an event, or comments) ends, its blank line
+/// included. The specification allows `\n`, `\r\n` and `\r` line ends.
+fn block_end(buffer: &[u8]) -> Option<usize> {
+    const ENDS: [&[u8]; 3] = [b"\n\n", b"\r\n\r\n", b"\r\r"];
+    (0..buffer.len()).find_map(|i| {
+        ENDS.iter()
+            .find(|end| buffer[i..].starts_with(end))
+            .map(|end| i + end.len())
+    })
+}
+
+/// One `id:`/`event:`/`data:` block; `None` for a block of comments only. Several
+/// `data:` lines join with newlines, as the SSE specification says.
 fn parse(block: &str) -> Result<Option<StreamedEvent>> {
-    let (mut id, mut name, mut data) = (None, None, String::new());
+    let (mut id, mut name, mut data) = (None, None, Vec::new());
     for line in block.lines() {
-        if let Some(v) = line.strip_prefix("id:") {
-            id = v.trim().parse().ok();
-        } else if let Some(v) = line.strip_prefix("event:") {
-            name = Some(v.trim().to_owned());
-        } else if let Some(v) = line.strip_prefix("data:") {
-            data.push_str(v.strip_prefix(' ').unwrap_or(v));
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line, ""),
+        };
+        match field {
+            "id" => id = value.trim().parse().ok(),
+            "event" => name = Some(value.trim().to_owned()),
+            "data" => data.push(value),
+            _ => {}
         }
     }
     match (id, name) {
         (Some(id), Some(name)) => {
-            let data = serde_json::from_str(&data)
+            let data = serde_json::from_str(&data.join("\n"))
                 .map_err(|e| ClientError::Protocol(format!("event {id}: {e}")))?;
             Ok(Some(StreamedEvent { id, name, data }))
         }
@@ -134,5 +173,31 @@ mod tests {
         assert_eq!(event.data["task"]["id"], "task-1");
         assert_eq!(parse(":\n\n").unwrap(), None);
         assert!(parse("id: 1\nevent: x\ndata: {oops\n\n").is_err());
+    }
+
+    #[test]
+    fn multi_line_data_joins_with_newlines() {
+        let event = parse("id: 2\nevent: x\ndata: {\"text\":\ndata: \"a\"}\n\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.data["text"], "a");
+        let text = parse("id: 3\nevent: x\ndata: \"one\ndata: two\"\n\n");
+        // A JSON string cannot hold a raw newline: the join is seen, and refused.
+        assert!(text.is_err());
+    }
+
+    #[test]
+    fn a_character_split_across_chunks_is_decoded_whole() {
+        let whole = "id: 4\nevent: x\ndata: {\"t\":\"é✓\"}\n\n".as_bytes();
+        let split = whole.iter().position(|&b| b == 0xC3).unwrap() + 1;
+        let mut buffer = whole[..split].to_vec();
+        assert_eq!(block_end(&buffer), None);
+        buffer.extend_from_slice(&whole[split..]);
+        let end = block_end(&buffer).unwrap();
+        let event = parse(&String::from_utf8_lossy(&buffer[..end]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.data["t"], "é✓");
+        assert_eq!(block_end(b"id: 1\r\n\r\n"), Some(9));
     }
 }

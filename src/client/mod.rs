@@ -12,8 +12,6 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::core::validate::MAX_MESSAGES_PER_BATCH;
-
 pub use events::{EventStream, StreamedEvent};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +57,21 @@ pub fn backoff(attempt: u32) -> Duration {
     full.mul_f64(rand::rng().random_range(0.5..=1.0))
 }
 
+/// Why a request failed when the server took too long.
+fn silent(limit: Duration) -> String {
+    format!("it did not answer within {} s", limit.as_secs())
+}
+
 /// Turns API JSON into one of the core's types.
 pub fn decode<T: DeserializeOwned>(value: &Value) -> Result<T> {
     T::deserialize(value).map_err(|e| ClientError::Protocol(e.to_string()))
 }
+
+/// How long a connection to the server may take to open.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long any one request may take, answer included, before the server counts as
+/// not answering. A claim that waits for work gets its wait on top.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct Client {
@@ -99,8 +108,10 @@ fn encode(value: &str) -> String {
 
 impl Client {
     pub fn new(server: &str, token: &str) -> Result<Self> {
+        // No client-wide timeout: the event stream is meant to stay open. Every other
+        // request gets [`REQUEST_TIMEOUT`] in `call`, the stream an idle timeout.
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(CONNECT_TIMEOUT)
             .build()
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         Ok(Client {
@@ -114,11 +125,11 @@ impl Client {
         &self.base
     }
 
-    fn unreachable(&self, e: &reqwest::Error) -> ClientError {
-        let reason = if e.is_connect() {
+    fn unreachable(&self, e: &reqwest::Error, limit: Duration) -> ClientError {
+        let reason = if e.is_timeout() {
+            silent(limit)
+        } else if e.is_connect() {
             "connection refused or host unknown".to_owned()
-        } else if e.is_timeout() {
-            "timed out".to_owned()
         } else {
             e.to_string()
         };
@@ -130,16 +141,39 @@ impl Client {
 
     /// Sends one request and returns the JSON answer (`null` for an empty one).
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
+        self.call_within(method, path, body, REQUEST_TIMEOUT).await
+    }
+
+    /// [`Client::call`], allowing the request `limit` to complete.
+    async fn call_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        limit: Duration,
+    ) -> Result<Value> {
         let mut request = self
             .http
             .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
+            .bearer_auth(&self.token)
+            .timeout(limit);
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.map_err(|e| self.unreachable(&e))?;
+        self.answer(request, limit).await
+    }
+
+    /// Sends `request` and reads its JSON answer (`null` for an empty one).
+    async fn answer(&self, request: reqwest::RequestBuilder, limit: Duration) -> Result<Value> {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e, limit))?;
         let status = response.status();
-        let text = response.text().await.map_err(|e| self.unreachable(&e))?;
+        let text = response
+            .text()
+            .await
+            .map_err(|e| self.unreachable(&e, limit))?;
         let value: Value = if text.is_empty() {
             Value::Null
         } else {
@@ -283,7 +317,8 @@ impl Client {
         wait: u64,
     ) -> Result<Value> {
         let body = json!({ "maxTasks": max_tasks, "workspaceId": workspace_id, "wait": wait });
-        self.call(Method::POST, "/api/workers/claim", Some(body))
+        let limit = REQUEST_TIMEOUT + Duration::from_secs(wait);
+        self.call_within(Method::POST, "/api/workers/claim", Some(body), limit)
             .await
     }
 
@@ -312,17 +347,18 @@ impl Client {
         .await
     }
 
-    /// Sends `messages` in batches the server accepts, removing each batch once it has
-    /// been taken: on an error, what is left is what the server does not have.
-    pub async fn append_all(&self, worker_id: &str, messages: &mut Vec<Value>) -> Result<()> {
+    /// `POST /api/workers/:id/messages` with a body already written out (the agent
+    /// writes its batches once, from messages kept as JSON text).
+    pub async fn append_messages(&self, worker_id: &str, body: String) -> Result<Value> {
         let path = format!("/api/workers/{}/messages", encode(worker_id));
-        while !messages.is_empty() {
-            let n = messages.len().min(MAX_MESSAGES_PER_BATCH);
-            let batch = json!({ "messages": &messages[..n] });
-            self.call(Method::POST, &path, Some(batch)).await?;
-            messages.drain(..n);
-        }
-        Ok(())
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .timeout(REQUEST_TIMEOUT)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        self.answer(request, REQUEST_TIMEOUT).await
     }
 
     pub async fn messages(&self, worker_id: &str, after: i64) -> Result<Value> {
@@ -354,7 +390,17 @@ impl Client {
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id.to_string());
         }
-        let response = request.send().await.map_err(|e| self.unreachable(&e))?;
+        // Only the answer's head is bounded: the body streams for as long as it lasts,
+        // watched by the stream's idle timeout.
+        let response = match tokio::time::timeout(REQUEST_TIMEOUT, request.send()).await {
+            Ok(sent) => sent.map_err(|e| self.unreachable(&e, REQUEST_TIMEOUT))?,
+            Err(_) => {
+                return Err(ClientError::Unreachable {
+                    url: self.base.clone(),
+                    reason: silent(REQUEST_TIMEOUT),
+                });
+            }
+        };
         if response.status() != StatusCode::OK {
             let status = response.status().as_u16();
             let value: Value = response.json().await.unwrap_or(Value::Null);
