@@ -9,6 +9,7 @@ use std::sync::Arc;
 use buildd::core::actions::{Action, WorkerUpdate};
 use buildd::core::ids::{IdKind, new_id};
 use buildd::core::keys;
+use buildd::core::lease::Cutoffs;
 use buildd::core::model::*;
 use buildd::core::time::{self, Timestamp};
 use buildd::store::{ClaimRequest, Store, TaskFilter, WorkerFilter};
@@ -56,6 +57,9 @@ store_suite!(
     tasks_from_one_source_share_it,
     attachments_keep_their_bytes,
     json_reads_back_exactly_as_written,
+    retention_deletes_old_events_and_finished_output_only,
+    cancelling_a_paused_task_frees_its_slot,
+    usage_counters_match_the_rows_after_random_operations,
 );
 
 type Db = Arc<dyn Store>;
@@ -467,8 +471,12 @@ async fn stale_workers_expire_exactly_once(db: Db) {
     let later = time::now() + Duration::seconds(5);
     db.apply(&fresh.id, Action::Heartbeat, later).await.unwrap();
     let cutoff = later - Duration::seconds(1);
+    let cutoffs = Cutoffs {
+        leased: cutoff,
+        paused: cutoff,
+    };
     assert_eq!(
-        db.stale_workers(cutoff).await.unwrap(),
+        db.stale_workers(cutoffs).await.unwrap(),
         vec![stale.id.clone()]
     );
 
@@ -478,7 +486,7 @@ async fn stale_workers_expire_exactly_once(db: Db) {
         let db = db.clone();
         let id = stale.id.clone();
         sweeps.push(tokio::spawn(async move {
-            db.apply(&id, Action::Expire { cutoff }, later)
+            db.apply(&id, Action::Expire { cutoffs }, later)
                 .await
                 .unwrap()
                 .outcome
@@ -496,7 +504,7 @@ async fn stale_workers_expire_exactly_once(db: Db) {
         db.get_worker(&stale.id).await.unwrap().unwrap().status,
         WorkerStatus::Error
     );
-    assert!(db.stale_workers(cutoff).await.unwrap().is_empty());
+    assert!(db.stale_workers(cutoffs).await.unwrap().is_empty());
 }
 
 async fn messages_are_numbered_per_worker(db: Db) {
@@ -510,24 +518,43 @@ async fn messages_are_numbered_per_worker(db: Db) {
     let (w1, w2) = (&claimed[0].0, &claimed[1].0);
 
     let batch: Vec<_> = (0..5).map(|i| json!({"n": i})).collect();
+    let append = |id: String, messages: Vec<serde_json::Value>, from: Option<i64>| {
+        let db = db.clone();
+        async move {
+            let stored = db
+                .append_messages(&id, &messages, from, time::now())
+                .await
+                .unwrap();
+            (stored.appended, stored.last_seq)
+        }
+    };
+    assert_eq!(append(w1.id.clone(), batch, None).await, (5, 5));
     assert_eq!(
-        db.append_messages(&w1.id, &batch, time::now())
-            .await
-            .unwrap(),
-        5
+        append(w1.id.clone(), vec![json!("six")], None).await,
+        (1, 6)
     );
     assert_eq!(
-        db.append_messages(&w1.id, &[json!("six")], time::now())
-            .await
-            .unwrap(),
-        6
+        append(w2.id.clone(), vec![json!("first")], None).await,
+        (1, 1)
     );
-    assert_eq!(
-        db.append_messages(&w2.id, &[json!("first")], time::now())
-            .await
-            .unwrap(),
-        1
-    );
+
+    // Numbered batches: a repeat stores nothing, an overlap only what is new, a gap
+    // is fine.
+    let numbered = |from: i64, n: i64| -> Vec<serde_json::Value> {
+        (from..from + n).map(|i| json!({ "agent": i })).collect()
+    };
+    assert_eq!(append(w2.id.clone(), numbered(1, 3), Some(1)).await, (3, 4));
+    assert_eq!(append(w2.id.clone(), numbered(1, 3), Some(1)).await, (0, 4));
+    assert_eq!(append(w2.id.clone(), numbered(2, 4), Some(2)).await, (2, 6));
+    assert_eq!(append(w2.id.clone(), numbered(9, 1), Some(9)).await, (1, 7));
+    let stream: Vec<serde_json::Value> = db
+        .list_messages(&w2.id, 1, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.message["agent"].clone())
+        .collect();
+    assert_eq!(stream, [1, 2, 3, 4, 5, 9].map(|i| json!(i)));
 
     let read = db.list_messages(&w1.id, 3, 100).await.unwrap();
     let seqs: Vec<i64> = read.iter().map(|m| m.seq).collect();
@@ -764,7 +791,7 @@ async fn json_reads_back_exactly_as_written(db: Db) {
         r#"{"zeta": 1.7976931348623157e308, "alpha": -5e-324, "big": 18446744073709551615, "nested": {"b": [1, 2.5], "a": null}}"#,
     )
     .unwrap();
-    db.append_messages(&worker.id, std::slice::from_ref(&odd), time::now())
+    db.append_messages(&worker.id, std::slice::from_ref(&odd), None, time::now())
         .await
         .unwrap();
     let read = db.list_messages(&worker.id, 0, 10).await.unwrap();
@@ -809,4 +836,294 @@ async fn json_reads_back_exactly_as_written(db: Db) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
     assert_eq!(completed["task"]["result"].to_string(), odd.to_string());
+}
+
+async fn retention_deletes_old_events_and_finished_output_only(db: Db) {
+    let ws = new_workspace(&db).await;
+    let a = account(AccountType::Service, 5, None);
+    new_account(&db, &a).await;
+    grant(&db, &a, &ws, true).await;
+    for _ in 0..3 {
+        new_task(&db, &ws, RunnerPreference::Any, 0, 3).await;
+    }
+    let claimed = claim(&db, &a, 2).await;
+    let (done, live) = (&claimed[0].0, &claimed[1].0);
+    for w in [done, live] {
+        db.append_messages(
+            &w.id,
+            &[json!("a"), json!("b"), json!("c")],
+            None,
+            time::now(),
+        )
+        .await
+        .unwrap();
+        let file = Attachment {
+            id: new_id(IdKind::Attachment),
+            worker_id: w.id.clone(),
+            task_id: w.task_id.clone(),
+            message_seq: None,
+            name: "out.txt".into(),
+            content_type: "text/plain".into(),
+            size: 2,
+            created_at: time::now(),
+        };
+        db.add_attachment(&file, b"hi").await.unwrap();
+    }
+    set_status(&db, &done.id, WorkerStatus::Starting, None).await;
+    set_status(&db, &done.id, WorkerStatus::Running, None).await;
+    set_status(&db, &done.id, WorkerStatus::Completed, None).await;
+
+    let events_before = settled_events(&db).await;
+    assert!(events_before.len() > 10);
+    let newest = db.last_event_id().await.unwrap();
+    assert_eq!(db.events_purged_through().await.unwrap(), 0);
+
+    // Nothing is old enough yet.
+    let past = time::now() - Duration::days(1);
+    assert_eq!(db.purge_events(past, 1000).await.unwrap(), 0);
+    assert_eq!(db.purge_worker_output(past, 1000).await.unwrap(), 0);
+
+    // Everything is: events go in batches, the newest always stays.
+    let future = time::now() + Duration::days(1);
+    let mut deleted = 0;
+    loop {
+        let n = db.purge_events(future, 4).await.unwrap();
+        assert!(n <= 4);
+        if n == 0 {
+            break;
+        }
+        deleted += n;
+    }
+    assert_eq!(deleted as usize, events_before.len() - 1);
+    let left = db.events_after(0, 10_000).await.unwrap();
+    assert_eq!(left.iter().map(|e| e.id).collect::<Vec<_>>(), [newest]);
+    assert_eq!(db.events_purged_through().await.unwrap(), newest - 1);
+    assert_eq!(db.last_event_id().await.unwrap(), newest);
+
+    // New events go on numbering after the deleted ones.
+    new_task(&db, &ws, RunnerPreference::Any, 0, 3).await;
+    let next = settled_events(&db).await;
+    assert!(
+        next.len() > 1 && next.iter().all(|e| e.id >= newest),
+        "{next:?}"
+    );
+
+    // Only the finished worker's output goes, in batches.
+    let mut deleted = 0;
+    loop {
+        let n = db.purge_worker_output(future, 2).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        deleted += n;
+    }
+    assert_eq!(deleted, 4, "three messages and an attachment");
+    assert!(db.list_messages(&done.id, 0, 100).await.unwrap().is_empty());
+    assert!(db.list_attachments(&done.id).await.unwrap().is_empty());
+    assert_eq!(db.list_messages(&live.id, 0, 100).await.unwrap().len(), 3);
+    assert_eq!(db.list_attachments(&live.id).await.unwrap().len(), 1);
+}
+
+/// Every event, once the store has published all it wrote (Postgres numbers events
+/// just after commit).
+async fn settled_events(db: &Db) -> Vec<buildd::core::events::StoredEvent> {
+    let mut seen = db.events_after(0, 10_000).await.unwrap();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let now = db.events_after(0, 10_000).await.unwrap();
+        if now.len() == seen.len() {
+            return now;
+        }
+        seen = now;
+    }
+}
+
+async fn cancelling_a_paused_task_frees_its_slot(db: Db) {
+    let ws = new_workspace(&db).await;
+    let a = account(AccountType::Service, 1, None);
+    new_account(&db, &a).await;
+    grant(&db, &a, &ws, true).await;
+    let first = new_task(&db, &ws, RunnerPreference::Any, 0, 3).await;
+    new_task(&db, &ws, RunnerPreference::Any, 0, 3).await;
+    let claimed = claim(&db, &a, 1).await;
+    let worker = &claimed[0].0;
+    db.apply(&worker.id, Action::Pause, time::now())
+        .await
+        .unwrap();
+    assert!(
+        claim(&db, &a, 1).await.is_empty(),
+        "the paused worker holds the one slot"
+    );
+    db.apply(&first.id, Action::Cancel, time::now())
+        .await
+        .unwrap();
+    let ended = db.get_worker(&worker.id).await.unwrap().unwrap();
+    assert_eq!(ended.status, WorkerStatus::Error);
+    assert_eq!(ended.error.as_deref(), Some("the task was cancelled"));
+    let second = claim(&db, &a, 1).await;
+    assert_eq!(second.len(), 1, "the slot is free again");
+
+    // A paused worker whose agent went quiet expires after its own, longer cutoff.
+    let worker = &second[0].0;
+    db.apply(&worker.id, Action::Pause, time::now())
+        .await
+        .unwrap();
+    let later = time::now() + Duration::seconds(10);
+    let leased_only = Cutoffs {
+        leased: later,
+        paused: time::now() - Duration::seconds(10),
+    };
+    assert!(db.stale_workers(leased_only).await.unwrap().is_empty());
+    let both = Cutoffs {
+        leased: later,
+        paused: later,
+    };
+    assert_eq!(db.stale_workers(both).await.unwrap(), vec![worker.id.clone()]);
+    let expired = db
+        .apply(&worker.id, Action::Expire { cutoffs: both }, later)
+        .await
+        .unwrap();
+    assert_eq!(expired.worker.unwrap().status, WorkerStatus::Error);
+    assert_eq!(
+        db.usage(&a.id, &time::utc_day(later))
+            .await
+            .unwrap()
+            .active_workers,
+        0
+    );
+}
+
+/// A random walk over claims, reports, pauses, starts, cancels, replies and expiries
+/// across three accounts; after each step the usage counters the claims read must
+/// equal what the worker rows add up to.
+async fn usage_counters_match_the_rows_after_random_operations(db: Db) {
+    use rand::{RngExt, SeedableRng};
+    let seed: u64 = std::env::var("BUILDD_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let now = time::now();
+    let day = time::utc_day(now);
+    let ws = new_workspace(&db).await;
+    let mut accounts = Vec::new();
+    for max in [1, 2, 3] {
+        let a = account(AccountType::Service, max, None);
+        new_account(&db, &a).await;
+        grant(&db, &a, &ws, true).await;
+        accounts.push(a);
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        tasks.push(new_task(&db, &ws, RunnerPreference::Any, 0, 2).await.id);
+    }
+    let mut workers: Vec<String> = Vec::new();
+    let statuses = [
+        WorkerStatus::Starting,
+        WorkerStatus::Running,
+        WorkerStatus::WaitingInput,
+        WorkerStatus::Completed,
+        WorkerStatus::Error,
+        WorkerStatus::Paused,
+    ];
+    for step in 0..300 {
+        let pick = rng.random_range(0..9);
+        let result = match (pick, workers.is_empty()) {
+            (0 | 1, _) | (_, true) => {
+                let a = &accounts[rng.random_range(0..accounts.len())];
+                let request = ClaimRequest {
+                    max_tasks: rng.random_range(1..=2),
+                    workspace_id: None,
+                };
+                let got = db.claim(a, &request, now).await.unwrap();
+                workers.extend(got.into_iter().map(|(w, _)| w.id));
+                Ok(())
+            }
+            _ => {
+                let worker = workers[rng.random_range(0..workers.len())].clone();
+                let task = db.get_worker(&worker).await.unwrap().unwrap().task_id;
+                let action = match pick {
+                    2 | 3 => Action::update(WorkerUpdate {
+                        status: Some(statuses[rng.random_range(0..statuses.len())]),
+                        cost_usd: Some(f64::from(rng.random_range(0..100u32)) / 100.0),
+                        ..WorkerUpdate::default()
+                    }),
+                    4 => Action::Pause,
+                    5 => Action::Start,
+                    6 => Action::Heartbeat,
+                    7 => {
+                        let cutoffs = buildd::core::lease::Cutoffs::at(
+                            now + Duration::hours(1),
+                            std::time::Duration::from_secs(rng.random_range(1..3000)),
+                        );
+                        Action::Expire { cutoffs }
+                    }
+                    _ => {
+                        let id = if rng.random_bool(0.5) { &task } else { &worker };
+                        let action = if rng.random_bool(0.5) {
+                            Action::Cancel
+                        } else {
+                            Action::Reply {
+                                message: "go on".into(),
+                            }
+                        };
+                        let r = db.apply(id, action, now).await;
+                        check_usage(&db, &accounts, &day, seed, step).await;
+                        if let Err(e) = &r {
+                            assert!(
+                                !matches!(e, buildd::store::StoreError::Backend(_)),
+                                "seed {seed}: {e}"
+                            );
+                        }
+                        continue;
+                    }
+                };
+                db.apply(&worker, action, now).await.map(drop)
+            }
+        };
+        if let Err(e) = result {
+            assert!(
+                !matches!(e, buildd::store::StoreError::Backend(_)),
+                "seed {seed}, step {step}: {e}"
+            );
+        }
+        check_usage(&db, &accounts, &day, seed, step).await;
+    }
+}
+
+/// Each account's counters against its worker rows.
+async fn check_usage(db: &Db, accounts: &[Account], day: &str, seed: u64, step: usize) {
+    let filter = WorkerFilter {
+        limit: 10_000,
+        ..WorkerFilter::default()
+    };
+    let all = db.list_workers(&filter).await.unwrap();
+    for a in accounts {
+        let mine: Vec<&Worker> = all.iter().filter(|w| w.account_id == a.id).collect();
+        let active = mine
+            .iter()
+            .filter(|w| WorkerStatus::ACTIVE.contains(&w.status))
+            .count() as i64;
+        let cost: f64 = mine
+            .iter()
+            .filter(|w| time::utc_day(w.started_at) == day)
+            .map(|w| w.cost_usd)
+            .sum();
+        let usage = db.usage(&a.id, day).await.unwrap();
+        assert_eq!(
+            usage.active_workers, active,
+            "seed {seed}, step {step}: active workers of {}",
+            a.id
+        );
+        assert!(
+            (usage.cost_usd - cost).abs() < 1e-9,
+            "seed {seed}, step {step}: cost of {}: counter {} rows {cost}",
+            a.id,
+            usage.cost_usd
+        );
+        assert!(
+            active <= a.max_concurrent_workers,
+            "seed {seed}, step {step}: over the limit"
+        );
+    }
 }

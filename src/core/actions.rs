@@ -64,8 +64,8 @@ pub enum Action {
     Pause,
     /// `POST /api/workers/:id/start`.
     Start,
-    /// The sweeper found the worker's last heartbeat older than `cutoff`.
-    Expire { cutoff: Timestamp },
+    /// The sweeper found the worker's last heartbeat older than its cutoff.
+    Expire { cutoffs: lease::Cutoffs },
 }
 
 impl Action {
@@ -175,7 +175,7 @@ fn apply_to(
     now: Timestamp,
 ) -> Result<Outcome, RuleError> {
     match (action, worker) {
-        (Action::Cancel, _) => cancel(task, now),
+        (Action::Cancel, worker) => cancel(task, worker, now),
         (Action::Reply { message }, worker) => reply(task, worker, message),
         (Action::Update(update), Some(worker)) => update_worker(task, worker, *update, now),
         (Action::Heartbeat, Some(worker)) => heartbeat(task, worker, now),
@@ -195,12 +195,19 @@ fn apply_to(
             }
             move_by_request(task, worker, WorkerStatus::Starting, now)
         }
-        (Action::Expire { cutoff }, Some(worker)) => Ok(expire(task, worker, cutoff, now)),
+        (Action::Expire { cutoffs }, Some(worker)) => Ok(expire(task, worker, cutoffs, now)),
         (_, None) => Err(RuleError::Conflict("this action needs a worker".into())),
     }
 }
 
-fn cancel(task: &mut Task, now: Timestamp) -> Result<Outcome, RuleError> {
+/// Cancels the task. A live run learns of it from its heartbeat and reports its own
+/// end; a paused worker is ended here, because its run is stopped already and its
+/// agent may be gone, and it must not keep the account's slot.
+fn cancel(
+    task: &mut Task,
+    worker: Option<&mut Worker>,
+    now: Timestamp,
+) -> Result<Outcome, RuleError> {
     if task.status.is_terminal() {
         return Err(RuleError::Conflict(format!(
             "task {} is already {}",
@@ -209,9 +216,15 @@ fn cancel(task: &mut Task, now: Timestamp) -> Result<Outcome, RuleError> {
     }
     task.status = TaskStatus::Cancelled;
     task.completed_at = Some(now);
+    let mut events = vec![Event::task_updated(task)];
+    if let Some(worker) = worker.filter(|w| w.status == WorkerStatus::Paused) {
+        worker.error = Some("the task was cancelled".into());
+        set_status(task, worker, WorkerStatus::Error, now);
+        events.push(Event::worker_updated(worker));
+    }
     Ok(Outcome {
         changed: true,
-        events: vec![Event::task_updated(task)],
+        events,
         ..Outcome::default()
     })
 }
@@ -405,8 +418,13 @@ fn move_by_request(
     })
 }
 
-fn expire(task: &mut Task, worker: &mut Worker, cutoff: Timestamp, now: Timestamp) -> Outcome {
-    if !WorkerStatus::LEASED.contains(&worker.status) || worker.heartbeat_at >= cutoff {
+fn expire(
+    task: &mut Task,
+    worker: &mut Worker,
+    cutoffs: lease::Cutoffs,
+    now: Timestamp,
+) -> Outcome {
+    if !cutoffs.is_lost(worker) {
         return Outcome::default();
     }
     worker.error = Some(format!(
@@ -623,21 +641,29 @@ mod tests {
         assert_eq!(task.status, TaskStatus::Failed);
     }
 
+    fn expire_at(cutoff: Timestamp, paused: Timestamp) -> Action {
+        Action::Expire {
+            cutoffs: lease::Cutoffs {
+                leased: cutoff,
+                paused,
+            },
+        }
+    }
+
     #[test]
     fn expiry_only_hits_stale_leased_workers() {
         let (mut task, mut worker) = claimed(3);
         let now = time::now();
-        let early = Action::Expire {
-            cutoff: worker.heartbeat_at,
-        };
+        let early = expire_at(worker.heartbeat_at, worker.heartbeat_at);
         assert!(
             !apply(early, &mut task, Some(&mut worker), now)
                 .unwrap()
                 .changed
         );
-        let late = Action::Expire {
-            cutoff: worker.heartbeat_at + Duration::seconds(1),
-        };
+        let late = expire_at(
+            worker.heartbeat_at + Duration::seconds(1),
+            worker.heartbeat_at,
+        );
         assert!(
             apply(late, &mut task, Some(&mut worker), now)
                 .unwrap()
@@ -645,6 +671,60 @@ mod tests {
         );
         assert_eq!(worker.status, WorkerStatus::Error);
         assert_eq!(task.status, TaskStatus::Pending);
+    }
+
+    #[test]
+    fn a_paused_worker_expires_after_its_own_longer_cutoff() {
+        let (mut task, mut worker) = claimed(3);
+        let now = time::now();
+        apply(Action::Pause, &mut task, Some(&mut worker), now).unwrap();
+        let beat = worker.heartbeat_at;
+        let leased_only = expire_at(beat + Duration::seconds(1), beat);
+        assert!(
+            !apply(leased_only, &mut task, Some(&mut worker), now)
+                .unwrap()
+                .changed,
+            "one lease is not enough for a paused worker"
+        );
+        let both = expire_at(beat + Duration::seconds(9), beat + Duration::seconds(1));
+        let out = apply(both, &mut task, Some(&mut worker), now).unwrap();
+        assert!(out.changed);
+        assert_eq!(out.usage.active_workers, -1, "its slot is free again");
+        assert_eq!(worker.status, WorkerStatus::Error);
+        assert_eq!(task.status, TaskStatus::Pending);
+
+        let cutoffs = lease::Cutoffs::at(now, std::time::Duration::from_secs(10));
+        assert_eq!(now - cutoffs.leased, Duration::seconds(10));
+        assert_eq!(
+            now - cutoffs.paused,
+            Duration::seconds(10 * i64::from(lease::PAUSED_LEASES))
+        );
+    }
+
+    #[test]
+    fn cancelling_a_paused_task_ends_its_worker_and_frees_the_slot() {
+        let (mut task, mut worker) = claimed(3);
+        let now = time::now();
+        apply(Action::Pause, &mut task, Some(&mut worker), now).unwrap();
+        let out = apply(Action::Cancel, &mut task, Some(&mut worker), now).unwrap();
+        assert_eq!(task.status, TaskStatus::Cancelled);
+        assert_eq!(worker.status, WorkerStatus::Error);
+        assert_eq!(worker.error.as_deref(), Some("the task was cancelled"));
+        assert_eq!(out.usage.active_workers, -1);
+        assert_eq!(out.events.len(), 2);
+
+        // A running worker is left to its agent, which the heartbeat tells.
+        let (mut task, mut worker) = claimed(3);
+        apply(
+            to(WorkerStatus::Starting),
+            &mut task,
+            Some(&mut worker),
+            now,
+        )
+        .unwrap();
+        let out = apply(Action::Cancel, &mut task, Some(&mut worker), now).unwrap();
+        assert_eq!(worker.status, WorkerStatus::Starting);
+        assert!(out.usage.is_empty());
     }
 
     #[test]

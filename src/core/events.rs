@@ -32,6 +32,18 @@ impl StoredEvent {
     }
 }
 
+/// How often the server writes a keep-alive comment on an idle event stream.
+pub const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// How long a client waits on a silent event stream before it counts the connection
+/// as dead and reconnects: three keep-alives missed.
+pub const STREAM_IDLE_LIMIT: std::time::Duration = KEEP_ALIVE.saturating_mul(3);
+
+/// The name of the event a stream sends first when the client resumed from an event
+/// that retention has deleted since: what happened in between is gone, so the client
+/// must read the state afresh instead of trusting that it missed nothing.
+pub const STREAM_RESET: &str = "stream.reset";
+
 /// How many `/api/events` streams one caller (an account, or the admin token) may
 /// hold open on one server. Agents need one each and a person a few dashboard tabs;
 /// more is a leak.
@@ -42,7 +54,7 @@ pub const MAX_STREAMS_PER_CALLER: usize = 64;
 /// it.
 pub fn offers_work(name: &str, data: &Value) -> bool {
     match name {
-        "task.created" => true,
+        "task.created" | STREAM_RESET => true,
         "task.updated" => data["task"]["status"] == "pending",
         _ => false,
     }

@@ -2,8 +2,47 @@
 
 use std::time::Duration;
 
-use super::model::{Task, TaskStatus};
+use super::model::{Task, TaskStatus, Worker, WorkerStatus};
 use super::time::Timestamp;
+
+/// How many leases a paused worker may go without a heartbeat before it is expired.
+/// A paused run is parked by a person and its agent keeps heartbeating it, so silence
+/// means the agent is gone; three leases rather than one give a laptop that slept, or
+/// an agent being restarted, time to come back before the slot is taken from it.
+pub const PAUSED_LEASES: i32 = 3;
+
+/// The heartbeat times before which workers count as lost, per kind of worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cutoffs {
+    /// For workers in a [`WorkerStatus::LEASED`] status.
+    pub leased: Timestamp,
+    /// For paused workers: [`PAUSED_LEASES`] leases back.
+    pub paused: Timestamp,
+}
+
+impl Cutoffs {
+    /// The cutoffs at `now` for a lease of `ttl`.
+    pub fn at(now: Timestamp, ttl: Duration) -> Cutoffs {
+        let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        let paused = ttl
+            .checked_mul(PAUSED_LEASES)
+            .unwrap_or(chrono::Duration::MAX);
+        let back = |d: chrono::Duration| now.checked_sub_signed(d).unwrap_or(Timestamp::MIN_UTC);
+        Cutoffs {
+            leased: back(ttl),
+            paused: back(paused),
+        }
+    }
+
+    /// Whether `worker` has gone too long without a heartbeat and is lost.
+    pub fn is_lost(&self, worker: &Worker) -> bool {
+        if WorkerStatus::LEASED.contains(&worker.status) {
+            worker.heartbeat_at < self.leased
+        } else {
+            worker.status == WorkerStatus::Paused && worker.heartbeat_at < self.paused
+        }
+    }
+}
 
 /// How often the sweeper looks for lost workers: a quarter of the lease, so a task is
 /// back in the queue at most 1.25 leases after its worker's last sign of life, kept

@@ -11,6 +11,7 @@ pub mod events;
 pub mod ids;
 pub mod keys;
 pub mod lease;
+pub mod messages;
 pub mod model;
 pub mod time;
 pub mod validate;

@@ -10,6 +10,7 @@ pub mod events;
 pub mod github;
 pub mod metrics;
 mod openapi;
+pub mod retention;
 mod routes;
 mod sweeper;
 
@@ -47,6 +48,8 @@ pub struct AppState {
     /// Wakes GitHub Actions workflows for action tasks, when a token was given.
     pub github: Option<Arc<github::Dispatcher>>,
     pub metrics: Arc<metrics::Metrics>,
+    /// How long events and finished workers' output are kept.
+    pub retention: retention::Retention,
 }
 
 /// The whole API.
@@ -65,11 +68,13 @@ pub fn router(state: AppState) -> Router {
 /// lets in-flight requests finish and returns.
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
     let sweeper = tokio::spawn(sweeper::run(state.clone()));
+    let retention = tokio::spawn(retention::run(state.clone()));
     let shutdown = state.shutdown.clone();
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
     sweeper.abort();
+    retention.abort();
     served
 }

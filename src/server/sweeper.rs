@@ -34,12 +34,11 @@ pub async fn run(state: AppState) {
 
 async fn sweep_once(state: &AppState) -> Result<(), crate::store::StoreError> {
     let now = time::now();
-    let ttl = chrono::Duration::from_std(state.lease_ttl).unwrap_or(chrono::Duration::MAX);
-    let cutoff = now - ttl;
-    for worker_id in state.store.stale_workers(cutoff).await? {
+    let cutoffs = lease::Cutoffs::at(now, state.lease_ttl);
+    for worker_id in state.store.stale_workers(cutoffs).await? {
         let applied = state
             .store
-            .apply(&worker_id, Action::Expire { cutoff }, now)
+            .apply(&worker_id, Action::Expire { cutoffs }, now)
             .await?;
         if !applied.outcome.changed {
             continue;

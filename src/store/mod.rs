@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::core::RuleError;
 use crate::core::actions::{Action, Outcome};
 use crate::core::events::StoredEvent;
+use crate::core::lease::Cutoffs;
 use crate::core::model::{
     Account, Attachment, Comment, Grant, Message, RecordedArtifact, Source, Task, TaskStatus,
     Worker, WorkerStatus, Workspace,
@@ -106,6 +107,22 @@ impl Counts {
     }
 }
 
+/// An account's usage counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    pub active_workers: i64,
+    pub cost_usd: f64,
+}
+
+/// What one `append_messages` stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Messages stored; those of a repeated batch are not counted.
+    pub appended: usize,
+    /// The number of the worker's last message.
+    pub last_seq: i64,
+}
+
 /// The rows an action left behind, and what it produced.
 #[derive(Debug, Clone)]
 pub struct Applied {
@@ -163,13 +180,16 @@ pub trait Store: Send + Sync + 'static {
     async fn apply(&self, id: &str, action: Action, now: Timestamp) -> Result<Applied>;
 
     /// Appends to a worker's message stream (numbered on from its last entry) and
-    /// renews its lease. Returns the last sequence number written.
+    /// renews its lease. With `from`, the batch is the agent's messages numbered from
+    /// there, and those the worker already has are skipped
+    /// ([`crate::core::messages::fresh`]).
     async fn append_messages(
         &self,
         worker_id: &str,
         messages: &[Value],
+        from: Option<i64>,
         now: Timestamp,
-    ) -> Result<i64>;
+    ) -> Result<Appended>;
     /// Up to `limit` messages with `seq > after`, in order.
     async fn list_messages(&self, worker_id: &str, after: i64, limit: u32) -> Result<Vec<Message>>;
 
@@ -192,6 +212,17 @@ pub trait Store: Send + Sync + 'static {
     /// One attachment and its bytes.
     async fn get_attachment(&self, id: &str) -> Result<Option<(Attachment, Vec<u8>)>>;
 
+    /// Retention: deletes up to `limit` events older than `before`, oldest first, but
+    /// never the newest event (ids go on from it), and records the newest id deleted.
+    /// Returns how many were deleted.
+    async fn purge_events(&self, before: Timestamp, limit: u32) -> Result<u64>;
+    /// The newest event id retention has deleted (0: none yet).
+    async fn events_purged_through(&self) -> Result<i64>;
+    /// Retention: deletes up to `limit` messages and attachments of workers that
+    /// finished before `before`, and marks each worker whose output is all gone.
+    /// Returns how many rows were deleted.
+    async fn purge_worker_output(&self, before: Timestamp, limit: u32) -> Result<u64>;
+
     /// Up to `limit` events with ids above `after`, in id order.
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>>;
     /// The id of the newest event (0 when there is none).
@@ -200,16 +231,21 @@ pub trait Store: Send + Sync + 'static {
     /// any server of the cluster (Postgres, through `LISTEN`). The value means nothing.
     fn event_signal(&self) -> watch::Receiver<u64>;
 
+    /// The account's usage counters, as claims read them: workers holding a slot, and
+    /// the cost of its workers started on `day` (UTC, `YYYY-MM-DD`).
+    async fn usage(&self, account_id: &str, day: &str) -> Result<Usage>;
+
     /// How many tasks are in each status and how many workers hold a slot, for
     /// `/metrics`: the whole cluster's figures, whichever server is asked.
     async fn counts(&self) -> Result<Counts>;
     /// Answers when the database does; for `/readyz`.
     async fn ping(&self) -> Result<()>;
 
-    /// Ids of leased workers whose last heartbeat is older than `cutoff`. The sweeper
-    /// expires each with [`Action::Expire`], which re-checks under lock, so two servers
-    /// sweeping at once act on a worker only once.
-    async fn stale_workers(&self, cutoff: Timestamp) -> Result<Vec<String>>;
+    /// Ids of leased workers whose last heartbeat is older than `cutoffs.leased`, and
+    /// of paused ones older than `cutoffs.paused`. The sweeper expires each with
+    /// [`Action::Expire`], which re-checks under lock, so two servers sweeping at once
+    /// act on a worker only once.
+    async fn stale_workers(&self, cutoffs: Cutoffs) -> Result<Vec<String>>;
 }
 
 /// Opens the database `url` names (`sqlite:PATH` or `postgres://…`) and brings its

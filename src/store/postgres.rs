@@ -19,13 +19,15 @@ use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row, Transaction};
 use tokio::sync::watch;
 
 use super::{
-    ACCOUNT_COLUMNS, ATTACHMENT_COLUMNS, Applied, ClaimRequest, Counts, Result, SOURCE_COLUMNS,
-    Store, StoreError, TASK_COLUMNS, TaskFilter, WORKER_COLUMNS, WORKSPACE_COLUMNS, WorkerFilter,
-    parse_column, status_list,
+    ACCOUNT_COLUMNS, ATTACHMENT_COLUMNS, Appended, Applied, ClaimRequest, Counts, Result,
+    SOURCE_COLUMNS, Store, StoreError, TASK_COLUMNS, TaskFilter, Usage, WORKER_COLUMNS,
+    WORKSPACE_COLUMNS, WorkerFilter, parse_column, status_list,
 };
 use crate::core::actions::{self, Action, UsageChange};
 use crate::core::claim;
 use crate::core::events::{Event, StoredEvent};
+use crate::core::lease::Cutoffs;
+use crate::core::messages;
 use crate::core::model::{
     Account, Artifact, Attachment, Comment, Grant, Message, RecordedArtifact, Source, Task, Worker,
     WorkerStatus, Workspace,
@@ -695,15 +697,97 @@ async fn append_messages_in(
     conn: &mut PgConnection,
     worker_id: &str,
     messages: &[Value],
+    from: Option<i64>,
     now: Timestamp,
-) -> Result<i64> {
+) -> Result<Appended> {
     let mut worker = lock_worker(&mut *conn, worker_id)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("worker {worker_id}")))?;
-    let last = insert_messages(&mut *conn, &worker, messages, now).await?;
+    let taken: i64 = sqlx::query_scalar("SELECT messages_taken FROM workers WHERE id = $1")
+        .bind(worker_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    let fresh = messages::fresh(taken, from, messages.len());
+    let new = &messages[fresh.skip..];
+    let last_seq = insert_messages(&mut *conn, &worker, new, now).await?;
     worker.heartbeat_at = now;
     save_worker(&mut *conn, &worker).await?;
-    Ok(last)
+    sqlx::query("UPDATE workers SET messages_taken = $2 WHERE id = $1")
+        .bind(worker_id)
+        .bind(fresh.taken)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Appended {
+        appended: new.len(),
+        last_seq,
+    })
+}
+
+/// See [`Store::purge_events`]. Works on `seq`, the id subscribers see; events not
+/// sequenced yet are never deleted.
+async fn purge_events_in(conn: &mut PgConnection, before: Timestamp, limit: u32) -> Result<u64> {
+    let through: Option<i64> = sqlx::query_scalar(
+        "SELECT MAX(seq) FROM (SELECT seq FROM events WHERE seq IS NOT NULL AND created_at < $1 \
+         AND seq < (SELECT MAX(seq) FROM events) ORDER BY seq LIMIT $2) oldest",
+    )
+    .bind(before)
+    .bind(i64::from(limit))
+    .fetch_one(&mut *conn)
+    .await?;
+    let Some(through) = through else {
+        return Ok(0);
+    };
+    let deleted = sqlx::query("DELETE FROM events WHERE seq <= $1")
+        .bind(through)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    sqlx::query("UPDATE event_retention SET purged_through = GREATEST(purged_through, $1)")
+        .bind(through)
+        .execute(&mut *conn)
+        .await?;
+    Ok(deleted)
+}
+
+/// See [`Store::purge_worker_output`].
+async fn purge_worker_output_in(
+    conn: &mut PgConnection,
+    before: Timestamp,
+    limit: u32,
+) -> Result<u64> {
+    let workers: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM workers WHERE output_purged_at IS NULL AND finished_at < $1 \
+         ORDER BY finished_at LIMIT $2",
+    )
+    .bind(before)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut left = i64::from(limit);
+    for id in workers {
+        for sql in [
+            "DELETE FROM messages WHERE worker_id = $1 AND seq IN \
+             (SELECT seq FROM messages WHERE worker_id = $1 ORDER BY seq LIMIT $2)",
+            "DELETE FROM attachments WHERE id IN \
+             (SELECT id FROM attachments WHERE worker_id = $1 LIMIT $2)",
+        ] {
+            left -= sqlx::query(sql)
+                .bind(&id)
+                .bind(left)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected() as i64;
+            if left <= 0 {
+                return Ok(u64::from(limit));
+            }
+        }
+        sqlx::query("UPDATE workers SET output_purged_at = $2 WHERE id = $1")
+            .bind(&id)
+            .bind(time::now())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok((i64::from(limit) - left) as u64)
 }
 
 #[async_trait]
@@ -969,13 +1053,36 @@ impl Store for PostgresStore {
         &self,
         worker_id: &str,
         messages: &[Value],
+        from: Option<i64>,
         now: Timestamp,
-    ) -> Result<i64> {
+    ) -> Result<Appended> {
         let mut tx = self.pool.begin().await?;
-        let result = append_messages_in(&mut tx, worker_id, messages, now).await;
-        let last = finish(tx, result).await?;
-        self.events_written();
-        Ok(last)
+        let result = append_messages_in(&mut tx, worker_id, messages, from, now).await;
+        let appended = finish(tx, result).await?;
+        if appended.appended > 0 {
+            self.events_written();
+        }
+        Ok(appended)
+    }
+
+    async fn purge_events(&self, before: Timestamp, limit: u32) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let result = purge_events_in(&mut tx, before, limit).await;
+        finish(tx, result).await
+    }
+
+    async fn events_purged_through(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT purged_through FROM event_retention")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn purge_worker_output(&self, before: Timestamp, limit: u32) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let result = purge_worker_output_in(&mut tx, before, limit).await;
+        finish(tx, result).await
     }
 
     async fn list_messages(&self, worker_id: &str, after: i64, limit: u32) -> Result<Vec<Message>> {
@@ -1139,6 +1246,25 @@ impl Store for PostgresStore {
         self.events_seen.subscribe()
     }
 
+    async fn usage(&self, account_id: &str, day: &str) -> Result<Usage> {
+        let active: i64 = sqlx::query_scalar("SELECT active_workers FROM accounts WHERE id = $1")
+            .bind(account_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("account {account_id}")))?;
+        let cost: Option<f64> = sqlx::query_scalar(
+            "SELECT cost_usd FROM account_usage WHERE account_id = $1 AND day = $2",
+        )
+        .bind(account_id)
+        .bind(day)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(Usage {
+            active_workers: active,
+            cost_usd: cost.unwrap_or(0.0),
+        })
+    }
+
     async fn counts(&self) -> Result<Counts> {
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT status, COUNT(*) FROM tasks GROUP BY status")
@@ -1157,13 +1283,15 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn stale_workers(&self, cutoff: Timestamp) -> Result<Vec<String>> {
+    async fn stale_workers(&self, cutoffs: Cutoffs) -> Result<Vec<String>> {
         let sql = format!(
-            "SELECT id FROM workers WHERE status IN ({}) AND heartbeat_at < $1",
+            "SELECT id FROM workers WHERE (status IN ({}) AND heartbeat_at < $1) \
+             OR (status = 'paused' AND heartbeat_at < $2)",
             status_list(WorkerStatus::LEASED)
         );
         Ok(sqlx::query_scalar(built(sql))
-            .bind(cutoff)
+            .bind(cutoffs.leased)
+            .bind(cutoffs.paused)
             .fetch_all(&self.pool)
             .await?)
     }

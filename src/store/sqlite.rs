@@ -17,13 +17,15 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::{
-    ACCOUNT_COLUMNS, ATTACHMENT_COLUMNS, Applied, ClaimRequest, Counts, Result, SOURCE_COLUMNS,
-    Store, StoreError, TASK_COLUMNS, TaskFilter, WORKER_COLUMNS, WORKSPACE_COLUMNS, WorkerFilter,
-    parse_column, status_list,
+    ACCOUNT_COLUMNS, ATTACHMENT_COLUMNS, Appended, Applied, ClaimRequest, Counts, Result,
+    SOURCE_COLUMNS, Store, StoreError, TASK_COLUMNS, TaskFilter, Usage, WORKER_COLUMNS,
+    WORKSPACE_COLUMNS, WorkerFilter, parse_column, status_list,
 };
 use crate::core::actions::{self, Action, UsageChange};
 use crate::core::claim;
 use crate::core::events::{Event, StoredEvent};
+use crate::core::lease::Cutoffs;
+use crate::core::messages;
 use crate::core::model::{
     Account, Artifact, Attachment, Comment, Grant, Message, RecordedArtifact, Source, Task, Worker,
     WorkerStatus, Workspace,
@@ -31,7 +33,10 @@ use crate::core::model::{
 use crate::core::time::{self, Timestamp};
 
 /// Schema migrations in order; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/sqlite/0001_initial.sql"),
+    include_str!("../../migrations/sqlite/0002_delivery_and_retention.sql"),
+];
 const READERS: usize = 4;
 
 pub struct SqliteStore {
@@ -51,6 +56,20 @@ fn connect(path: &Path) -> Result<Connection> {
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
     )?;
     Ok(conn)
+}
+
+/// Makes `path` readable and writable by its owner only, creating it empty if needed:
+/// the database holds key digests, prompts and results.
+fn keep_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let denied = |e: std::io::Error| StoreError::Backend(format!("{}: {e}", path.display()));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(denied)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(denied)
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
@@ -74,8 +93,19 @@ impl SqliteStore {
                     StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
                 })?;
             }
+            keep_private(&path)?;
             let mut writer = connect(&path)?;
             migrate(&mut writer)?;
+            // SQLite makes the WAL and shared-memory files with the database file's
+            // mode; tighten any left from before anyway.
+            for suffix in ["-wal", "-shm"] {
+                let mut side = path.clone().into_os_string();
+                side.push(suffix);
+                let side = std::path::PathBuf::from(side);
+                if side.exists() {
+                    keep_private(&side)?;
+                }
+            }
             let readers = (0..READERS)
                 .map(|_| connect(&path).map(Mutex::new))
                 .collect::<Result<Vec<_>>>()?;
@@ -842,22 +872,35 @@ impl Store for SqliteStore {
         &self,
         worker_id: &str,
         messages: &[Value],
+        from: Option<i64>,
         now: Timestamp,
-    ) -> Result<i64> {
+    ) -> Result<Appended> {
         let id = worker_id.to_owned();
         let messages = messages.to_vec();
-        let last = self
+        let appended = self
             .write(move |tx| {
                 let mut worker = load_worker(tx, &id)?
                     .ok_or_else(|| StoreError::NotFound(format!("worker {id}")))?;
-                let last = insert_messages(tx, &worker, &messages, now)?;
+                let taken: i64 = tx
+                    .prepare_cached("SELECT messages_taken FROM workers WHERE id = ?1")?
+                    .query_row([&id], |r| r.get(0))?;
+                let fresh = messages::fresh(taken, from, messages.len());
+                let new = &messages[fresh.skip..];
+                let last_seq = insert_messages(tx, &worker, new, now)?;
                 worker.heartbeat_at = now;
                 save_worker(tx, &worker)?;
-                Ok(last)
+                tx.prepare_cached("UPDATE workers SET messages_taken = ?2 WHERE id = ?1")?
+                    .execute(params![id, fresh.taken])?;
+                Ok(Appended {
+                    appended: new.len(),
+                    last_seq,
+                })
             })
             .await?;
-        self.signal_events();
-        Ok(last)
+        if appended.appended > 0 {
+            self.signal_events();
+        }
+        Ok(appended)
     }
 
     async fn list_messages(&self, worker_id: &str, after: i64, limit: u32) -> Result<Vec<Message>> {
@@ -987,6 +1030,69 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn purge_events(&self, before: Timestamp, limit: u32) -> Result<u64> {
+        self.write(move |tx| {
+            let through: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT MAX(id) FROM (SELECT id FROM events WHERE created_at < ?1 \
+                     AND id < (SELECT MAX(id) FROM events) ORDER BY id LIMIT ?2)",
+                )?
+                .query_row(params![millis(before), limit], |r| r.get(0))?;
+            let Some(through) = through else {
+                return Ok(0);
+            };
+            let deleted = tx
+                .prepare_cached("DELETE FROM events WHERE id <= ?1")?
+                .execute([through])?;
+            tx.prepare_cached(
+                "UPDATE event_retention SET purged_through = MAX(purged_through, ?1)",
+            )?
+            .execute([through])?;
+            Ok(deleted as u64)
+        })
+        .await
+    }
+
+    async fn events_purged_through(&self) -> Result<i64> {
+        self.read(|c| {
+            Ok(
+                c.prepare_cached("SELECT purged_through FROM event_retention")?
+                    .query_row([], |r| r.get(0))?,
+            )
+        })
+        .await
+    }
+
+    async fn purge_worker_output(&self, before: Timestamp, limit: u32) -> Result<u64> {
+        self.write(move |tx| {
+            let workers: Vec<String> = tx
+                .prepare_cached(
+                    "SELECT id FROM workers WHERE output_purged_at IS NULL AND finished_at < ?1 \
+                     ORDER BY finished_at LIMIT ?2",
+                )?
+                .query_map(params![millis(before), limit], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut left = i64::from(limit);
+            for id in workers {
+                for sql in [
+                    "DELETE FROM messages WHERE worker_id = ?1 AND seq IN \
+                     (SELECT seq FROM messages WHERE worker_id = ?1 ORDER BY seq LIMIT ?2)",
+                    "DELETE FROM attachments WHERE id IN \
+                     (SELECT id FROM attachments WHERE worker_id = ?1 LIMIT ?2)",
+                ] {
+                    left -= tx.prepare_cached(sql)?.execute(params![id, left])? as i64;
+                    if left <= 0 {
+                        return Ok(u64::from(limit));
+                    }
+                }
+                tx.prepare_cached("UPDATE workers SET output_purged_at = ?2 WHERE id = ?1")?
+                    .execute(params![id, millis(time::now())])?;
+            }
+            Ok((i64::from(limit) - left) as u64)
+        })
+        .await
+    }
+
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
@@ -1014,6 +1120,29 @@ impl Store for SqliteStore {
         self.events_written.subscribe()
     }
 
+    async fn usage(&self, account_id: &str, day: &str) -> Result<Usage> {
+        let (id, day) = (account_id.to_owned(), day.to_owned());
+        self.read(move |c| {
+            let active: i64 = c
+                .prepare_cached("SELECT active_workers FROM accounts WHERE id = ?1")?
+                .query_row([&id], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound(format!("account {id}")))?;
+            let cost: f64 = c
+                .prepare_cached(
+                    "SELECT cost_usd FROM account_usage WHERE account_id = ?1 AND day = ?2",
+                )?
+                .query_row(params![id, day], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0.0);
+            Ok(Usage {
+                active_workers: active,
+                cost_usd: cost,
+            })
+        })
+        .await
+    }
+
     async fn counts(&self) -> Result<Counts> {
         self.read(|c| {
             let rows = c
@@ -1038,14 +1167,18 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn stale_workers(&self, cutoff: Timestamp) -> Result<Vec<String>> {
+    async fn stale_workers(&self, cutoffs: Cutoffs) -> Result<Vec<String>> {
         self.read(move |c| {
             let sql = format!(
-                "SELECT id FROM workers WHERE status IN ({}) AND heartbeat_at < ?1",
+                "SELECT id FROM workers WHERE (status IN ({}) AND heartbeat_at < ?1) \
+                 OR (status = 'paused' AND heartbeat_at < ?2)",
                 status_list(WorkerStatus::LEASED)
             );
             let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map([millis(cutoff)], |r| r.get(0))?;
+            let rows = stmt.query_map(
+                params![millis(cutoffs.leased), millis(cutoffs.paused)],
+                |r| r.get(0),
+            )?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
         .await

@@ -191,6 +191,11 @@ function onBlock(block) {
   state.lastEventId = id;
   let payload;
   try { payload = JSON.parse(data); } catch (_) { return; }
+  // Retention deleted events this page never saw: read everything afresh.
+  if (name === "stream.reset") {
+    load().then(route, () => {});
+    return;
+  }
   if (name === "task.created" || name === "task.updated") state.tasks.set(payload.task.id, payload.task);
   else if (name === "worker.updated") state.workers.set(payload.worker.id, payload.worker);
   else if (name === "worker.message") {
@@ -473,6 +478,8 @@ function describe(m) {
     case "result": return span("r", `■ ${m.subtype || "result"}: ${m.result || ""}${m.total_cost_usd !== undefined ? ` (${money(m.total_cost_usd)})` : ""}`);
     case "user_reply": return span("r", `you: ${m.text}`);
     case "output": return m.text;
+    case "buildd_cut": return h("span", {}, span("k", `✂ a ${m.originalType || "line"} of ${m.originalBytes} bytes, cut: `), m.text || "");
+    case "buildd_notice": return span("k", `! ${m.text}`);
     default: return JSON.stringify(m);
   }
 }

@@ -13,15 +13,13 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use utoipa::IntoParams;
 
-use crate::core::events::{MAX_STREAMS_PER_CALLER, StoredEvent};
+use crate::core::events::{KEEP_ALIVE, MAX_STREAMS_PER_CALLER, STREAM_RESET, StoredEvent};
 use crate::core::keys;
 use crate::server::AppState;
 use crate::server::auth::{Caller, bearer_token};
 use crate::server::error::{ApiError, ApiResult, Params};
 use crate::server::events::{READ_BATCH, StreamSlot};
 
-/// Comment lines keep idle streams (and the proxies in front of them) open.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// How long an account's key and list of granted workspaces are trusted before they
 /// are read again, so that a revoked grant, or a key rotated through another server of
 /// the cluster, stops the flow soon without a query per event. (A key rotated through
@@ -43,7 +41,7 @@ type EventStream = Sse<KeepAliveStream<ReceiverStream<Result<SseEvent, Infallibl
 #[utoipa::path(get, path = "/api/events", tag = "events",
     params(EventsQuery, ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id")),
     responses(
-        (status = 200, description = "Server-Sent Events: `task.created`, `task.updated`, `worker.updated`, `worker.message`, each with an increasing `id:` and JSON `data:`", content_type = "text/event-stream", body = String),
+        (status = 200, description = "Server-Sent Events: `task.created`, `task.updated`, `worker.updated`, `worker.message`, each with an increasing `id:` and JSON `data:`. A stream resumed from an event that retention has deleted since starts with `stream.reset` (`{\"reason\", \"purgedThrough\"}`): read the state again.", content_type = "text/event-stream", body = String),
         ApiError,
     ))]
 pub async fn stream(
@@ -192,12 +190,39 @@ async fn follow(
 
 /// Reads and sends the events after `last` from the database. False once the client
 /// is gone or the database cannot be read (the client reconnects and resumes).
+///
+/// When retention has deleted events after `last`, the client first gets a
+/// [`STREAM_RESET`] event (with the id of the newest deleted event) telling it to read
+/// the state afresh: what it missed is gone, and a silent gap would be a lie.
 async fn catch_up(
     state: &AppState,
     view: &mut View,
     last: &mut i64,
     tx: &mpsc::Sender<Result<SseEvent, Infallible>>,
 ) -> bool {
+    match state.store.events_purged_through().await {
+        Ok(purged) if *last < purged => {
+            let reset = SseEvent::default()
+                .id(purged.to_string())
+                .event(STREAM_RESET)
+                .data(
+                    serde_json::json!({
+                        "reason": "events after the one you resumed from were deleted by retention; read the state again",
+                        "purgedThrough": purged,
+                    })
+                    .to_string(),
+                );
+            if tx.send(Ok(reset)).await.is_err() {
+                return false;
+            }
+            *last = purged;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "event retention unreadable; closing the stream");
+            return false;
+        }
+    }
     loop {
         let batch = match state.store.events_after(*last, READ_BATCH).await {
             Ok(batch) => batch,

@@ -331,13 +331,20 @@ pub struct MessagesBody {
     /// Any JSON values, 1–1000 of them.
     #[schema(min_items = 1, max_items = 1000)]
     messages: Vec<Value>,
+    /// The sender's number for the first message of this batch, when it numbers its
+    /// messages 1, 2, … per worker: messages under numbers the worker already has
+    /// are skipped, so a batch sent again is stored once. Without it, every message
+    /// is stored.
+    #[schema(minimum = 1)]
+    from: Option<i64>,
 }
 
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Appended {
+    /// How many messages were stored (a repeated batch stores none).
     appended: usize,
-    /// The number of the last message appended.
+    /// The number of the worker's last message.
     last_seq: i64,
 }
 
@@ -356,13 +363,16 @@ pub async fn append_messages(
             "messages must hold between 1 and {MAX_MESSAGES_PER_BATCH} entries"
         )));
     }
-    let last = state
+    if body.from.is_some_and(|from| from < 1) {
+        return Err(ApiError::BadRequest("from must be ≥ 1".into()));
+    }
+    let stored = state
         .store
-        .append_messages(&id, &body.messages, time::now())
+        .append_messages(&id, &body.messages, body.from, time::now())
         .await?;
     Ok(Json(Appended {
-        appended: count,
-        last_seq: last,
+        appended: stored.appended,
+        last_seq: stored.last_seq,
     }))
 }
 

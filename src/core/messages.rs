@@ -1,0 +1,49 @@
+//! Numbered batches of a runner's messages: a batch sent twice is stored once.
+//!
+//! An agent numbers its messages for a worker 1, 2, … and says, with each batch, the
+//! number of its first message. The server remembers how far the worker's agent got
+//! (`taken`) and stores only the messages numbered above it. A retry after a lost
+//! answer, or a spooled report that repeats what the live reporter already sent, so
+//! stores nothing twice. Gaps are fine: an agent that dropped a batch the server
+//! refused simply goes on with the next numbers.
+
+/// Which messages of a batch are new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fresh {
+    /// How many of the batch's first messages the server already has.
+    pub skip: usize,
+    /// How far the agent got, counting this batch.
+    pub taken: i64,
+}
+
+/// For a batch of `count` messages numbered from `from` (unnumbered: `None`, all new),
+/// given that the messages up to `taken` were stored before.
+pub fn fresh(taken: i64, from: Option<i64>, count: usize) -> Fresh {
+    let Some(from) = from else {
+        return Fresh { skip: 0, taken };
+    };
+    let count_i = i64::try_from(count).unwrap_or(i64::MAX);
+    let skip = (taken - from + 1).clamp(0, count_i);
+    Fresh {
+        skip: usize::try_from(skip).unwrap_or(count),
+        taken: taken.max(from.saturating_add(count_i) - 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_and_overlapping_batches_store_each_message_once() {
+        assert_eq!(fresh(0, Some(1), 3), Fresh { skip: 0, taken: 3 });
+        // The same batch again, after its answer was lost.
+        assert_eq!(fresh(3, Some(1), 3), Fresh { skip: 3, taken: 3 });
+        // A batch overlapping what was taken.
+        assert_eq!(fresh(3, Some(2), 4), Fresh { skip: 2, taken: 5 });
+        // A gap left by a dropped batch.
+        assert_eq!(fresh(3, Some(10), 2), Fresh { skip: 0, taken: 11 });
+        // Unnumbered batches are always new and move nothing.
+        assert_eq!(fresh(7, None, 2), Fresh { skip: 0, taken: 7 });
+    }
+}
