@@ -95,11 +95,18 @@ impl OutputParser for StreamJson {
                 report.cost_usd = message["total_cost_usd"].as_f64();
                 let text = message["result"].as_str().map(str::to_owned);
                 let subtype = message["subtype"].as_str().unwrap_or("error");
+                let is_error = message["is_error"]
+                    .as_bool()
+                    .unwrap_or(subtype != "success");
+                let text = text.unwrap_or_else(|| format!("the run ended: {subtype}"));
                 report.finish = Some(Finish {
-                    text: text.unwrap_or_else(|| format!("the run ended: {subtype}")),
-                    is_error: message["is_error"]
-                        .as_bool()
-                        .unwrap_or(subtype != "success"),
+                    text: match is_error && not_signed_in(&message, &text) {
+                        true => format!(
+                            "Claude Code is not authenticated on the agent's machine: set CLAUDE_CODE_OAUTH_TOKEN or ANTHROPIC_API_KEY for the agent, or sign Claude Code in as the agent's user (claude, then /login). Claude Code said: {text}"
+                        ),
+                        false => text,
+                    },
+                    is_error,
                 });
             }
             _ => {}
@@ -107,6 +114,16 @@ impl OutputParser for StreamJson {
         report.message = message;
         report
     }
+}
+
+/// Whether a failed run's result says Claude Code had no working login: it answers
+/// "Not logged in · Please run /login" without one, and "Invalid API key · Please run
+/// /login" (or an HTTP 401) with a bad one.
+fn not_signed_in(result: &Value, text: &str) -> bool {
+    result["api_error_status"] == 401
+        || ["Not logged in", "Invalid API key", "Please run /login"]
+            .iter()
+            .any(|sign| text.contains(sign))
 }
 
 /// Dollars for one assistant message's token usage at list prices per million tokens
@@ -160,5 +177,16 @@ mod tests {
         assert_eq!(plain.message["text"], "not json");
         let capped = p.line(r#"{"type":"result","subtype":"error_max_budget_usd","is_error":true,"total_cost_usd":1.0}"#);
         assert!(capped.finish.unwrap().is_error);
+        // What Claude Code 2.1 prints when it has no login.
+        let unsigned = p.line(r#"{"type":"result","subtype":"success","is_error":true,"api_error_status":null,"num_turns":1,"result":"Not logged in · Please run /login","total_cost_usd":0}"#);
+        let finish = unsigned.finish.unwrap();
+        assert!(finish.is_error);
+        assert!(
+            finish
+                .text
+                .starts_with("Claude Code is not authenticated on the agent's machine"),
+            "{}",
+            finish.text
+        );
     }
 }

@@ -46,16 +46,82 @@ pub async fn checkout_root(dir: &Path) -> Result<PathBuf, String> {
     Ok(root)
 }
 
+/// The repository's git directory, shared by all its worktrees.
+async fn common_dir(repo: &Path) -> Result<PathBuf, String> {
+    Ok(repo.join(git(repo, &["rev-parse", "--git-common-dir"]).await?))
+}
+
+/// Holds the repository's worktree lock until dropped.
+struct WorktreeLock {
+    _file: std::fs::File,
+    _in_process: tokio::sync::MutexGuard<'static, ()>,
+}
+
+/// Serialises changes to the repository's worktrees (add, remove, prune) across every
+/// agent that shares the checkout, in this process and in others: `git worktree
+/// prune` run by one agent while another adds would delete the entry being made. The
+/// lock is a file in the git directory, held with `flock`, so it goes with the process
+/// that held it however it dies.
+async fn lock_worktrees(repo: &Path) -> Result<WorktreeLock, String> {
+    // flock is per open file, so agents of one process would not wait for each other
+    // through it alone without each opening the file; the mutex makes that cheap.
+    static IN_PROCESS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let in_process = IN_PROCESS.lock().await;
+    let path = common_dir(repo).await?.join("buildd-worktrees.lock");
+    let file = tokio::task::spawn_blocking(move || {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        // SAFETY: flock(2) on a descriptor this closure owns; it blocks until free.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(format!(
+                "cannot lock {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(file)
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    Ok(WorktreeLock {
+        _file: file,
+        _in_process: in_process,
+    })
+}
+
+/// How many times making a worktree is tried before the attempt is given up.
+const WORKTREE_TRIES: u32 = 3;
+
 /// Makes a fresh worktree at `path` on `branch`, starting from the checkout's `HEAD`.
 /// A worktree or branch left by an earlier attempt of the same task (by this agent, or
 /// by one that died) is replaced: that attempt is over, and this one starts afresh.
+/// A failure is tried again a few times before it is returned.
 pub async fn add_worktree(repo: &Path, path: &Path, branch: &str) -> Result<(), String> {
-    // One at a time in this process, so that no half-made entry seen below is one of
-    // this agent's own adds still in progress.
-    static ADDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let _adding = ADDING.lock().await;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match try_add_worktree(repo, path, branch).await {
+            Ok(()) => return Ok(()),
+            Err(e) if tries < WORKTREE_TRIES => {
+                tracing::warn!(error = %e, "cannot create the worktree; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(tries))).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn try_add_worktree(repo: &Path, path: &Path, branch: &str) -> Result<(), String> {
+    // Under the lock, no half-made entry seen below is another agent's add in
+    // progress.
+    let _lock = lock_worktrees(repo).await?;
     if path.exists() {
-        remove_worktree(repo, path).await;
+        remove_locked(repo, path).await;
     }
     if let Some(ours) = path.parent() {
         remove_half_made_entries(repo, ours).await?;
@@ -80,8 +146,7 @@ pub async fn add_worktree(repo: &Path, path: &Path, branch: &str) -> Result<(), 
 /// because it is locked as "initializing". Only entries pointing under `ours` (or too
 /// broken to point anywhere) are removed.
 async fn remove_half_made_entries(repo: &Path, ours: &Path) -> Result<(), String> {
-    let common = PathBuf::from(git(repo, &["rev-parse", "--git-common-dir"]).await?);
-    let entries = repo.join(common).join("worktrees");
+    let entries = common_dir(repo).await?.join("worktrees");
     let Ok(mut dir) = tokio::fs::read_dir(&entries).await else {
         return Ok(());
     };
@@ -105,6 +170,14 @@ async fn remove_half_made_entries(repo: &Path, ours: &Path) -> Result<(), String
 
 /// Removes a task's worktree; its branch, with the committed result, stays.
 pub async fn remove_worktree(repo: &Path, path: &Path) {
+    match lock_worktrees(repo).await {
+        Ok(_lock) => remove_locked(repo, path).await,
+        Err(e) => tracing::warn!(error = %e, "cannot remove the worktree"),
+    }
+}
+
+/// [`remove_worktree`], for a caller that holds the worktree lock.
+async fn remove_locked(repo: &Path, path: &Path) {
     let path_arg = path.to_string_lossy();
     if git(repo, &["worktree", "remove", "--force", &path_arg])
         .await

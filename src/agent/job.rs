@@ -2,37 +2,39 @@
 //!
 //! A job runs its runner in segments: the first run, then one more for each answer a
 //! person gives and each `start` after a pause, all in the same worktree and session.
-//! While a segment runs, the job streams its output to the server, keeps the worker's
-//! session, turns and cost up to date, and heartbeats; a heartbeat that says `cancel`
-//! stops the run's whole process group.
+//! While a segment runs, three things go on independently, so that none can stall
+//! another: a reader drains the runner's pipe ([`output::read_output`]), a reporter
+//! sends the output and the worker's session, turns and cost to the server, and the
+//! job itself heartbeats and watches for cancel, pause, the cost cap and shutdown; a
+//! heartbeat that says `cancel` stops the run's whole process group.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::git;
 use super::github::{self, PullRequest};
+use super::output::{self, Outbox, RunOutput, shortened};
 use super::process::RunProcess;
 use super::runner::{Finish, RunSpec, Runner, question_in};
-use super::spool::{Delivery, FinalReport, Spool};
+use super::spool::{Delivery, FinalReport, SHUTDOWN_DELIVERY_LIMIT, Spool};
 use crate::client::{Client, ClientError, decode};
+use crate::core::actions::MAX_TEXT_LEN;
 use crate::core::model::{Task, TaskStatus, Worker};
 
 /// How often buffered output is sent to the server.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// The least time between two progress updates (session, turns, cost) of one worker.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-/// Output lines buffered before a flush is due regardless of the clock.
-const FLUSH_AT: usize = 200;
-/// Output kept in memory while the server cannot be reached; older lines beyond it are
-/// dropped, with a note, rather than letting a long outage eat the machine's memory.
-const MAX_BUFFERED: usize = 50_000;
+/// How long the reader gets to drain what is left in the pipe once the runner's
+/// group is gone. Only a process that left the group (a daemon) can keep the pipe open
+/// longer; its output is then abandoned rather than waited for.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
 /// Where pull requests go, for `--pr`.
 #[derive(Debug, Clone)]
@@ -85,6 +87,8 @@ enum Control {
     Cancel,
     Pause,
     Lost(String),
+    /// The agent's grace period ended while the job was asking.
+    Stop,
 }
 
 pub struct Job {
@@ -102,9 +106,8 @@ pub struct Job {
     turns_before: i64,
     cost: f64,
     turns: i64,
-    progress_sent: Option<(Option<String>, f64, i64)>,
-    progress_at: Instant,
-    outbox: Vec<Value>,
+    /// The run's output on its way to the server, numbered across segments.
+    output: Arc<RunOutput>,
 }
 
 impl Job {
@@ -130,9 +133,7 @@ impl Job {
             turns_before: 0,
             cost: 0.0,
             turns: 0,
-            progress_sent: None,
-            progress_at: Instant::now(),
-            outbox: Vec::new(),
+            output: RunOutput::new(Outbox::new()),
         }
     }
 
@@ -152,7 +153,8 @@ impl Job {
             return End::Failed(format!("cannot create the worktrees directory: {e}"));
         }
         if let Err(e) = git::add_worktree(&self.ctx.repo, &self.worktree, &self.branch).await {
-            return End::Failed(format!("cannot create the worktree: {e}"));
+            // An error of this attempt: the task goes back to the queue for another.
+            return End::Interrupted(format!("cannot create the worktree: {e}"));
         }
         let mut prompt = task_prompt(&self.task);
         loop {
@@ -228,82 +230,101 @@ impl Job {
                 });
             }
         };
-        let mut lines = BufReader::new(stdout).lines();
-        let mut parser = self.ctx.runner.parser();
-        let mut finish = None;
-        let mut last_line = String::new();
+        self.output.start_run();
+        let mut reader = tokio::spawn(output::read_output(
+            stdout,
+            self.ctx.runner.parser(),
+            self.output.clone(),
+        ));
+        let reporting = CancellationToken::new();
+        let reporter = tokio::spawn(report_while_running(
+            self.ctx.client.clone(),
+            self.worker.id.clone(),
+            self.output.clone(),
+            (self.cost_before, self.turns_before),
+            reporting.clone(),
+        ));
         let mut heartbeat = tokio::time::interval(self.heartbeat_every);
-        let mut flush = tokio::time::interval(FLUSH_EVERY);
-        loop {
+        let ended = loop {
             let control = tokio::select! {
-                line = lines.next_line() => {
-                    let Ok(Some(line)) = line else { break };
-                    if line.trim().is_empty() {
-                        continue;
-                    }
-                    let report = parser.line(&line);
-                    last_line = line;
-                    self.push_message(report.message);
-                    if report.session_id.is_some() {
-                        self.session_id = report.session_id;
-                    }
-                    if let Some(turns) = report.turns {
-                        self.turns = self.turns_before + turns;
-                    }
-                    if let Some(cost) = report.cost_usd {
-                        self.cost = self.cost_before + cost;
-                    }
-                    if report.finish.is_some() {
-                        finish = report.finish;
-                    }
+                status = process.wait() => break Ok(status),
+                _ = self.output.changed.notified() => {
+                    self.absorb_report();
                     if self.task.max_cost_usd.is_some_and(|max| self.cost > max) {
-                        process.stop().await;
-                        return Segment::CostCapped;
-                    }
-                    if self.outbox.len() >= FLUSH_AT {
-                        self.flush().await;
+                        break Err(Segment::CostCapped);
                     }
                     continue;
                 }
-                _ = flush.tick() => {
-                    self.flush().await;
-                    self.report_progress(false).await;
-                    continue;
-                }
-                _ = heartbeat.tick() => self.beat().await,
-                _ = self.nudge.notified() => self.beat().await,
-                _ = self.ctx.stopping.cancelled() => {
-                    process.stop().await;
-                    return Segment::Stopped;
-                }
+                _ = heartbeat.tick() => self.beat_unless_stopped().await,
+                _ = self.nudge.notified() => self.beat_unless_stopped().await,
+                _ = self.ctx.stopping.cancelled() => Control::Stop,
             };
-            let stopped = match control {
+            match control {
                 Control::Carry | Control::Answer(_) => continue,
-                Control::Cancel => Segment::Cancelled,
-                Control::Pause => Segment::Paused,
-                Control::Lost(reason) => Segment::Lost(reason),
-            };
+                Control::Cancel => break Err(Segment::Cancelled),
+                Control::Pause => break Err(Segment::Paused),
+                Control::Lost(reason) => break Err(Segment::Lost(reason)),
+                Control::Stop => break Err(Segment::Stopped),
+            }
+        };
+        if ended.is_err() {
             info!(task = %self.task.id, "stopping the run");
             process.stop().await;
-            return stopped;
         }
-        let status = process.wait().await;
-        self.report_progress(true).await;
-        Segment::Finished(finish.unwrap_or_else(|| {
+        if tokio::time::timeout(DRAIN_AFTER_EXIT, &mut reader)
+            .await
+            .is_err()
+        {
+            warn!(task = %self.task.id, "the runner's output stayed open after its process group ended (a process left the group); leaving the rest unread");
+            reader.abort();
+        }
+        reporting.cancel();
+        let _ = reporter.await;
+        self.absorb_report();
+        let status = match ended {
+            Ok(status) => status,
+            Err(segment) => return segment,
+        };
+        self.report_progress().await;
+        let report = self.output.report();
+        let finish = report.finish.unwrap_or_else(|| {
             let ok = status.as_ref().is_ok_and(|s| s.success());
             Finish {
                 text: if ok {
-                    last_line
+                    report.last_line
                 } else {
-                    format!("the runner failed ({}): {last_line}", describe(&status))
+                    format!(
+                        "the runner failed ({}): {}",
+                        describe(&status),
+                        report.last_line
+                    )
                 },
                 is_error: !ok,
             }
-        }))
+        });
+        Segment::Finished(Finish {
+            text: shortened(&finish.text, MAX_TEXT_LEN),
+            is_error: finish.is_error,
+        })
+    }
+
+    /// Takes session, turns and cost from what the current run has printed.
+    fn absorb_report(&mut self) {
+        let report = self.output.report();
+        if report.session_id.is_some() {
+            self.session_id = report.session_id;
+        }
+        if let Some(turns) = report.turns {
+            self.turns = self.turns_before + turns;
+        }
+        if let Some(cost) = report.cost_usd {
+            self.cost = self.cost_before + cost;
+        }
     }
 
     /// Puts the worker in `waiting_input` with `question` and waits for the answer.
     async fn ask(&mut self, question: String) -> Result<String, End> {
+        let question = shortened(&question, MAX_TEXT_LEN);
         info!(task = %self.task.id, question = %question, "waiting for an answer");
         self.flush().await;
         let update = json!({
@@ -330,6 +351,7 @@ impl Job {
                     return Ok(self.ctx.runner.carry_on_prompt().to_owned());
                 }
                 Control::Lost(reason) => return Err(End::Interrupted(reason)),
+                Control::Stop => return Err(stopped_waiting()),
             }
         }
     }
@@ -347,22 +369,32 @@ impl Job {
                 }
                 Control::Cancel => return Err(End::Cancelled),
                 Control::Lost(reason) => return Err(End::Interrupted(reason)),
+                Control::Stop => return Err(stopped_waiting()),
             }
         }
     }
 
     /// The next heartbeat's word, while no run is going; SIGTERM ends the wait.
     async fn wait_for_control(&mut self) -> Result<Control, End> {
+        let draining = self.ctx.draining.clone();
         tokio::select! {
             _ = tokio::time::sleep(self.heartbeat_every) => {}
             _ = self.nudge.notified() => {}
-            _ = self.ctx.draining.cancelled() => {
-                return Err(End::Interrupted(
-                    "the agent shut down while the task waited for a person".into(),
-                ));
-            }
+            _ = draining.cancelled() => return Err(stopped_waiting()),
         }
-        Ok(self.beat().await)
+        tokio::select! {
+            control = self.beat() => Ok(control),
+            _ = draining.cancelled() => Err(stopped_waiting()),
+        }
+    }
+
+    /// A heartbeat, given up when the agent's grace period ends meanwhile.
+    async fn beat_unless_stopped(&mut self) -> Control {
+        let stopping = self.ctx.stopping.clone();
+        tokio::select! {
+            control = self.beat() => control,
+            _ = stopping.cancelled() => Control::Stop,
+        }
     }
 
     async fn beat(&mut self) -> Control {
@@ -395,10 +427,17 @@ impl Job {
         }
     }
 
+    /// Sends `update`, retrying while the server is away, until the agent stops.
     async fn patch(&self, update: &Value) -> Result<(), ClientError> {
         let mut attempt = 0;
         loop {
-            match self.ctx.client.update_worker(&self.worker.id, update).await {
+            let sent = tokio::select! {
+                sent = self.ctx.client.update_worker(&self.worker.id, update) => sent,
+                _ = self.ctx.stopping.cancelled() => return Err(ClientError::Protocol(
+                    "the agent stopped before the server answered".into(),
+                )),
+            };
+            match sent {
                 Ok(_) => return Ok(()),
                 Err(e) if e.is_transient() && attempt < 8 => {
                     attempt += 1;
@@ -409,61 +448,32 @@ impl Job {
         }
     }
 
-    /// Sends session, turns and cost when they changed, at most every
-    /// [`PROGRESS_EVERY`] unless `now`.
-    async fn report_progress(&mut self, now: bool) {
-        let progress = (self.session_id.clone(), self.cost, self.turns);
-        if self.progress_sent.as_ref() == Some(&progress)
-            || (!now && self.progress_at.elapsed() < PROGRESS_EVERY)
-        {
-            return;
-        }
-        let update = json!({ "sessionId": progress.0, "costUsd": progress.1, "turns": progress.2 });
-        // Progress is worth a try, not a wait: the next report carries it anyway.
-        if self
+    /// Sends session, turns and cost as they are now; worth a try, not a wait: the
+    /// final report carries them anyway.
+    async fn report_progress(&self) {
+        let update =
+            json!({ "sessionId": self.session_id, "costUsd": self.cost, "turns": self.turns });
+        let _ = self
             .ctx
             .client
             .update_worker(&self.worker.id, &update)
-            .await
-            .is_ok()
-        {
-            self.progress_sent = Some(progress);
-            self.progress_at = Instant::now();
-        }
-    }
-
-    fn push_message(&mut self, message: Value) {
-        if self.outbox.len() >= MAX_BUFFERED {
-            let dropped = self.outbox.len() / 2;
-            self.outbox.drain(..dropped);
-            self.outbox.insert(
-                0,
-                json!({ "type": "buildd_notice", "text": format!("{dropped} lines of output were dropped while the server could not be reached") }),
-            );
-        }
-        self.outbox.push(message);
+            .await;
     }
 
     /// Sends the buffered output; what the server cannot take now stays for later.
-    async fn flush(&mut self) {
-        match self
-            .ctx
-            .client
-            .append_all(&self.worker.id, &mut self.outbox)
-            .await
+    /// Only called while no run is going, so nothing else is sending it.
+    async fn flush(&self) {
+        if let Err(e) =
+            output::deliver(&self.ctx.client, &self.worker.id, &self.output.outbox).await
+            && !e.is_transient()
         {
-            Ok(()) => {}
-            Err(e) if e.is_transient() => {}
-            Err(e) => {
-                warn!(task = %self.task.id, error = %e, "the server refused the run's output; dropping it");
-                self.outbox.clear();
-            }
+            warn!(task = %self.task.id, error = %e, "the server does not take this worker's output any more");
         }
     }
 
     /// Commits what the run left, publishes it when asked, removes the worktree, and
     /// hands the final report to the spool. True when the task completed.
-    async fn finish(mut self, end: End) -> bool {
+    async fn finish(self, end: End) -> bool {
         let commit = if self.worktree.exists() {
             let message = match &end {
                 End::Completed(_) => format!("{}\n\nbuildd task {}", self.task.title, self.task.id),
@@ -506,7 +516,7 @@ impl Job {
             End::Completed(text) => {
                 update["status"] = json!("completed");
                 update["result"] = json!({
-                    "text": text,
+                    "text": shortened(text, MAX_TEXT_LEN),
                     "branch": self.branch,
                     "commitSha": commit,
                     "prUrl": pr_url,
@@ -514,7 +524,7 @@ impl Job {
             }
             End::Failed(reason) | End::Interrupted(reason) => {
                 update["status"] = json!("error");
-                update["error"] = json!(reason);
+                update["error"] = json!(shortened(reason, MAX_TEXT_LEN));
             }
             End::Cancelled => {
                 update["status"] = json!("error");
@@ -530,10 +540,16 @@ impl Job {
         }
         let report = FinalReport {
             worker_id: self.worker.id.clone(),
-            messages: std::mem::take(&mut self.outbox),
+            messages: self.output.take_outbox(),
             update,
         };
-        let delivery = self.ctx.spool.submit(&self.ctx.client, report).await;
+        // Shutting down, the report gets a few seconds; the spool keeps it after that.
+        let limit = self
+            .ctx
+            .stopping
+            .is_cancelled()
+            .then_some(SHUTDOWN_DELIVERY_LIMIT);
+        let delivery = self.ctx.spool.submit(&self.ctx.client, report, limit).await;
         if delivery == Delivery::Spooled {
             warn!(task = %self.task.id, "the server is unreachable; the result waits in the spool");
         }
@@ -584,6 +600,59 @@ impl Job {
         })
         .await
         .map(Some)
+    }
+}
+
+fn stopped_waiting() -> End {
+    End::Interrupted("the agent shut down while the task waited for a person".into())
+}
+
+/// Sends a running segment's output every [`FLUSH_EVERY`], and its session, turns and
+/// cost when they changed (at most every [`PROGRESS_EVERY`]), until `done`. Runs
+/// beside the job, so that a slow server delays neither the heartbeat nor the pipe;
+/// cut off mid-request, it loses nothing, since the messages stay queued until the
+/// server has taken them and are numbered.
+async fn report_while_running(
+    client: Client,
+    worker_id: String,
+    output: Arc<RunOutput>,
+    (cost_before, turns_before): (f64, i64),
+    done: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    let mut sent: Option<(Option<String>, f64, i64)> = None;
+    let mut sent_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = done.cancelled() => return,
+        }
+        let work = async {
+            if let Err(e) = output::deliver(&client, &worker_id, &output.outbox).await
+                && !e.is_transient()
+            {
+                warn!(worker = %worker_id, error = %e, "the server does not take this worker's output");
+            }
+            let report = output.report();
+            let progress = (
+                report.session_id,
+                cost_before + report.cost_usd.unwrap_or(0.0),
+                turns_before + report.turns.unwrap_or(0),
+            );
+            let due = sent_at.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY);
+            if due && sent.as_ref() != Some(&progress) {
+                let update =
+                    json!({ "sessionId": progress.0, "costUsd": progress.1, "turns": progress.2 });
+                if client.update_worker(&worker_id, &update).await.is_ok() {
+                    sent = Some(progress);
+                    sent_at = Some(Instant::now());
+                }
+            }
+        };
+        tokio::select! {
+            _ = work => {}
+            _ = done.cancelled() => return,
+        }
     }
 }
 

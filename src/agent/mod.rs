@@ -15,6 +15,7 @@ pub mod command;
 mod git;
 mod github;
 mod job;
+mod output;
 mod process;
 pub mod runner;
 mod spool;
@@ -29,7 +30,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::client::{Client, StreamedEvent, backoff};
+use crate::client::{Client, ClientError, StreamedEvent, backoff};
 use crate::core::events::offers_work;
 use crate::core::lease;
 
@@ -131,7 +132,13 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
                         answer["leaseTtlSecs"].as_f64().unwrap_or(60.0),
                     ));
                     for entry in answer["workers"].as_array().into_iter().flatten() {
-                        let (worker, task) = job::claimed(entry).map_err(|e| e.to_string())?;
+                        let (worker, task) = match job::claimed(entry) {
+                            Ok(claimed) => claimed,
+                            Err(e) => {
+                                release_unreadable(&config.client, entry, &e);
+                                continue;
+                            }
+                        };
                         let nudge = Arc::new(Notify::new());
                         nudges.insert(worker.id.clone(), (task.id.clone(), nudge.clone()));
                         let worker_id = worker.id.clone();
@@ -203,8 +210,9 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
         }
     }
 
-    if config.once {
-        // A CI job's result must reach the server before the job ends.
+    if config.once && !draining.is_cancelled() {
+        // A CI job's result must reach the server before the job ends (unless the job
+        // is being stopped: then the spool keeps it for the next start).
         let deadline = tokio::time::Instant::now() + spool::ONCE_DELIVERY_LIMIT;
         while spool.pending() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -218,6 +226,26 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
     }
     info!("agent stopped");
     Ok(once_outcome.unwrap_or(true))
+}
+
+/// Gives back a claimed worker whose entry this agent cannot read (a server newer than
+/// it, say), so that its task goes to another agent instead of waiting out its lease;
+/// the other tasks of the claim run as usual.
+fn release_unreadable(client: &Client, entry: &serde_json::Value, error: &ClientError) {
+    warn!(error = %error, "cannot read a claimed task; giving it back");
+    let Some(worker_id) = entry["id"].as_str().map(str::to_owned) else {
+        return;
+    };
+    let client = client.clone();
+    let update = serde_json::json!({
+        "status": "error",
+        "error": format!("the agent could not read this claim: {error}"),
+    });
+    tokio::spawn(async move {
+        if let Err(e) = client.update_worker(&worker_id, &update).await {
+            warn!(worker = %worker_id, error = %e, "cannot give back an unreadable claim; its lease will expire");
+        }
+    });
 }
 
 /// Holds the state directory for this agent alone: two agents sharing worktrees and a

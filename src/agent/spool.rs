@@ -10,18 +10,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use super::output::{self, Outbox};
 use crate::client::{Client, ClientError, backoff};
 
 /// A run's last words: the messages not yet sent, and the final worker update.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FinalReport {
     pub worker_id: String,
-    pub messages: Vec<Value>,
+    pub messages: Outbox,
     pub update: Value,
 }
 
@@ -55,14 +56,28 @@ impl Spool {
         self.dir.join(format!("{worker_id}.json"))
     }
 
-    /// Keeps `report` on disk, then sends it once. A report the server could not
-    /// take now is left to [`Spool::run`].
-    pub async fn submit(&self, client: &Client, report: FinalReport) -> Delivery {
+    /// Keeps `report` on disk, then sends it once, for at most `limit` when given (an
+    /// agent shutting down does not wait out a silent server). A report the server
+    /// could not take now is left to [`Spool::run`] or the next agent process.
+    pub async fn submit(
+        &self,
+        client: &Client,
+        report: FinalReport,
+        limit: Option<Duration>,
+    ) -> Delivery {
         let path = self.path_of(&report.worker_id);
         if let Err(e) = write_atomically(&path, &report) {
             warn!(worker = %report.worker_id, error = %e, "cannot write the result to the spool; sending it without a copy on disk");
         }
-        let delivery = self.send(client, &path, report).await;
+        let send = self.send(client, &path, report);
+        let delivery = match limit {
+            // Cut short, the file on disk still holds the whole report; sending it
+            // again stores nothing twice (messages are numbered).
+            Some(limit) => tokio::time::timeout(limit, send)
+                .await
+                .unwrap_or(Delivery::Spooled),
+            None => send.await,
+        };
         if delivery == Delivery::Spooled {
             self.spooled.notify_one();
         }
@@ -98,7 +113,10 @@ impl Spool {
                     .and_then(|b| {
                         serde_json::from_slice::<FinalReport>(&b).map_err(|e| e.to_string())
                     }) {
-                    Ok(report) => report,
+                    Ok(mut report) => {
+                        report.messages = report.messages.restored();
+                        report
+                    }
                     Err(e) => {
                         warn!(file = %path.display(), error = %e, "dropping an unreadable spooled result");
                         let _ = std::fs::remove_file(&path);
@@ -124,22 +142,43 @@ impl Spool {
 
     /// Sends a report: messages first, then the update. Removes the file unless the
     /// server could not be reached; then the file keeps only what it did not take.
+    ///
+    /// A refused batch of messages costs only that batch, and a server that no longer
+    /// takes the worker's messages still gets the update. If it refuses the result
+    /// itself (bad input), the worker is reported as `error` with the reason, so its
+    /// task does not wait out its lease.
     async fn send(&self, client: &Client, path: &Path, mut report: FinalReport) -> Delivery {
-        let outcome = match client
-            .append_all(&report.worker_id, &mut report.messages)
+        let outbox = std::sync::Mutex::new(std::mem::take(&mut report.messages));
+        let appended = output::deliver(client, &report.worker_id, &outbox).await;
+        report.messages = outbox.into_inner().unwrap_or_else(|p| p.into_inner());
+        match appended {
+            Ok(()) => {}
+            Err(e) if e.is_transient() => return self.keep(path, &report),
+            Err(e) => {
+                warn!(worker = %report.worker_id, error = %e, "the server refused the rest of the run's output; sending the result");
+            }
+        }
+        let delivery = match client
+            .update_worker(&report.worker_id, &report.update)
             .await
         {
-            Ok(()) => client
-                .update_worker(&report.worker_id, &report.update)
-                .await
-                .map(drop),
-            Err(e) => Err(e),
-        };
-        let delivery = match outcome {
-            Ok(()) => Delivery::Delivered,
-            Err(e) if e.is_transient() => {
-                let _ = write_atomically(path, &report);
-                return Delivery::Spooled;
+            Ok(_) => Delivery::Delivered,
+            Err(e) if e.is_transient() => return self.keep(path, &report),
+            Err(e) if matches!(e.status(), Some(400 | 413 | 422)) => {
+                warn!(worker = %report.worker_id, error = %e, "the server refused the run's result; reporting the worker as failed");
+                report.update = json!({
+                    "status": "error",
+                    "error": format!("the server refused the run's result: {e}"),
+                });
+                match client
+                    .update_worker(&report.worker_id, &report.update)
+                    .await
+                {
+                    Err(e) if e.is_transient() => return self.keep(path, &report),
+                    Err(e) => refused(&report.worker_id, &e),
+                    Ok(_) => {}
+                }
+                Delivery::Refused
             }
             Err(e) => {
                 refused(&report.worker_id, &e);
@@ -148,6 +187,12 @@ impl Spool {
         };
         let _ = std::fs::remove_file(path);
         delivery
+    }
+
+    /// Leaves what the server has not taken in the spool, for later.
+    fn keep(&self, path: &Path, report: &FinalReport) -> Delivery {
+        let _ = write_atomically(path, report);
+        Delivery::Spooled
     }
 }
 
@@ -162,6 +207,10 @@ fn write_atomically(path: &Path, report: &FinalReport) -> std::io::Result<()> {
     std::fs::write(&tmp, serde_json::to_vec(report)?)?;
     std::fs::rename(&tmp, path)
 }
+
+/// How long a job of an agent that is shutting down tries to deliver its report
+/// before leaving it in the spool.
+pub const SHUTDOWN_DELIVERY_LIMIT: Duration = Duration::from_secs(5);
 
 /// How long `--once` waits for its result to reach the server before giving up and
 /// leaving it in the spool.

@@ -68,8 +68,37 @@ pub struct AgentArgs {
     github_api_url: String,
 }
 
-/// The environment variables that authenticate Claude Code, in the order checked.
-const CLAUDE_CREDENTIALS: [&str; 2] = ["CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_API_KEY"];
+/// The environment variables that authenticate Claude Code (a seat, API billing, a
+/// gateway's token, or a cloud provider's own credentials).
+const CLAUDE_CREDENTIALS: [&str; 5] = [
+    "CLAUDE_CODE_OAUTH_TOKEN",
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "CLAUDE_CODE_USE_BEDROCK",
+    "CLAUDE_CODE_USE_VERTEX",
+];
+
+/// Whether Claude Code may be able to authenticate on this machine: a credential in
+/// the environment, or Claude Code's own login (`claude` then `/login`), which it
+/// keeps in `.credentials.json` of its config directory on Linux, or an
+/// `apiKeyHelper` in its settings. On macOS the login lives in the keychain, which
+/// cannot be read without a prompt: there the run tells, not this check.
+fn claude_may_authenticate() -> bool {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    if CLAUDE_CREDENTIALS.iter().any(|name| set(name)) || cfg!(target_os = "macos") {
+        return true;
+    }
+    let config = match std::env::var_os("CLAUDE_CONFIG_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => match std::env::var_os("HOME") {
+            Some(home) => PathBuf::from(home).join(".claude"),
+            None => return false,
+        },
+    };
+    config.join(".credentials.json").is_file()
+        || std::fs::read_to_string(config.join("settings.json"))
+            .is_ok_and(|settings| settings.contains("apiKeyHelper"))
+}
 
 pub async fn run(args: AgentArgs) -> Result<(), String> {
     args.logging.init();
@@ -80,11 +109,8 @@ pub async fn run(args: AgentArgs) -> Result<(), String> {
         None => {
             // Claude's credentials stay in this process's environment, which only the
             // runner inherits; the server never sees them and nothing logs them.
-            if !CLAUDE_CREDENTIALS
-                .iter()
-                .any(|name| std::env::var(name).is_ok_and(|v| !v.trim().is_empty()))
-            {
-                return Err("No authentication configured: set CLAUDE_CODE_OAUTH_TOKEN (a Claude subscription) or ANTHROPIC_API_KEY (API billing) in the agent's environment".into());
+            if !claude_may_authenticate() {
+                return Err("No authentication configured: set CLAUDE_CODE_OAUTH_TOKEN (a Claude subscription) or ANTHROPIC_API_KEY (API billing) in the agent's environment, or sign Claude Code in on this machine (run `claude`, then /login)".into());
             }
             Arc::new(ClaudeRunner {
                 bin: args.claude_bin.clone(),

@@ -47,6 +47,27 @@ pub struct ServeArgs {
         default_value = "https://api.github.com"
     )]
     github_api_url: String,
+    /// Days events of the stream are kept (fractions allowed; 0 keeps them for good).
+    /// A client resuming from a deleted event is told to reload (`stream.reset`).
+    #[arg(long, env = "BUILDD_RETENTION", default_value_t = 7.0, value_parser = days)]
+    retention: f64,
+    /// Days a finished worker's messages and attachments are kept (fractions allowed)
+    /// [default: as long as the worker]
+    #[arg(long, env = "BUILDD_MESSAGE_RETENTION", value_parser = days)]
+    message_retention: Option<f64>,
+}
+
+/// A number of days: finite and not negative.
+fn days(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(d) if d.is_finite() && (0.0..=36_500.0).contains(&d) => Ok(d),
+        _ => Err(format!("{text:?} is not a number of days from 0 to 36500")),
+    }
+}
+
+/// `days` as a period to keep things for; 0 means for good.
+fn keep_for(days: f64) -> Option<Duration> {
+    (days > 0.0).then(|| Duration::from_secs_f64(days * 86_400.0))
 }
 
 pub async fn run(args: ServeArgs) -> Result<(), String> {
@@ -107,6 +128,10 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         shutdown,
         github,
         metrics,
+        retention: server::retention::Retention {
+            events: keep_for(args.retention),
+            worker_output: args.message_retention.and_then(keep_for),
+        },
     };
     info!(
         lease_ttl_secs = args.lease_ttl,
