@@ -8,82 +8,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use common::Server;
 use common::agent::{
-    Agent, FakeAnthropic, FakeGitHub, Repo, claude_code, fake_claude, process_gone, wait_until,
+    Agent, FAKE_CREDENTIALS, FakeAnthropic, FakeGitHub, LONG, Repo, claude_code, process_gone,
+    scripted_agent, task, wait_task, wait_until, worker_of, workspace_and_key,
 };
-use common::{Api, Server};
-
-const LONG: Duration = Duration::from_secs(60);
-
-/// A workspace, and a user account granted to claim there; returns (workspace, key).
-async fn workspace_and_key(admin: &Api, repo_url: Option<&str>) -> (String, String) {
-    let ws = admin
-        .ok(
-            "/api/workspaces",
-            json!({ "name": "widgets", "repoUrl": repo_url }),
-        )
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (_, key) = admin
-        .account(
-            json!({ "type": "user", "name": "laptop" }),
-            &ws,
-            true,
-            false,
-        )
-        .await;
-    (ws, key)
-}
-
-async fn task(admin: &Api, ws: &str, title: &str, description: &str) -> String {
-    admin
-        .task(ws, json!({ "title": title, "description": description }))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-/// Waits until the task is in `status`, or has ended otherwise (then fails at once).
-async fn wait_task(admin: &Api, id: &str, status: &str) -> Value {
-    let task = wait_until(admin, &format!("/api/tasks/{id}"), LONG, status, |t| {
-        t["status"] == status
-            || ["completed", "failed", "cancelled"]
-                .iter()
-                .any(|s| t["status"] == *s)
-    })
-    .await;
-    assert_eq!(task["status"], status, "{task}");
-    task
-}
-
-/// An agent that runs the scripted stand-in for Claude Code, with `flags` added.
-fn scripted_agent(
-    server: &str,
-    key: &str,
-    repo: &Repo,
-    flags: &[&str],
-    env: &[(&str, &str)],
-) -> Agent {
-    let bin = fake_claude().display().to_string();
-    let mut all = vec!["--claude-bin", bin.as_str()];
-    all.extend_from_slice(flags);
-    let mut vars = vec![FAKE_CREDENTIALS];
-    vars.extend_from_slice(env);
-    Agent::start(server, key, repo.path(), &all, &vars)
-}
-
-/// The one worker a task has had so far.
-async fn worker_of(admin: &Api, task_id: &str) -> Value {
-    let (_, list) = admin.get(&format!("/api/workers?taskId={task_id}")).await;
-    let workers = list["workers"].as_array().unwrap();
-    assert_eq!(workers.len(), 1, "{list}");
-    workers[0].clone()
-}
-
-const FAKE_CREDENTIALS: (&str, &str) = ("ANTHROPIC_API_KEY", "sk-ant-test-not-a-real-key");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_tasks_run_at_once_in_worktrees_with_claude_code_and_their_results_are_committed() {
@@ -223,6 +152,66 @@ async fn a_question_waits_for_a_reply_and_the_run_carries_on_in_the_same_session
         worker["sessionId"].as_str().is_some(),
         "{worker} (first session {session})"
     );
+}
+
+/// A home in which Claude Code is signed in (`claude`, then `/login`): its OAuth
+/// login in `.claude/.credentials.json`, as Claude Code keeps it on Linux. `login` is
+/// that file's text.
+fn signed_in_home(login: &str) -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join(".claude")).unwrap();
+    std::fs::write(home.path().join(".claude/.credentials.json"), login).unwrap();
+    home
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claude_code_signed_in_on_the_machine_needs_no_key_in_the_environment() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let (ws, key) = workspace_and_key(&admin, None).await;
+    let anthropic = FakeAnthropic::start().await;
+    let repo = Repo::new();
+    let claude = claude_code().display().to_string();
+    let args = ["--claude-bin", claude.as_str(), "--once"];
+    // Only the stand-in's address: no ANTHROPIC_API_KEY, no CLAUDE_CODE_OAUTH_TOKEN.
+    let env = [("ANTHROPIC_BASE_URL", anthropic.url.as_str())];
+
+    let login = r#"{"claudeAiOauth":{"accessToken":"sk-ant-oat01-test","refreshToken":"sk-ant-ort01-test","expiresAt":9999999999999,"scopes":["user:inference","user:profile"],"subscriptionType":"max"}}"#;
+    let id = task(&admin, &ws, "Signed in", "write seat.txt from the seat").await;
+    let mut agent = Agent::start_in_home(
+        signed_in_home(login),
+        &server.url,
+        &key,
+        repo.path(),
+        &args,
+        &env,
+    );
+    assert!(agent.exit(LONG).await.success(), "{}", agent.log());
+    wait_task(&admin, &id, "completed").await;
+    assert_eq!(
+        repo.show(&format!("buildd/{id}"), "seat.txt"),
+        "from the seat"
+    );
+    assert!(anthropic.requests() > 0);
+
+    // A login file Claude Code cannot use: the worker says so in one sentence.
+    let id = task(&admin, &ws, "Signed out", "write nothing.txt never").await;
+    let mut agent = Agent::start_in_home(
+        signed_in_home("{}"),
+        &server.url,
+        &key,
+        repo.path(),
+        &args,
+        &env,
+    );
+    assert!(!agent.exit(LONG).await.success());
+    let worker = worker_of(&admin, &id).await;
+    let error = worker["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("Claude Code is not authenticated on the agent's machine"),
+        "{worker}"
+    );
+    assert!(error.contains("Not logged in"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

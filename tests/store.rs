@@ -978,7 +978,10 @@ async fn cancelling_a_paused_task_frees_its_slot(db: Db) {
         leased: later,
         paused: later,
     };
-    assert_eq!(db.stale_workers(both).await.unwrap(), vec![worker.id.clone()]);
+    assert_eq!(
+        db.stale_workers(both).await.unwrap(),
+        vec![worker.id.clone()]
+    );
     let expired = db
         .apply(&worker.id, Action::Expire { cutoffs: both }, later)
         .await

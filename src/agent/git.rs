@@ -101,11 +101,20 @@ const WORKTREE_TRIES: u32 = 3;
 /// A worktree or branch left by an earlier attempt of the same task (by this agent, or
 /// by one that died) is replaced: that attempt is over, and this one starts afresh.
 /// A failure is tried again a few times before it is returned.
-pub async fn add_worktree(repo: &Path, path: &Path, branch: &str) -> Result<(), String> {
+///
+/// The branch may still be checked out in a worktree of another agent on the same
+/// checkout that died running an earlier attempt; `abandoned` tells whether such a
+/// worktree's agent is gone, and then it is removed (its branch stays).
+pub async fn add_worktree(
+    repo: &Path,
+    path: &Path,
+    branch: &str,
+    abandoned: fn(&Path) -> bool,
+) -> Result<(), String> {
     let mut tries = 0;
     loop {
         tries += 1;
-        match try_add_worktree(repo, path, branch).await {
+        match try_add_worktree(repo, path, branch, abandoned).await {
             Ok(()) => return Ok(()),
             Err(e) if tries < WORKTREE_TRIES => {
                 tracing::warn!(error = %e, "cannot create the worktree; trying again");
@@ -116,12 +125,24 @@ pub async fn add_worktree(repo: &Path, path: &Path, branch: &str) -> Result<(), 
     }
 }
 
-async fn try_add_worktree(repo: &Path, path: &Path, branch: &str) -> Result<(), String> {
+async fn try_add_worktree(
+    repo: &Path,
+    path: &Path,
+    branch: &str,
+    abandoned: fn(&Path) -> bool,
+) -> Result<(), String> {
     // Under the lock, no half-made entry seen below is another agent's add in
     // progress.
     let _lock = lock_worktrees(repo).await?;
     if path.exists() {
         remove_locked(repo, path).await;
+    }
+    if let Some(holder) = worktree_of_branch(repo, branch).await
+        && holder != path
+        && abandoned(&holder)
+    {
+        tracing::info!(worktree = %holder.display(), "removing a worktree of the same task left by an agent that is gone");
+        remove_locked(repo, &holder).await;
     }
     if let Some(ours) = path.parent() {
         remove_half_made_entries(repo, ours).await?;
@@ -137,6 +158,21 @@ async fn try_add_worktree(repo: &Path, path: &Path, branch: &str) -> Result<(), 
     )
     .await
     .map(drop)
+}
+
+/// The worktree that has `branch` checked out, if any.
+async fn worktree_of_branch(repo: &Path, branch: &str) -> Option<PathBuf> {
+    let list = git(repo, &["worktree", "list", "--porcelain"]).await.ok()?;
+    let wanted = format!("branch refs/heads/{branch}");
+    let mut current = None;
+    for line in list.lines() {
+        if let Some(path) = line.strip_prefix("worktree ") {
+            current = Some(PathBuf::from(path));
+        } else if line == wanted {
+            return current;
+        }
+    }
+    None
 }
 
 /// Removes the entries (`.git/worktrees/NAME`) that a git killed while adding one of

@@ -152,7 +152,14 @@ impl Job {
         if let Err(e) = std::fs::create_dir_all(&self.ctx.worktrees) {
             return End::Failed(format!("cannot create the worktrees directory: {e}"));
         }
-        if let Err(e) = git::add_worktree(&self.ctx.repo, &self.worktree, &self.branch).await {
+        if let Err(e) = git::add_worktree(
+            &self.ctx.repo,
+            &self.worktree,
+            &self.branch,
+            super::worktree_abandoned,
+        )
+        .await
+        {
             // An error of this attempt: the task goes back to the queue for another.
             return End::Interrupted(format!("cannot create the worktree: {e}"));
         }
@@ -542,6 +549,7 @@ impl Job {
             worker_id: self.worker.id.clone(),
             messages: self.output.take_outbox(),
             update,
+            update_sent: false,
         };
         // Shutting down, the report gets a few seconds; the spool keeps it after that.
         let limit = self

@@ -267,6 +267,22 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
     Ok(file)
 }
 
+/// Whether `worktree` belongs to an agent that is gone: it lies in an agent's
+/// `worktrees/` directory whose state directory nobody holds locked any more. A
+/// worktree that is not an agent's is never called abandoned.
+fn worktree_abandoned(worktree: &std::path::Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Some(state_dir) = worktree.parent().and_then(|p| p.parent()) else {
+        return false;
+    };
+    let Ok(file) = std::fs::File::open(state_dir.join("agent.lock")) else {
+        return false;
+    };
+    // SAFETY: flock(2) on a descriptor this function owns; closing it releases the
+    // lock taken to check.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
 /// Removes worktrees an earlier agent process left behind when it died: their runs
 /// are over, and their tasks went back to the queue when their leases ran out.
 async fn clear_stale_worktrees(repo: &std::path::Path, worktrees: &std::path::Path) {

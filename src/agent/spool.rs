@@ -24,6 +24,9 @@ pub struct FinalReport {
     pub worker_id: String,
     pub messages: Outbox,
     pub update: Value,
+    /// The server has the update; only messages are left to send.
+    #[serde(default)]
+    pub update_sent: bool,
 }
 
 /// What became of a report.
@@ -56,9 +59,11 @@ impl Spool {
         self.dir.join(format!("{worker_id}.json"))
     }
 
-    /// Keeps `report` on disk, then sends it once, for at most `limit` when given (an
-    /// agent shutting down does not wait out a silent server). A report the server
-    /// could not take now is left to [`Spool::run`] or the next agent process.
+    /// Keeps `report` on disk, then sends it once. With a `limit` (an agent shutting
+    /// down does not wait out a silent or busy server), the messages get that long,
+    /// then the update gets that long, and what is left waits on disk: the result
+    /// first, a long backlog of output after it. A report the server could not take
+    /// now is left to [`Spool::run`] or the next agent process.
     pub async fn submit(
         &self,
         client: &Client,
@@ -69,15 +74,7 @@ impl Spool {
         if let Err(e) = write_atomically(&path, &report) {
             warn!(worker = %report.worker_id, error = %e, "cannot write the result to the spool; sending it without a copy on disk");
         }
-        let send = self.send(client, &path, report);
-        let delivery = match limit {
-            // Cut short, the file on disk still holds the whole report; sending it
-            // again stores nothing twice (messages are numbered).
-            Some(limit) => tokio::time::timeout(limit, send)
-                .await
-                .unwrap_or(Delivery::Spooled),
-            None => send.await,
-        };
+        let delivery = self.send(client, &path, report, limit).await;
         if delivery == Delivery::Spooled {
             self.spooled.notify_one();
         }
@@ -124,7 +121,7 @@ impl Spool {
                     }
                 };
                 let worker = report.worker_id.clone();
-                match self.send(&client, &path, report).await {
+                match self.send(&client, &path, report, None).await {
                     Delivery::Delivered => info!(worker = %worker, "delivered a spooled result"),
                     Delivery::Refused => {}
                     Delivery::Spooled => waiting = true,
@@ -147,44 +144,40 @@ impl Spool {
     /// takes the worker's messages still gets the update. If it refuses the result
     /// itself (bad input), the worker is reported as `error` with the reason, so its
     /// task does not wait out its lease.
-    async fn send(&self, client: &Client, path: &Path, mut report: FinalReport) -> Delivery {
+    ///
+    /// Cut short by `limit`, nothing is lost: the file keeps what was not taken, and
+    /// sending it again stores nothing twice (messages are numbered).
+    async fn send(
+        &self,
+        client: &Client,
+        path: &Path,
+        mut report: FinalReport,
+        limit: Option<Duration>,
+    ) -> Delivery {
         let outbox = std::sync::Mutex::new(std::mem::take(&mut report.messages));
-        let appended = output::deliver(client, &report.worker_id, &outbox).await;
+        let appended = within(limit, output::deliver(client, &report.worker_id, &outbox)).await;
         report.messages = outbox.into_inner().unwrap_or_else(|p| p.into_inner());
-        match appended {
-            Ok(()) => {}
-            Err(e) if e.is_transient() => return self.keep(path, &report),
-            Err(e) => {
+        match &appended {
+            Some(Ok(())) | None => {}
+            Some(Err(e)) if e.is_transient() => return self.keep(path, &report),
+            Some(Err(e)) => {
                 warn!(worker = %report.worker_id, error = %e, "the server refused the rest of the run's output; sending the result");
             }
         }
-        let delivery = match client
-            .update_worker(&report.worker_id, &report.update)
-            .await
-        {
-            Ok(_) => Delivery::Delivered,
-            Err(e) if e.is_transient() => return self.keep(path, &report),
-            Err(e) if matches!(e.status(), Some(400 | 413 | 422)) => {
-                warn!(worker = %report.worker_id, error = %e, "the server refused the run's result; reporting the worker as failed");
-                report.update = json!({
-                    "status": "error",
-                    "error": format!("the server refused the run's result: {e}"),
-                });
-                match client
-                    .update_worker(&report.worker_id, &report.update)
-                    .await
-                {
-                    Err(e) if e.is_transient() => return self.keep(path, &report),
-                    Err(e) => refused(&report.worker_id, &e),
-                    Ok(_) => {}
-                }
-                Delivery::Refused
-            }
-            Err(e) => {
-                refused(&report.worker_id, &e);
-                Delivery::Refused
+        let delivery = if report.update_sent {
+            Delivery::Delivered
+        } else {
+            match within(limit, send_update(client, &mut report)).await {
+                Some(Delivery::Spooled) | None => return self.keep(path, &report),
+                Some(delivery) => delivery,
             }
         };
+        report.update_sent = true;
+        if appended.is_none() && !report.messages.is_empty() {
+            // Out of time with output left: the result is in, the rest follows later.
+            self.keep(path, &report);
+            return delivery;
+        }
         let _ = std::fs::remove_file(path);
         delivery
     }
@@ -193,6 +186,64 @@ impl Spool {
     fn keep(&self, path: &Path, report: &FinalReport) -> Delivery {
         let _ = write_atomically(path, report);
         Delivery::Spooled
+    }
+}
+
+/// The final update. [`Delivery::Spooled`] when the server is away.
+///
+/// If the server refuses the result itself (bad input), the worker is reported as
+/// `error` with the reason, so its task does not wait out its lease.
+async fn send_update(client: &Client, report: &mut FinalReport) -> Delivery {
+    match client
+        .update_worker(&report.worker_id, &report.update)
+        .await
+    {
+        Ok(_) => Delivery::Delivered,
+        Err(e) if e.is_transient() => Delivery::Spooled,
+        // Sent before, and taken, but the answer was lost: the worker is in the
+        // status the report gives it already.
+        Err(e) if e.status() == Some(409) && already_taken(client, report).await => {
+            Delivery::Delivered
+        }
+        Err(e) if matches!(e.status(), Some(400 | 413 | 422)) => {
+            warn!(worker = %report.worker_id, error = %e, "the server refused the run's result; reporting the worker as failed");
+            report.update = json!({
+                "status": "error",
+                "error": format!("the server refused the run's result: {e}"),
+            });
+            match client
+                .update_worker(&report.worker_id, &report.update)
+                .await
+            {
+                Err(e) if e.is_transient() => return Delivery::Spooled,
+                Err(e) => refused(&report.worker_id, &e),
+                Ok(_) => {}
+            }
+            Delivery::Refused
+        }
+        Err(e) => {
+            refused(&report.worker_id, &e);
+            Delivery::Refused
+        }
+    }
+}
+
+/// `work`'s outcome, or `None` when `limit` ran out first.
+async fn within<T>(
+    limit: Option<Duration>,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, work).await.ok(),
+        None => Some(work.await),
+    }
+}
+
+/// Whether the server's worker already ended the way `report` says it should.
+async fn already_taken(client: &Client, report: &FinalReport) -> bool {
+    match client.get_worker(&report.worker_id).await {
+        Ok(worker) => worker["status"] == report.update["status"],
+        Err(_) => false,
     }
 }
 
@@ -208,9 +259,9 @@ fn write_atomically(path: &Path, report: &FinalReport) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// How long a job of an agent that is shutting down tries to deliver its report
-/// before leaving it in the spool.
-pub const SHUTDOWN_DELIVERY_LIMIT: Duration = Duration::from_secs(5);
+/// How long a job of an agent that is shutting down gives its report's messages, and
+/// then its update, before leaving the rest in the spool.
+pub const SHUTDOWN_DELIVERY_LIMIT: Duration = Duration::from_secs(3);
 
 /// How long `--once` waits for its result to reach the server before giving up and
 /// leaving it in the spool.

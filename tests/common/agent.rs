@@ -16,6 +16,80 @@ use serde_json::{Value, json};
 
 use super::Api;
 
+/// How long the agent tests wait for something that should happen within seconds.
+pub const LONG: Duration = Duration::from_secs(60);
+
+/// A workspace, and a user account granted to claim there; returns (workspace, key).
+pub async fn workspace_and_key(admin: &Api, repo_url: Option<&str>) -> (String, String) {
+    let ws = admin
+        .ok(
+            "/api/workspaces",
+            json!({ "name": "widgets", "repoUrl": repo_url }),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, key) = admin
+        .account(
+            json!({ "type": "user", "name": "laptop" }),
+            &ws,
+            true,
+            false,
+        )
+        .await;
+    (ws, key)
+}
+
+pub async fn task(admin: &Api, ws: &str, title: &str, description: &str) -> String {
+    admin
+        .task(ws, json!({ "title": title, "description": description }))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Waits until the task is in `status`, or has ended otherwise (then fails at once).
+pub async fn wait_task(admin: &Api, id: &str, status: &str) -> Value {
+    let task = wait_until(admin, &format!("/api/tasks/{id}"), LONG, status, |t| {
+        t["status"] == status
+            || ["completed", "failed", "cancelled"]
+                .iter()
+                .any(|s| t["status"] == *s)
+    })
+    .await;
+    assert_eq!(task["status"], status, "{task}");
+    task
+}
+
+/// An agent that runs the scripted stand-in for Claude Code, with `flags` added.
+pub fn scripted_agent(
+    server: &str,
+    key: &str,
+    repo: &Repo,
+    flags: &[&str],
+    env: &[(&str, &str)],
+) -> Agent {
+    let bin = fake_claude().display().to_string();
+    let mut all = vec!["--claude-bin", bin.as_str()];
+    all.extend_from_slice(flags);
+    let mut vars = vec![FAKE_CREDENTIALS];
+    vars.extend_from_slice(env);
+    Agent::start(server, key, repo.path(), &all, &vars)
+}
+
+/// The one worker a task has had so far.
+pub async fn worker_of(admin: &Api, task_id: &str) -> Value {
+    let (_, list) = admin.get(&format!("/api/workers?taskId={task_id}")).await;
+    let workers = list["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 1, "{list}");
+    workers[0].clone()
+}
+
+/// A made-up Anthropic key: enough for the agent's start-up check.
+pub const FAKE_CREDENTIALS: (&str, &str) = ("ANTHROPIC_API_KEY", "sk-ant-test-not-a-real-key");
+
 /// The real Claude Code CLI, installed from npm into `tests/claude-code` the first time
 /// a test needs it (`npm ci`, from the committed lockfile).
 pub fn claude_code() -> PathBuf {
@@ -108,6 +182,20 @@ impl Agent {
         env: &[(&str, &str)],
     ) -> Agent {
         let home = tempfile::tempdir().unwrap();
+        let state_dir = home.path().join("agent");
+        Agent::start_in(home, state_dir, server, key, repo, args, env)
+    }
+
+    /// Like [`Agent::start`], in `home` as it was prepared (a signed-in Claude Code's
+    /// `.claude/`, say).
+    pub fn start_in_home(
+        home: tempfile::TempDir,
+        server: &str,
+        key: &str,
+        repo: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
         let state_dir = home.path().join("agent");
         Agent::start_in(home, state_dir, server, key, repo, args, env)
     }
