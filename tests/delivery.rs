@@ -228,6 +228,9 @@ struct LossyProxy {
     http: reqwest::Client,
     lose: Arc<Mutex<Vec<Lose>>>,
     lost: Arc<Mutex<Vec<String>>>,
+    /// How many claim answers to pass on with their first entry's task made
+    /// unreadable.
+    mangle_claims: Arc<Mutex<usize>>,
 }
 
 impl LossyProxy {
@@ -237,6 +240,7 @@ impl LossyProxy {
             http: reqwest::Client::new(),
             lose: Arc::new(Mutex::new(lose)),
             lost: Arc::default(),
+            mangle_claims: Arc::default(),
         };
         let app = axum::Router::new()
             .fallback(forward)
@@ -278,6 +282,15 @@ async fn forward(
         let _ = answer.bytes().await;
         proxy.lost.lock().unwrap().push(format!("{method} {path}"));
         return (StatusCode::SERVICE_UNAVAILABLE, "lost").into_response();
+    }
+    if path.starts_with("/api/workers/claim") && *proxy.mangle_claims.lock().unwrap() > 0 {
+        let status = answer.status().as_u16();
+        let mut claim: Value = answer.json().await.unwrap();
+        if let Some(first) = claim["workers"].as_array_mut().and_then(|w| w.first_mut()) {
+            first["task"] = json!("not a task");
+            *proxy.mangle_claims.lock().unwrap() -= 1;
+        }
+        return (StatusCode::from_u16(status).unwrap(), axum::Json(claim)).into_response();
     }
     let status = answer.status();
     let mut response = Response::builder().status(status.as_u16());
@@ -323,6 +336,43 @@ async fn requests_whose_answers_were_lost_are_stored_once() {
         .collect();
     let expected: Vec<Value> = (1..=5).map(|i| json!(format!("line {i}"))).collect();
     assert_eq!(texts, expected, "each line once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_claim_entry_is_given_back_and_the_rest_runs() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let (ws, key) = workspace_and_key(&admin, None).await;
+    let repo = Repo::new();
+    let (url, proxy) = LossyProxy::start(&server.url, Vec::new()).await;
+    *proxy.mangle_claims.lock().unwrap() = 1;
+    let a = task(&admin, &ws, "A", "first").await;
+    let b = task(&admin, &ws, "B", "second").await;
+    let agent = command_agent(&url, &key, &repo, "echo done", &["--max-tasks", "2"]);
+    for id in [&a, &b] {
+        wait_task(&admin, id, "completed").await;
+    }
+    assert_eq!(
+        *proxy.mangle_claims.lock().unwrap(),
+        0,
+        "one claim was mangled"
+    );
+    let (_, workers) = admin.get(&format!("/api/workers?taskId={a}")).await;
+    let (_, more) = admin.get(&format!("/api/workers?taskId={b}")).await;
+    let all: Vec<Value> = [workers, more]
+        .iter()
+        .flat_map(|w| w["workers"].as_array().unwrap().clone())
+        .collect();
+    let released: Vec<&Value> = all.iter().filter(|w| w["status"] == "error").collect();
+    assert_eq!(released.len(), 1, "{all:?}");
+    assert!(
+        released[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("could not read this claim"),
+        "{released:?}"
+    );
+    assert!(agent.log().contains("giving it back"), "{}", agent.log());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -466,4 +516,97 @@ async fn retention_on_postgres() {
     let home = tempfile::tempdir().unwrap();
     let server = Server::start(&url, home.path(), &["--retention", "0.00003"]);
     retention_tells_resuming_streams_to_reload(server).await;
+}
+
+/// Connections to [`silent_events`], with the `Last-Event-ID` each sent.
+type Connections = Arc<Mutex<Vec<Option<String>>>>;
+
+/// `GET /api/events` that sends one event per connection (ids 1, 2, …), then keeps
+/// the connection open and says nothing more, not even a keep-alive.
+async fn silent_events(State(seen): State<Connections>, headers: HeaderMap) -> Response {
+    use tokio_stream::StreamExt;
+    let id = {
+        let mut seen = seen.lock().unwrap();
+        seen.push(
+            headers
+                .get("last-event-id")
+                .map(|v| v.to_str().unwrap().to_owned()),
+        );
+        seen.len()
+    };
+    let event = format!("id: {id}\nevent: task.created\ndata: {{\"n\":{id}}}\n\n");
+    let body = tokio_stream::iter([Ok::<_, std::convert::Infallible>(Bytes::from(event))])
+        .chain(tokio_stream::pending());
+    (
+        [("content-type", "text/event-stream")],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_event_stream_is_reopened_where_it_stopped() {
+    let seen: Connections = Arc::default();
+    let app = axum::Router::new()
+        .route("/api/events", axum::routing::get(silent_events))
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let client = buildd::client::Client::new(&url, "buildd_user_x").unwrap();
+    let mut stream = client
+        .events(None, None)
+        .await
+        .unwrap()
+        .with_idle_limit(Duration::from_secs(1));
+    assert_eq!(stream.next().await.unwrap().id, 1);
+    let second = tokio::time::timeout(Duration::from_secs(20), stream.next())
+        .await
+        .expect("the silent connection was given up")
+        .unwrap();
+    assert_eq!(second.id, 2);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [None, Some("1".to_owned())],
+        "the second connection resumed after the first's last event"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn several_agents_on_one_checkout_run_every_task_once() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let (ws, key) = workspace_and_key(&admin, None).await;
+    let repo = Repo::new();
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let t = admin
+            .task(&ws, json!({ "title": format!("t{i}"), "maxAttempts": 1 }))
+            .await;
+        ids.push(t["id"].as_str().unwrap().to_owned());
+    }
+    // Each agent adds, prunes and removes worktrees of the same repository at once.
+    let agents: Vec<Agent> = (0..3)
+        .map(|_| {
+            command_agent(
+                &server.url,
+                &key,
+                &repo,
+                "echo done > done.txt",
+                &["--max-tasks", "3"],
+            )
+        })
+        .collect();
+    for id in &ids {
+        let done = wait_task(&admin, id, "completed").await;
+        assert_eq!(done["attempts"], 1);
+    }
+    for agent in &agents {
+        assert!(
+            !agent.log().contains("cannot create the worktree"),
+            "{}",
+            agent.log()
+        );
+    }
 }
