@@ -67,7 +67,10 @@ async fn run(tasks: usize) {
         &[],
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    println!("idle RSS                 {:>6.1} MiB", rss_mib(agent.pid()));
+    println!(
+        "idle RSS                 {:>6.1} MiB",
+        common::proc_status_mib(agent.pid() as u32, "VmRSS:")
+    );
 
     let (mut claim, mut start, mut total) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..tasks {
@@ -119,16 +122,6 @@ async fn run(tasks: usize) {
     }
     println!(
         "RSS after {tasks} tasks      {:>6.1} MiB",
-        rss_mib(agent.pid())
+        common::proc_status_mib(agent.pid() as u32, "VmRSS:")
     );
-}
-
-fn rss_mib(pid: i32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib / 1024.0
 }

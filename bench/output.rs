@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::Server;
 use common::agent::{Agent, Repo};
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn main() {
     let megabytes: u64 = common::env_or("BUILDD_BENCH_OUTPUT_MB", 100);
@@ -76,7 +76,7 @@ open("{manifest}", "w").write("\n".join(map(str, lengths)))
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let took = started.elapsed();
-    let peak = status_mib(agent.pid(), "VmHWM:");
+    let peak = common::proc_status_mib(agent.pid() as u32, "VmHWM:");
     assert_eq!(task["status"], "completed", "{task}");
 
     let lengths: Vec<usize> = std::fs::read_to_string(&manifest)
@@ -86,7 +86,7 @@ open("{manifest}", "w").write("\n".join(map(str, lengths)))
         .collect();
     let (_, workers) = admin.get(&format!("/api/workers?taskId={id}")).await;
     let worker = workers["workers"][0]["id"].as_str().unwrap().to_owned();
-    let messages = all_messages(&admin, &worker).await;
+    let messages = admin.messages_of(&worker).await;
     assert_eq!(messages.len(), lengths.len(), "every line is a message");
     let (mut whole, mut cut, mut stored) = (0, 0, 0usize);
     for (i, (m, &n)) in messages.iter().zip(&lengths).enumerate() {
@@ -124,30 +124,4 @@ open("{manifest}", "w").write("\n".join(map(str, lengths)))
         total as f64 / 1e6 / took.as_secs_f64()
     );
     println!("agent peak RSS (VmHWM)   {peak:>8.1} MiB");
-}
-
-async fn all_messages(admin: &common::Api, worker: &str) -> Vec<Value> {
-    let mut all = Vec::new();
-    let mut after = 0;
-    loop {
-        let (_, page) = admin
-            .get(&format!("/api/workers/{worker}/messages?after={after}"))
-            .await;
-        let page = page["messages"].as_array().unwrap().clone();
-        if page.is_empty() {
-            return all;
-        }
-        after = page.last().unwrap()["seq"].as_i64().unwrap();
-        all.extend(page.into_iter().map(|m| m["message"].clone()));
-    }
-}
-
-fn status_mib(pid: i32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib / 1024.0
 }

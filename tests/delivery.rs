@@ -15,31 +15,13 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use common::agent::{Agent, LONG, Repo, task, wait_task, worker_of, workspace_and_key};
-use common::{Api, Next, Server};
+use common::{Next, Server};
 
 /// An agent that runs `command` for every task.
 fn command_agent(server: &str, key: &str, repo: &Repo, command: &str, flags: &[&str]) -> Agent {
     let mut args = vec!["--command", command];
     args.extend_from_slice(flags);
     Agent::start(server, key, repo.path(), &args, &[])
-}
-
-/// Every message of a worker, in order.
-async fn messages_of(admin: &Api, worker_id: &str) -> Vec<Value> {
-    let mut all = Vec::new();
-    let mut after = 0;
-    loop {
-        let (status, page) = admin
-            .get(&format!("/api/workers/{worker_id}/messages?after={after}"))
-            .await;
-        assert!(status.is_success(), "{page}");
-        let page = page["messages"].as_array().unwrap().clone();
-        if page.is_empty() {
-            return all;
-        }
-        after = page.last().unwrap()["seq"].as_i64().unwrap();
-        all.extend(page.into_iter().map(|m| m["message"].clone()));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -67,7 +49,7 @@ print(json.dumps({"type": "result", "subtype": "success", "is_error": False, "re
     assert_eq!(worker["sessionId"], "s-big");
     assert_eq!(worker["turns"], 3);
     assert_eq!(worker["costUsd"], 0.12);
-    let messages = messages_of(&admin, worker["id"].as_str().unwrap()).await;
+    let messages = admin.messages_of(worker["id"].as_str().unwrap()).await;
     assert_eq!(messages.len(), 2, "{messages:?}");
     assert_eq!(messages[0]["type"], "buildd_cut");
     assert_eq!(messages[0]["originalType"], "user");
@@ -96,7 +78,7 @@ print("end of burst")
     let done = wait_task(&admin, &id, "completed").await;
     assert_eq!(done["result"]["text"], "end of burst");
     let worker = worker_of(&admin, &id).await;
-    let messages = messages_of(&admin, worker["id"].as_str().unwrap()).await;
+    let messages = admin.messages_of(worker["id"].as_str().unwrap()).await;
     assert_eq!(messages.len(), 51);
     for (i, m) in messages[..50].iter().enumerate() {
         assert_eq!(m["type"], "buildd_cut", "line {i}");
@@ -124,7 +106,7 @@ async fn bytes_that_are_not_utf8_lose_nothing_after_them() {
     let done = wait_task(&admin, &id, "completed").await;
     assert_eq!(done["result"]["text"], "after");
     let worker = worker_of(&admin, &id).await;
-    let messages = messages_of(&admin, worker["id"].as_str().unwrap()).await;
+    let messages = admin.messages_of(worker["id"].as_str().unwrap()).await;
     let texts: Vec<&str> = messages
         .iter()
         .map(|m| m["text"].as_str().unwrap())
@@ -170,7 +152,7 @@ while True:
         worker["error"].as_str().unwrap().contains("shut down"),
         "{worker}"
     );
-    let messages = messages_of(&admin, worker["id"].as_str().unwrap()).await;
+    let messages = admin.messages_of(worker["id"].as_str().unwrap()).await;
     assert_eq!(messages[0]["text"], "\u{FFFD}");
     assert!(messages.len() > 10, "its output was delivered");
 }
@@ -329,7 +311,8 @@ async fn requests_whose_answers_were_lost_are_stored_once() {
     let done = wait_task(&admin, &id, "completed").await;
     assert_eq!(done["result"]["text"], "line 5");
     let worker = worker_of(&admin, &id).await;
-    let texts: Vec<Value> = messages_of(&admin, worker["id"].as_str().unwrap())
+    let texts: Vec<Value> = admin
+        .messages_of(worker["id"].as_str().unwrap())
         .await
         .into_iter()
         .map(|m| m["text"].clone())

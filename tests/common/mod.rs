@@ -73,6 +73,17 @@ pub async fn fresh_pg_database(base: &str) -> String {
 
 /// `npm ci` in `dir` (one of the test-only npm projects under `tests/`) unless its
 /// `node_modules` holds `package` already.
+/// A field of `/proc/PID/status` given in kB (`VmRSS:`, `VmHWM:`), in MiB.
+pub fn proc_status_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
 pub fn npm_ci(dir: &Path, package: &str) {
     if dir.join("node_modules").join(package).exists() {
         return;
@@ -235,6 +246,24 @@ impl Api {
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
         self.call(Method::GET, path, None).await
+    }
+
+    /// Every message of a worker, in order, page by page.
+    pub async fn messages_of(&self, worker_id: &str) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let (status, page) = self
+                .get(&format!("/api/workers/{worker_id}/messages?after={after}"))
+                .await;
+            assert!(status.is_success(), "{page}");
+            let page = page["messages"].as_array().unwrap().clone();
+            let Some(last) = page.last() else {
+                return all;
+            };
+            after = last["seq"].as_i64().unwrap();
+            all.extend(page.into_iter().map(|m| m["message"].clone()));
+        }
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
