@@ -139,7 +139,7 @@ async fn the_original_readme_flow_works() {
     let (_, beat) = agent
         .post(&format!("/api/workers/{wid}/heartbeat"), json!({}))
         .await;
-    assert_eq!(beat, json!({"cancel": false}));
+    assert_eq!(beat, json!({"cancel": false, "action": "none"}));
 
     let (code, done) = agent
         .patch(
@@ -942,8 +942,8 @@ async fn people_steer_running_work() {
         agent
             .post(&format!("/api/workers/{w1}/heartbeat"), json!({}))
             .await
-            .1["cancel"],
-        true
+            .1,
+        json!({"cancel": true, "action": "pause"})
     );
     assert_eq!(
         admin
@@ -960,8 +960,8 @@ async fn people_steer_running_work() {
         agent
             .post(&format!("/api/workers/{w1}/heartbeat"), json!({}))
             .await
-            .1["cancel"],
-        false
+            .1,
+        json!({"cancel": false, "action": "none"})
     );
     agent
         .patch(&format!("/api/workers/{w1}"), json!({"status": "running"}))
@@ -992,11 +992,18 @@ async fn people_steer_running_work() {
     let (_, beat) = agent
         .post(&format!("/api/workers/{w1}/heartbeat"), json!({}))
         .await;
-    assert_eq!(beat, json!({"cancel": false, "reply": "Postgres"}));
+    assert_eq!(
+        beat,
+        json!({"cancel": false, "action": "none", "reply": "Postgres"})
+    );
     let (_, beat) = agent
         .post(&format!("/api/workers/{w1}/heartbeat"), json!({}))
         .await;
-    assert_eq!(beat, json!({"cancel": false}), "a reply is delivered once");
+    assert_eq!(
+        beat,
+        json!({"cancel": false, "action": "none"}),
+        "a reply is delivered once"
+    );
     let (_, log) = admin.get(&format!("/api/workers/{w1}/messages")).await;
     assert_eq!(log["messages"][0]["message"]["text"], "Postgres");
 
@@ -1012,8 +1019,8 @@ async fn people_steer_running_work() {
         agent
             .post(&format!("/api/workers/{w2}/heartbeat"), json!({}))
             .await
-            .1["cancel"],
-        true
+            .1,
+        json!({"cancel": true, "action": "cancel"})
     );
     assert_eq!(
         admin

@@ -24,8 +24,8 @@ use super::process::RunProcess;
 use super::runner::{Finish, RunSpec, Runner, question_in};
 use super::spool::{Delivery, FinalReport, SHUTDOWN_DELIVERY_LIMIT, Spool};
 use crate::client::{Client, ClientError, decode};
-use crate::core::actions::MAX_TEXT_LEN;
-use crate::core::model::{Task, TaskStatus, Worker};
+use crate::core::actions::{HeartbeatAnswer, MAX_TEXT_LEN, RunControl};
+use crate::core::model::{Task, Worker};
 
 /// How often buffered output is sent to the server.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
@@ -80,7 +80,7 @@ enum Segment {
     Lost(String),
 }
 
-/// What a heartbeat (and a look at the task when it says `cancel`) tells the job.
+/// What a heartbeat tells the job.
 enum Control {
     Carry,
     Answer(String),
@@ -409,17 +409,15 @@ impl Job {
             Ok(answer) => answer,
             Err(e) => return self.refused(e),
         };
-        if answer["cancel"] == true {
-            // Cancelled task, or paused worker: the task says which.
-            return match self.ctx.client.get_task(&self.task.id).await {
-                Ok(task) if task["status"] == TaskStatus::Cancelled.as_str() => Control::Cancel,
-                Ok(_) => Control::Pause,
-                Err(e) => self.refused(e),
-            };
-        }
-        match answer["reply"].as_str() {
-            Some(reply) => Control::Answer(reply.to_owned()),
-            None => Control::Carry,
+        let answer: HeartbeatAnswer = match decode(&answer) {
+            Ok(answer) => answer,
+            Err(e) => return self.refused(e),
+        };
+        match (answer.action, answer.reply) {
+            (RunControl::Cancel, _) => Control::Cancel,
+            (RunControl::Pause, _) => Control::Pause,
+            (RunControl::None, Some(reply)) => Control::Answer(reply),
+            (RunControl::None, None) => Control::Carry,
         }
     }
 

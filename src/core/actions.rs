@@ -4,7 +4,7 @@
 //! returns in the same transaction. So the transition table, the way a task mirrors its
 //! worker, and what cancel, reply, pause, start and lease expiry do are written once.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::error::RuleError;
@@ -79,6 +79,42 @@ impl Action {
     }
 }
 
+/// What a heartbeat tells the agent to do with its run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RunControl {
+    /// Carry on.
+    #[default]
+    None,
+    /// The task was cancelled: stop the run and end the worker.
+    Cancel,
+    /// The worker was paused: stop the run and wait for `start`.
+    Pause,
+}
+
+/// The answer to `POST /api/workers/:id/heartbeat`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HeartbeatAnswer {
+    /// True once the task was cancelled or the worker paused: stop the run. Kept for
+    /// agents older than `action`.
+    pub cancel: bool,
+    /// What to do with the run: go on, stop for good, or stop until `start`.
+    pub action: RunControl,
+    /// A person's answer to the worker's question, sent once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
+}
+
+impl HeartbeatAnswer {
+    pub fn from_outcome(outcome: Outcome) -> Self {
+        HeartbeatAnswer {
+            cancel: outcome.control != RunControl::None,
+            action: outcome.control,
+            reply: outcome.reply,
+        }
+    }
+}
+
 /// What applying an action produced, besides the changed rows.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Outcome {
@@ -88,8 +124,8 @@ pub struct Outcome {
     pub events: Vec<Event>,
     /// Entries to append to the worker's message stream in the same transaction.
     pub messages: Vec<Value>,
-    /// For a heartbeat: the agent must stop the run (task cancelled or worker paused).
-    pub cancel: bool,
+    /// For a heartbeat: what the agent must do with the run.
+    pub control: RunControl,
     /// For a heartbeat: a person's answer the agent has not had yet.
     pub reply: Option<String>,
     /// How the worker's account usage changed, for the stores' counters.
@@ -389,7 +425,14 @@ fn heartbeat(task: &Task, worker: &mut Worker, now: Timestamp) -> Result<Outcome
     worker.heartbeat_at = now;
     Ok(Outcome {
         changed: true,
-        cancel: task.status == TaskStatus::Cancelled || worker.status == WorkerStatus::Paused,
+        // A cancel wins: a paused worker of a cancelled task has nothing to wait for.
+        control: if task.status == TaskStatus::Cancelled {
+            RunControl::Cancel
+        } else if worker.status == WorkerStatus::Paused {
+            RunControl::Pause
+        } else {
+            RunControl::None
+        },
         reply: worker.pending_reply.take(),
         ..Outcome::default()
     })
@@ -733,20 +776,20 @@ mod tests {
         let now = time::now();
         assert!(apply(Action::Start, &mut task, Some(&mut worker), now).is_err());
         let beat = apply(Action::Heartbeat, &mut task, Some(&mut worker), now).unwrap();
-        assert!(!beat.cancel);
+        assert_eq!(beat.control, RunControl::None);
         apply(Action::Pause, &mut task, Some(&mut worker), now).unwrap();
-        assert!(
-            apply(Action::Heartbeat, &mut task, Some(&mut worker), now)
-                .unwrap()
-                .cancel
-        );
+        let beat = apply(Action::Heartbeat, &mut task, Some(&mut worker), now).unwrap();
+        assert_eq!(beat.control, RunControl::Pause);
+        let answer = HeartbeatAnswer::from_outcome(beat);
+        assert!(answer.cancel, "older agents stop on `cancel`");
         apply(Action::Start, &mut task, Some(&mut worker), now).unwrap();
         assert_eq!(worker.status, WorkerStatus::Starting);
         apply(Action::Cancel, &mut task, None, now).unwrap();
-        assert!(
+        assert_eq!(
             apply(Action::Heartbeat, &mut task, Some(&mut worker), now)
                 .unwrap()
-                .cancel
+                .control,
+            RunControl::Cancel
         );
         assert!(apply(Action::Cancel, &mut task, None, now).is_err());
     }

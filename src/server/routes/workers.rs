@@ -15,7 +15,7 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::page_limit;
-use crate::core::actions::{Action, WorkerUpdate};
+use crate::core::actions::{Action, HeartbeatAnswer, WorkerUpdate};
 use crate::core::claim::{MAX_TASKS_PER_CLAIM, MAX_WAIT_SECS};
 use crate::core::events::StoredEvent;
 use crate::core::ids::{IdKind, new_id};
@@ -258,17 +258,8 @@ pub async fn update(
         .ok_or_else(|| ApiError::NotFound(format!("worker {id} not found")))
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct HeartbeatAnswer {
-    /// True once the task was cancelled or the worker paused: stop the run.
-    cancel: bool,
-    /// A person's answer to the worker's question, sent once.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reply: Option<String>,
-}
-
 #[utoipa::path(post, path = "/api/workers/{id}/heartbeat", tag = "workers", params(("id" = String, Path, description = "The worker's id")),
-    responses((status = 200, description = "Whether to stop, and a person's answer once", body = HeartbeatAnswer), ApiError))]
+    responses((status = 200, description = "What to do with the run (`action`), and a person's answer once", body = HeartbeatAnswer), ApiError))]
 pub async fn heartbeat(
     State(state): State<AppState>,
     caller: Caller,
@@ -280,10 +271,7 @@ pub async fn heartbeat(
         .apply(&id, Action::Heartbeat, time::now())
         .await?
         .outcome;
-    Ok(Json(HeartbeatAnswer {
-        cancel: outcome.cancel,
-        reply: outcome.reply,
-    }))
+    Ok(Json(HeartbeatAnswer::from_outcome(outcome)))
 }
 
 /// Pause and start: a person steering a worker, so the admin may too.
