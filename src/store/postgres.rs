@@ -703,20 +703,28 @@ async fn append_messages_in(
     let mut worker = lock_worker(&mut *conn, worker_id)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("worker {worker_id}")))?;
-    let taken: i64 = sqlx::query_scalar("SELECT messages_taken FROM workers WHERE id = $1")
-        .bind(worker_id)
-        .fetch_one(&mut *conn)
-        .await?;
+    // Only numbered batches need to know, and move, how far the agent got.
+    let taken: i64 = match from {
+        Some(_) => {
+            sqlx::query_scalar("SELECT messages_taken FROM workers WHERE id = $1")
+                .bind(worker_id)
+                .fetch_one(&mut *conn)
+                .await?
+        }
+        None => 0,
+    };
     let fresh = messages::fresh(taken, from, messages.len());
     let new = &messages[fresh.skip..];
     let last_seq = insert_messages(&mut *conn, &worker, new, now).await?;
     worker.heartbeat_at = now;
     save_worker(&mut *conn, &worker).await?;
-    sqlx::query("UPDATE workers SET messages_taken = $2 WHERE id = $1")
-        .bind(worker_id)
-        .bind(fresh.taken)
-        .execute(&mut *conn)
-        .await?;
+    if from.is_some() {
+        sqlx::query("UPDATE workers SET messages_taken = $2 WHERE id = $1")
+            .bind(worker_id)
+            .bind(fresh.taken)
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(Appended {
         appended: new.len(),
         last_seq,

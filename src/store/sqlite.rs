@@ -881,16 +881,22 @@ impl Store for SqliteStore {
             .write(move |tx| {
                 let mut worker = load_worker(tx, &id)?
                     .ok_or_else(|| StoreError::NotFound(format!("worker {id}")))?;
-                let taken: i64 = tx
-                    .prepare_cached("SELECT messages_taken FROM workers WHERE id = ?1")?
-                    .query_row([&id], |r| r.get(0))?;
+                // Only numbered batches need to know, and move, how far the agent got.
+                let taken: i64 = match from {
+                    Some(_) => tx
+                        .prepare_cached("SELECT messages_taken FROM workers WHERE id = ?1")?
+                        .query_row([&id], |r| r.get(0))?,
+                    None => 0,
+                };
                 let fresh = messages::fresh(taken, from, messages.len());
                 let new = &messages[fresh.skip..];
                 let last_seq = insert_messages(tx, &worker, new, now)?;
                 worker.heartbeat_at = now;
                 save_worker(tx, &worker)?;
-                tx.prepare_cached("UPDATE workers SET messages_taken = ?2 WHERE id = ?1")?
-                    .execute(params![id, fresh.taken])?;
+                if from.is_some() {
+                    tx.prepare_cached("UPDATE workers SET messages_taken = ?2 WHERE id = ?1")?
+                        .execute(params![id, fresh.taken])?;
+                }
                 Ok(Appended {
                     appended: new.len(),
                     last_seq,
