@@ -217,9 +217,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// `message` as stored: as it is when its JSON fits in [`MAX_MESSAGE_BYTES`], else a
 /// `buildd_cut` marker with its type, the first part of `line` and the original size.
 pub fn bounded(message: &Value, line: &str, original_bytes: usize) -> Box<RawValue> {
-    let whole = message.to_string();
-    if whole.len() <= MAX_MESSAGE_BYTES && original_bytes <= MAX_MESSAGE_BYTES {
-        return RawValue::from_string(whole).expect("a Value serialises to valid JSON");
+    // A line over the bound needs no serialising to know it is cut.
+    if original_bytes <= MAX_MESSAGE_BYTES {
+        let whole = message.to_string();
+        if whole.len() <= MAX_MESSAGE_BYTES {
+            return RawValue::from_string(whole).expect("a Value serialises to valid JSON");
+        }
     }
     let preview = &line[..line.floor_char_boundary(CUT_PREVIEW_BYTES)];
     to_raw(&serde_json::json!({
