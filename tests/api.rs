@@ -1200,3 +1200,59 @@ async fn attachments_round_trip() {
         "refused uploads stored nothing"
     );
 }
+
+#[tokio::test]
+async fn versions_meet_an_agent_too_old_is_refused_at_claim() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let (_, _, key) = admin.workspace_with_claimer().await;
+    let http = reqwest::Client::new();
+    let claim = |agent: &'static str| {
+        http.post(format!("{}/api/workers/claim", server.url))
+            .bearer_auth(&key)
+            .header("user-agent", agent)
+            .json(&json!({}))
+            .send()
+    };
+
+    let old = claim("buildd/0.0.1").await.unwrap();
+    assert_eq!(old.status(), StatusCode::UPGRADE_REQUIRED);
+    let body: Value = old.json().await.unwrap();
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("0.0.1 is too old")
+            && error.contains(buildd::core::version::MIN_AGENT_VERSION),
+        "{body}"
+    );
+
+    for agent in [buildd::core::version::USER_AGENT, "curl/8.5.0"] {
+        let answer = claim(agent).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::OK, "{agent}");
+        assert_eq!(
+            answer.headers()["x-buildd-version"],
+            buildd::core::version::VERSION
+        );
+    }
+    // Every answer names the server's version, errors and unknown routes too.
+    let missing = http
+        .get(format!("{}/api/nothing-here", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        missing.headers()["x-buildd-version"],
+        buildd::core::version::VERSION
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_buildd"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        printed.trim(),
+        format!("buildd {}", buildd::core::version::LONG_VERSION)
+    );
+    assert!(printed.contains(buildd::core::version::COMMIT));
+}

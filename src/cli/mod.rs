@@ -18,7 +18,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::client::Client;
 
 #[derive(Parser)]
-#[command(name = "buildd", version, about = "A task broker for AI coding agents")]
+#[command(
+    name = "buildd",
+    version = crate::core::version::LONG_VERSION,
+    about = "A task broker for AI coding agents"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

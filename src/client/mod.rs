@@ -111,6 +111,7 @@ impl Client {
         // No client-wide timeout: the event stream is meant to stay open. Every other
         // request gets [`REQUEST_TIMEOUT`] in `call`, the stream an idle timeout.
         let http = reqwest::Client::builder()
+            .user_agent(crate::core::version::USER_AGENT)
             .connect_timeout(CONNECT_TIMEOUT)
             .build()
             .map_err(|e| ClientError::Protocol(e.to_string()))?;

@@ -15,5 +15,6 @@ pub mod messages;
 pub mod model;
 pub mod time;
 pub mod validate;
+pub mod version;
 
 pub use error::RuleError;

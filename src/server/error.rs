@@ -31,6 +31,8 @@ pub enum ApiError {
     Conflict(String),
     /// A per-caller limit was reached.
     TooManyRequests(String),
+    /// The client (an agent) is too old for this server.
+    UpgradeRequired(String),
     /// The database failed; details are logged, never sent.
     Unavailable,
 }
@@ -44,6 +46,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -58,7 +61,8 @@ impl IntoResponse for ApiError {
             | ApiError::Forbidden(m)
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
-            | ApiError::TooManyRequests(m) => m,
+            | ApiError::TooManyRequests(m)
+            | ApiError::UpgradeRequired(m) => m,
             ApiError::Unavailable => "the database is unavailable; try again".to_owned(),
         };
         error_body(status, message)
@@ -117,6 +121,10 @@ impl IntoResponses for ApiError {
                 "A change the resource's current state does not allow",
             ),
             (StatusCode::PAYLOAD_TOO_LARGE, "The request body is too large"),
+            (
+                StatusCode::UPGRADE_REQUIRED,
+                "A buildd agent too old for this server (claims only); the message says which version is needed",
+            ),
             (
                 StatusCode::TOO_MANY_REQUESTS,
                 "A per-caller limit was reached (open event streams)",

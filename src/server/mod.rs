@@ -61,7 +61,17 @@ pub fn router(state: AppState) -> Router {
         // A bug must cost one request a 500, never the connection or the process.
         .layer(CatchPanicLayer::custom(error::panic_response))
         .layer(axum::middleware::map_response(error::json_errors))
+        .layer(axum::middleware::map_response(name_version))
         .with_state(state)
+}
+
+/// Every answer says which version of buildd gave it.
+async fn name_version(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().insert(
+        "x-buildd-version",
+        axum::http::HeaderValue::from_static(crate::core::version::VERSION),
+    );
+    response
 }
 
 /// Serves on `listener` until `state.shutdown` is cancelled, then stops accepting,

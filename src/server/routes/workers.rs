@@ -22,6 +22,7 @@ use crate::core::ids::{IdKind, new_id};
 use crate::core::model::{Account, Attachment, Message, Task, Worker, WorkerStatus};
 use crate::core::time;
 use crate::core::validate::{self, MAX_MESSAGES_PER_BATCH};
+use crate::core::version;
 use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult, Body, Params};
@@ -62,9 +63,16 @@ pub struct ClaimedWorker {
 pub async fn claim(
     State(state): State<AppState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     Body(body): Body<ClaimBody>,
 ) -> ApiResult<Json<ClaimAnswer>> {
     let account = caller.require_account()?.clone();
+    let user_agent = headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    if let Some(reason) = version::refuse_agent(user_agent) {
+        return Err(ApiError::UpgradeRequired(reason));
+    }
     let max_tasks = body.max_tasks.unwrap_or(1);
     if !(1..=MAX_TASKS_PER_CLAIM).contains(&max_tasks) {
         return Err(ApiError::BadRequest(format!(
