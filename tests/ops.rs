@@ -142,6 +142,28 @@ async fn json_logs_are_one_object_per_line() {
         .expect("the account creation is logged");
     assert!(created["account"].as_str().unwrap().starts_with("acc-"));
     assert_eq!(created["account_type"], "user");
+    // It happened inside the request's span, which names the request.
+    let span = &created["span"];
+    assert_eq!(span["name"], "request", "{created}");
+    assert_eq!(span["method"], "POST");
+    assert_eq!(span["route"], "/api/accounts");
+    assert_eq!(span["request_id"].as_str().unwrap().len(), 16);
+
+    // A caller's request id is kept and sent back; without one, a new one is made.
+    let http = reqwest::Client::new();
+    let answer = http
+        .get(format!("{}/healthz", server.url))
+        .header("x-request-id", "from-the-proxy-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.headers()["x-request-id"], "from-the-proxy-42");
+    let answer = http
+        .get(format!("{}/healthz", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.headers()["x-request-id"].len(), 16);
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ pub mod events;
 pub mod github;
 pub mod metrics;
 mod openapi;
+mod request_log;
 pub mod retention;
 mod routes;
 mod sweeper;
@@ -54,8 +55,7 @@ pub struct AppState {
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    routes::routes()
-        .merge(dashboard::routes())
+    request_log::layer(routes::routes().merge(dashboard::routes()))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(error::refuse_nul_in_uri))
         // A bug must cost one request a 500, never the connection or the process.
