@@ -2,27 +2,35 @@
 //! the API's JSON for scripts (`--json`).
 
 use serde_json::Value;
+use unicode_width::UnicodeWidthStr;
 
 /// Prints rows under headers, each column as wide as its widest cell.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    print!("{}", table_text(headers, rows));
+}
+
+/// The table as text. Widths are terminal columns (a CJK character or an emoji takes
+/// two), not characters, so wide titles keep the columns aligned.
+fn table_text(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.width()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(cell.width());
         }
     }
     let line = |cells: Vec<&str>| {
         let padded: Vec<String> = cells
             .iter()
             .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w.saturating_sub(c.width()))))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        format!("{}\n", padded.join("  ").trim_end())
     };
-    line(headers.to_vec());
+    let mut text = line(headers.to_vec());
     for row in rows {
-        line(row.iter().map(String::as_str).collect());
+        text += &line(row.iter().map(String::as_str).collect());
     }
+    text
 }
 
 /// Prints JSON for scripts: compact, one document per line.
@@ -63,6 +71,24 @@ pub fn message_text(message: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn wide_characters_keep_columns_aligned() {
+        let rows = vec![
+            vec!["修复登录".to_owned(), "pending".to_owned()],
+            vec!["🚀 ship".to_owned(), "running".to_owned()],
+            vec!["plain".to_owned(), "done".to_owned()],
+        ];
+        let text = table_text(&["TITLE", "STATUS"], &rows);
+        let starts: Vec<usize> = text
+            .lines()
+            .map(|l| {
+                let at = l.rfind("  ").unwrap() + 2;
+                l[..at].width()
+            })
+            .collect();
+        assert_eq!(starts, [10, 10, 10, 10], "{text}");
+    }
 
     #[test]
     fn messages_show_their_text() {

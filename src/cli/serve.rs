@@ -148,17 +148,36 @@ fn env_nonempty(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// A database URL fit for the log: any password is masked.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let creds = &url[scheme_end + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
+/// A database URL fit for the log: any password is masked, in the user part
+/// (`user:pw@host`) and in the query (`?password=…`, as libpq also takes it).
+fn redact(database_url: &str) -> String {
+    let Ok(mut url) = url::Url::parse(database_url) else {
+        return database_url.to_owned();
+    };
+    let mut masked = false;
+    if url.password().is_some() {
+        masked = url.set_password(Some("***")).is_ok();
+    }
+    let secret = |key: &str| matches!(key, "password" | "sslpassword");
+    if url.query_pairs().any(|(k, _)| secret(&k)) {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret(&k) {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+        masked = true;
+    }
+    if masked {
+        url.to_string()
+    } else {
+        database_url.to_owned()
     }
 }
 
@@ -227,6 +246,15 @@ mod tests {
         );
         assert_eq!(redact("postgres://db/buildd"), "postgres://db/buildd");
         assert_eq!(redact("sqlite:/tmp/x.db"), "sqlite:/tmp/x.db");
+        assert_eq!(
+            redact("postgres://bob@db/buildd?password=secret&sslmode=require"),
+            "postgres://bob@db/buildd?password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact("postgres://bob:p%40ss@db/b?sslpassword=x"),
+            "postgres://bob:***@db/b?sslpassword=***"
+        );
+        assert_eq!(redact("not a url"), "not a url");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+pub use crate::core::backoff::backoff;
 pub use events::{EventStream, StreamedEvent};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,17 +47,6 @@ impl ClientError {
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
-/// A pause before trying the server again after `attempt` failures: doubling from
-/// 250 ms up to 10 s, with jitter, so that a fleet that lost its server does not come
-/// back in one wave.
-pub fn backoff(attempt: u32) -> Duration {
-    use rand::RngExt;
-    let full = Duration::from_millis(250)
-        .saturating_mul(1 << attempt.min(8))
-        .min(Duration::from_secs(10));
-    full.mul_f64(rand::rng().random_range(0.5..=1.0))
-}
-
 /// Why a request failed when the server took too long.
 fn silent(limit: Duration) -> String {
     format!("it did not answer within {} s", limit.as_secs())
@@ -82,28 +72,27 @@ pub struct Client {
 
 /// Query-string parameters, leaving out those not given.
 fn query(pairs: &[(&str, Option<&str>)]) -> String {
-    let present: Vec<String> = pairs
-        .iter()
-        .filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(v))))
-        .collect();
-    if present.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", present.join("&"))
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        if let Some(v) = v {
+            query.append_pair(k, v);
+        }
+    }
+    match query.finish() {
+        q if q.is_empty() => q,
+        q => format!("?{q}"),
     }
 }
 
-/// Percent-encodes a query value (ids and statuses are plain, but be safe).
+/// Percent-encodes an id for a path segment: everything but the unreserved
+/// characters of RFC 3986.
 fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(value, RESERVED).to_string()
 }
 
 impl Client {
@@ -412,5 +401,18 @@ impl Client {
             return Err(ClientError::Api { status, message });
         }
         Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_and_path_segments_are_encoded() {
+        assert_eq!(query(&[("a", Some("x y&z")), ("b", None)]), "?a=x+y%26z");
+        assert_eq!(query(&[("b", None)]), "");
+        assert_eq!(encode("task-1.a_b~"), "task-1.a_b~");
+        assert_eq!(encode("a/b c?é"), "a%2Fb%20c%3F%C3%A9");
     }
 }

@@ -5,6 +5,7 @@
 //! task whose worker is lost) is written exactly once, whichever database is behind it.
 
 pub mod actions;
+pub mod backoff;
 pub mod claim;
 pub mod error;
 pub mod events;

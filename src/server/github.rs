@@ -10,14 +10,15 @@ use std::time::Duration;
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::core::backoff::backoff;
 use crate::core::claim::dispatch_repo;
 use crate::core::model::{RunnerPreference, Task};
 use crate::store::Store;
 
 /// The event type workflows listen for (`on: repository_dispatch: types: [buildd-task]`).
 pub const EVENT_TYPE: &str = "buildd-task";
-/// Tries per repository before giving up: about a minute of backoff in all.
-const ATTEMPTS: u32 = 6;
+/// Tries per repository before giving up: about half a minute of backoff in all.
+const ATTEMPTS: u32 = 8;
 
 pub struct Dispatcher {
     http: reqwest::Client,
@@ -80,7 +81,6 @@ impl Dispatcher {
     async fn dispatch(&self, repo: &str, task_id: &str) {
         let url = format!("{}/repos/{repo}/dispatches", self.api_url);
         let body = json!({ "event_type": EVENT_TYPE, "client_payload": { "task_id": task_id } });
-        let mut pause = Duration::from_secs(1);
         for attempt in 1..=ATTEMPTS {
             let sent = self
                 .http
@@ -108,8 +108,7 @@ impl Dispatcher {
                 return;
             }
             warn!(repo, task = task_id, attempt, reason = %reason, "GitHub Actions dispatch failed; retrying");
-            tokio::time::sleep(pause).await;
-            pause *= 2;
+            tokio::time::sleep(backoff(attempt)).await;
         }
     }
 }
