@@ -27,9 +27,19 @@ fn one_line_error(output: &Output) -> String {
 fn version_is_printed() {
     let out = buildd(&["--version"]);
     assert!(out.status.success());
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("buildd {}", env!("CARGO_PKG_VERSION"))
+        printed,
+        format!("buildd {}", buildd::core::version::LONG_VERSION)
+    );
+    // Built from this checkout: the version, then the commit.
+    let commit = printed
+        .strip_prefix(&format!("buildd {} (", env!("CARGO_PKG_VERSION")))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_default();
+    assert!(
+        commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit()),
+        "{printed}"
     );
 }
 
