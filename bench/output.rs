@@ -32,15 +32,7 @@ async fn run(megabytes: u64, seed: u64) {
     );
     let server = Server::sqlite(&[]);
     let admin = server.admin();
-    let ws = admin.workspace("bench").await;
-    let (_, key) = admin
-        .account(
-            json!({"type": "service", "name": "bench"}),
-            &ws,
-            true,
-            false,
-        )
-        .await;
+    let (ws, _, key) = admin.workspace_with_claimer().await;
     let repo = Repo::new();
     let scratch = tempfile::tempdir().unwrap();
     let manifest = scratch.path().join("lengths");
