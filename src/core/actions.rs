@@ -73,6 +73,19 @@ impl Action {
         Action::Update(Box::new(update))
     }
 
+    /// The action's name, for logs and spans.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Cancel => "cancel",
+            Action::Reply { .. } => "reply",
+            Action::Update(_) => "update",
+            Action::Heartbeat => "heartbeat",
+            Action::Pause => "pause",
+            Action::Start => "start",
+            Action::Expire { .. } => "expire",
+        }
+    }
+
     /// Whether the action is about a worker (and so needs one loaded) rather than a task.
     pub fn targets_worker(&self) -> bool {
         !matches!(self, Action::Cancel | Action::Reply { .. })

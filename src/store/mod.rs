@@ -1,10 +1,14 @@
 //! Storage: one trait, two databases.
 //!
-//! Each method is one transaction. The stores move rows; every decision about what a
-//! row should become is made by [`crate::core`], so SQLite and Postgres cannot drift.
-//! The shared suite in `tests/store.rs` runs against both.
+//! Each method is one transaction. The store moves rows; every decision about what a
+//! row should become is made by [`crate::core`]. The queries and write sequences are
+//! written once (`queries.rs`) against a small interface (`sql.rs`) that SQLite
+//! (`sqlite.rs`) and Postgres (`postgres.rs`) implement, so the two cannot drift. The
+//! shared suite in `tests/store.rs` runs against both.
 
 mod postgres;
+mod queries;
+mod sql;
 mod sqlite;
 
 use std::sync::Arc;
@@ -22,9 +26,6 @@ use crate::core::model::{
     Worker, WorkerStatus, Workspace,
 };
 use crate::core::time::Timestamp;
-
-pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -252,10 +253,10 @@ pub trait Store: Send + Sync + 'static {
 /// schema up to date.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStore::connect(url).await?))
+        Ok(queries::shared(postgres::Postgres::connect(url).await?))
     } else if let Some(path) = url.strip_prefix("sqlite:") {
         let path = path.strip_prefix("//").unwrap_or(path);
-        Ok(Arc::new(SqliteStore::open(path.as_ref()).await?))
+        Ok(queries::shared(sqlite::Sqlite::open(path.as_ref()).await?))
     } else {
         Err(StoreError::Backend(format!(
             "unsupported database URL {url:?}: use sqlite:PATH or postgres://…"
@@ -278,17 +279,3 @@ fn status_list(statuses: &[WorkerStatus]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
-
-/// Column lists, the same in both schemas, in the order the row readers expect.
-const ACCOUNT_COLUMNS: &str = "id, type, name, auth_type, max_concurrent_workers, \
-     max_concurrent_sessions, max_cost_per_day, github_repo, created_at";
-const WORKSPACE_COLUMNS: &str = "id, name, repo_url, default_branch, created_at";
-const TASK_COLUMNS: &str = "id, workspace_id, title, description, runner_preference, \
-     priority, status, attempts, max_attempts, max_cost_usd, claimed_by, worker_id, \
-     created_at, claimed_at, completed_at, result, source_id";
-const ATTACHMENT_COLUMNS: &str =
-    "id, worker_id, task_id, message_seq, name, content_type, size, created_at";
-const SOURCE_COLUMNS: &str = "id, workspace_id, type, external_id, url, created_at";
-const WORKER_COLUMNS: &str = "id, task_id, workspace_id, account_id, status, cost_usd, \
-     turns, session_id, branch, commit_sha, pr_url, question, error, pending_reply, \
-     started_at, heartbeat_at, finished_at";

@@ -1,0 +1,1070 @@
+//! The store, written once: every query, row mapping and write sequence, for any
+//! [`Backend`].
+//!
+//! The write-backs that matter most (a claim, an applied [`Outcome`], a batch of
+//! messages) load rows, let [`crate::core`] decide what they become, and save the
+//! result with its usage, artifacts, messages and events. They live here once, so a
+//! new field or outcome is wired in one place and both databases get it.
+//!
+//! Locks are taken in one order everywhere: task, then worker, then (to move the
+//! usage counters) the account. A claim locks its account first but never waits for
+//! a task (`SKIP LOCKED`), so no two transactions wait for each other in a cycle. On
+//! SQLite the locks are no-ops: a write transaction holds the file's write lock.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::sql::{Arg, Backend, FromCell, Reader, Tx, args};
+use super::{
+    Appended, Applied, ClaimRequest, Counts, Result, Store, StoreError, TaskFilter, Usage,
+    WorkerFilter, status_list,
+};
+use crate::core::actions::{self, Action, Outcome, UsageChange};
+use crate::core::claim;
+use crate::core::events::{Event, StoredEvent};
+use crate::core::lease::Cutoffs;
+use crate::core::messages;
+use crate::core::model::{
+    Account, Artifact, Attachment, Comment, Grant, Message, RecordedArtifact, Source, Task, Worker,
+    WorkerStatus, Workspace,
+};
+use crate::core::time::{self, Timestamp};
+
+/// Column lists, the same in both schemas, in the order the row readers read them.
+const ACCOUNT_COLUMNS: &str = "id, type, name, auth_type, max_concurrent_workers, \
+     max_concurrent_sessions, max_cost_per_day, github_repo, created_at";
+const WORKSPACE_COLUMNS: &str = "id, name, repo_url, default_branch, created_at";
+const TASK_COLUMNS: &str = "id, workspace_id, title, description, runner_preference, \
+     priority, status, attempts, max_attempts, max_cost_usd, claimed_by, worker_id, \
+     created_at, claimed_at, completed_at, result, source_id";
+const ATTACHMENT_COLUMNS: &str =
+    "id, worker_id, task_id, message_seq, name, content_type, size, created_at";
+const SOURCE_COLUMNS: &str = "id, workspace_id, type, external_id, url, created_at";
+const WORKER_COLUMNS: &str = "id, task_id, workspace_id, account_id, status, cost_usd, \
+     turns, session_id, branch, commit_sha, pr_url, question, error, pending_reply, \
+     started_at, heartbeat_at, finished_at";
+const GRANT_COLUMNS: &str = "account_id, workspace_id, can_claim, can_create";
+const COMMENT_COLUMNS: &str = "id, task_id, author, body, created_at";
+
+fn account_from_row(r: &mut Reader) -> Result<Account> {
+    Ok(Account {
+        id: r.get()?,
+        account_type: r.parse()?,
+        name: r.get()?,
+        auth_type: r.parse()?,
+        max_concurrent_workers: r.get()?,
+        max_concurrent_sessions: r.get()?,
+        max_cost_per_day: r.get()?,
+        github_repo: r.get()?,
+        created_at: r.get()?,
+    })
+}
+
+fn workspace_from_row(r: &mut Reader) -> Result<Workspace> {
+    Ok(Workspace {
+        id: r.get()?,
+        name: r.get()?,
+        repo_url: r.get()?,
+        default_branch: r.get()?,
+        created_at: r.get()?,
+    })
+}
+
+fn task_from_row(r: &mut Reader) -> Result<Task> {
+    Ok(Task {
+        id: r.get()?,
+        workspace_id: r.get()?,
+        title: r.get()?,
+        description: r.get()?,
+        runner_preference: r.parse()?,
+        priority: r.get()?,
+        status: r.parse()?,
+        attempts: r.get()?,
+        max_attempts: r.get()?,
+        max_cost_usd: r.get()?,
+        claimed_by: r.get()?,
+        worker_id: r.get()?,
+        created_at: r.get()?,
+        claimed_at: r.get()?,
+        completed_at: r.get()?,
+        result: r.json()?,
+        source_id: r.get()?,
+    })
+}
+
+fn task_args(t: &Task) -> Vec<Arg> {
+    args![
+        &t.id,
+        &t.workspace_id,
+        &t.title,
+        &t.description,
+        t.runner_preference.as_str(),
+        t.priority,
+        t.status.as_str(),
+        t.attempts,
+        t.max_attempts,
+        t.max_cost_usd,
+        &t.claimed_by,
+        &t.worker_id,
+        t.created_at,
+        t.claimed_at,
+        t.completed_at,
+        t.result.as_ref(),
+        &t.source_id,
+    ]
+}
+
+fn worker_from_row(r: &mut Reader) -> Result<Worker> {
+    Ok(Worker {
+        id: r.get()?,
+        task_id: r.get()?,
+        workspace_id: r.get()?,
+        account_id: r.get()?,
+        status: r.parse()?,
+        cost_usd: r.get()?,
+        turns: r.get()?,
+        session_id: r.get()?,
+        branch: r.get()?,
+        commit_sha: r.get()?,
+        pr_url: r.get()?,
+        question: r.get()?,
+        error: r.get()?,
+        pending_reply: r.get()?,
+        started_at: r.get()?,
+        heartbeat_at: r.get()?,
+        finished_at: r.get()?,
+    })
+}
+
+fn worker_args(w: &Worker) -> Vec<Arg> {
+    args![
+        &w.id,
+        &w.task_id,
+        &w.workspace_id,
+        &w.account_id,
+        w.status.as_str(),
+        w.cost_usd,
+        w.turns,
+        &w.session_id,
+        &w.branch,
+        &w.commit_sha,
+        &w.pr_url,
+        &w.question,
+        &w.error,
+        &w.pending_reply,
+        w.started_at,
+        w.heartbeat_at,
+        w.finished_at,
+    ]
+}
+
+fn attachment_from_row(r: &mut Reader) -> Result<Attachment> {
+    Ok(Attachment {
+        id: r.get()?,
+        worker_id: r.get()?,
+        task_id: r.get()?,
+        message_seq: r.get()?,
+        name: r.get()?,
+        content_type: r.get()?,
+        size: r.get()?,
+        created_at: r.get()?,
+    })
+}
+
+fn source_from_row(r: &mut Reader) -> Result<Source> {
+    Ok(Source {
+        id: r.get()?,
+        workspace_id: r.get()?,
+        source_type: r.get()?,
+        external_id: r.get()?,
+        url: r.get()?,
+        created_at: r.get()?,
+    })
+}
+
+fn grant_from_row(r: &mut Reader) -> Result<Grant> {
+    Ok(Grant {
+        account_id: r.get()?,
+        workspace_id: r.get()?,
+        can_claim: r.get()?,
+        can_create: r.get()?,
+    })
+}
+
+fn comment_from_row(r: &mut Reader) -> Result<Comment> {
+    Ok(Comment {
+        id: r.get()?,
+        task_id: r.get()?,
+        author: r.get()?,
+        body: r.get()?,
+        created_at: r.get()?,
+    })
+}
+
+fn message_from_row(r: &mut Reader) -> Result<Message> {
+    Ok(Message {
+        seq: r.get()?,
+        message: r.json()?.unwrap_or(Value::Null),
+        created_at: r.get()?,
+    })
+}
+
+fn artifact_from_row(r: &mut Reader) -> Result<RecordedArtifact> {
+    Ok(RecordedArtifact {
+        worker_id: r.get()?,
+        artifact: Artifact {
+            kind: r.parse()?,
+            value: r.get()?,
+        },
+        created_at: r.get()?,
+    })
+}
+
+fn event_from_row(r: &mut Reader) -> Result<StoredEvent> {
+    Ok(StoredEvent {
+        id: r.get()?,
+        name: r.get()?,
+        workspace_id: r.get()?,
+        data: r.get::<String>()?.into(),
+    })
+}
+
+/// The task `id`, locked until commit when `lock`.
+async fn load_task<T: Tx>(tx: &mut T, id: &str, lock: bool) -> Result<Option<Task>> {
+    let lock = if lock { T::DIALECT.for_update } else { "" };
+    let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1{lock}");
+    tx.query_optional(&sql, args![id], task_from_row).await
+}
+
+/// The worker `id`, locked until commit when `lock`.
+async fn load_worker<T: Tx>(tx: &mut T, id: &str, lock: bool) -> Result<Option<Worker>> {
+    let lock = if lock { T::DIALECT.for_update } else { "" };
+    let sql = format!("SELECT {WORKER_COLUMNS} FROM workers WHERE id = $1{lock}");
+    tx.query_optional(&sql, args![id], worker_from_row).await
+}
+
+/// Writes back every field of a worker that can change after it was created.
+async fn save_worker<T: Tx>(tx: &mut T, w: &Worker) -> Result<()> {
+    let sql = "UPDATE workers SET status = $2, cost_usd = $3, turns = $4, session_id = $5, \
+         branch = $6, commit_sha = $7, pr_url = $8, question = $9, error = $10, \
+         pending_reply = $11, heartbeat_at = $12, finished_at = $13 WHERE id = $1";
+    let values = args![
+        &w.id,
+        w.status.as_str(),
+        w.cost_usd,
+        w.turns,
+        &w.session_id,
+        &w.branch,
+        &w.commit_sha,
+        &w.pr_url,
+        &w.question,
+        &w.error,
+        &w.pending_reply,
+        w.heartbeat_at,
+        w.finished_at,
+    ];
+    tx.execute(sql, values).await.map(drop)
+}
+
+/// Writes back every field of a task that can change after it was created.
+async fn save_task<T: Tx>(tx: &mut T, t: &Task) -> Result<()> {
+    let sql = "UPDATE tasks SET status = $2, attempts = $3, claimed_by = $4, worker_id = $5, \
+         claimed_at = $6, completed_at = $7, result = $8 WHERE id = $1";
+    let values = args![
+        &t.id,
+        t.status.as_str(),
+        t.attempts,
+        &t.claimed_by,
+        &t.worker_id,
+        t.claimed_at,
+        t.completed_at,
+        t.result.as_ref(),
+    ];
+    tx.execute(sql, values).await.map(drop)
+}
+
+/// Moves an account's usage counters by `change`. This takes the account's row lock,
+/// last in the lock order.
+async fn record_usage<T: Tx>(tx: &mut T, account_id: &str, change: &UsageChange) -> Result<()> {
+    if change.active_workers != 0 {
+        let sql = "UPDATE accounts SET active_workers = active_workers + $2 WHERE id = $1";
+        tx.execute(sql, args![account_id, change.active_workers])
+            .await?;
+    }
+    if change.cost_usd != 0.0 {
+        let sql = "INSERT INTO account_usage (account_id, day, cost_usd) VALUES ($1, $2, $3) \
+             ON CONFLICT (account_id, day) \
+             DO UPDATE SET cost_usd = account_usage.cost_usd + excluded.cost_usd";
+        tx.execute(sql, args![account_id, &change.day, change.cost_usd])
+            .await?;
+    }
+    Ok(())
+}
+
+/// The id of the workspace's source with `src`'s type and external id, made from
+/// `src` if there is none. A source without an external id is always new.
+async fn upsert_source<T: Tx>(tx: &mut T, src: &Source) -> Result<String> {
+    let sql = format!(
+        "INSERT INTO sources ({SOURCE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (workspace_id, type, external_id) DO NOTHING"
+    );
+    let values = args![
+        &src.id,
+        &src.workspace_id,
+        &src.source_type,
+        &src.external_id,
+        &src.url,
+        src.created_at,
+    ];
+    tx.execute(&sql, values).await?;
+    match &src.external_id {
+        None => Ok(src.id.clone()),
+        Some(external) => {
+            let sql = "SELECT id FROM sources WHERE workspace_id = $1 AND type = $2 \
+                       AND external_id = $3";
+            tx.scalar(sql, args![&src.workspace_id, &src.source_type, external])
+                .await
+        }
+    }
+}
+
+async fn insert_artifacts<T: Tx>(
+    tx: &mut T,
+    worker: &Worker,
+    artifacts: &[Artifact],
+    now: Timestamp,
+) -> Result<()> {
+    if artifacts.is_empty() {
+        return Ok(());
+    }
+    let rows = artifacts
+        .iter()
+        .map(|a| args![&worker.task_id, &worker.id, a.kind.as_str(), &a.value, now])
+        .collect();
+    let columns = "task_id, worker_id, kind, value, created_at";
+    tx.insert_many("artifacts", columns, rows).await
+}
+
+async fn insert_events<T: Tx>(tx: &mut T, events: &[Event], now: Timestamp) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let rows = events
+        .iter()
+        .map(|e| args![e.name, &e.workspace_id, e.data.to_string(), now])
+        .collect();
+    let columns = "name, workspace_id, data, created_at";
+    tx.insert_many("events", columns, rows).await
+}
+
+/// Appends to a worker's stream, with an event per message; the caller holds the
+/// worker's row lock, which keeps sequence numbers unique. Returns the last number.
+async fn insert_messages<T: Tx>(
+    tx: &mut T,
+    worker: &Worker,
+    messages: &[Value],
+    now: Timestamp,
+) -> Result<i64> {
+    let sql = "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE worker_id = $1";
+    let last: i64 = tx.scalar(sql, args![&worker.id]).await?;
+    if messages.is_empty() {
+        return Ok(last);
+    }
+    let rows = (last + 1..)
+        .zip(messages)
+        .map(|(seq, m)| args![&worker.id, seq, m.to_string(), now])
+        .collect();
+    let columns = "worker_id, seq, body, created_at";
+    tx.insert_many("messages", columns, rows).await?;
+    let events: Vec<Event> = messages
+        .iter()
+        .map(|m| Event::worker_message(worker, m))
+        .collect();
+    insert_events(tx, &events, now).await?;
+    Ok(last + messages.len() as i64)
+}
+
+async fn create_task<T: Tx>(tx: &mut T, mut task: Task, source: Option<Source>) -> Result<Task> {
+    if let Some(src) = &source {
+        task.source_id = Some(upsert_source(tx, src).await?);
+    }
+    tx.insert_many("tasks", TASK_COLUMNS, vec![task_args(&task)])
+        .await?;
+    insert_events(tx, &[Event::task_created(&task)], task.created_at).await?;
+    Ok(task)
+}
+
+async fn claim<T: Tx>(
+    tx: &mut T,
+    account_id: &str,
+    request: &ClaimRequest,
+    now: Timestamp,
+) -> Result<Vec<(Worker, Task)>> {
+    let dialect = T::DIALECT;
+    // Locking the account row serialises this account's claims, so the counts below
+    // stay true until commit; its limits are re-read as they are now.
+    let sql = format!(
+        "SELECT {ACCOUNT_COLUMNS}, active_workers FROM accounts WHERE id = $1{}",
+        dialect.for_update
+    );
+    let found = tx
+        .query_optional(&sql, args![account_id], |r| {
+            Ok((account_from_row(r)?, r.get::<i64>()?))
+        })
+        .await?;
+    let Some((account, active)) = found else {
+        return Err(StoreError::NotFound(format!("account {account_id}")));
+    };
+    let sql = "SELECT cost_usd FROM account_usage WHERE account_id = $1 AND day = $2";
+    let cost_today: Option<f64> = tx
+        .query_optional(sql, args![&account.id, time::utc_day(now)], |r| r.get())
+        .await?;
+    let slots = claim::free_slots(
+        &account,
+        active,
+        cost_today.unwrap_or(0.0),
+        request.max_tasks,
+    );
+    if slots == 0 {
+        return Ok(Vec::new());
+    }
+    // The pick must walk `tasks_pending` in dispatch order and stop at the first task
+    // it may take. Left to themselves, the planners may read every pending task (or
+    // the whole workspace) and sort it, which makes each claim cost O(queue length).
+    if let Some(setup) = dialect.before_pick {
+        tx.execute(setup, Vec::new()).await?;
+    }
+    let [any, own] = claim::preferences_for(account.account_type);
+    let sql = format!(
+        "SELECT {TASK_COLUMNS} FROM tasks {} WHERE status = 'pending' \
+         AND runner_preference IN ($2, $3) \
+         AND workspace_id IN (SELECT workspace_id FROM account_workspaces \
+                              WHERE account_id = $1 AND can_claim) \
+         AND (CAST($4 AS TEXT) IS NULL OR workspace_id = $4) \
+         ORDER BY priority DESC, created_at, id LIMIT $5{}",
+        dialect.pending_index, dialect.skip_locked
+    );
+    let values = args![
+        &account.id,
+        any.as_str(),
+        own.as_str(),
+        request.workspace_id.as_deref(),
+        slots,
+    ];
+    let picked = tx.query(&sql, values, task_from_row).await?;
+    let mut claimed = Vec::with_capacity(picked.len());
+    let mut events = Vec::new();
+    for mut task in picked {
+        let (worker, task_events) = claim::assign(&mut task, &account, now);
+        save_task(tx, &task).await?;
+        tx.insert_many("workers", WORKER_COLUMNS, vec![worker_args(&worker)])
+            .await?;
+        events.extend(task_events);
+        claimed.push((worker, task));
+    }
+    insert_events(tx, &events, now).await?;
+    let taken = UsageChange {
+        active_workers: claimed.len() as i64,
+        ..UsageChange::default()
+    };
+    record_usage(tx, &account.id, &taken).await?;
+    Ok(claimed)
+}
+
+async fn apply<T: Tx>(tx: &mut T, id: &str, action: Action, now: Timestamp) -> Result<Applied> {
+    let (mut task, mut worker) = if action.targets_worker() {
+        // A worker's task never changes, so it can be read before locking: the locks
+        // are then taken task first, like everywhere else.
+        let sql = "SELECT task_id FROM workers WHERE id = $1";
+        let task_id: String = tx
+            .query_optional(sql, args![id], |r| r.get())
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("worker {id}")))?;
+        let task = load_task(tx, &task_id, true)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("task {task_id}")))?;
+        (task, load_worker(tx, id, true).await?)
+    } else {
+        let task = load_task(tx, id, true)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
+        let worker = match &task.worker_id {
+            Some(w) => load_worker(tx, w, true).await?,
+            None => None,
+        };
+        (task, worker)
+    };
+    let outcome = actions::apply(action, &mut task, worker.as_mut(), now)?;
+    if outcome.changed {
+        write_outcome(tx, &task, worker.as_ref(), &outcome, now).await?;
+    }
+    Ok(Applied {
+        task,
+        worker,
+        outcome,
+    })
+}
+
+/// Saves what [`actions::apply`] made of a task and its worker, with everything the
+/// outcome produced.
+async fn write_outcome<T: Tx>(
+    tx: &mut T,
+    task: &Task,
+    worker: Option<&Worker>,
+    outcome: &Outcome,
+    now: Timestamp,
+) -> Result<()> {
+    save_task(tx, task).await?;
+    if let Some(w) = worker {
+        save_worker(tx, w).await?;
+        record_usage(tx, &w.account_id, &outcome.usage).await?;
+        insert_artifacts(tx, w, &outcome.artifacts, now).await?;
+        if !outcome.messages.is_empty() {
+            insert_messages(tx, w, &outcome.messages, now).await?;
+        }
+    }
+    insert_events(tx, &outcome.events, now).await
+}
+
+async fn append_messages<T: Tx>(
+    tx: &mut T,
+    worker_id: &str,
+    batch: &[Value],
+    from: Option<i64>,
+    now: Timestamp,
+) -> Result<Appended> {
+    let mut worker = load_worker(tx, worker_id, true)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("worker {worker_id}")))?;
+    // Only numbered batches need to know, and move, how far the agent got.
+    let taken: i64 = match from {
+        Some(_) => {
+            let sql = "SELECT messages_taken FROM workers WHERE id = $1";
+            tx.scalar(sql, args![worker_id]).await?
+        }
+        None => 0,
+    };
+    let fresh = messages::fresh(taken, from, batch.len());
+    let new = &batch[fresh.skip..];
+    let last_seq = insert_messages(tx, &worker, new, now).await?;
+    worker.heartbeat_at = now;
+    save_worker(tx, &worker).await?;
+    if from.is_some() {
+        let sql = "UPDATE workers SET messages_taken = $2 WHERE id = $1";
+        tx.execute(sql, args![worker_id, fresh.taken]).await?;
+    }
+    Ok(Appended {
+        appended: new.len(),
+        last_seq,
+    })
+}
+
+/// See [`Store::purge_events`]. Works on the id subscribers see; on Postgres, events
+/// the sequencer has not numbered yet are never deleted.
+async fn purge_events<T: Tx>(tx: &mut T, before: Timestamp, limit: u32) -> Result<u64> {
+    let id = T::DIALECT.event_id;
+    let sql = format!(
+        "SELECT MAX({id}) FROM (SELECT {id} FROM events WHERE {id} IS NOT NULL \
+         AND created_at < $1 AND {id} < (SELECT MAX({id}) FROM events) \
+         ORDER BY {id} LIMIT $2) oldest"
+    );
+    let through: Option<i64> = tx.scalar(&sql, args![before, limit]).await?;
+    let Some(through) = through else {
+        return Ok(0);
+    };
+    let sql = format!("DELETE FROM events WHERE {id} <= $1");
+    let deleted = tx.execute(&sql, args![through]).await?;
+    let sql = "UPDATE event_retention SET purged_through = $1 WHERE purged_through < $1";
+    tx.execute(sql, args![through]).await?;
+    Ok(deleted)
+}
+
+/// See [`Store::purge_worker_output`].
+async fn purge_worker_output<T: Tx>(tx: &mut T, before: Timestamp, limit: u32) -> Result<u64> {
+    let sql = "SELECT id FROM workers WHERE output_purged_at IS NULL AND finished_at < $1 \
+               ORDER BY finished_at LIMIT $2";
+    let workers: Vec<String> = tx.query(sql, args![before, limit], |r| r.get()).await?;
+    let mut left = i64::from(limit);
+    for id in workers {
+        for sql in [
+            "DELETE FROM messages WHERE worker_id = $1 AND seq IN \
+             (SELECT seq FROM messages WHERE worker_id = $1 ORDER BY seq LIMIT $2)",
+            "DELETE FROM attachments WHERE id IN \
+             (SELECT id FROM attachments WHERE worker_id = $1 LIMIT $2)",
+        ] {
+            left -= tx.execute(sql, args![&id, left]).await? as i64;
+            if left <= 0 {
+                return Ok(u64::from(limit));
+            }
+        }
+        let sql = "UPDATE workers SET output_purged_at = $2 WHERE id = $1";
+        tx.execute(sql, args![&id, time::now()]).await?;
+    }
+    Ok((i64::from(limit) - left) as u64)
+}
+
+/// A [`Store`] on one database.
+pub struct SqlStore<B> {
+    backend: B,
+}
+
+impl<B: Backend> SqlStore<B> {
+    pub fn new(backend: B) -> Self {
+        SqlStore { backend }
+    }
+
+    fn event_id() -> &'static str {
+        <B::Read as Tx>::DIALECT.event_id
+    }
+
+    /// Every row `sql` returns, read on a read connection.
+    async fn all<T: Send + 'static>(
+        &self,
+        sql: String,
+        values: Vec<Arg>,
+        map: fn(&mut Reader) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        self.backend
+            .read(move |c| async move { c.query(&sql, values, map).await }.boxed())
+            .await
+    }
+
+    /// The first row `sql` returns, read on a read connection.
+    async fn first<T: Send + 'static>(
+        &self,
+        sql: String,
+        values: Vec<Arg>,
+        map: fn(&mut Reader) -> Result<T>,
+    ) -> Result<Option<T>> {
+        Ok(self.all(sql, values, map).await?.into_iter().next())
+    }
+
+    /// The first column of the one row `sql` returns.
+    async fn scalar<T: FromCell + Send + 'static>(
+        &self,
+        sql: &'static str,
+        values: Vec<Arg>,
+    ) -> Result<T> {
+        self.backend
+            .read(move |c| async move { c.scalar(sql, values).await }.boxed())
+            .await
+    }
+
+    /// Runs one statement in a transaction of its own; returns the rows it changed.
+    async fn execute(&self, sql: String, values: Vec<Arg>) -> Result<u64> {
+        self.backend
+            .write(move |tx| async move { tx.execute(&sql, values).await }.boxed())
+            .await
+    }
+}
+
+#[async_trait]
+impl<B: Backend> Store for SqlStore<B> {
+    #[tracing::instrument(level = "debug", skip_all, fields(account = %account.id))]
+    async fn create_account(&self, account: &Account, key_hash: &str) -> Result<()> {
+        let a = account;
+        let sql = format!(
+            "INSERT INTO accounts ({ACCOUNT_COLUMNS}, key_hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        );
+        let values = args![
+            &a.id,
+            a.account_type.as_str(),
+            &a.name,
+            a.auth_type.as_str(),
+            a.max_concurrent_workers,
+            a.max_concurrent_sessions,
+            a.max_cost_per_day,
+            &a.github_repo,
+            a.created_at,
+            key_hash,
+        ];
+        self.execute(sql, values).await.map(drop)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn account_by_key_hash(&self, key_hash: &str) -> Result<Option<Account>> {
+        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE key_hash = $1");
+        self.first(sql, args![key_hash], account_from_row).await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn get_account(&self, id: &str) -> Result<Option<Account>> {
+        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1");
+        self.first(sql, args![id], account_from_row).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn set_account_key(&self, id: &str, key_hash: &str) -> Result<bool> {
+        let sql = "UPDATE accounts SET key_hash = $2 WHERE id = $1".to_owned();
+        Ok(self.execute(sql, args![id, key_hash]).await? > 0)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn list_accounts(&self) -> Result<Vec<Account>> {
+        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY created_at, id");
+        self.all(sql, Vec::new(), account_from_row).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(workspace = %workspace.id))]
+    async fn create_workspace(&self, workspace: &Workspace) -> Result<()> {
+        let w = workspace;
+        let sql =
+            format!("INSERT INTO workspaces ({WORKSPACE_COLUMNS}) VALUES ($1, $2, $3, $4, $5)");
+        let values = args![&w.id, &w.name, &w.repo_url, &w.default_branch, w.created_at];
+        self.execute(sql, values).await.map(drop)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn get_workspace(&self, id: &str) -> Result<Option<Workspace>> {
+        let sql = format!("SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE id = $1");
+        self.first(sql, args![id], workspace_from_row).await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn list_workspaces(&self, visible_to: Option<&str>) -> Result<Vec<Workspace>> {
+        let sql = format!(
+            "SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE CAST($1 AS TEXT) IS NULL OR id IN \
+             (SELECT workspace_id FROM account_workspaces WHERE account_id = $1) \
+             ORDER BY created_at, id"
+        );
+        self.all(sql, args![visible_to], workspace_from_row).await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn put_grant(&self, grant: &Grant) -> Result<()> {
+        let g = grant;
+        let sql = format!(
+            "INSERT INTO account_workspaces ({GRANT_COLUMNS}) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (account_id, workspace_id) \
+             DO UPDATE SET can_claim = excluded.can_claim, can_create = excluded.can_create"
+        );
+        let values = args![&g.account_id, &g.workspace_id, g.can_claim, g.can_create];
+        self.execute(sql, values).await.map(drop)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn delete_grant(&self, account_id: &str, workspace_id: &str) -> Result<bool> {
+        let sql = "DELETE FROM account_workspaces WHERE account_id = $1 AND workspace_id = $2";
+        Ok(self
+            .execute(sql.to_owned(), args![account_id, workspace_id])
+            .await?
+            > 0)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn get_grant(&self, account_id: &str, workspace_id: &str) -> Result<Option<Grant>> {
+        let sql = format!(
+            "SELECT {GRANT_COLUMNS} FROM account_workspaces \
+             WHERE account_id = $1 AND workspace_id = $2"
+        );
+        self.first(sql, args![account_id, workspace_id], grant_from_row)
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(task = %task.id))]
+    async fn create_task(&self, task: &Task, source: Option<&Source>) -> Result<Task> {
+        let (task, source) = (task.clone(), source.cloned());
+        let created = self
+            .backend
+            .write(move |tx| create_task(tx, task, source).boxed())
+            .await?;
+        self.backend.events_written();
+        Ok(created)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn get_source(&self, id: &str) -> Result<Option<Source>> {
+        let sql = format!("SELECT {SOURCE_COLUMNS} FROM sources WHERE id = $1");
+        self.first(sql, args![id], source_from_row).await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn get_task(&self, id: &str) -> Result<Option<Task>> {
+        let id = id.to_owned();
+        self.backend
+            .read(move |c| async move { load_task(c, &id, false).await }.boxed())
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
+        let f = filter;
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks \
+             WHERE (CAST($1 AS TEXT) IS NULL OR workspace_id = $1) \
+             AND (CAST($2 AS TEXT) IS NULL OR status = $2) \
+             AND (CAST($3 AS TEXT) IS NULL OR workspace_id IN \
+                  (SELECT workspace_id FROM account_workspaces WHERE account_id = $3)) \
+             AND (CAST($4 AS TEXT) IS NULL OR source_id = $4) \
+             ORDER BY created_at DESC, id DESC LIMIT $5"
+        );
+        let values = args![
+            &f.workspace_id,
+            f.status.map(|s| s.as_str()),
+            &f.visible_to,
+            &f.source_id,
+            f.limit,
+        ];
+        self.all(sql, values, task_from_row).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(account = %account.id))]
+    async fn claim(
+        &self,
+        account: &Account,
+        request: &ClaimRequest,
+        now: Timestamp,
+    ) -> Result<Vec<(Worker, Task)>> {
+        let (account_id, request) = (account.id.clone(), request.clone());
+        let claimed = self
+            .backend
+            .write(move |tx| async move { claim(tx, &account_id, &request, now).await }.boxed())
+            .await?;
+        if !claimed.is_empty() {
+            self.backend.events_written();
+        }
+        Ok(claimed)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn get_worker(&self, id: &str) -> Result<Option<Worker>> {
+        let id = id.to_owned();
+        self.backend
+            .read(move |c| async move { load_worker(c, &id, false).await }.boxed())
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn list_workers(&self, filter: &WorkerFilter) -> Result<Vec<Worker>> {
+        let f = filter;
+        let sql = format!(
+            "SELECT {WORKER_COLUMNS} FROM workers \
+             WHERE (CAST($1 AS TEXT) IS NULL OR task_id = $1) \
+             AND (CAST($2 AS TEXT) IS NULL OR status = $2) \
+             AND (CAST($3 AS TEXT) IS NULL OR workspace_id IN \
+                  (SELECT workspace_id FROM account_workspaces WHERE account_id = $3)) \
+             ORDER BY started_at DESC, id DESC LIMIT $4"
+        );
+        let values = args![
+            &f.task_id,
+            f.status.map(|s| s.as_str()),
+            &f.visible_to,
+            f.limit
+        ];
+        self.all(sql, values, worker_from_row).await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, action), fields(action = action.name()))]
+    async fn apply(&self, id: &str, action: Action, now: Timestamp) -> Result<Applied> {
+        let id = id.to_owned();
+        let applied = self
+            .backend
+            .write(move |tx| async move { apply(tx, &id, action, now).await }.boxed())
+            .await?;
+        if applied.outcome.writes_events() {
+            self.backend.events_written();
+        }
+        Ok(applied)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, messages), fields(count = messages.len()))]
+    async fn append_messages(
+        &self,
+        worker_id: &str,
+        messages: &[Value],
+        from: Option<i64>,
+        now: Timestamp,
+    ) -> Result<Appended> {
+        let (id, batch) = (worker_id.to_owned(), messages.to_vec());
+        let appended = self
+            .backend
+            .write(move |tx| {
+                async move { append_messages(tx, &id, &batch, from, now).await }.boxed()
+            })
+            .await?;
+        if appended.appended > 0 {
+            self.backend.events_written();
+        }
+        Ok(appended)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn list_messages(&self, worker_id: &str, after: i64, limit: u32) -> Result<Vec<Message>> {
+        let sql = "SELECT seq, body, created_at FROM messages WHERE worker_id = $1 AND seq > $2 \
+                   ORDER BY seq LIMIT $3";
+        self.all(
+            sql.to_owned(),
+            args![worker_id, after, limit],
+            message_from_row,
+        )
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn list_artifacts(&self, task_id: &str) -> Result<Vec<RecordedArtifact>> {
+        let sql = "SELECT worker_id, kind, value, created_at FROM artifacts WHERE task_id = $1 \
+                   ORDER BY id";
+        self.all(sql.to_owned(), args![task_id], artifact_from_row)
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, body))]
+    async fn add_comment(
+        &self,
+        task_id: &str,
+        author: &str,
+        body: &str,
+        now: Timestamp,
+    ) -> Result<Comment> {
+        let sql = format!(
+            "INSERT INTO comments (task_id, author, body, created_at) VALUES ($1, $2, $3, $4) \
+             RETURNING {COMMENT_COLUMNS}"
+        );
+        let values = args![task_id, author, body, now];
+        self.backend
+            .write(move |tx| async move { tx.query(&sql, values, comment_from_row).await }.boxed())
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Backend("the comment insert returned no row".into()))
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn list_comments(&self, task_id: &str) -> Result<Vec<Comment>> {
+        let sql = format!("SELECT {COMMENT_COLUMNS} FROM comments WHERE task_id = $1 ORDER BY id");
+        self.all(sql, args![task_id], comment_from_row).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(attachment = %attachment.id))]
+    async fn add_attachment(&self, attachment: &Attachment, data: &[u8]) -> Result<()> {
+        let a = attachment;
+        let values = args![
+            &a.id,
+            &a.worker_id,
+            &a.task_id,
+            a.message_seq,
+            &a.name,
+            &a.content_type,
+            a.size,
+            a.created_at,
+            data,
+        ];
+        let columns = format!("{ATTACHMENT_COLUMNS}, data");
+        self.backend
+            .write(move |tx| {
+                async move { tx.insert_many("attachments", &columns, vec![values]).await }.boxed()
+            })
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn list_attachments(&self, worker_id: &str) -> Result<Vec<Attachment>> {
+        let sql = format!(
+            "SELECT {ATTACHMENT_COLUMNS} FROM attachments WHERE worker_id = $1 \
+             ORDER BY created_at, id"
+        );
+        self.all(sql, args![worker_id], attachment_from_row).await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn get_attachment(&self, id: &str) -> Result<Option<(Attachment, Vec<u8>)>> {
+        let sql = format!("SELECT {ATTACHMENT_COLUMNS}, data FROM attachments WHERE id = $1");
+        self.first(sql, args![id], |r| Ok((attachment_from_row(r)?, r.get()?)))
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn purge_events(&self, before: Timestamp, limit: u32) -> Result<u64> {
+        self.backend
+            .write(move |tx| purge_events(tx, before, limit).boxed())
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn events_purged_through(&self) -> Result<i64> {
+        self.scalar("SELECT purged_through FROM event_retention", Vec::new())
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn purge_worker_output(&self, before: Timestamp, limit: u32) -> Result<u64> {
+        self.backend
+            .write(move |tx| purge_worker_output(tx, before, limit).boxed())
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>> {
+        let id = Self::event_id();
+        let sql = format!(
+            "SELECT {id}, name, workspace_id, data FROM events WHERE {id} > $1 \
+             ORDER BY {id} LIMIT $2"
+        );
+        self.all(sql, args![after, limit], event_from_row).await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn last_event_id(&self) -> Result<i64> {
+        let sql = format!("SELECT COALESCE(MAX({}), 0) FROM events", Self::event_id());
+        self.first(sql, Vec::new(), |r| r.get())
+            .await?
+            .ok_or_else(|| StoreError::Backend("MAX over events returned no row".into()))
+    }
+
+    fn event_signal(&self) -> watch::Receiver<u64> {
+        self.backend.event_signal()
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn usage(&self, account_id: &str, day: &str) -> Result<Usage> {
+        let sql = "SELECT active_workers, (SELECT cost_usd FROM account_usage \
+                   WHERE account_id = $1 AND day = $2) FROM accounts WHERE id = $1";
+        let found = self
+            .first(sql.to_owned(), args![account_id, day], |r| {
+                Ok(Usage {
+                    active_workers: r.get()?,
+                    cost_usd: r.get::<Option<f64>>()?.unwrap_or(0.0),
+                })
+            })
+            .await?;
+        found.ok_or_else(|| StoreError::NotFound(format!("account {account_id}")))
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn counts(&self) -> Result<Counts> {
+        let sql = "SELECT status, COUNT(*) FROM tasks GROUP BY status";
+        let rows = self
+            .all(sql.to_owned(), Vec::new(), |r| Ok((r.get()?, r.get()?)))
+            .await?;
+        let sql = format!(
+            "SELECT COUNT(*) FROM workers WHERE status IN ({})",
+            status_list(WorkerStatus::ACTIVE)
+        );
+        let active = self.first(sql, Vec::new(), |r| r.get()).await?;
+        Counts::from_rows(rows, active.unwrap_or(0))
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.scalar::<i64>("SELECT 1", Vec::new()).await.map(drop)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn stale_workers(&self, cutoffs: Cutoffs) -> Result<Vec<String>> {
+        let sql = format!(
+            "SELECT id FROM workers WHERE (status IN ({}) AND heartbeat_at < $1) \
+             OR (status = 'paused' AND heartbeat_at < $2)",
+            status_list(WorkerStatus::LEASED)
+        );
+        self.all(sql, args![cutoffs.leased, cutoffs.paused], |r| r.get())
+            .await
+    }
+}
+
+/// Shares one store between the server's tasks.
+pub fn shared<B: Backend>(backend: B) -> Arc<dyn Store> {
+    Arc::new(SqlStore::new(backend))
+}
