@@ -20,7 +20,7 @@ use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, Column, PgConnection, Row, Transaction, TypeInfo};
 use tokio::sync::watch;
 
-use super::sql::{Arg, Backend, Cells, Dialect, Reader, Tx};
+use super::sql::{Arg, Backend, Cells, Dialect, Reader, RowMap, Tx};
 use super::{Result, StoreError};
 use crate::core::time::Timestamp;
 
@@ -267,7 +267,7 @@ impl<C: DerefMut<Target = PgConnection> + Send> Tx for PgConn<C> {
         &mut self,
         sql: &str,
         args: Vec<Arg>,
-        mut map: impl FnMut(&mut Reader) -> Result<T> + Send,
+        mut map: impl RowMap<T>,
     ) -> Result<Vec<T>> {
         let rows = bind(statement(sql), args).fetch_all(&mut *self.0).await?;
         rows.iter().map(|row| map(&mut Reader::new(row))).collect()

@@ -125,6 +125,10 @@ impl From<Option<&Value>> for Arg {
     }
 }
 
+/// Makes a `T` of each row a query returns.
+pub trait RowMap<T>: FnMut(&mut Reader) -> Result<T> + Send {}
+impl<T, F: FnMut(&mut Reader) -> Result<T> + Send> RowMap<T> for F {}
+
 /// One column of a result row, as the backend's driver reads it.
 pub trait Cells {
     fn text(&self, index: usize) -> Result<Option<String>>;
@@ -249,7 +253,7 @@ pub trait Tx: Send {
         &mut self,
         sql: &str,
         args: Vec<Arg>,
-        map: impl FnMut(&mut Reader) -> Result<T> + Send,
+        map: impl RowMap<T>,
     ) -> impl Future<Output = Result<Vec<T>>> + Send;
 
     /// Inserts `rows` into `table (columns)`, each a value per column, in order.
@@ -265,7 +269,7 @@ pub trait Tx: Send {
         &mut self,
         sql: &str,
         args: Vec<Arg>,
-        map: impl FnMut(&mut Reader) -> Result<T> + Send,
+        map: impl RowMap<T>,
     ) -> impl Future<Output = Result<Option<T>>> + Send {
         async move { Ok(self.query(sql, args, map).await?.into_iter().next()) }
     }

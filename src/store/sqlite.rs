@@ -17,7 +17,7 @@ use rusqlite::types::{Null, ToSqlOutput};
 use rusqlite::{Connection, Row, ToSql, TransactionBehavior, params_from_iter};
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
-use super::sql::{Arg, Backend, Cells, Dialect, Reader, Tx};
+use super::sql::{Arg, Backend, Cells, Dialect, Reader, RowMap, Tx};
 use super::{Result, StoreError};
 use crate::core::time::{self, Timestamp};
 
@@ -201,7 +201,7 @@ impl Tx for SqliteConn {
         &mut self,
         sql: &str,
         args: Vec<Arg>,
-        mut map: impl FnMut(&mut Reader) -> Result<T> + Send,
+        mut map: impl RowMap<T>,
     ) -> Result<Vec<T>> {
         let mut stmt = self.0.prepare_cached(&native(sql))?;
         let mut rows = stmt.query(params_from_iter(&args))?;
