@@ -8,6 +8,7 @@
 //! - [`cli`]: the command line that starts everything.
 
 pub mod agent;
+pub mod api;
 pub mod cli;
 pub mod client;
 pub mod core;

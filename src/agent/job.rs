@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -23,9 +22,9 @@ use super::output::{self, Outbox, RunOutput, shortened};
 use super::process::RunProcess;
 use super::runner::{Finish, RunSpec, Runner, question_in};
 use super::spool::{Delivery, FinalReport, SHUTDOWN_DELIVERY_LIMIT, Spool};
-use crate::client::{Client, ClientError, decode};
-use crate::core::actions::{HeartbeatAnswer, MAX_TEXT_LEN, RunControl};
-use crate::core::model::{Task, Worker};
+use crate::api::{RunControl, RunResult, Task, Worker, WorkerStatus, WorkerUpdate};
+use crate::client::{Client, ClientError};
+use crate::core::actions::MAX_TEXT_LEN;
 
 /// How often buffered output is sent to the server.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
@@ -145,7 +144,11 @@ impl Job {
     }
 
     async fn drive(&mut self) -> End {
-        let starting = json!({ "status": "starting", "branch": self.branch });
+        let starting = WorkerUpdate {
+            status: Some(WorkerStatus::Starting),
+            branch: Some(self.branch.clone()),
+            ..WorkerUpdate::default()
+        };
         if let Err(e) = self.patch(&starting).await {
             return End::Interrupted(format!("the server refused the start: {e}"));
         }
@@ -165,7 +168,11 @@ impl Job {
         }
         let mut prompt = task_prompt(&self.task);
         loop {
-            if let Err(e) = self.patch(&json!({ "status": "running" })).await {
+            let running = WorkerUpdate {
+                status: Some(WorkerStatus::Running),
+                ..WorkerUpdate::default()
+            };
+            if let Err(e) = self.patch(&running).await {
                 // Paused before the run began: wait for `start`, then begin.
                 if e.status() == Some(409) && matches!(self.beat().await, Control::Pause) {
                     if let Err(end) = self.wait_for_start().await {
@@ -334,13 +341,11 @@ impl Job {
         let question = shortened(&question, MAX_TEXT_LEN);
         info!(task = %self.task.id, question = %question, "waiting for an answer");
         self.flush().await;
-        let update = json!({
-            "status": "waiting_input",
-            "question": question,
-            "sessionId": self.session_id,
-            "costUsd": self.cost,
-            "turns": self.turns,
-        });
+        let update = WorkerUpdate {
+            status: Some(WorkerStatus::WaitingInput),
+            question: Some(question),
+            ..self.progress()
+        };
         if let Err(e) = self.patch(&update).await {
             return Err(End::Interrupted(format!(
                 "the server refused the question: {e}"
@@ -409,10 +414,6 @@ impl Job {
             Ok(answer) => answer,
             Err(e) => return self.refused(e),
         };
-        let answer: HeartbeatAnswer = match decode(&answer) {
-            Ok(answer) => answer,
-            Err(e) => return self.refused(e),
-        };
         match (answer.action, answer.reply) {
             (RunControl::Cancel, _) => Control::Cancel,
             (RunControl::Pause, _) => Control::Pause,
@@ -433,7 +434,7 @@ impl Job {
     }
 
     /// Sends `update`, retrying while the server is away, until the agent stops.
-    async fn patch(&self, update: &Value) -> Result<(), ClientError> {
+    async fn patch(&self, update: &WorkerUpdate) -> Result<(), ClientError> {
         let mut attempt = 0;
         loop {
             let sent = tokio::select! {
@@ -453,11 +454,20 @@ impl Job {
         }
     }
 
+    /// Session, turns and cost as they are now.
+    fn progress(&self) -> WorkerUpdate {
+        WorkerUpdate {
+            session_id: self.session_id.clone(),
+            cost_usd: Some(self.cost),
+            turns: Some(self.turns),
+            ..WorkerUpdate::default()
+        }
+    }
+
     /// Sends session, turns and cost as they are now; worth a try, not a wait: the
     /// final report carries them anyway.
     async fn report_progress(&self) {
-        let update =
-            json!({ "sessionId": self.session_id, "costUsd": self.cost, "turns": self.turns });
+        let update = self.progress();
         let _ = self
             .ctx
             .client
@@ -509,35 +519,31 @@ impl Job {
         }
         git::remove_worktree(&self.ctx.repo, &self.worktree).await;
 
-        let mut update = json!({
-            "sessionId": self.session_id,
-            "costUsd": self.cost,
-            "turns": self.turns,
-            "commitSha": commit,
-            "prUrl": pr_url,
-        });
+        let mut update = WorkerUpdate {
+            commit_sha: commit.clone(),
+            pr_url: pr_url.clone(),
+            ..self.progress()
+        };
         let completed = matches!(end, End::Completed(_));
         match &end {
             End::Completed(text) => {
-                update["status"] = json!("completed");
-                update["result"] = json!({
-                    "text": shortened(text, MAX_TEXT_LEN),
-                    "branch": self.branch,
-                    "commitSha": commit,
-                    "prUrl": pr_url,
-                });
+                let result = RunResult {
+                    text: shortened(text, MAX_TEXT_LEN),
+                    branch: self.branch.clone(),
+                    commit_sha: commit.clone(),
+                    pr_url: pr_url.clone(),
+                };
+                update.status = Some(WorkerStatus::Completed);
+                update.result = serde_json::to_value(result).ok();
             }
             End::Failed(reason) | End::Interrupted(reason) => {
-                update["status"] = json!("error");
-                update["error"] = json!(shortened(reason, MAX_TEXT_LEN));
+                update.status = Some(WorkerStatus::Error);
+                update.error = Some(shortened(reason, MAX_TEXT_LEN));
             }
             End::Cancelled => {
-                update["status"] = json!("error");
-                update["error"] = json!("the task was cancelled");
+                update.status = Some(WorkerStatus::Error);
+                update.error = Some("the task was cancelled".into());
             }
-        }
-        if let Some(map) = update.as_object_mut() {
-            map.retain(|_, v| !v.is_null());
         }
         match &end {
             End::Completed(_) => info!(task = %self.task.id, commit = ?commit, "completed"),
@@ -579,8 +585,8 @@ impl Job {
             .get_workspace(&self.task.workspace_id)
             .await
             .ok();
-        let repo_url = match workspace.as_ref().and_then(|w| w["repoUrl"].as_str()) {
-            Some(url) => Some(url.to_owned()),
+        let repo_url = match workspace.as_ref().and_then(|w| w.repo_url.clone()) {
+            Some(url) => Some(url),
             None => git::origin_url(&self.ctx.repo).await,
         };
         let repo = repo_url.as_deref().and_then(github::repo_from_url).ok_or(
@@ -588,9 +594,7 @@ impl Job {
         )?;
         let base = workspace
             .as_ref()
-            .and_then(|w| w["defaultBranch"].as_str())
-            .unwrap_or("main")
-            .to_owned();
+            .map_or_else(|| "main".to_owned(), |w| w.default_branch.clone());
         let body = format!(
             "{}\n\n---\nOpened by buildd for task `{}`.",
             self.task.description, self.task.id
@@ -647,8 +651,12 @@ async fn report_while_running(
             );
             let due = sent_at.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY);
             if due && sent.as_ref() != Some(&progress) {
-                let update =
-                    json!({ "sessionId": progress.0, "costUsd": progress.1, "turns": progress.2 });
+                let update = WorkerUpdate {
+                    session_id: progress.0.clone(),
+                    cost_usd: Some(progress.1),
+                    turns: Some(progress.2),
+                    ..WorkerUpdate::default()
+                };
                 if client.update_worker(&worker_id, &update).await.is_ok() {
                     sent = Some(progress);
                     sent_at = Some(Instant::now());
@@ -681,9 +689,4 @@ fn describe(status: &std::io::Result<std::process::ExitStatus>) -> String {
         },
         Err(e) => e.to_string(),
     }
-}
-
-/// A claimed entry from `POST /api/workers/claim`: the worker, with its task inside.
-pub fn claimed(entry: &Value) -> Result<(Worker, Task), ClientError> {
-    Ok((decode(entry)?, decode(&entry["task"])?))
 }

@@ -30,9 +30,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::client::{Client, ClientError, StreamedEvent, backoff};
+use crate::api::{ClaimBody, ClaimEntry, Me, TaskStatus, WorkerStatus, WorkerUpdate};
+use crate::client::{Client, StreamedEvent, backoff};
 use crate::core::events::offers_work;
 use crate::core::lease;
+use crate::core::messages::is_user_reply;
 
 pub use job::PrSettings;
 use job::{Job, JobContext};
@@ -61,19 +63,18 @@ pub struct Config {
 enum Signal {
     /// (Re)connected: events may have been missed, so look for work.
     Connected,
-    Event(StreamedEvent),
+    Event(Box<StreamedEvent>),
 }
 
 /// Runs the agent until it is told to stop (or, with `--once`, until its one task
 /// ended). `Ok(false)` means a `--once` task did not complete.
 pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, String> {
-    let me = config.client.me().await.map_err(|e| e.to_string())?;
-    if me["type"].as_str().is_none() {
+    let Me::Account(me) = config.client.me().await.map_err(|e| e.to_string())? else {
         return Err(
             "buildd agent needs an account key (buildd_user_…, buildd_service_… or buildd_action_…), not the admin token"
                 .into(),
         );
-    }
+    };
     let repo = git::checkout_root(&config.dir).await?;
     let _lock = lock_state_dir(&config.state_dir)?;
     let worktrees = config.state_dir.join("worktrees");
@@ -93,7 +94,7 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
         stopping: stopping.clone(),
     });
     info!(
-        account = me["id"].as_str().unwrap_or_default(),
+        account = %me.id,
         server = config.client.server(),
         max_tasks = config.max_tasks,
         "agent ready"
@@ -121,21 +122,21 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
         let claiming_over = draining.is_cancelled() || (config.once && once_outcome.is_some());
         if want_claim && free > 0 && !claiming_over && retry_at.is_none() {
             want_claim = false;
-            match config
-                .client
-                .claim(free as u32, config.workspace_id.as_deref(), 0)
-                .await
-            {
+            let claim = ClaimBody {
+                max_tasks: Some(free as u32),
+                workspace_id: config.workspace_id.clone(),
+                wait: None,
+            };
+            match config.client.claim(&claim).await {
                 Ok(answer) => {
                     claim_failures = 0;
-                    let heartbeat_every = lease::heartbeat_interval(Duration::from_secs_f64(
-                        answer["leaseTtlSecs"].as_f64().unwrap_or(60.0),
-                    ));
-                    for entry in answer["workers"].as_array().into_iter().flatten() {
-                        let (worker, task) = match job::claimed(entry) {
-                            Ok(claimed) => claimed,
-                            Err(e) => {
-                                release_unreadable(&config.client, entry, &e);
+                    let heartbeat_every =
+                        lease::heartbeat_interval(Duration::from_secs_f64(answer.lease_ttl_secs));
+                    for entry in answer.workers {
+                        let (worker, task) = match entry {
+                            ClaimEntry::Readable(claimed) => (claimed.worker, claimed.task),
+                            ClaimEntry::Unreadable { worker_id, error } => {
+                                release_unreadable(&config.client, worker_id, error);
                                 continue;
                             }
                         };
@@ -231,16 +232,19 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
 /// Gives back a claimed worker whose entry this agent cannot read (a server newer than
 /// it, say), so that its task goes to another agent instead of waiting out its lease;
 /// the other tasks of the claim run as usual.
-fn release_unreadable(client: &Client, entry: &serde_json::Value, error: &ClientError) {
+fn release_unreadable(client: &Client, worker_id: Option<String>, error: String) {
     warn!(error = %error, "cannot read a claimed task; giving it back");
-    let Some(worker_id) = entry["id"].as_str().map(str::to_owned) else {
+    let Some(worker_id) = worker_id else {
         return;
     };
     let client = client.clone();
-    let update = serde_json::json!({
-        "status": "error",
-        "error": format!("the agent could not read this claim: {error}"),
-    });
+    let update = WorkerUpdate {
+        status: Some(WorkerStatus::Error),
+        error: Some(format!(
+            "the agent could not read this claim: unexpected answer from the server: {error}"
+        )),
+        ..WorkerUpdate::default()
+    };
     tokio::spawn(async move {
         if let Err(e) = client.update_worker(&worker_id, &update).await {
             warn!(worker = %worker_id, error = %e, "cannot give back an unreadable claim; its lease will expire");
@@ -300,23 +304,19 @@ async fn clear_stale_worktrees(repo: &std::path::Path, worktrees: &std::path::Pa
 /// events too; those wake nobody.)
 fn nudge_jobs(nudges: &HashMap<String, (String, Arc<Notify>)>, event: &StreamedEvent) {
     let data = &event.data;
-    let worker_id = match event.name.as_str() {
-        "task.updated" if data["task"]["status"] == "cancelled" => {
-            let task_id = data["task"]["id"].as_str().unwrap_or_default();
-            nudges
-                .iter()
-                .find(|(_, (task, _))| task == task_id)
-                .map(|(worker, _)| worker.as_str())
-        }
-        "worker.updated"
-            if matches!(
-                data["worker"]["status"].as_str(),
-                Some("paused" | "starting")
-            ) =>
+    let worker_id = match (event.name.as_str(), &data.task, &data.worker) {
+        ("task.updated", Some(task), _) if task.status == TaskStatus::Cancelled => nudges
+            .iter()
+            .find(|(_, (task_id, _))| *task_id == task.id)
+            .map(|(worker, _)| worker.as_str()),
+        ("worker.updated", _, Some(worker))
+            if matches!(worker.status, WorkerStatus::Paused | WorkerStatus::Starting) =>
         {
-            data["worker"]["id"].as_str()
+            Some(worker.id.as_str())
         }
-        "worker.message" if data["message"]["type"] == "user_reply" => data["workerId"].as_str(),
+        ("worker.message", _, _) if data.message.as_ref().is_some_and(is_user_reply) => {
+            data.worker_id.as_deref()
+        }
         _ => None,
     };
     if let Some((_, nudge)) = worker_id.and_then(|id| nudges.get(id)) {
@@ -339,7 +339,7 @@ async fn follow_events(
                     return;
                 }
                 while let Ok(event) = stream.next().await {
-                    if signals.send(Signal::Event(event)).await.is_err() {
+                    if signals.send(Signal::Event(Box::new(event))).await.is_err() {
                         return;
                     }
                 }

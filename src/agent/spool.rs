@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::output::{self, Outbox};
+use crate::api::{WorkerStatus, WorkerUpdate};
 use crate::client::{Client, ClientError, backoff};
 
 /// A run's last words: the messages not yet sent, and the final worker update.
@@ -23,7 +23,7 @@ use crate::client::{Client, ClientError, backoff};
 pub struct FinalReport {
     pub worker_id: String,
     pub messages: Outbox,
-    pub update: Value,
+    pub update: WorkerUpdate,
     /// The server has the update; only messages are left to send.
     #[serde(default)]
     pub update_sent: bool,
@@ -207,10 +207,11 @@ async fn send_update(client: &Client, report: &mut FinalReport) -> Delivery {
         }
         Err(e) if matches!(e.status(), Some(400 | 413 | 422)) => {
             warn!(worker = %report.worker_id, error = %e, "the server refused the run's result; reporting the worker as failed");
-            report.update = json!({
-                "status": "error",
-                "error": format!("the server refused the run's result: {e}"),
-            });
+            report.update = WorkerUpdate {
+                status: Some(WorkerStatus::Error),
+                error: Some(format!("the server refused the run's result: {e}")),
+                ..WorkerUpdate::default()
+            };
             match client
                 .update_worker(&report.worker_id, &report.update)
                 .await
@@ -242,7 +243,7 @@ async fn within<T>(
 /// Whether the server's worker already ended the way `report` says it should.
 async fn already_taken(client: &Client, report: &FinalReport) -> bool {
     match client.get_worker(&report.worker_id).await {
-        Ok(worker) => worker["status"] == report.update["status"],
+        Ok(worker) => Some(worker.status) == report.update.status,
         Err(_) => false,
     }
 }

@@ -1,11 +1,9 @@
 //! `buildd account …`
 
-use clap::Subcommand;
-use serde_json::json;
-
 use super::output::{self, or_dash};
-use crate::client::{Client, decode};
-use crate::core::model::{Account, AccountType, AuthType};
+use crate::api::{AccountType, AuthType, CreatedAccount, NewAccount, NewGrant};
+use crate::client::Client;
+use clap::Subcommand;
 
 #[derive(Subcommand)]
 pub enum AccountCommand {
@@ -63,23 +61,26 @@ pub async fn run(client: &Client, json: bool, command: AccountCommand) -> Result
             max_cost_per_day,
             github_repo,
         } => {
-            let body = json!({
-                "type": account_type,
-                "name": name,
-                "authType": auth_type,
-                "maxConcurrentWorkers": max_workers,
-                "maxConcurrentSessions": max_sessions,
-                "maxCostPerDay": max_cost_per_day,
-                "githubRepo": github_repo,
-            });
+            let body = NewAccount {
+                account_type,
+                name,
+                auth_type,
+                max_concurrent_workers: max_workers,
+                max_concurrent_sessions: max_sessions,
+                max_cost_per_day,
+                github_repo,
+                github_id: None,
+                anthropic_api_key: None,
+                oauth_token: None,
+            };
             let created = client
-                .create_account(body)
+                .create_account(&body)
                 .await
                 .map_err(|e| e.to_string())?;
             if json {
                 output::json(&created);
             } else {
-                let account: Account = decode(&created).map_err(|e| e.to_string())?;
+                let account = &created.account;
                 println!(
                     "Created {} account {} ({}).",
                     account.account_type, account.id, account.name
@@ -88,11 +89,14 @@ pub async fn run(client: &Client, json: bool, command: AccountCommand) -> Result
             }
         }
         AccountCommand::List => {
-            let listed = client.list_accounts().await.map_err(|e| e.to_string())?;
+            let all = client
+                .list_accounts()
+                .await
+                .map_err(|e| e.to_string())?
+                .accounts;
             if json {
-                output::json(&listed["accounts"]);
+                output::json(&all);
             } else {
-                let all: Vec<Account> = decode(&listed["accounts"]).map_err(|e| e.to_string())?;
                 let rows: Vec<Vec<String>> = all
                     .into_iter()
                     .map(|a| {
@@ -127,8 +131,13 @@ pub async fn run(client: &Client, json: bool, command: AccountCommand) -> Result
             can_claim,
             can_create,
         } => {
+            let body = NewGrant {
+                workspace_id: workspace.clone(),
+                can_claim,
+                can_create,
+            };
             let grant = client
-                .grant(&account_id, &workspace, can_claim, can_create)
+                .grant(&account_id, &body)
                 .await
                 .map_err(|e| e.to_string())?;
             if json {
@@ -162,9 +171,6 @@ pub async fn run(client: &Client, json: bool, command: AccountCommand) -> Result
     Ok(())
 }
 
-fn print_key(answer: &serde_json::Value) {
-    println!(
-        "API key (shown once, keep it safe): {}",
-        answer["apiKey"].as_str().unwrap_or("?")
-    );
+fn print_key(answer: &CreatedAccount) {
+    println!("API key (shown once, keep it safe): {}", answer.api_key);
 }

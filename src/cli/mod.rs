@@ -15,6 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::api::Me;
 use crate::client::Client;
 
 #[derive(Parser)]
@@ -186,9 +187,9 @@ async fn login(connection: Connection) -> Result<(), String> {
         .ok_or("pass the key with --api-key or BUILDD_API_KEY")?;
     let client = Client::new(&connection.server, &key).map_err(|e| e.to_string())?;
     let me = client.me().await.map_err(|e| e.to_string())?;
-    let who = match me["id"].as_str() {
-        Some(id) => format!("{id} ({})", me["name"].as_str().unwrap_or("")),
-        None => "the admin".to_owned(),
+    let who = match me {
+        Me::Account(account) => format!("{} ({})", account.id, account.name),
+        Me::Admin { .. } => "the admin".to_owned(),
     };
     match credentials::save(&connection.server, &key)? {
         credentials::Saved::Keyring => {

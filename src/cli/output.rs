@@ -34,8 +34,11 @@ fn table_text(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// Prints JSON for scripts: compact, one document per line.
-pub fn json(value: &Value) {
-    println!("{value}");
+pub fn json(value: &impl serde::Serialize) {
+    match serde_json::to_string(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("cannot write the answer as JSON: {e}"),
+    }
 }
 
 /// An optional field as a table cell.

@@ -4,11 +4,12 @@ use std::io::Read;
 
 use chrono::Utc;
 use clap::Subcommand;
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use super::output::{self, message_text, or_dash};
-use crate::client::{Client, decode};
-use crate::core::model::{RunnerPreference, Task, TaskStatus, Worker};
+use crate::api::{Message, NewTask, RunnerPreference, Task, TaskStatus, Worker};
+use crate::client::Client;
+use crate::core::events::EventData;
 
 #[derive(Subcommand)]
 pub enum TaskCommand {
@@ -90,19 +91,19 @@ pub async fn run(client: &Client, json: bool, command: TaskCommand) -> Result<()
                 }
                 _ => description,
             };
-            let body = json!({
-                "workspaceId": workspace,
-                "title": title,
-                "description": description,
-                "runnerPreference": runner,
-                "priority": priority,
-                "maxAttempts": max_attempts,
-            });
-            let created = client.create_task(strip_nulls(body)).await.map_err(fail)?;
+            let body = NewTask {
+                workspace_id: workspace,
+                title,
+                description: description.unwrap_or_default(),
+                runner_preference: runner,
+                priority: priority.unwrap_or(0),
+                max_attempts,
+                ..NewTask::default()
+            };
+            let task = client.create_task(&body).await.map_err(fail)?;
             if json {
-                output::json(&created);
+                output::json(&task);
             } else {
-                let task: Task = decode(&created).map_err(fail)?;
                 println!(
                     "Created task {} ({}, priority {}).",
                     task.id, task.status, task.priority
@@ -110,15 +111,14 @@ pub async fn run(client: &Client, json: bool, command: TaskCommand) -> Result<()
             }
         }
         TaskCommand::List { workspace, status } => {
-            let status = status.map(|s| s.as_str());
-            let listed = client
+            let tasks = client
                 .list_tasks(workspace.as_deref(), status)
                 .await
-                .map_err(fail)?;
+                .map_err(fail)?
+                .tasks;
             if json {
-                output::json(&listed["tasks"]);
+                output::json(&tasks);
             } else {
-                let tasks: Vec<Task> = decode(&listed["tasks"]).map_err(fail)?;
                 let rows: Vec<Vec<String>> = tasks
                     .iter()
                     .map(|t| {
@@ -143,14 +143,14 @@ pub async fn run(client: &Client, json: bool, command: TaskCommand) -> Result<()
         }
         TaskCommand::Show { id } => {
             let task = client.get_task(&id).await.map_err(fail)?;
-            let workers = client.list_workers(Some(&id)).await.map_err(fail)?;
+            let workers = client.list_workers(Some(&id)).await.map_err(fail)?.workers;
             if json {
-                let mut shown = task.clone();
-                shown["workers"] = workers["workers"].clone();
-                output::json(&shown);
+                output::json(&TaskWithWorkers {
+                    task: &task,
+                    workers: &workers,
+                });
             } else {
-                let workers: Vec<Worker> = decode(&workers["workers"]).map_err(fail)?;
-                show(&decode(&task).map_err(fail)?, &workers);
+                show(&task, &workers);
             }
         }
         TaskCommand::Watch { id } => return watch(client, json, &id).await,
@@ -175,12 +175,29 @@ pub async fn run(client: &Client, json: bool, command: TaskCommand) -> Result<()
     Ok(())
 }
 
-/// Leaves out unset options so the server applies its defaults.
-fn strip_nulls(mut body: Value) -> Value {
-    if let Some(map) = body.as_object_mut() {
-        map.retain(|_, v| !v.is_null());
-    }
-    body
+/// `task show --json`: the task with its workers.
+#[derive(Serialize)]
+struct TaskWithWorkers<'a> {
+    #[serde(flatten)]
+    task: &'a Task,
+    workers: &'a [Worker],
+}
+
+/// `task watch --json`: one line per state or event.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Watched<'a> {
+    Task { task: &'a Task },
+    Event { event: &'a str, data: &'a EventData },
+}
+
+/// `task logs --json`: a message and the worker it came from.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LoggedMessage<'a> {
+    #[serde(flatten)]
+    message: &'a Message,
+    worker_id: &'a str,
 }
 
 fn show(task: &Task, workers: &[Worker]) {
@@ -238,16 +255,15 @@ fn show(task: &Task, workers: &[Worker]) {
 /// Follows the task on the event stream. The stream is opened before the task is
 /// read, so no change can fall between the two.
 async fn watch(client: &Client, json: bool, id: &str) -> Result<(), String> {
-    let task: Task = decode(&client.get_task(id).await.map_err(fail)?).map_err(fail)?;
+    let task = client.get_task(id).await.map_err(fail)?;
     let mut stream = client
         .events(Some(&task.workspace_id), None)
         .await
         .map_err(fail)?;
-    let task_now = client.get_task(id).await.map_err(fail)?;
-    let current: Task = decode(&task_now).map_err(fail)?;
+    let current = client.get_task(id).await.map_err(fail)?;
     let mut status = current.status;
     if json {
-        output::json(&json!({ "task": task_now }));
+        output::json(&Watched::Task { task: &current });
     } else {
         println!("{id}: {status}");
     }
@@ -256,29 +272,29 @@ async fn watch(client: &Client, json: bool, id: &str) -> Result<(), String> {
         let event = stream.next().await.map_err(fail)?;
         let data = &event.data;
         let relevant = match event.name.as_str() {
-            "task.created" | "task.updated" => data["task"]["id"] == id,
-            "worker.updated" => data["worker"]["taskId"] == id,
-            "worker.message" => data["workerId"]
-                .as_str()
-                .is_some_and(|w| workers.iter().any(|k| k == w)),
+            "task.created" | "task.updated" => data.task.as_ref().is_some_and(|t| t.id == id),
+            "worker.updated" => data.worker.as_ref().is_some_and(|w| w.task_id == id),
+            "worker.message" => data.worker_id.as_ref().is_some_and(|w| workers.contains(w)),
             _ => false,
         };
         if !relevant {
             continue;
         }
         if json {
-            output::json(&json!({ "event": event.name, "data": data }));
+            output::json(&Watched::Event {
+                event: &event.name,
+                data,
+            });
         }
-        match event.name.as_str() {
-            "task.updated" => {
-                let task: Task = decode(&data["task"]).map_err(fail)?;
+        match (&data.task, &data.worker, &data.message) {
+            (Some(task), _, _) if event.name == "task.updated" => {
                 if task.status != status && !json {
                     println!("{id}: {}", task.status);
                 }
                 status = task.status;
             }
-            "worker.updated" => {
-                let worker: Worker = decode(&data["worker"]).map_err(fail)?;
+            (_, Some(worker), _) if event.name == "worker.updated" => {
+                let worker = worker.clone();
                 if !workers.contains(&worker.id) {
                     workers.push(worker.id.clone());
                 }
@@ -294,7 +310,7 @@ async fn watch(client: &Client, json: bool, id: &str) -> Result<(), String> {
                     );
                 }
             }
-            "worker.message" if !json => println!("  │ {}", message_text(&data["message"])),
+            (_, _, Some(message)) if !json => println!("  │ {}", message_text(message)),
             _ => {}
         }
     }
@@ -306,28 +322,31 @@ async fn watch(client: &Client, json: bool, id: &str) -> Result<(), String> {
 }
 
 async fn logs(client: &Client, json: bool, id: &str) -> Result<(), String> {
-    let listed = client.list_workers(Some(id)).await.map_err(fail)?;
-    let mut workers: Vec<Worker> = decode(&listed["workers"]).map_err(fail)?;
+    let mut workers = client.list_workers(Some(id)).await.map_err(fail)?.workers;
     workers.reverse(); // oldest attempt first
     let mut all = Vec::new();
     for worker in &workers {
         let mut after = 0;
         loop {
             let page = client.messages(&worker.id, after).await.map_err(fail)?;
-            let messages = page["messages"].as_array().cloned().unwrap_or_default();
-            let Some(last) = messages.last() else { break };
-            after = last["seq"].as_i64().unwrap_or(after);
-            for mut m in messages {
+            let Some(last) = page.messages.last() else {
+                break;
+            };
+            after = last.seq;
+            for m in page.messages {
                 if !json {
-                    println!("{} {}", worker.id, message_text(&m["message"]));
+                    println!("{} {}", worker.id, message_text(&m.message));
                 }
-                m["workerId"] = json!(worker.id);
-                all.push(m);
+                all.push((worker.id.as_str(), m));
             }
         }
     }
     if json {
-        output::json(&Value::Array(all));
+        let logged: Vec<LoggedMessage> = all
+            .iter()
+            .map(|(worker_id, message)| LoggedMessage { message, worker_id })
+            .collect();
+        output::json(&logged);
     }
     Ok(())
 }

@@ -3,8 +3,8 @@
 use clap::Subcommand;
 
 use super::output::{self, or_dash};
-use crate::client::{Client, decode};
-use crate::core::model::Workspace;
+use crate::api::NewWorkspace;
+use crate::client::Client;
 
 #[derive(Subcommand)]
 pub enum WorkspaceCommand {
@@ -28,24 +28,30 @@ pub async fn run(client: &Client, json: bool, command: WorkspaceCommand) -> Resu
             repo,
             default_branch,
         } => {
-            let created = client
-                .create_workspace(&name, repo.as_deref(), default_branch.as_deref())
+            let body = NewWorkspace {
+                name,
+                repo_url: repo,
+                default_branch,
+            };
+            let ws = client
+                .create_workspace(&body)
                 .await
                 .map_err(|e| e.to_string())?;
             if json {
-                output::json(&created);
+                output::json(&ws);
             } else {
-                let ws: Workspace = decode(&created).map_err(|e| e.to_string())?;
                 println!("Created workspace {} ({}).", ws.id, ws.name);
             }
         }
         WorkspaceCommand::List => {
-            let listed = client.list_workspaces().await.map_err(|e| e.to_string())?;
+            let all = client
+                .list_workspaces()
+                .await
+                .map_err(|e| e.to_string())?
+                .workspaces;
             if json {
-                output::json(&listed["workspaces"]);
+                output::json(&all);
             } else {
-                let all: Vec<Workspace> =
-                    decode(&listed["workspaces"]).map_err(|e| e.to_string())?;
                 let rows: Vec<Vec<String>> = all
                     .into_iter()
                     .map(|w| vec![w.id, w.name, or_dash(w.repo_url), w.default_branch])

@@ -1,5 +1,10 @@
 //! Reading `GET /api/events` as it streams, reconnecting when it drops.
 //!
+//! The bytes are decoded and parsed by `eventsource-stream` (riding on reqwest, so
+//! there is one HTTP and TLS stack; see the README for why not `eventsource-client`):
+//! a character split across two network chunks decodes whole, and multi-line `data:`
+//! joins with newlines, as the SSE specification says.
+//!
 //! When the connection ends, fails, or stays silent for [`STREAM_IDLE_LIMIT`] (the
 //! server writes a keep-alive every [`crate::core::events::KEEP_ALIVE`], so silence
 //! means a dead connection or a stuck server), the stream reconnects with growing
@@ -7,12 +12,15 @@
 //! restart costs a pause, never a lost or repeated event. It gives up after
 //! [`GIVE_UP_AFTER`] without a connection.
 
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use eventsource_stream::{Event, EventStreamError, Eventsource};
+use futures::{Stream, StreamExt};
 
 use super::{Client, ClientError, Result, backoff};
-use crate::core::events::STREAM_IDLE_LIMIT;
+use crate::core::events::{EventData, STREAM_IDLE_LIMIT};
 
 /// How long the stream keeps trying to reconnect before it reports the server gone.
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
@@ -22,19 +30,27 @@ pub const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
 pub struct StreamedEvent {
     pub id: i64,
     pub name: String,
-    pub data: Value,
+    pub data: EventData,
 }
+
+type Parsed = std::result::Result<Event, EventStreamError<reqwest::Error>>;
 
 pub struct EventStream {
     client: Client,
     workspace_id: Option<String>,
     /// The id of the last event delivered, to resume after.
     last_id: Option<i64>,
-    response: Option<reqwest::Response>,
-    /// Bytes received and not yet parsed. Kept as bytes, so that a character split
-    /// across two network chunks is decoded whole.
-    buffer: Vec<u8>,
+    events: Option<Pin<Box<dyn Stream<Item = Parsed> + Send>>>,
+    /// When bytes last arrived, keep-alive comments included (the parser passes
+    /// comments over, so only the bytes tell that the connection lives).
+    last_seen: Arc<Mutex<Instant>>,
     idle_limit: Duration,
+}
+
+/// What ended one wait on the stream.
+enum Woken {
+    Parsed(Option<Parsed>),
+    Idle,
 }
 
 impl EventStream {
@@ -45,12 +61,13 @@ impl EventStream {
         last_id: Option<i64>,
     ) -> Result<Self> {
         let response = client.open_events(workspace_id.as_deref(), last_id).await?;
+        let last_seen = Arc::new(Mutex::new(Instant::now()));
         Ok(EventStream {
             client,
             workspace_id,
             last_id,
-            response: Some(response),
-            buffer: Vec::new(),
+            events: Some(parse_stream(response.bytes_stream(), last_seen.clone())),
+            last_seen,
             idle_limit: STREAM_IDLE_LIMIT,
         })
     }
@@ -65,40 +82,41 @@ impl EventStream {
     /// are reopened and resumed.
     pub async fn next(&mut self) -> Result<StreamedEvent> {
         loop {
-            if let Some(end) = block_end(&self.buffer) {
-                let block: Vec<u8> = self.buffer.drain(..end).collect();
-                if let Some(event) = parse(&String::from_utf8_lossy(&block))? {
-                    self.last_id = Some(event.id);
-                    return Ok(event);
-                }
+            let Some(events) = self.events.as_mut() else {
+                self.reconnect().await?;
                 continue;
-            }
-            let chunk = match self.response.as_mut() {
-                Some(response) => {
-                    match tokio::time::timeout(self.idle_limit, response.chunk()).await {
-                        Ok(chunk) => chunk.ok().flatten(),
-                        Err(_) => {
-                            tracing::info!(
-                                idle_secs = self.idle_limit.as_secs(),
-                                "the event stream went silent; reconnecting"
-                            );
-                            None
-                        }
+            };
+            let seen = *self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+            let woken = tokio::select! {
+                parsed = events.next() => Woken::Parsed(parsed),
+                _ = tokio::time::sleep_until((seen + self.idle_limit).into()) => Woken::Idle,
+            };
+            match woken {
+                Woken::Parsed(Some(Ok(event))) => {
+                    if let Some(event) = decode(event)? {
+                        self.last_id = Some(event.id);
+                        return Ok(event);
                     }
                 }
-                None => None,
-            };
-            match chunk {
-                Some(bytes) => self.buffer.extend_from_slice(&bytes),
-                None => self.reconnect().await?,
+                // The connection ended or broke: resume after the last event.
+                Woken::Parsed(Some(Err(_)) | None) => self.reconnect().await?,
+                Woken::Idle => {
+                    let last = *self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+                    if last.elapsed() >= self.idle_limit {
+                        tracing::info!(
+                            idle_secs = self.idle_limit.as_secs(),
+                            "the event stream went silent; reconnecting"
+                        );
+                        self.reconnect().await?;
+                    }
+                }
             }
         }
     }
 
     async fn reconnect(&mut self) -> Result<()> {
-        self.response = None;
         // A partial event from the lost connection is sent again after resuming.
-        self.buffer.clear();
+        self.events = None;
         let started = Instant::now();
         let mut attempt = 0;
         loop {
@@ -110,7 +128,9 @@ impl EventStream {
                 .await
             {
                 Ok(response) => {
-                    self.response = Some(response);
+                    *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                    let bytes = response.bytes_stream();
+                    self.events = Some(parse_stream(bytes, self.last_seen.clone()));
                     return Ok(());
                 }
                 // The server answered and said no: reconnecting will not help.
@@ -122,82 +142,91 @@ impl EventStream {
     }
 }
 
-/// Where the first complete block (an event, or comments) ends, its blank line
-/// included. The specification allows `\n`, `\r\n` and `\r` line ends.
-fn block_end(buffer: &[u8]) -> Option<usize> {
-    const ENDS: [&[u8]; 3] = [b"\n\n", b"\r\n\r\n", b"\r\r"];
-    (0..buffer.len()).find_map(|i| {
-        ENDS.iter()
-            .find(|end| buffer[i..].starts_with(end))
-            .map(|end| i + end.len())
-    })
+/// Parses a stream of network chunks into events, noting when bytes arrive.
+fn parse_stream<B, E>(
+    bytes: impl Stream<Item = std::result::Result<B, E>> + Send + 'static,
+    last_seen: Arc<Mutex<Instant>>,
+) -> Pin<Box<dyn Stream<Item = std::result::Result<Event, EventStreamError<E>>> + Send>>
+where
+    B: AsRef<[u8]> + Send + 'static,
+    E: Send + 'static,
+{
+    let noted = bytes.inspect(move |_| {
+        *last_seen.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    });
+    Box::pin(noted.eventsource())
 }
 
-/// One `id:`/`event:`/`data:` block; `None` for a block of comments only. Several
-/// `data:` lines join with newlines, as the SSE specification says.
-fn parse(block: &str) -> Result<Option<StreamedEvent>> {
-    let (mut id, mut name, mut data) = (None, None, Vec::new());
-    for line in block.lines() {
-        let (field, value) = match line.split_once(':') {
-            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
-            None => (line, ""),
-        };
-        match field {
-            "id" => id = value.trim().parse().ok(),
-            "event" => name = Some(value.trim().to_owned()),
-            "data" => data.push(value),
-            _ => {}
-        }
-    }
-    match (id, name) {
-        (Some(id), Some(name)) => {
-            let data = serde_json::from_str(&data.join("\n"))
-                .map_err(|e| ClientError::Protocol(format!("event {id}: {e}")))?;
-            Ok(Some(StreamedEvent { id, name, data }))
-        }
-        _ => Ok(None),
-    }
+/// One parsed event as buildd sends it: `None` for one without an id (buildd's have
+/// one each), an error for data that is not an event's JSON.
+fn decode(event: Event) -> Result<Option<StreamedEvent>> {
+    let Ok(id) = event.id.trim().parse() else {
+        return Ok(None);
+    };
+    let data = serde_json::from_str(&event.data)
+        .map_err(|e| ClientError::Protocol(format!("event {id}: {e}")))?;
+    let name = match event.event.as_str() {
+        "" => "message".to_owned(),
+        name => name.to_owned(),
+    };
+    Ok(Some(StreamedEvent { id, name, data }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn blocks_parse_into_events_and_comments_are_skipped() {
-        let event = parse("id: 7\nevent: task.created\ndata: {\"task\":{\"id\":\"task-1\"}}\n\n")
-            .unwrap()
-            .unwrap();
-        assert_eq!(event.id, 7);
-        assert_eq!(event.name, "task.created");
-        assert_eq!(event.data["task"]["id"], "task-1");
-        assert_eq!(parse(":\n\n").unwrap(), None);
-        assert!(parse("id: 1\nevent: x\ndata: {oops\n\n").is_err());
+    /// Parses `chunks`, as they would arrive from the network, into events.
+    async fn events_of(chunks: &[&[u8]]) -> Vec<Result<Option<StreamedEvent>>> {
+        let owned: Vec<std::result::Result<Vec<u8>, std::convert::Infallible>> =
+            chunks.iter().map(|c| Ok(c.to_vec())).collect();
+        let seen = Arc::new(Mutex::new(Instant::now()));
+        let parsed: Vec<_> = parse_stream(futures::stream::iter(owned), seen)
+            .collect()
+            .await;
+        parsed
+            .into_iter()
+            .map(|p| decode(p.expect("the test's bytes parse")))
+            .collect()
     }
 
-    #[test]
-    fn multi_line_data_joins_with_newlines() {
-        let event = parse("id: 2\nevent: x\ndata: {\"text\":\ndata: \"a\"}\n\n")
-            .unwrap()
-            .unwrap();
-        assert_eq!(event.data["text"], "a");
-        let text = parse("id: 3\nevent: x\ndata: \"one\ndata: two\"\n\n");
-        // A JSON string cannot hold a raw newline: the join is seen, and refused.
-        assert!(text.is_err());
+    fn worker_ids(events: Vec<Result<Option<StreamedEvent>>>) -> Vec<String> {
+        events
+            .into_iter()
+            .map(|e| e.unwrap().unwrap().data.worker_id.unwrap())
+            .collect()
     }
 
-    #[test]
-    fn a_character_split_across_chunks_is_decoded_whole() {
-        let whole = "id: 4\nevent: x\ndata: {\"t\":\"é✓\"}\n\n".as_bytes();
+    #[tokio::test]
+    async fn events_parse_and_comments_are_skipped() {
+        let events = events_of(&[
+            b": keep-alive\n\n",
+            b"id: 7\nevent: worker.message\ndata: {\"workerId\":\"w-1\"}\n\n",
+        ])
+        .await;
+        assert_eq!(events.len(), 1);
+        let event = events.into_iter().next().unwrap().unwrap().unwrap();
+        assert_eq!((event.id, event.name.as_str()), (7, "worker.message"));
+        assert_eq!(event.data.worker_id.as_deref(), Some("w-1"));
+        let bad = events_of(&[b"id: 1\nevent: x\ndata: {oops\n\n"]).await;
+        assert!(bad[0].is_err());
+    }
+
+    #[tokio::test]
+    async fn multi_line_data_joins_with_newlines() {
+        let events = events_of(&[b"id: 2\nevent: x\ndata: {\"workerId\":\ndata: \"a\"}\n\n"]).await;
+        assert_eq!(worker_ids(events), ["a"]);
+        // The join is a newline: inside a JSON string that is refused, so it is seen.
+        let text =
+            events_of(&[b"id: 3\nevent: x\ndata: {\"workerId\": \"one\ndata: two\"}\n\n"]).await;
+        assert!(text[0].is_err());
+    }
+
+    #[tokio::test]
+    async fn a_character_split_across_chunks_is_decoded_whole() {
+        let whole = "id: 4\nevent: x\ndata: {\"workerId\":\"é✓\"}\r\n\r\n".as_bytes();
         let split = whole.iter().position(|&b| b == 0xC3).unwrap() + 1;
-        let mut buffer = whole[..split].to_vec();
-        assert_eq!(block_end(&buffer), None);
-        buffer.extend_from_slice(&whole[split..]);
-        let end = block_end(&buffer).unwrap();
-        let event = parse(&String::from_utf8_lossy(&buffer[..end]))
-            .unwrap()
-            .unwrap();
-        assert_eq!(event.data["t"], "é✓");
-        assert_eq!(block_end(b"id: 1\r\n\r\n"), Some(9));
+        let events = events_of(&[&whole[..split], &whole[split..]]).await;
+        assert_eq!(worker_ids(events), ["é✓"]);
     }
 }

@@ -1,8 +1,8 @@
 //! The typed HTTP client for buildd's API, shared by the terminal client and the agent.
 //!
-//! Every method is one endpoint and returns the API's JSON as it came, so `--json`
-//! can print it untouched; [`decode`] turns it into the core's types for display.
-//! Every failure is a [`ClientError`] whose message fits on one line.
+//! Every method is one endpoint, taking and returning the [`crate::api`] types the
+//! server's handlers use; `--json` prints their serialisation. Every failure is a
+//! [`ClientError`] whose message fits on one line.
 
 mod events;
 
@@ -10,7 +10,13 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{
+    AccountList, Appended, ClaimAnswer, ClaimBody, CreatedAccount, Grant, HeartbeatAnswer, Me,
+    MessageList, NewAccount, NewGrant, NewTask, NewWorkspace, ReplyBody, Task, TaskList,
+    TaskStatus, Worker, WorkerList, WorkerUpdate, Workspace, WorkspaceList,
+};
 
 pub use crate::core::backoff::backoff;
 pub use events::{EventStream, StreamedEvent};
@@ -52,10 +58,15 @@ fn silent(limit: Duration) -> String {
     format!("it did not answer within {} s", limit.as_secs())
 }
 
-/// Turns API JSON into one of the core's types.
-pub fn decode<T: DeserializeOwned>(value: &Value) -> Result<T> {
-    T::deserialize(value).map_err(|e| ClientError::Protocol(e.to_string()))
+/// The body of every refusal.
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
 }
+
+/// `{}`, for the actions that take no fields.
+#[derive(Serialize)]
+struct NoBody {}
 
 /// How long a connection to the server may take to open.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -129,32 +140,48 @@ impl Client {
         }
     }
 
-    /// Sends one request and returns the JSON answer (`null` for an empty one).
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
-        self.call_within(method, path, body, REQUEST_TIMEOUT).await
+    /// `GET path`, read as a `T`.
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let request = self.request(Method::GET, path, REQUEST_TIMEOUT);
+        self.answer(request, REQUEST_TIMEOUT).await
     }
 
-    /// [`Client::call`], allowing the request `limit` to complete.
-    async fn call_within(
+    /// `method path` with `body` as JSON, the answer read as a `T`.
+    async fn send<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
-        body: Option<Value>,
+        body: &(impl Serialize + ?Sized),
+    ) -> Result<T> {
+        self.send_within(method, path, body, REQUEST_TIMEOUT).await
+    }
+
+    /// [`Client::send`], allowing the request `limit` to complete.
+    async fn send_within<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &(impl Serialize + ?Sized),
         limit: Duration,
-    ) -> Result<Value> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .timeout(limit);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
+    ) -> Result<T> {
+        let request = self.request(method, path, limit).json(body);
         self.answer(request, limit).await
     }
 
-    /// Sends `request` and reads its JSON answer (`null` for an empty one).
-    async fn answer(&self, request: reqwest::RequestBuilder, limit: Duration) -> Result<Value> {
+    fn request(&self, method: Method, path: &str, limit: Duration) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .timeout(limit)
+    }
+
+    /// Sends `request` and reads its JSON answer as a `T`; a refusal becomes
+    /// [`ClientError::Api`] with the server's `{"error": …}`.
+    async fn answer<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        limit: Duration,
+    ) -> Result<T> {
         let response = request
             .send()
             .await
@@ -164,196 +191,131 @@ impl Client {
             .text()
             .await
             .map_err(|e| self.unreachable(&e, limit))?;
-        let value: Value = if text.is_empty() {
-            Value::Null
-        } else {
-            match serde_json::from_str(&text) {
-                Ok(value) => value,
-                // A proxy's error page in front of the server: keep the status, so
-                // that callers can tell a failing server from a refused request.
-                Err(_) if !status.is_success() => Value::Null,
-                Err(_) => {
-                    return Err(ClientError::Protocol(format!(
-                        "HTTP {status} with a body that is not JSON"
-                    )));
-                }
-            }
-        };
         if status.is_success() {
-            return Ok(value);
+            return serde_json::from_str(&text).map_err(|e| {
+                ClientError::Protocol(format!("HTTP {status} with an unexpected body: {e}"))
+            });
         }
-        let message = value["error"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
+        // A proxy's error page in front of the server is no `{"error"}`: keep the
+        // status, so that callers can tell a failing server from a refused request.
+        let message = serde_json::from_str::<ErrorBody>(&text)
+            .map(|body| body.error)
+            .unwrap_or_else(|_| status.canonical_reason().unwrap_or("error").to_owned());
         Err(ClientError::Api {
             status: status.as_u16(),
             message,
         })
     }
 
-    pub async fn me(&self) -> Result<Value> {
-        self.call(Method::GET, "/api/me", None).await
+    pub async fn me(&self) -> Result<Me> {
+        self.get("/api/me").await
     }
 
-    pub async fn create_workspace(
-        &self,
-        name: &str,
-        repo_url: Option<&str>,
-        default_branch: Option<&str>,
-    ) -> Result<Value> {
-        let body = json!({ "name": name, "repoUrl": repo_url, "defaultBranch": default_branch });
-        self.call(Method::POST, "/api/workspaces", Some(body)).await
+    pub async fn create_workspace(&self, body: &NewWorkspace) -> Result<Workspace> {
+        self.send(Method::POST, "/api/workspaces", body).await
     }
 
-    pub async fn list_workspaces(&self) -> Result<Value> {
-        self.call(Method::GET, "/api/workspaces", None).await
+    pub async fn list_workspaces(&self) -> Result<WorkspaceList> {
+        self.get("/api/workspaces").await
     }
 
-    pub async fn get_workspace(&self, id: &str) -> Result<Value> {
-        self.call(
-            Method::GET,
-            &format!("/api/workspaces/{}", encode(id)),
-            None,
-        )
-        .await
+    pub async fn get_workspace(&self, id: &str) -> Result<Workspace> {
+        self.get(&format!("/api/workspaces/{}", encode(id))).await
     }
 
-    pub async fn create_account(&self, body: Value) -> Result<Value> {
-        self.call(Method::POST, "/api/accounts", Some(body)).await
+    pub async fn create_account(&self, body: &NewAccount) -> Result<CreatedAccount> {
+        self.send(Method::POST, "/api/accounts", body).await
     }
 
-    pub async fn list_accounts(&self) -> Result<Value> {
-        self.call(Method::GET, "/api/accounts", None).await
+    pub async fn list_accounts(&self) -> Result<AccountList> {
+        self.get("/api/accounts").await
     }
 
     /// A new key for the account; the old one stops working.
-    pub async fn rotate_key(&self, account_id: &str) -> Result<Value> {
-        self.call(
-            Method::POST,
-            &format!("/api/accounts/{}/rotate-key", encode(account_id)),
-            None,
-        )
-        .await
+    pub async fn rotate_key(&self, account_id: &str) -> Result<CreatedAccount> {
+        let path = format!("/api/accounts/{}/rotate-key", encode(account_id));
+        self.send(Method::POST, &path, &NoBody {}).await
     }
 
-    pub async fn grant(
-        &self,
-        account_id: &str,
-        workspace_id: &str,
-        can_claim: bool,
-        can_create: bool,
-    ) -> Result<Value> {
-        let body =
-            json!({ "workspaceId": workspace_id, "canClaim": can_claim, "canCreate": can_create });
-        self.call(
-            Method::POST,
-            &format!("/api/accounts/{}/workspaces", encode(account_id)),
-            Some(body),
-        )
-        .await
+    pub async fn grant(&self, account_id: &str, grant: &NewGrant) -> Result<Grant> {
+        let path = format!("/api/accounts/{}/workspaces", encode(account_id));
+        self.send(Method::POST, &path, grant).await
     }
 
-    pub async fn create_task(&self, body: Value) -> Result<Value> {
-        self.call(Method::POST, "/api/tasks", Some(body)).await
+    pub async fn create_task(&self, body: &NewTask) -> Result<Task> {
+        self.send(Method::POST, "/api/tasks", body).await
     }
 
     pub async fn list_tasks(
         &self,
         workspace_id: Option<&str>,
-        status: Option<&str>,
-    ) -> Result<Value> {
+        status: Option<TaskStatus>,
+    ) -> Result<TaskList> {
+        let status = status.map(|s| s.as_str());
         let q = query(&[("workspaceId", workspace_id), ("status", status)]);
-        self.call(Method::GET, &format!("/api/tasks{q}"), None)
-            .await
+        self.get(&format!("/api/tasks{q}")).await
     }
 
-    pub async fn get_task(&self, id: &str) -> Result<Value> {
-        self.call(Method::GET, &format!("/api/tasks/{}", encode(id)), None)
-            .await
+    pub async fn get_task(&self, id: &str) -> Result<Task> {
+        self.get(&format!("/api/tasks/{}", encode(id))).await
     }
 
-    pub async fn cancel_task(&self, id: &str) -> Result<Value> {
-        self.call(
-            Method::POST,
-            &format!("/api/tasks/{}/cancel", encode(id)),
-            Some(json!({})),
-        )
-        .await
+    pub async fn cancel_task(&self, id: &str) -> Result<Task> {
+        let path = format!("/api/tasks/{}/cancel", encode(id));
+        self.send(Method::POST, &path, &NoBody {}).await
     }
 
-    pub async fn reply_task(&self, id: &str, message: &str) -> Result<Value> {
-        let body = json!({ "message": message });
-        self.call(
-            Method::POST,
-            &format!("/api/tasks/{}/reply", encode(id)),
-            Some(body),
-        )
-        .await
+    pub async fn reply_task(&self, id: &str, message: &str) -> Result<Task> {
+        let path = format!("/api/tasks/{}/reply", encode(id));
+        let body = ReplyBody {
+            message: message.to_owned(),
+        };
+        self.send(Method::POST, &path, &body).await
     }
 
-    pub async fn list_workers(&self, task_id: Option<&str>) -> Result<Value> {
+    pub async fn list_workers(&self, task_id: Option<&str>) -> Result<WorkerList> {
         let q = query(&[("taskId", task_id)]);
-        self.call(Method::GET, &format!("/api/workers{q}"), None)
+        self.get(&format!("/api/workers{q}")).await
+    }
+
+    /// `POST /api/workers/claim`; a claim that waits gets its `wait` on top of the
+    /// request timeout.
+    pub async fn claim(&self, body: &ClaimBody) -> Result<ClaimAnswer> {
+        let limit = REQUEST_TIMEOUT + Duration::from_secs(body.wait.unwrap_or(0));
+        self.send_within(Method::POST, "/api/workers/claim", body, limit)
             .await
     }
 
-    /// `POST /api/workers/claim`: up to `max_tasks` tasks, waiting up to `wait` seconds
-    /// for one to fit.
-    pub async fn claim(
-        &self,
-        max_tasks: u32,
-        workspace_id: Option<&str>,
-        wait: u64,
-    ) -> Result<Value> {
-        let body = json!({ "maxTasks": max_tasks, "workspaceId": workspace_id, "wait": wait });
-        let limit = REQUEST_TIMEOUT + Duration::from_secs(wait);
-        self.call_within(Method::POST, "/api/workers/claim", Some(body), limit)
-            .await
-    }
-
-    pub async fn get_worker(&self, id: &str) -> Result<Value> {
-        self.call(Method::GET, &format!("/api/workers/{}", encode(id)), None)
-            .await
+    pub async fn get_worker(&self, id: &str) -> Result<Worker> {
+        self.get(&format!("/api/workers/{}", encode(id))).await
     }
 
     /// `PATCH /api/workers/:id`: progress, status and results of a run.
-    pub async fn update_worker(&self, id: &str, update: &Value) -> Result<Value> {
-        self.call(
-            Method::PATCH,
-            &format!("/api/workers/{}", encode(id)),
-            Some(update.clone()),
-        )
-        .await
+    pub async fn update_worker(&self, id: &str, update: &WorkerUpdate) -> Result<Worker> {
+        let path = format!("/api/workers/{}", encode(id));
+        self.send(Method::PATCH, &path, update).await
     }
 
-    /// `POST /api/workers/:id/heartbeat`: `{"cancel": bool, "reply"?: text}`.
-    pub async fn heartbeat(&self, id: &str) -> Result<Value> {
-        self.call(
-            Method::POST,
-            &format!("/api/workers/{}/heartbeat", encode(id)),
-            Some(json!({})),
-        )
-        .await
+    /// `POST /api/workers/:id/heartbeat`: what to do with the run.
+    pub async fn heartbeat(&self, id: &str) -> Result<HeartbeatAnswer> {
+        let path = format!("/api/workers/{}/heartbeat", encode(id));
+        self.send(Method::POST, &path, &NoBody {}).await
     }
 
-    /// `POST /api/workers/:id/messages` with a body already written out (the agent
-    /// writes its batches once, from messages kept as JSON text).
-    pub async fn append_messages(&self, worker_id: &str, body: String) -> Result<Value> {
+    /// `POST /api/workers/:id/messages` with a [`MessagesBody`] already written out
+    /// (the agent writes its batches once, from messages kept as JSON text).
+    pub async fn append_messages(&self, worker_id: &str, body: String) -> Result<Appended> {
         let path = format!("/api/workers/{}/messages", encode(worker_id));
         let request = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .timeout(REQUEST_TIMEOUT)
+            .request(Method::POST, &path, REQUEST_TIMEOUT)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
         self.answer(request, REQUEST_TIMEOUT).await
     }
 
-    pub async fn messages(&self, worker_id: &str, after: i64) -> Result<Value> {
+    pub async fn messages(&self, worker_id: &str, after: i64) -> Result<MessageList> {
         let path = format!("/api/workers/{}/messages?after={after}", encode(worker_id));
-        self.call(Method::GET, &path, None).await
+        self.get(&path).await
     }
 
     /// Follows `GET /api/events`, resuming after `last_event_id` when given, and
@@ -393,11 +355,10 @@ impl Client {
         };
         if response.status() != StatusCode::OK {
             let status = response.status().as_u16();
-            let value: Value = response.json().await.unwrap_or(Value::Null);
-            let message = value["error"]
-                .as_str()
-                .unwrap_or("the event stream was refused")
-                .to_owned();
+            let message = response
+                .json::<ErrorBody>()
+                .await
+                .map_or_else(|_| "the event stream was refused".to_owned(), |b| b.error);
             return Err(ClientError::Api { status, message });
         }
         Ok(response)

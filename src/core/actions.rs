@@ -5,7 +5,7 @@
 //! worker, and what cancel, reply, pause, start and lease expiry do are written once.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::error::RuleError;
 use super::events::Event;
@@ -19,29 +19,39 @@ pub const MAX_TEXT_LEN: usize = 64 * 1024;
 pub const MAX_FIELD_LEN: usize = 2048;
 
 /// What a worker's owner may report, all optional (`PATCH /api/workers/:id`).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkerUpdate {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<WorkerStatus>,
     #[schema(minimum = 0)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cost_usd: Option<f64>,
     #[schema(minimum = 0)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub turns: Option<i64>,
     #[schema(max_length = 2048)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
     #[schema(max_length = 2048)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub branch: Option<String>,
     #[schema(max_length = 2048)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub commit_sha: Option<String>,
     #[schema(max_length = 2048)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pr_url: Option<String>,
     #[schema(max_length = 65536)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub question: Option<String>,
     #[schema(max_length = 65536)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
     /// Further artifacts, such as the files the run changed.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(max_items = 1000)]
     pub artifacts: Vec<Artifact>,
 }
@@ -312,7 +322,7 @@ fn reply(
     Ok(Outcome {
         changed: true,
         events: vec![Event::task_updated(task), Event::worker_updated(worker)],
-        messages: vec![json!({ "type": "user_reply", "text": message })],
+        messages: vec![super::messages::user_reply(&message)],
         ..Outcome::default()
     })
 }
@@ -529,6 +539,7 @@ mod tests {
     use crate::core::model::{Account, AccountType, AuthType, RunnerPreference};
     use crate::core::time;
     use chrono::Duration;
+    use serde_json::json;
 
     fn claimed(max_attempts: i32) -> (Task, Worker) {
         let now = time::now();

@@ -1,5 +1,6 @@
 //! Claiming: which tasks an account may take, how many, and what taking one does.
 
+use super::RuleError;
 use super::events::Event;
 use super::ids::{IdKind, new_id};
 use super::model::{
@@ -11,6 +12,24 @@ use super::time::Timestamp;
 pub const MAX_TASKS_PER_CLAIM: u32 = 50;
 /// The longest a claim may wait for a task, in seconds.
 pub const MAX_WAIT_SECS: u64 = 30;
+
+/// A claim's size and wait as asked (`None`: the defaults, one task and no wait),
+/// checked against [`MAX_TASKS_PER_CLAIM`] and [`MAX_WAIT_SECS`].
+pub fn bounds(max_tasks: Option<u32>, wait: Option<u64>) -> Result<(u32, u64), RuleError> {
+    let max_tasks = max_tasks.unwrap_or(1);
+    if !(1..=MAX_TASKS_PER_CLAIM).contains(&max_tasks) {
+        return Err(RuleError::Invalid(format!(
+            "maxTasks must be between 1 and {MAX_TASKS_PER_CLAIM}"
+        )));
+    }
+    let wait = wait.unwrap_or(0);
+    if wait > MAX_WAIT_SECS {
+        return Err(RuleError::Invalid(format!(
+            "wait must be at most {MAX_WAIT_SECS} seconds"
+        )));
+    }
+    Ok((max_tasks, wait))
+}
 
 /// The runner preferences an account of `account_type` may take: `any` and its own.
 pub fn preferences_for(account_type: AccountType) -> [RunnerPreference; 2] {
@@ -192,6 +211,15 @@ mod tests {
             dispatch_repo(&task, &action, Some(&grant("ws-1", true))),
             None
         );
+    }
+
+    #[test]
+    fn claim_bounds_default_and_refuse_out_of_range() {
+        assert_eq!(bounds(None, None), Ok((1, 0)));
+        assert_eq!(bounds(Some(50), Some(30)), Ok((50, 30)));
+        assert!(bounds(Some(0), None).is_err());
+        assert!(bounds(Some(51), None).is_err());
+        assert!(bounds(None, Some(31)).is_err());
     }
 
     #[test]

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use super::model::{Task, Worker};
+use super::model::{Task, TaskStatus, Worker};
 
 /// An event as stored, with the id `GET /api/events` sends and resumes from. Ids
 /// increase in commit order.
@@ -25,9 +26,9 @@ impl StoredEvent {
     pub fn offers_work(&self) -> bool {
         // Only a task's new status tells; other events need no parsing.
         match self.name.as_str() {
-            "task.updated" => serde_json::from_str::<Value>(&self.data)
+            "task.updated" => serde_json::from_str::<EventData>(&self.data)
                 .is_ok_and(|data| offers_work(&self.name, &data)),
-            name => offers_work(name, &Value::Null),
+            name => offers_work(name, &EventData::default()),
         }
     }
 }
@@ -52,11 +53,41 @@ pub const MAX_STREAMS_PER_CALLER: usize = 64;
 /// Whether an event named `name` carrying `data` may make a claim succeed: a new task,
 /// or one back in the queue. Waiting claims on the server and idle agents both wake on
 /// it.
-pub fn offers_work(name: &str, data: &Value) -> bool {
+pub fn offers_work(name: &str, data: &EventData) -> bool {
     match name {
         "task.created" | STREAM_RESET => true,
-        "task.updated" => data["task"]["status"] == "pending",
+        "task.updated" => data
+            .task
+            .as_ref()
+            .is_some_and(|t| t.status == TaskStatus::Pending),
         _ => false,
+    }
+}
+
+/// The `data:` of an event: `task.created` and `task.updated` carry the `task`,
+/// `worker.updated` the `worker`, `worker.message` the `workerId` and the `message`,
+/// and `stream.reset` its `reason` and `purgedThrough`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventData {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<Task>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<Worker>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+    /// Any JSON value: one entry of the runner's stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purged_through: Option<i64>,
+}
+
+impl EventData {
+    fn into_value(self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
     }
 }
 
@@ -82,7 +113,11 @@ impl Event {
         Event {
             name: "worker.updated",
             workspace_id: worker.workspace_id.clone(),
-            data: json!({ "worker": worker }),
+            data: EventData {
+                worker: Some(worker.clone()),
+                ..EventData::default()
+            }
+            .into_value(),
         }
     }
 
@@ -90,7 +125,12 @@ impl Event {
         Event {
             name: "worker.message",
             workspace_id: worker.workspace_id.clone(),
-            data: json!({ "workerId": worker.id, "message": message }),
+            data: EventData {
+                worker_id: Some(worker.id.clone()),
+                message: Some(message.clone()),
+                ..EventData::default()
+            }
+            .into_value(),
         }
     }
 
@@ -98,7 +138,11 @@ impl Event {
         Event {
             name,
             workspace_id: task.workspace_id.clone(),
-            data: json!({ "task": task }),
+            data: EventData {
+                task: Some(task.clone()),
+                ..EventData::default()
+            }
+            .into_value(),
         }
     }
 }

@@ -7,6 +7,22 @@
 //! stores nothing twice. Gaps are fine: an agent that dropped a batch the server
 //! refused simply goes on with the next numbers.
 
+use serde_json::{Value, json};
+
+/// The `type` of the message a person's answer to a worker's question is stored as,
+/// in the worker's stream beside the runner's own.
+pub const USER_REPLY: &str = "user_reply";
+
+/// A person's answer, as a message of the worker's stream.
+pub fn user_reply(text: &str) -> Value {
+    json!({ "type": USER_REPLY, "text": text })
+}
+
+/// Whether a message of a worker's stream is a person's answer.
+pub fn is_user_reply(message: &Value) -> bool {
+    message.get("type").and_then(Value::as_str) == Some(USER_REPLY)
+}
+
 /// Which messages of a batch are new.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fresh {

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod lease;
 pub mod messages;
 pub mod model;
+pub mod policy;
 pub mod time;
 pub mod validate;
 pub mod version;

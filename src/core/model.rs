@@ -295,6 +295,51 @@ pub struct Message {
     pub created_at: DateTime<Utc>,
 }
 
+impl Task {
+    /// A new task, pending, with the defaults the API promises: runner `any`,
+    /// priority 0, [`super::validate::DEFAULT_MAX_ATTEMPTS`] attempts, no cost cap.
+    pub fn new(workspace_id: String, title: &str, now: DateTime<Utc>) -> Task {
+        Task {
+            id: super::ids::new_id(super::ids::IdKind::Task),
+            workspace_id,
+            title: title.trim().to_owned(),
+            description: String::new(),
+            runner_preference: RunnerPreference::Any,
+            priority: 0,
+            status: TaskStatus::Pending,
+            attempts: 0,
+            max_attempts: super::validate::DEFAULT_MAX_ATTEMPTS,
+            max_cost_usd: None,
+            claimed_by: None,
+            worker_id: None,
+            created_at: now,
+            claimed_at: None,
+            completed_at: None,
+            result: None,
+            source_id: None,
+        }
+    }
+}
+
+impl Account {
+    /// A new account with the defaults the API promises:
+    /// [`super::validate::DEFAULT_MAX_WORKERS`] workers, no session or cost limit, and
+    /// the auth type its kind runs with ([`super::validate::auth_type`]).
+    pub fn new(account_type: AccountType, name: &str, now: DateTime<Utc>) -> Account {
+        Account {
+            id: super::ids::new_id(super::ids::IdKind::Account),
+            account_type,
+            name: name.trim().to_owned(),
+            auth_type: super::validate::default_auth_type(account_type),
+            max_concurrent_workers: super::validate::DEFAULT_MAX_WORKERS,
+            max_concurrent_sessions: None,
+            max_cost_per_day: None,
+            github_repo: None,
+            created_at: now,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

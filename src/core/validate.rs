@@ -64,8 +64,16 @@ pub fn auth_type(
             "action accounts run on ephemeral CI runners and must use authType \"api\"",
         )),
         (_, Some(t)) => Ok(t),
-        (AccountType::User, None) => Ok(AuthType::Oauth),
-        (_, None) => Ok(AuthType::Api),
+        (kind, None) => Ok(default_auth_type(kind)),
+    }
+}
+
+/// How an account of this kind runs Claude Code unless told otherwise: people with
+/// their subscription's login, services and CI with an API key.
+pub fn default_auth_type(account_type: AccountType) -> AuthType {
+    match account_type {
+        AccountType::User => AuthType::Oauth,
+        _ => AuthType::Api,
     }
 }
 

@@ -8,7 +8,8 @@ use axum::http::request::Parts;
 use super::AppState;
 use super::error::ApiError;
 use crate::core::keys;
-use crate::core::model::Account;
+use crate::core::model::{Account, Grant, Worker, Workspace};
+use crate::core::policy::{self, Actor, Deed, Target};
 
 /// The authenticated caller of a request. Extracting it answers 401 for a missing or
 /// unknown token.
@@ -60,8 +61,12 @@ impl Caller {
         }
     }
 
-    pub fn is_admin(&self) -> bool {
-        matches!(self, Caller::Admin)
+    /// The caller as the access policy sees it.
+    pub fn actor(&self) -> Actor<'_> {
+        match self {
+            Caller::Admin => Actor::Admin,
+            Caller::Account(a) => Actor::Account(a),
+        }
     }
 
     /// The account id to scope listings to: `None` for the admin, who sees everything.
@@ -72,57 +77,82 @@ impl Caller {
         }
     }
 
+    /// The policy's answer for a deed whose target needs no lookup (the server, an
+    /// account).
+    pub fn may(&self, deed: Deed, target: Target) -> Result<(), ApiError> {
+        policy::check(self.actor(), deed, target).map_err(|d| ApiError::Forbidden(d.0))
+    }
+
+    /// The server-wide deeds, the admin's alone.
     pub fn require_admin(&self) -> Result<(), ApiError> {
-        if self.is_admin() {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden("this needs the admin token".into()))
-        }
+        self.may(Deed::Administer, Target::Server)
     }
 
     /// The calling account; the admin token is refused because the action is an
     /// account's own (claiming, reporting on its workers).
     pub fn require_account(&self) -> Result<&Account, ApiError> {
+        policy::own_work(self.actor()).map_err(|d| ApiError::Forbidden(d.0))
+    }
+
+    /// The caller's grant on a workspace (the admin holds none and needs none).
+    async fn grant(&self, state: &AppState, workspace_id: &str) -> Result<Option<Grant>, ApiError> {
         match self {
-            Caller::Account(a) => Ok(a),
-            Caller::Admin => Err(ApiError::Forbidden(
-                "this needs an account key, not the admin token".into(),
-            )),
+            Caller::Admin => Ok(None),
+            Caller::Account(a) => Ok(state.store.get_grant(&a.id, workspace_id).await?),
         }
     }
 
-    /// What the caller may do in `workspace_id`, or 403 if it has no grant there. The
-    /// admin may do everything everywhere.
-    pub async fn access(&self, state: &AppState, workspace_id: &str) -> Result<Access, ApiError> {
-        let account = match self {
-            Caller::Admin => {
-                return Ok(Access {
-                    can_claim: true,
-                    can_create: true,
-                });
-            }
-            Caller::Account(a) => a,
+    /// Whether the caller may do `deed` in the workspace `workspace_id`; 403 if not.
+    pub async fn may_in(
+        &self,
+        state: &AppState,
+        deed: Deed,
+        workspace_id: &str,
+    ) -> Result<(), ApiError> {
+        let grant = self.grant(state, workspace_id).await?;
+        let target = Target::Workspace {
+            id: workspace_id,
+            grant: grant.as_ref(),
         };
-        let grant = state
-            .store
-            .get_grant(&account.id, workspace_id)
-            .await?
-            .ok_or_else(|| {
-                ApiError::Forbidden(format!(
-                    "account {} has no access to workspace {workspace_id}",
-                    account.id
-                ))
-            })?;
-        Ok(Access {
-            can_claim: grant.can_claim,
-            can_create: grant.can_create,
-        })
+        self.may(deed, target)
     }
-}
 
-/// What a caller may do in one workspace (seeing it is implied).
-#[derive(Debug, Clone, Copy)]
-pub struct Access {
-    pub can_claim: bool,
-    pub can_create: bool,
+    /// [`Caller::may_in`] for a workspace named in the request: 404 when there is no
+    /// such workspace, so that a typo reads as one, then 403 when it is not allowed.
+    pub async fn may_in_named(
+        &self,
+        state: &AppState,
+        deed: Deed,
+        workspace_id: &str,
+    ) -> Result<Workspace, ApiError> {
+        let workspace = state
+            .store
+            .get_workspace(workspace_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("workspace {workspace_id} not found")))?;
+        self.may_in(state, deed, workspace_id).await?;
+        Ok(workspace)
+    }
+
+    /// Whether the caller may do `deed` to `worker`; 403 if not. The grant is looked
+    /// up only when the caller does not run the worker.
+    pub async fn may_on(
+        &self,
+        state: &AppState,
+        deed: Deed,
+        worker: &Worker,
+    ) -> Result<(), ApiError> {
+        let runs_it = matches!(self, Caller::Account(a) if a.id == worker.account_id);
+        let grant = match runs_it {
+            true => None,
+            false => self.grant(state, &worker.workspace_id).await?,
+        };
+        let target = Target::Worker {
+            id: &worker.id,
+            runner: &worker.account_id,
+            workspace: &worker.workspace_id,
+            grant: grant.as_ref(),
+        };
+        self.may(deed, target)
+    }
 }

@@ -363,12 +363,21 @@ pub enum Next {
     Ended,
 }
 
-/// Reads `GET /api/events` as it streams.
+/// Reads `GET /api/events` as it streams, parsed by the same SSE parser as the
+/// client (`eventsource-stream`), without reconnecting: the tests watch the server.
 pub struct EventReader {
-    response: reqwest::Response,
-    buffer: String,
-    /// Comment lines seen (keep-alives).
-    pub comments: usize,
+    events: std::pin::Pin<
+        Box<
+            dyn futures::Stream<
+                    Item = Result<
+                        eventsource_stream::Event,
+                        eventsource_stream::EventStreamError<reqwest::Error>,
+                    >,
+                > + Send,
+        >,
+    >,
+    /// Keep-alive comments seen.
+    keep_alives: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Api {
@@ -386,12 +395,23 @@ impl Api {
             req = req.header("Last-Event-ID", id.to_string());
         }
         let response = req.send().await.expect("events request reached the server");
+        let status = response.status();
+        let keep_alives = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = keep_alives.clone();
+        // The parser passes comments over; the bytes show them (buildd's are ":\n\n").
+        let bytes = futures::StreamExt::inspect(response.bytes_stream(), move |chunk| {
+            if let Ok(chunk) = chunk {
+                let text = String::from_utf8_lossy(chunk);
+                let comments = text.lines().filter(|l| l.starts_with(':')).count();
+                seen.fetch_add(comments, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        let events = Box::pin(eventsource_stream::Eventsource::eventsource(bytes));
         (
-            response.status(),
+            status,
             EventReader {
-                response,
-                buffer: String::new(),
-                comments: 0,
+                events,
+                keep_alives,
             },
         )
     }
@@ -410,33 +430,30 @@ impl EventReader {
     pub async fn next_event(&mut self, timeout: Duration) -> Next {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let (mut id, mut name, mut data) = (None, None, String::new());
-                for line in block.lines() {
-                    if line.starts_with(':') {
-                        self.comments += 1;
-                    } else if let Some(v) = line.strip_prefix("id:") {
-                        id = v.trim().parse().ok();
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        name = Some(v.trim().to_owned());
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim_start());
-                    }
-                }
-                if let (Some(id), Some(name)) = (id, name) {
-                    let data = serde_json::from_str(&data).expect("event data is JSON");
-                    return Next::Event(Received { id, name, data });
-                }
-                continue;
-            }
-            match tokio::time::timeout_at(deadline, self.response.chunk()).await {
+            match tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut self.events))
+                .await
+            {
                 Err(_) => return Next::Quiet,
-                Ok(Ok(Some(bytes))) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                Ok(Some(Ok(event))) => {
+                    let Ok(id) = event.id.trim().parse() else {
+                        continue;
+                    };
+                    let data = serde_json::from_str(&event.data).expect("event data is JSON");
+                    return Next::Event(Received {
+                        id,
+                        name: event.event,
+                        data,
+                    });
+                }
                 // The server ended the stream, or went away.
-                Ok(Ok(None)) | Ok(Err(_)) => return Next::Ended,
+                Ok(Some(Err(_)) | None) => return Next::Ended,
             }
         }
+    }
+
+    /// Keep-alive comments seen so far.
+    pub fn keep_alives(&self) -> usize {
+        self.keep_alives.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the server ends the stream within `timeout` (events and keep-alives

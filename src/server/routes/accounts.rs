@@ -3,59 +3,15 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use utoipa::ToSchema;
 
-use crate::core::ids::{IdKind, new_id};
+use crate::api::{AccountList, CreatedAccount, Me, NewAccount, NewGrant};
 use crate::core::keys;
-use crate::core::model::{Account, AccountType, AuthType, Grant};
+use crate::core::model::{Account, Grant};
+use crate::core::policy::{Deed, Target};
 use crate::core::{time, validate};
 use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult, Body};
-
-/// `POST /api/accounts`. Unknown fields are ignored so the original README's bodies
-/// work as they are; the Claude credentials those carry are read only to be refused.
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct NewAccount {
-    #[serde(rename = "type")]
-    account_type: AccountType,
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
-    name: String,
-    /// Default: `oauth` for user accounts, `api` for the others; action accounts
-    /// cannot be `oauth`.
-    auth_type: Option<AuthType>,
-    /// Default 3.
-    #[schema(minimum = 0)]
-    max_concurrent_workers: Option<i64>,
-    #[schema(minimum = 0)]
-    max_concurrent_sessions: Option<i64>,
-    /// US dollars per UTC day.
-    #[schema(minimum = 0)]
-    max_cost_per_day: Option<f64>,
-    /// `owner/repo`, for action accounts.
-    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$")]
-    github_repo: Option<String>,
-    /// The original README's name for `githubRepo`.
-    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$")]
-    github_id: Option<String>,
-    /// Refused: never stored (a warning says so).
-    anthropic_api_key: Option<Value>,
-    /// Refused: never stored (a warning says so).
-    oauth_token: Option<Value>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CreatedAccount {
-    #[serde(flatten)]
-    account: Account,
-    api_key: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    warnings: Vec<String>,
-}
 
 #[utoipa::path(post, path = "/api/accounts", tag = "accounts", request_body = NewAccount,
     responses((status = 201, description = "The account and its key, shown this once", body = CreatedAccount), ApiError))]
@@ -88,18 +44,16 @@ pub async fn create(
         }
     }
 
+    let defaults = Account::new(body.account_type, &body.name, time::now());
     let account = Account {
-        id: new_id(IdKind::Account),
-        account_type: body.account_type,
-        name: body.name.trim().to_owned(),
         auth_type,
         max_concurrent_workers: body
             .max_concurrent_workers
-            .unwrap_or(validate::DEFAULT_MAX_WORKERS),
+            .unwrap_or(defaults.max_concurrent_workers),
         max_concurrent_sessions: body.max_concurrent_sessions,
         max_cost_per_day: body.max_cost_per_day,
         github_repo,
-        created_at: time::now(),
+        ..defaults
     };
     let api_key = keys::new_account_key(account.account_type);
     state
@@ -113,11 +67,6 @@ pub async fn create(
         warnings,
     };
     Ok((StatusCode::CREATED, Json(created)))
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct AccountList {
-    accounts: Vec<Account>,
 }
 
 #[utoipa::path(get, path = "/api/accounts", tag = "accounts",
@@ -150,30 +99,12 @@ pub async fn me(caller: Caller) -> Json<Me> {
     })
 }
 
-/// Who `GET /api/me` says the caller is.
-#[derive(Serialize, ToSchema)]
-#[serde(untagged)]
-pub enum Me {
-    Admin { admin: bool },
-    Account(Account),
-}
-
 async fn find(state: &AppState, id: &str) -> ApiResult<Account> {
     state
         .store
         .get_account(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("account {id} not found")))
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct NewGrant {
-    workspace_id: String,
-    #[serde(default)]
-    can_claim: bool,
-    #[serde(default)]
-    can_create: bool,
 }
 
 /// `POST /api/accounts/:id/workspaces`: grants (or changes the grant of) a workspace.
@@ -187,17 +118,9 @@ pub async fn grant(
 ) -> ApiResult<Json<Grant>> {
     caller.require_admin()?;
     let account = find(&state, &id).await?;
-    if state
-        .store
-        .get_workspace(&body.workspace_id)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::NotFound(format!(
-            "workspace {} not found",
-            body.workspace_id
-        )));
-    }
+    caller
+        .may_in_named(&state, Deed::Administer, &body.workspace_id)
+        .await?;
     let grant = Grant {
         account_id: account.id,
         workspace_id: body.workspace_id,
@@ -239,10 +162,7 @@ pub async fn rotate_key(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<CreatedAccount>> {
-    match &caller {
-        Caller::Account(a) if a.id == id => {}
-        _ => caller.require_admin()?,
-    }
+    caller.may(Deed::Steer, Target::Account { id: &id })?;
     let account = find(&state, &id).await?;
     let api_key = keys::new_account_key(account.account_type);
     if !state

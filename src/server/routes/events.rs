@@ -8,13 +8,15 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, KeepAliveStream, Sse};
-use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use utoipa::IntoParams;
 
-use crate::core::events::{KEEP_ALIVE, MAX_STREAMS_PER_CALLER, STREAM_RESET, StoredEvent};
+use crate::api::EventsQuery;
+use crate::core::events::{
+    EventData, KEEP_ALIVE, MAX_STREAMS_PER_CALLER, STREAM_RESET, StoredEvent,
+};
 use crate::core::keys;
+use crate::core::policy::Deed;
 use crate::server::AppState;
 use crate::server::auth::{Caller, bearer_token};
 use crate::server::error::{ApiError, ApiResult, Params};
@@ -25,16 +27,6 @@ use crate::server::events::{READ_BATCH, StreamSlot};
 /// the cluster, stops the flow soon without a query per event. (A key rotated through
 /// this server ends its streams at once.)
 const GRANTS_TTL: Duration = Duration::from_secs(5);
-
-#[derive(Deserialize, IntoParams)]
-#[serde(rename_all = "camelCase")]
-#[into_params(parameter_in = Query)]
-pub struct EventsQuery {
-    /// Only this workspace's events.
-    workspace_id: Option<String>,
-    /// Resume after this event id (the `Last-Event-ID` header wins); 0 replays all.
-    last_event_id: Option<i64>,
-}
 
 type EventStream = Sse<KeepAliveStream<ReceiverStream<Result<SseEvent, Infallible>>>>;
 
@@ -51,10 +43,7 @@ pub async fn stream(
     headers: HeaderMap,
 ) -> ApiResult<EventStream> {
     if let Some(ws) = &query.workspace_id {
-        if state.store.get_workspace(ws).await?.is_none() {
-            return Err(ApiError::NotFound(format!("workspace {ws} not found")));
-        }
-        caller.access(&state, ws).await?;
+        caller.may_in_named(&state, Deed::Read, ws).await?;
     }
     let resume = match headers.get("last-event-id") {
         Some(v) => Some(
@@ -205,13 +194,16 @@ async fn catch_up(
             let reset = SseEvent::default()
                 .id(purged.to_string())
                 .event(STREAM_RESET)
-                .data(
-                    serde_json::json!({
-                        "reason": "events after the one you resumed from were deleted by retention; read the state again",
-                        "purgedThrough": purged,
-                    })
-                    .to_string(),
-                );
+                .json_data(EventData {
+                    reason: Some(
+                        "events after the one you resumed from were deleted by retention; \
+                         read the state again"
+                            .into(),
+                    ),
+                    purged_through: Some(purged),
+                    ..EventData::default()
+                })
+                .unwrap_or_default();
             if tx.send(Ok(reset)).await.is_err() {
                 return false;
             }

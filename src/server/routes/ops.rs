@@ -5,24 +5,19 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use serde::Serialize;
-use utoipa::ToSchema;
 
+use crate::api::Status;
 use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult, ErrorBody};
-
-/// `{"status": …}`.
-#[derive(Serialize, ToSchema)]
-pub struct Status {
-    status: &'static str,
-}
 
 /// `GET /healthz`: the process is up. No auth.
 #[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
     responses((status = 200, description = "The process is up", body = Status)))]
 pub async fn healthz() -> Json<Status> {
-    Json(Status { status: "ok" })
+    Json(Status {
+        status: "ok".into(),
+    })
 }
 
 /// `GET /readyz`: 200 while the database answers, 503 otherwise, so that a load
@@ -34,7 +29,9 @@ pub async fn healthz() -> Json<Status> {
     ))]
 pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Status>> {
     state.store.ping().await?;
-    Ok(Json(Status { status: "ready" }))
+    Ok(Json(Status {
+        status: "ready".into(),
+    }))
 }
 
 /// `GET /metrics` (admin): the Prometheus text format. It needs the admin token

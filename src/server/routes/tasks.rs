@@ -4,55 +4,18 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
 
 use super::page_limit;
+use crate::api::{ArtifactList, CommentBody, CommentList, NewTask, ReplyBody, TaskList, TaskQuery};
 use crate::core::actions::Action;
 use crate::core::ids::{IdKind, new_id};
-use crate::core::model::{Comment, RecordedArtifact, RunnerPreference, Source, Task, TaskStatus};
+use crate::core::model::{Comment, RunnerPreference, Source, Task};
+use crate::core::policy::Deed;
 use crate::core::{time, validate};
 use crate::server::AppState;
-use crate::server::auth::{Access, Caller};
+use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult, Body, Params};
 use crate::store::TaskFilter;
-
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct NewTask {
-    workspace_id: String,
-    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
-    title: String,
-    #[serde(default)]
-    #[schema(max_length = 262144)]
-    description: String,
-    /// Default `any`.
-    runner_preference: Option<RunnerPreference>,
-    /// Higher goes first; default 0.
-    #[serde(default)]
-    priority: i32,
-    /// Default 3.
-    #[schema(minimum = 1, maximum = 100)]
-    max_attempts: Option<i32>,
-    /// The agent stops the run past this many US dollars.
-    #[schema(minimum = 0)]
-    max_cost_usd: Option<f64>,
-    source: Option<NewSource>,
-}
-
-/// Where a new task came from, e.g. `{"type": "github_issue", "externalId":
-/// "my-org/my-repo#12", "url": "https://github.com/my-org/my-repo/issues/12"}`.
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct NewSource {
-    #[serde(rename = "type")]
-    #[schema(pattern = r"^[a-z0-9_]{1,50}$")]
-    source_type: String,
-    #[schema(max_length = 200)]
-    external_id: Option<String>,
-    #[schema(max_length = 2048)]
-    url: Option<String>,
-}
 
 #[utoipa::path(post, path = "/api/tasks", tag = "tasks", request_body = NewTask,
     responses((status = 201, description = "The task, pending", body = Task), ApiError))]
@@ -78,41 +41,16 @@ pub async fn create(
         )?;
         validate::optional_text("source.url", src.url.as_deref(), validate::MAX_URL_LEN)?;
     }
-    if state
-        .store
-        .get_workspace(&body.workspace_id)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::NotFound(format!(
-            "workspace {} not found",
-            body.workspace_id
-        )));
-    }
-    if !caller.access(&state, &body.workspace_id).await?.can_create {
-        return Err(ApiError::Forbidden(format!(
-            "no canCreate grant on workspace {}",
-            body.workspace_id
-        )));
-    }
+    caller
+        .may_in_named(&state, Deed::Create, &body.workspace_id)
+        .await?;
     let task = Task {
-        id: new_id(IdKind::Task),
-        workspace_id: body.workspace_id,
-        title: body.title.trim().to_owned(),
         description: body.description,
         runner_preference: body.runner_preference.unwrap_or(RunnerPreference::Any),
         priority: body.priority,
-        status: TaskStatus::Pending,
-        attempts: 0,
         max_attempts,
         max_cost_usd: body.max_cost_usd,
-        claimed_by: None,
-        worker_id: None,
-        created_at: time::now(),
-        claimed_at: None,
-        completed_at: None,
-        result: None,
-        source_id: None,
+        ..Task::new(body.workspace_id, &body.title, time::now())
     };
     let source = body.source.map(|src| Source {
         id: new_id(IdKind::Source),
@@ -129,29 +67,12 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(task)))
 }
 
-#[derive(Deserialize, IntoParams)]
-#[serde(rename_all = "camelCase")]
-#[into_params(parameter_in = Query)]
-pub struct ListQuery {
-    workspace_id: Option<String>,
-    status: Option<TaskStatus>,
-    source_id: Option<String>,
-    /// 1–1000, default 100.
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<u32>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct TaskList {
-    tasks: Vec<Task>,
-}
-
-#[utoipa::path(get, path = "/api/tasks", tag = "tasks", params(ListQuery),
+#[utoipa::path(get, path = "/api/tasks", tag = "tasks", params(TaskQuery),
     responses((status = 200, description = "Tasks the caller may see, newest first", body = TaskList), ApiError))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Params(query): Params<ListQuery>,
+    Params(query): Params<TaskQuery>,
 ) -> ApiResult<Json<TaskList>> {
     let filter = TaskFilter {
         workspace_id: query.workspace_id,
@@ -164,16 +85,15 @@ pub async fn list(
     Ok(Json(TaskList { tasks }))
 }
 
-/// The task, if the caller may see it (any grant on its workspace), and what the
-/// caller may do there.
-async fn visible_task(state: &AppState, caller: &Caller, id: &str) -> ApiResult<(Task, Access)> {
+/// The task, if the caller may do `deed` to it (see [`crate::core::policy`]).
+async fn task_for(state: &AppState, caller: &Caller, deed: Deed, id: &str) -> ApiResult<Task> {
     let task = state
         .store
         .get_task(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("task {id} not found")))?;
-    let access = caller.access(state, &task.workspace_id).await?;
-    Ok((task, access))
+    caller.may_in(state, deed, &task.workspace_id).await?;
+    Ok(task)
 }
 
 #[utoipa::path(get, path = "/api/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "The task's id")),
@@ -183,20 +103,7 @@ pub async fn show(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Task>> {
-    Ok(Json(visible_task(&state, &caller, &id).await?.0))
-}
-
-/// Checks that the caller may steer the task: the admin, or an account that may
-/// create tasks in its workspace.
-async fn steerable_task(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Task> {
-    let (task, access) = visible_task(state, caller, id).await?;
-    if !access.can_create {
-        return Err(ApiError::Forbidden(format!(
-            "no canCreate grant on workspace {}",
-            task.workspace_id
-        )));
-    }
-    Ok(task)
+    Ok(Json(task_for(&state, &caller, Deed::Read, &id).await?))
 }
 
 #[utoipa::path(post, path = "/api/tasks/{id}/cancel", tag = "tasks", params(("id" = String, Path, description = "The task's id")),
@@ -206,15 +113,9 @@ pub async fn cancel(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Task>> {
-    steerable_task(&state, &caller, &id).await?;
+    task_for(&state, &caller, Deed::Steer, &id).await?;
     let applied = state.store.apply(&id, Action::Cancel, time::now()).await?;
     Ok(Json(applied.task))
-}
-
-#[derive(Deserialize, ToSchema)]
-pub struct ReplyBody {
-    #[schema(min_length = 1, max_length = 65536, pattern = r"\S")]
-    message: String,
 }
 
 #[utoipa::path(post, path = "/api/tasks/{id}/reply", tag = "tasks", params(("id" = String, Path, description = "The task's id")), request_body = ReplyBody,
@@ -225,17 +126,12 @@ pub async fn reply(
     Path(id): Path<String>,
     Body(body): Body<ReplyBody>,
 ) -> ApiResult<Json<Task>> {
-    steerable_task(&state, &caller, &id).await?;
+    task_for(&state, &caller, Deed::Steer, &id).await?;
     let action = Action::Reply {
         message: body.message,
     };
     let applied = state.store.apply(&id, action, time::now()).await?;
     Ok(Json(applied.task))
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ArtifactList {
-    artifacts: Vec<RecordedArtifact>,
 }
 
 /// `GET /api/tasks/:id/artifacts`: branches, commits, PRs and files of every attempt.
@@ -246,15 +142,9 @@ pub async fn artifacts(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<ArtifactList>> {
-    visible_task(&state, &caller, &id).await?;
+    task_for(&state, &caller, Deed::Read, &id).await?;
     let artifacts = state.store.list_artifacts(&id).await?;
     Ok(Json(ArtifactList { artifacts }))
-}
-
-#[derive(Deserialize, ToSchema)]
-pub struct CommentBody {
-    #[schema(min_length = 1, max_length = 65536, pattern = r"\S")]
-    body: String,
 }
 
 /// `POST /api/tasks/:id/comments`: anyone who can see the task may comment on it.
@@ -267,7 +157,7 @@ pub async fn comment(
     Body(body): Body<CommentBody>,
 ) -> ApiResult<(StatusCode, Json<Comment>)> {
     validate::text("body", &body.body, validate::MAX_COMMENT_LEN)?;
-    visible_task(&state, &caller, &id).await?;
+    task_for(&state, &caller, Deed::Read, &id).await?;
     let author = match &caller {
         Caller::Admin => "admin".to_owned(),
         Caller::Account(a) => a.id.clone(),
@@ -279,11 +169,6 @@ pub async fn comment(
     Ok((StatusCode::CREATED, Json(comment)))
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct CommentList {
-    comments: Vec<Comment>,
-}
-
 #[utoipa::path(get, path = "/api/tasks/{id}/comments", tag = "tasks", params(("id" = String, Path, description = "The task's id")),
     responses((status = 200, description = "The task's comments, oldest first", body = CommentList), ApiError))]
 pub async fn comments(
@@ -291,7 +176,7 @@ pub async fn comments(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<CommentList>> {
-    visible_task(&state, &caller, &id).await?;
+    task_for(&state, &caller, Deed::Read, &id).await?;
     let comments = state.store.list_comments(&id).await?;
     Ok(Json(CommentList { comments }))
 }
@@ -310,6 +195,8 @@ pub async fn source(
         .get_source(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("source {id} not found")))?;
-    caller.access(&state, &source.workspace_id).await?;
+    caller
+        .may_in(&state, Deed::Read, &source.workspace_id)
+        .await?;
     Ok(Json(source))
 }

@@ -10,16 +10,18 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
 
 use super::page_limit;
+use crate::api::{
+    Appended, AttachQuery, AttachmentList, ClaimAnswer, ClaimBody, ClaimEntry, ClaimedWorker,
+    MessageList, MessagesBody, MessagesQuery, WorkerList, WorkerQuery,
+};
 use crate::core::actions::{Action, HeartbeatAnswer, WorkerUpdate};
-use crate::core::claim::{MAX_TASKS_PER_CLAIM, MAX_WAIT_SECS};
+use crate::core::claim;
 use crate::core::events::StoredEvent;
 use crate::core::ids::{IdKind, new_id};
-use crate::core::model::{Account, Attachment, Message, Task, Worker, WorkerStatus};
+use crate::core::model::{Account, Attachment, Task, Worker};
+use crate::core::policy::Deed;
 use crate::core::time;
 use crate::core::validate::{self, MAX_MESSAGES_PER_BATCH};
 use crate::core::version;
@@ -27,36 +29,6 @@ use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult, Body, Params};
 use crate::store::{ClaimRequest, WorkerFilter};
-
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ClaimBody {
-    /// How many tasks to take at most (default 1).
-    #[schema(minimum = 1, maximum = 50)]
-    max_tasks: Option<u32>,
-    /// Only claim in this workspace.
-    workspace_id: Option<String>,
-    /// Seconds to hold the request open until a task fits (default 0).
-    #[schema(minimum = 0, maximum = 30)]
-    wait: Option<u64>,
-}
-
-/// The answer to a claim.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ClaimAnswer {
-    workers: Vec<ClaimedWorker>,
-    /// The server's lease: heartbeat well inside it.
-    lease_ttl_secs: f64,
-}
-
-/// A new worker with the task it holds.
-#[derive(Serialize, ToSchema)]
-pub struct ClaimedWorker {
-    #[serde(flatten)]
-    worker: Worker,
-    task: Task,
-}
 
 #[utoipa::path(post, path = "/api/workers/claim", tag = "workers", request_body = Option<ClaimBody>,
     responses((status = 200, description = "The claimed workers, each with its task; empty when nothing fits", body = ClaimAnswer), ApiError))]
@@ -73,27 +45,9 @@ pub async fn claim(
     if let Some(reason) = version::refuse_agent(user_agent) {
         return Err(ApiError::UpgradeRequired(reason));
     }
-    let max_tasks = body.max_tasks.unwrap_or(1);
-    if !(1..=MAX_TASKS_PER_CLAIM).contains(&max_tasks) {
-        return Err(ApiError::BadRequest(format!(
-            "maxTasks must be between 1 and {MAX_TASKS_PER_CLAIM}"
-        )));
-    }
-    let wait = body.wait.unwrap_or(0);
-    if wait > MAX_WAIT_SECS {
-        return Err(ApiError::BadRequest(format!(
-            "wait must be at most {MAX_WAIT_SECS} seconds"
-        )));
-    }
+    let (max_tasks, wait) = claim::bounds(body.max_tasks, body.wait)?;
     if let Some(ws) = &body.workspace_id {
-        if state.store.get_workspace(ws).await?.is_none() {
-            return Err(ApiError::NotFound(format!("workspace {ws} not found")));
-        }
-        if !caller.access(&state, ws).await?.can_claim {
-            return Err(ApiError::Forbidden(format!(
-                "no canClaim grant on workspace {ws}"
-            )));
-        }
+        caller.may_in_named(&state, Deed::Claim, ws).await?;
     }
     let request = ClaimRequest {
         max_tasks,
@@ -106,7 +60,7 @@ pub async fn claim(
     };
     let workers = claimed
         .into_iter()
-        .map(|(worker, task)| ClaimedWorker { worker, task })
+        .map(|(worker, task)| ClaimEntry::Readable(Box::new(ClaimedWorker { worker, task })))
         .collect();
     // The lease tells agents how often to heartbeat: one that knows it can stay well
     // inside it whatever the server was started with.
@@ -171,28 +125,12 @@ async fn work_offered(events: &mut broadcast::Receiver<Arc<StoredEvent>>) {
     }
 }
 
-#[derive(Deserialize, IntoParams)]
-#[serde(rename_all = "camelCase")]
-#[into_params(parameter_in = Query)]
-pub struct ListQuery {
-    task_id: Option<String>,
-    status: Option<WorkerStatus>,
-    /// 1–1000, default 100.
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<u32>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct WorkerList {
-    workers: Vec<Worker>,
-}
-
-#[utoipa::path(get, path = "/api/workers", tag = "workers", params(ListQuery),
+#[utoipa::path(get, path = "/api/workers", tag = "workers", params(WorkerQuery),
     responses((status = 200, description = "Workers the caller may see, newest first", body = WorkerList), ApiError))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Params(query): Params<ListQuery>,
+    Params(query): Params<WorkerQuery>,
 ) -> ApiResult<Json<WorkerList>> {
     let filter = WorkerFilter {
         task_id: query.task_id,
@@ -212,28 +150,10 @@ async fn find(state: &AppState, id: &str) -> ApiResult<Worker> {
         .ok_or_else(|| ApiError::NotFound(format!("worker {id} not found")))
 }
 
-fn is_owner(caller: &Caller, worker: &Worker) -> bool {
-    matches!(caller, Caller::Account(a) if a.id == worker.account_id)
-}
-
-/// The worker, if the caller may see it: the admin, its owner, or any account granted
-/// its workspace.
-async fn visible_worker(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Worker> {
+/// The worker, if the caller may do `deed` to it (see [`crate::core::policy`]).
+async fn worker_for(state: &AppState, caller: &Caller, deed: Deed, id: &str) -> ApiResult<Worker> {
     let worker = find(state, id).await?;
-    if !is_owner(caller, &worker) {
-        caller.access(state, &worker.workspace_id).await?;
-    }
-    Ok(worker)
-}
-
-/// The worker, if the caller is the account running it: only it reports progress.
-async fn owned_worker(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Worker> {
-    let worker = find(state, id).await?;
-    if !is_owner(caller, &worker) {
-        return Err(ApiError::Forbidden(format!(
-            "only the account running worker {id} may report for it"
-        )));
-    }
+    caller.may_on(state, deed, &worker).await?;
     Ok(worker)
 }
 
@@ -244,7 +164,7 @@ pub async fn show(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Worker>> {
-    Ok(Json(visible_worker(&state, &caller, &id).await?))
+    Ok(Json(worker_for(&state, &caller, Deed::Read, &id).await?))
 }
 
 #[utoipa::path(patch, path = "/api/workers/{id}", tag = "workers", params(("id" = String, Path, description = "The worker's id")), request_body = Option<WorkerUpdate>,
@@ -255,7 +175,7 @@ pub async fn update(
     Path(id): Path<String>,
     Body(update): Body<WorkerUpdate>,
 ) -> ApiResult<Json<Worker>> {
-    owned_worker(&state, &caller, &id).await?;
+    worker_for(&state, &caller, Deed::Report, &id).await?;
     let applied = state
         .store
         .apply(&id, Action::update(update), time::now())
@@ -273,7 +193,7 @@ pub async fn heartbeat(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<HeartbeatAnswer>> {
-    owned_worker(&state, &caller, &id).await?;
+    worker_for(&state, &caller, Deed::Report, &id).await?;
     let outcome = state
         .store
         .apply(&id, Action::Heartbeat, time::now())
@@ -289,12 +209,7 @@ async fn steer(
     id: &str,
     action: Action,
 ) -> ApiResult<Json<Worker>> {
-    let worker = find(state, id).await?;
-    if !(caller.is_admin() || is_owner(caller, &worker)) {
-        return Err(ApiError::Forbidden(format!(
-            "only the admin or the account running worker {id} may steer it"
-        )));
-    }
+    worker_for(state, caller, Deed::Steer, id).await?;
     let applied = state.store.apply(id, action, time::now()).await?;
     applied
         .worker
@@ -322,28 +237,6 @@ pub async fn start(
     steer(&state, &caller, &id, Action::Start).await
 }
 
-#[derive(Deserialize, ToSchema)]
-pub struct MessagesBody {
-    /// Any JSON values, 1–1000 of them.
-    #[schema(min_items = 1, max_items = 1000)]
-    messages: Vec<Value>,
-    /// The sender's number for the first message of this batch, when it numbers its
-    /// messages 1, 2, … per worker: messages under numbers the worker already has
-    /// are skipped, so a batch sent again is stored once. Without it, every message
-    /// is stored.
-    #[schema(minimum = 1)]
-    from: Option<i64>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Appended {
-    /// How many messages were stored (a repeated batch stores none).
-    appended: usize,
-    /// The number of the worker's last message.
-    last_seq: i64,
-}
-
 #[utoipa::path(post, path = "/api/workers/{id}/messages", tag = "workers", params(("id" = String, Path, description = "The worker's id")), request_body = MessagesBody,
     responses((status = 200, description = "How many were appended, and the last one's number", body = Appended), ApiError))]
 pub async fn append_messages(
@@ -352,7 +245,7 @@ pub async fn append_messages(
     Path(id): Path<String>,
     Body(body): Body<MessagesBody>,
 ) -> ApiResult<Json<Appended>> {
-    owned_worker(&state, &caller, &id).await?;
+    worker_for(&state, &caller, Deed::Report, &id).await?;
     let count = body.messages.len();
     if count == 0 || count > MAX_MESSAGES_PER_BATCH {
         return Err(ApiError::BadRequest(format!(
@@ -372,22 +265,6 @@ pub async fn append_messages(
     }))
 }
 
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct MessagesQuery {
-    /// Only messages numbered above this (default 0: from the start).
-    #[serde(default)]
-    after: i64,
-    /// 1–1000, default 1000.
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<u32>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct MessageList {
-    messages: Vec<Message>,
-}
-
 #[utoipa::path(get, path = "/api/workers/{id}/messages", tag = "workers", params(("id" = String, Path, description = "The worker's id"), MessagesQuery),
     responses((status = 200, description = "The runner's stream after `after`, in order", body = MessageList), ApiError))]
 pub async fn messages(
@@ -396,30 +273,10 @@ pub async fn messages(
     Path(id): Path<String>,
     Params(query): Params<MessagesQuery>,
 ) -> ApiResult<Json<MessageList>> {
-    visible_worker(&state, &caller, &id).await?;
+    worker_for(&state, &caller, Deed::Read, &id).await?;
     let limit = page_limit(Some(query.limit.unwrap_or(1000)))?;
     let messages = state.store.list_messages(&id, query.after, limit).await?;
     Ok(Json(MessageList { messages }))
-}
-
-#[derive(Deserialize, IntoParams)]
-#[serde(rename_all = "camelCase")]
-#[into_params(parameter_in = Query)]
-pub struct AttachQuery {
-    /// The file's name: no directories, no control characters, not only dots.
-    #[param(
-        min_length = 1,
-        max_length = 255,
-        pattern = r"^[^/\\\x00-\x1f\x7f-\x9f]*[^/\\\x00-\x1f\x7f-\x9f.\s][^/\\\x00-\x1f\x7f-\x9f]*$"
-    )]
-    name: String,
-    /// The message it belongs to.
-    message_seq: Option<i64>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct AttachmentList {
-    attachments: Vec<Attachment>,
 }
 
 /// `POST /api/workers/:id/attachments?name=shot.png[&messageSeq=N]`: the body is the
@@ -435,7 +292,7 @@ pub async fn attach(
     headers: HeaderMap,
     data: Bytes,
 ) -> ApiResult<(StatusCode, Json<Attachment>)> {
-    let worker = owned_worker(&state, &caller, &id).await?;
+    let worker = worker_for(&state, &caller, Deed::Report, &id).await?;
     validate::file_name(&query.name)?;
     let content_type = match headers.get(header::CONTENT_TYPE) {
         None => "application/octet-stream".to_owned(),
@@ -469,7 +326,7 @@ pub async fn attachments(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<AttachmentList>> {
-    visible_worker(&state, &caller, &id).await?;
+    worker_for(&state, &caller, Deed::Read, &id).await?;
     let attachments = state.store.list_attachments(&id).await?;
     Ok(Json(AttachmentList { attachments }))
 }
@@ -488,7 +345,7 @@ pub async fn attachment(
         .get_attachment(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("attachment {id} not found")))?;
-    visible_worker(&state, &caller, &attachment.worker_id).await?;
+    worker_for(&state, &caller, Deed::Read, &attachment.worker_id).await?;
     let file_name: String = attachment
         .name
         .chars()

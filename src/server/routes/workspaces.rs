@@ -3,28 +3,15 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
+use crate::api::{NewWorkspace, WorkspaceList};
 use crate::core::ids::{IdKind, new_id};
 use crate::core::model::Workspace;
+use crate::core::policy::Deed;
 use crate::core::{time, validate};
 use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult, Body};
-
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct NewWorkspace {
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
-    name: String,
-    #[serde(alias = "repo")]
-    #[schema(max_length = 2048)]
-    repo_url: Option<String>,
-    /// Default `main`.
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
-    default_branch: Option<String>,
-}
 
 #[utoipa::path(post, path = "/api/workspaces", tag = "workspaces", request_body = NewWorkspace,
     responses((status = 201, description = "The workspace", body = Workspace), ApiError))]
@@ -52,11 +39,6 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(workspace)))
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct WorkspaceList {
-    workspaces: Vec<Workspace>,
-}
-
 #[utoipa::path(get, path = "/api/workspaces", tag = "workspaces",
     responses((status = 200, description = "All workspaces (admin), or those granted to the account", body = WorkspaceList), ApiError))]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<WorkspaceList>> {
@@ -72,11 +54,5 @@ pub async fn show(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Workspace>> {
-    let workspace = state
-        .store
-        .get_workspace(&id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("workspace {id} not found")))?;
-    caller.access(&state, &workspace.id).await?;
-    Ok(Json(workspace))
+    Ok(Json(caller.may_in_named(&state, Deed::Read, &id).await?))
 }

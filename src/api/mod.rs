@@ -1,0 +1,396 @@
+//! The HTTP API's bodies: every request and answer, as one set of types.
+//!
+//! The server's handlers take and return these, the OpenAPI description is derived
+//! from them, and the client sends and reads them, so a field renamed here is renamed
+//! everywhere at once and nothing indexes JSON by name. Rows the API shows as they are
+//! (a task, a worker, a workspace, …) are the core's own types, re-exported here.
+//!
+//! Request bodies accept what the contract promises (unknown fields ignored unless
+//! stated); limits stated with `schema(...)` are enforced by [`crate::core::validate`].
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+pub use crate::core::actions::{HeartbeatAnswer, RunControl, WorkerUpdate};
+pub use crate::core::model::{
+    Account, AccountType, Artifact, Attachment, AuthType, Comment, Grant, Message,
+    RecordedArtifact, RunnerPreference, Source, Task, TaskStatus, Worker, WorkerStatus, Workspace,
+};
+
+// ---- accounts ----
+
+/// `POST /api/accounts`. Unknown fields are ignored so the original README's bodies
+/// work as they are; the Claude credentials those carry are read only to be refused.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NewAccount {
+    #[serde(rename = "type")]
+    pub account_type: AccountType,
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    pub name: String,
+    /// Default: `oauth` for user accounts, `api` for the others; action accounts
+    /// cannot be `oauth`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_type: Option<AuthType>,
+    /// Default 3.
+    #[schema(minimum = 0)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_workers: Option<i64>,
+    #[schema(minimum = 0)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_sessions: Option<i64>,
+    /// US dollars per UTC day.
+    #[schema(minimum = 0)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_cost_per_day: Option<f64>,
+    /// `owner/repo`, for action accounts.
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub github_repo: Option<String>,
+    /// The original README's name for `githubRepo`.
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub github_id: Option<String>,
+    /// Refused: never stored (a warning says so).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anthropic_api_key: Option<Value>,
+    /// Refused: never stored (a warning says so).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oauth_token: Option<Value>,
+}
+
+/// A new account, or an account with a new key: the key is shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedAccount {
+    #[serde(flatten)]
+    pub account: Account,
+    pub api_key: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AccountList {
+    pub accounts: Vec<Account>,
+}
+
+/// Who `GET /api/me` says the caller is.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Me {
+    Admin { admin: bool },
+    Account(Account),
+}
+
+/// `POST /api/accounts/:id/workspaces`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NewGrant {
+    pub workspace_id: String,
+    #[serde(default)]
+    pub can_claim: bool,
+    #[serde(default)]
+    pub can_create: bool,
+}
+
+// ---- workspaces ----
+
+/// `POST /api/workspaces`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NewWorkspace {
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    pub name: String,
+    #[serde(alias = "repo", skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 2048)]
+    pub repo_url: Option<String>,
+    /// Default `main`.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_branch: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WorkspaceList {
+    pub workspaces: Vec<Workspace>,
+}
+
+// ---- tasks ----
+
+/// `POST /api/tasks`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NewTask {
+    pub workspace_id: String,
+    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
+    pub title: String,
+    #[serde(default)]
+    #[schema(max_length = 262144)]
+    pub description: String,
+    /// Default `any`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runner_preference: Option<RunnerPreference>,
+    /// Higher goes first; default 0.
+    #[serde(default)]
+    pub priority: i32,
+    /// Default 3.
+    #[schema(minimum = 1, maximum = 100)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<i32>,
+    /// The agent stops the run past this many US dollars.
+    #[schema(minimum = 0)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<NewSource>,
+}
+
+/// Where a new task came from, e.g. `{"type": "github_issue", "externalId":
+/// "my-org/my-repo#12", "url": "https://github.com/my-org/my-repo/issues/12"}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NewSource {
+    #[serde(rename = "type")]
+    #[schema(pattern = r"^[a-z0-9_]{1,50}$")]
+    pub source_type: String,
+    #[schema(max_length = 200)]
+    pub external_id: Option<String>,
+    #[schema(max_length = 2048)]
+    pub url: Option<String>,
+}
+
+/// `GET /api/tasks` query.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct TaskQuery {
+    pub workspace_id: Option<String>,
+    pub status: Option<TaskStatus>,
+    pub source_id: Option<String>,
+    /// 1–1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskList {
+    pub tasks: Vec<Task>,
+}
+
+/// `POST /api/tasks/:id/reply`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReplyBody {
+    #[schema(min_length = 1, max_length = 65536, pattern = r"\S")]
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ArtifactList {
+    pub artifacts: Vec<RecordedArtifact>,
+}
+
+/// `POST /api/tasks/:id/comments`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CommentBody {
+    #[schema(min_length = 1, max_length = 65536, pattern = r"\S")]
+    pub body: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CommentList {
+    pub comments: Vec<Comment>,
+}
+
+// ---- workers ----
+
+/// `POST /api/workers/claim`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimBody {
+    /// How many tasks to take at most (default 1).
+    #[schema(minimum = 1, maximum = 50)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tasks: Option<u32>,
+    /// Only claim in this workspace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<String>,
+    /// Seconds to hold the request open until a task fits (default 0).
+    #[schema(minimum = 0, maximum = 30)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait: Option<u64>,
+}
+
+/// The answer to a claim.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimAnswer {
+    #[schema(value_type = Vec<ClaimedWorker>)]
+    pub workers: Vec<ClaimEntry>,
+    /// The server's lease: heartbeat well inside it.
+    pub lease_ttl_secs: f64,
+}
+
+/// One claimed worker as an agent reads it. An entry it cannot read (from a server
+/// newer than it, say) does not spoil the others: the agent gives that worker back by
+/// its id, and runs the rest.
+#[derive(Debug, Clone)]
+pub enum ClaimEntry {
+    Readable(Box<ClaimedWorker>),
+    Unreadable {
+        worker_id: Option<String>,
+        error: String,
+    },
+}
+
+impl Serialize for ClaimEntry {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Id<'a> {
+            id: Option<&'a str>,
+        }
+        match self {
+            ClaimEntry::Readable(claimed) => claimed.serialize(serializer),
+            ClaimEntry::Unreadable { worker_id, .. } => Id {
+                id: worker_id.as_deref(),
+            }
+            .serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ClaimEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Id {
+            id: String,
+        }
+        let value = Value::deserialize(deserializer)?;
+        Ok(match ClaimedWorker::deserialize(&value) {
+            Ok(claimed) => ClaimEntry::Readable(Box::new(claimed)),
+            Err(e) => ClaimEntry::Unreadable {
+                worker_id: Id::deserialize(&value).ok().map(|w| w.id),
+                error: e.to_string(),
+            },
+        })
+    }
+}
+
+/// A new worker with the task it holds.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClaimedWorker {
+    #[serde(flatten)]
+    pub worker: Worker,
+    pub task: Task,
+}
+
+/// `GET /api/workers` query.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct WorkerQuery {
+    pub task_id: Option<String>,
+    pub status: Option<WorkerStatus>,
+    /// 1–1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WorkerList {
+    pub workers: Vec<Worker>,
+}
+
+/// The `result` buildd's agent reports for a completed run (a worker's `result` is
+/// any JSON; other agents may report other shapes).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunResult {
+    /// The runner's closing words.
+    pub text: String,
+    pub branch: String,
+    pub commit_sha: Option<String>,
+    pub pr_url: Option<String>,
+}
+
+/// `POST /api/workers/:id/messages`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MessagesBody {
+    /// Any JSON values, 1–1000 of them.
+    #[schema(min_items = 1, max_items = 1000)]
+    pub messages: Vec<Value>,
+    /// The sender's number for the first message of this batch, when it numbers its
+    /// messages 1, 2, … per worker: messages under numbers the worker already has
+    /// are skipped, so a batch sent again is stored once. Without it, every message
+    /// is stored.
+    #[schema(minimum = 1)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Appended {
+    /// How many messages were stored (a repeated batch stores none).
+    pub appended: usize,
+    /// The number of the worker's last message.
+    pub last_seq: i64,
+}
+
+/// `GET /api/workers/:id/messages` query.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MessagesQuery {
+    /// Only messages numbered above this (default 0: from the start).
+    #[serde(default)]
+    pub after: i64,
+    /// 1–1000, default 1000.
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MessageList {
+    pub messages: Vec<Message>,
+}
+
+/// `POST /api/workers/:id/attachments` query.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct AttachQuery {
+    /// The file's name: no directories, no control characters, not only dots.
+    #[param(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^/\\\x00-\x1f\x7f-\x9f]*[^/\\\x00-\x1f\x7f-\x9f.\s][^/\\\x00-\x1f\x7f-\x9f]*$"
+    )]
+    pub name: String,
+    /// The message it belongs to.
+    pub message_seq: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AttachmentList {
+    pub attachments: Vec<Attachment>,
+}
+
+// ---- events and operations ----
+
+/// `GET /api/events` query.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Only this workspace's events.
+    pub workspace_id: Option<String>,
+    /// Resume after this event id (the `Last-Event-ID` header wins); 0 replays all.
+    pub last_event_id: Option<i64>,
+}
+
+/// `{"status": …}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Status {
+    pub status: String,
+}
