@@ -386,7 +386,7 @@ pub struct EventsQuery {
     /// Only this workspace's events.
     pub workspace_id: Option<String>,
     /// Resume after this event id (the `Last-Event-ID` header wins); 0 replays all.
-    pub last_event_id: Option<i64>,
+    pub last_event_id: Option<u64>,
 }
 
 /// `{"status": …}`.

@@ -31,9 +31,9 @@ const GRANTS_TTL: Duration = Duration::from_secs(5);
 type EventStream = Sse<KeepAliveStream<ReceiverStream<Result<SseEvent, Infallible>>>>;
 
 #[utoipa::path(get, path = "/api/events", tag = "events",
-    params(EventsQuery, ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id")),
+    params(EventsQuery, ("Last-Event-ID" = Option<u64>, Header, nullable = false, description = "Resume after this event id (the `id:` of an event); it wins over `lastEventId`")),
     responses(
-        (status = 200, description = "Server-Sent Events: `task.created`, `task.updated`, `worker.updated`, `worker.message`, each with an increasing `id:` and JSON `data:`. A stream resumed from an event that retention has deleted since starts with `stream.reset` (`{\"reason\", \"purgedThrough\"}`): read the state again.", content_type = "text/event-stream", body = String),
+        (status = 200, description = "Server-Sent Events: `task.created`, `task.updated`, `worker.updated`, `worker.message`, each with an increasing `id:` and JSON `data:`. A stream resumed from an event that retention has deleted since starts with `stream.reset` (`{\"reason\", \"purgedThrough\"}`): read the state again.", content_type = "text/event-stream", body = EventData),
         ApiError,
     ))]
 pub async fn stream(
@@ -45,14 +45,22 @@ pub async fn stream(
     if let Some(ws) = &query.workspace_id {
         caller.may_in_named(&state, Deed::Read, ws).await?;
     }
+    // The query's id is checked even when the header wins, so that a bad one is never
+    // silently ignored.
+    let from_query = query
+        .last_event_id
+        .map(i64::try_from)
+        .transpose()
+        .map_err(|_| ApiError::BadRequest("lastEventId must be an event id".into()))?;
     let resume = match headers.get("last-event-id") {
         Some(v) => Some(
             v.to_str()
                 .ok()
-                .and_then(|s| s.trim().parse::<i64>().ok())
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .and_then(|id| i64::try_from(id).ok())
                 .ok_or_else(|| ApiError::BadRequest("Last-Event-ID must be an event id".into()))?,
         ),
-        None => query.last_event_id,
+        None => from_query,
     };
 
     let slot = state.events.open_stream(caller.name()).ok_or_else(|| {

@@ -21,7 +21,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::ApiError;
-use super::openapi::{ApiDoc, add_cross_field_rules};
+use super::openapi::{ApiDoc, add_body_rules, add_cross_field_rules};
 use crate::core::validate;
 
 /// The API's routes, each with its description.
@@ -70,11 +70,13 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// The OpenAPI description of every route, built once.
-pub fn spec() -> &'static utoipa::openapi::OpenApi {
-    static SPEC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+pub fn spec() -> &'static serde_json::Value {
+    static SPEC: OnceLock<serde_json::Value> = OnceLock::new();
     SPEC.get_or_init(|| {
         let mut spec = api().split_for_parts().1;
         add_cross_field_rules(&mut spec);
+        let mut spec = serde_json::to_value(spec).unwrap_or_default();
+        add_body_rules(&mut spec);
         spec
     })
 }
