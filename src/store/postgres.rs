@@ -17,7 +17,7 @@ use std::ops::DerefMut;
 use futures::future::BoxFuture;
 use sqlx::postgres::{PgArguments, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::query::Query;
-use sqlx::{AssertSqlSafe, Column, PgConnection, Row, Transaction, TypeInfo};
+use sqlx::{AssertSqlSafe, Column as _, PgConnection, Row, Transaction, TypeInfo};
 use tokio::sync::watch;
 
 use super::sql::{Arg, Backend, Cells, Dialect, Reader, RowMap, Tx};
@@ -35,8 +35,6 @@ const SEQUENCER_GATHER: std::time::Duration = std::time::Duration::from_millis(3
 /// The advisory lock that lets one sequencer pass run at a time.
 const SEQUENCER_LOCK: i64 = 0x6275_696c_6464; // "buildd"
 
-/// Rows per multi-row insert: well below Postgres's 65,535 parameters per statement.
-const INSERT_CHUNK: usize = 1000;
 
 pub struct Postgres {
     pool: PgPool,
@@ -273,32 +271,102 @@ impl<C: DerefMut<Target = PgConnection> + Send> Tx for PgConn<C> {
         rows.iter().map(|row| map(&mut Reader::new(row))).collect()
     }
 
-    /// One multi-row `INSERT` per chunk: one round trip for a whole batch. Statements
-    /// of many rows are not kept prepared, since each row count is a new statement.
+    /// One `INSERT … SELECT FROM UNNEST(…)` with an array per column: one round trip
+    /// and one prepared statement per table, whatever the number of rows.
     async fn insert_many(&mut self, table: &str, columns: &str, rows: Vec<Vec<Arg>>) -> Result<()> {
-        let width = rows.first().map_or(0, Vec::len);
-        let mut rows = rows.into_iter().peekable();
-        while rows.peek().is_some() {
-            let chunk: Vec<Vec<Arg>> = rows.by_ref().take(INSERT_CHUNK).collect();
-            let tuples: Vec<String> = (0..chunk.len())
-                .map(|row| {
-                    let places: Vec<String> = (1..=width)
-                        .map(|col| format!("${}", row * width + col))
-                        .collect();
-                    format!("({})", places.join(", "))
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO {table} ({columns}) VALUES {}",
-                tuples.join(", ")
-            );
-            let single = chunk.len() == 1;
-            bind(statement(&sql), chunk.into_iter().flatten().collect())
-                .persistent(single)
-                .execute(&mut *self.0)
-                .await?;
+        let Some(first) = rows.first() else {
+            return Ok(());
+        };
+        let mut arrays: Vec<Array> = first.iter().map(Array::for_arg).collect();
+        for row in rows {
+            for (array, arg) in arrays.iter_mut().zip(row) {
+                array.push(arg)?;
+            }
+        }
+        let names: Vec<String> = (1..=arrays.len()).map(|i| format!("c{i}")).collect();
+        let unnest: Vec<String> = arrays
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("${}::{}[]", i + 1, a.sql_type()))
+            .collect();
+        let sql = format!(
+            "INSERT INTO {table} ({columns}) SELECT {} FROM UNNEST({}) \
+             WITH ORDINALITY AS r ({}, ord) ORDER BY ord",
+            names.join(", "),
+            unnest.join(", "),
+            names.join(", ")
+        );
+        let mut query = statement(&sql);
+        for array in arrays {
+            query = array.bind(query);
+        }
+        query.execute(&mut *self.0).await?;
+        Ok(())
+    }
+}
+
+/// One column of a multi-row insert, as the array Postgres unnests.
+enum Array {
+    Text(Vec<Option<String>>),
+    Int(Vec<Option<i64>>),
+    Real(Vec<Option<f64>>),
+    Flag(Vec<bool>),
+    Time(Vec<Option<Timestamp>>),
+    Bytes(Vec<Vec<u8>>),
+}
+
+impl Array {
+    fn for_arg(arg: &Arg) -> Array {
+        match arg {
+            Arg::Text(_) => Array::Text(Vec::new()),
+            Arg::Int(_) => Array::Int(Vec::new()),
+            Arg::Real(_) => Array::Real(Vec::new()),
+            Arg::Flag(_) => Array::Flag(Vec::new()),
+            Arg::Time(_) => Array::Time(Vec::new()),
+            Arg::Bytes(_) => Array::Bytes(Vec::new()),
+        }
+    }
+
+    fn push(&mut self, arg: Arg) -> Result<()> {
+        match (self, arg) {
+            (Array::Text(v), Arg::Text(a)) => v.push(a),
+            (Array::Int(v), Arg::Int(a)) => v.push(a),
+            (Array::Real(v), Arg::Real(a)) => v.push(a),
+            (Array::Flag(v), Arg::Flag(a)) => v.push(a),
+            (Array::Time(v), Arg::Time(a)) => v.push(a),
+            (Array::Bytes(v), Arg::Bytes(a)) => v.push(a),
+            (_, arg) => {
+                return Err(StoreError::Backend(format!(
+                    "rows of one insert disagree on a column's type ({arg:?})"
+                )));
+            }
         }
         Ok(())
+    }
+
+    fn sql_type(&self) -> &'static str {
+        match self {
+            Array::Text(_) => "text",
+            Array::Int(_) => "int8",
+            Array::Real(_) => "float8",
+            Array::Flag(_) => "bool",
+            Array::Time(_) => "timestamptz",
+            Array::Bytes(_) => "bytea",
+        }
+    }
+
+    fn bind(
+        self,
+        query: Query<'_, sqlx::Postgres, PgArguments>,
+    ) -> Query<'_, sqlx::Postgres, PgArguments> {
+        match self {
+            Array::Text(v) => query.bind(v),
+            Array::Int(v) => query.bind(v),
+            Array::Real(v) => query.bind(v),
+            Array::Flag(v) => query.bind(v),
+            Array::Time(v) => query.bind(v),
+            Array::Bytes(v) => query.bind(v),
+        }
     }
 }
 
