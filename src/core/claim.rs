@@ -148,22 +148,8 @@ mod tests {
         let now = time::now();
         Task {
             id: "task-1".into(),
-            workspace_id: "ws-1".into(),
-            title: "t".into(),
-            description: String::new(),
             runner_preference: preference,
-            priority: 0,
-            status: TaskStatus::Pending,
-            attempts: 0,
-            max_attempts: 3,
-            max_cost_usd: None,
-            claimed_by: None,
-            worker_id: None,
-            created_at: now,
-            claimed_at: None,
-            completed_at: None,
-            result: None,
-            source_id: None,
+            ..Task::new("ws-1".into(), "t", now)
         }
     }
 

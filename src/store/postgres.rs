@@ -35,7 +35,6 @@ const SEQUENCER_GATHER: std::time::Duration = std::time::Duration::from_millis(3
 /// The advisory lock that lets one sequencer pass run at a time.
 const SEQUENCER_LOCK: i64 = 0x6275_696c_6464; // "buildd"
 
-
 pub struct Postgres {
     pool: PgPool,
     /// Bumped after this server commits events: wakes its sequencer.

@@ -138,7 +138,10 @@ impl Backend for Sqlite {
         F: for<'c> FnOnce(&'c mut SqliteConn) -> BoxFuture<'c, Result<T>> + Send + 'static,
     {
         let index = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
-        run(self.readers[index].clone(), |c| futures::executor::block_on(work(c))).await
+        run(self.readers[index].clone(), |c| {
+            futures::executor::block_on(work(c))
+        })
+        .await
     }
 
     async fn write<T, F>(&self, work: F) -> Result<T>
