@@ -536,7 +536,7 @@ fn set_status(task: &mut Task, worker: &mut Worker, to: WorkerStatus, now: Times
 mod tests {
     use super::*;
     use crate::core::claim::assign;
-    use crate::core::model::{Account, AccountType, AuthType, RunnerPreference};
+    use crate::core::model::{Account, AccountType, AuthType};
     use crate::core::time;
     use chrono::Duration;
     use serde_json::json;
