@@ -385,8 +385,9 @@ pub struct AttachmentList {
 pub struct EventsQuery {
     /// Only this workspace's events.
     pub workspace_id: Option<String>,
-    /// Resume after this event id (the `Last-Event-ID` header wins); 0 replays all.
-    pub last_event_id: Option<u64>,
+    /// Resume after this event id (the `Last-Event-ID` header wins); 0 or below
+    /// replays all.
+    pub last_event_id: Option<i64>,
 }
 
 /// `{"status": …}`.

@@ -31,7 +31,7 @@ const GRANTS_TTL: Duration = Duration::from_secs(5);
 type EventStream = Sse<KeepAliveStream<ReceiverStream<Result<SseEvent, Infallible>>>>;
 
 #[utoipa::path(get, path = "/api/events", tag = "events",
-    params(EventsQuery, ("Last-Event-ID" = Option<u64>, Header, nullable = false, description = "Resume after this event id (the `id:` of an event); it wins over `lastEventId`")),
+    params(EventsQuery, ("Last-Event-ID" = Option<i64>, Header, nullable = false, description = "Resume after this event id (the `id:` of an event; 0 or below replays all); it wins over `lastEventId`")),
     responses(
         (status = 200, description = "Server-Sent Events: `task.created`, `task.updated`, `worker.updated`, `worker.message`, each with an increasing `id:` and JSON `data:`. A stream resumed from an event that retention has deleted since starts with `stream.reset` (`{\"reason\", \"purgedThrough\"}`): read the state again.", content_type = "text/event-stream", body = EventData),
         ApiError,
@@ -45,23 +45,18 @@ pub async fn stream(
     if let Some(ws) = &query.workspace_id {
         caller.may_in_named(&state, Deed::Read, ws).await?;
     }
-    // The query's id is checked even when the header wins, so that a bad one is never
-    // silently ignored.
-    let from_query = query
-        .last_event_id
-        .map(i64::try_from)
-        .transpose()
-        .map_err(|_| ApiError::BadRequest("lastEventId must be an event id".into()))?;
+    // The query's id is read even when the header wins (a bad one is refused, never
+    // ignored). A resume point before the first event (0 or below) replays all.
     let resume = match headers.get("last-event-id") {
         Some(v) => Some(
             v.to_str()
                 .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .and_then(|id| i64::try_from(id).ok())
+                .and_then(|s| s.trim().parse::<i64>().ok())
                 .ok_or_else(|| ApiError::BadRequest("Last-Event-ID must be an event id".into()))?,
         ),
-        None => from_query,
-    };
+        None => query.last_event_id,
+    }
+    .map(|id| id.max(0));
 
     let slot = state.events.open_stream(caller.name()).ok_or_else(|| {
         ApiError::TooManyRequests(format!(
