@@ -27,7 +27,11 @@ pub use crate::core::model::{
 pub struct NewAccount {
     #[serde(rename = "type")]
     pub account_type: AccountType,
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00]*[^\s\x00][^\x00]*$"
+    )]
     pub name: String,
     /// Default: `oauth` for user accounts, `api` for the others; action accounts
     /// cannot be `oauth`.
@@ -101,13 +105,21 @@ pub struct NewGrant {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NewWorkspace {
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00]*[^\s\x00][^\x00]*$"
+    )]
     pub name: String,
     #[serde(alias = "repo", skip_serializing_if = "Option::is_none")]
     #[schema(max_length = 2048)]
     pub repo_url: Option<String>,
     /// Default `main`.
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00]*[^\s\x00][^\x00]*$"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_branch: Option<String>,
 }
@@ -124,7 +136,11 @@ pub struct WorkspaceList {
 #[serde(rename_all = "camelCase")]
 pub struct NewTask {
     pub workspace_id: String,
-    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\x00]*[^\s\x00][^\x00]*$"
+    )]
     pub title: String,
     #[serde(default)]
     #[schema(max_length = 262144)]
@@ -182,7 +198,11 @@ pub struct TaskList {
 /// `POST /api/tasks/:id/reply`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ReplyBody {
-    #[schema(min_length = 1, max_length = 65536, pattern = r"\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 65536,
+        pattern = r"^[^\x00]*[^\s\x00][^\x00]*$"
+    )]
     pub message: String,
 }
 
@@ -194,7 +214,11 @@ pub struct ArtifactList {
 /// `POST /api/tasks/:id/comments`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CommentBody {
-    #[schema(min_length = 1, max_length = 65536, pattern = r"\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 65536,
+        pattern = r"^[^\x00]*[^\s\x00][^\x00]*$"
+    )]
     pub body: String,
 }
 

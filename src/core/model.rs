@@ -244,7 +244,11 @@ pub struct Worker {
 pub struct Artifact {
     pub kind: ArtifactKind,
     /// The branch name, commit SHA, pull request URL or file path.
-    #[schema(min_length = 1, max_length = 2048, pattern = r"\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 2048,
+        pattern = r"^[^\x00]*[^\s\x00][^\x00]*$"
+    )]
     pub value: String,
 }
 
