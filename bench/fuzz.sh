@@ -42,6 +42,9 @@ field() {
 }
 
 # One schemathesis pass with token $1 and seed $2, its report in $3.
+# filter_too_much is a check of schemathesis's own generator, not of the API: the
+# bodies' "any JSON value without NUL" properties (AnyValue, recursive) make it discard
+# many drafts for some seeds, and it then stops testing the operation instead.
 fuzz() {
     "$venv/bin/st" --config-file bench/schemathesis.toml run "$base/api/openapi.json" \
         --header "Authorization: Bearer $1" \
@@ -50,6 +53,7 @@ fuzz() {
         --request-timeout 40 \
         --workers 2 \
         --seed "$2" \
+        --suppress-health-check filter_too_much \
         --no-color >"$3" 2>&1
 }
 
