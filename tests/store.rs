@@ -60,6 +60,14 @@ store_suite!(
     retention_deletes_old_events_and_finished_output_only,
     cancelling_a_paused_task_frees_its_slot,
     usage_counters_match_the_rows_after_random_operations,
+    dependencies_block_until_the_last_one_completes,
+    failure_propagates_and_retry_brings_dependents_back,
+    dependencies_must_exist_in_the_workspace,
+    dependencies_ending_together_unblock_their_dependent,
+    approving_a_plan_makes_its_steps_once,
+    explicit_claims_follow_the_rules_of_a_claim,
+    a_followup_waits_for_its_parents_account,
+    instructions_reach_the_worker_once,
 );
 
 type Db = Arc<dyn Store>;
@@ -114,23 +122,12 @@ async fn new_task(
     max_attempts: i32,
 ) -> Task {
     let task = Task {
-        id: new_id(IdKind::Task),
-        workspace_id: ws.id.clone(),
-        title: format!("p{priority} {pref}"),
         description: "d".into(),
         runner_preference: pref,
         priority,
-        status: TaskStatus::Pending,
-        attempts: 0,
         max_attempts,
         max_cost_usd: Some(2.5),
-        claimed_by: None,
-        worker_id: None,
-        created_at: time::now(),
-        claimed_at: None,
-        completed_at: None,
-        result: None,
-        source_id: None,
+        ..Task::new(ws.id.clone(), &format!("p{priority} {pref}"), time::now())
     };
     db.create_task(&task, None).await.unwrap();
     // Distinct creation times keep "oldest first" meaningful.
@@ -1129,4 +1126,410 @@ async fn check_usage(db: &Db, accounts: &[Account], day: &str, seed: u64, step: 
             "seed {seed}, step {step}: over the limit"
         );
     }
+}
+
+// ---- workflows ----
+
+/// A task depending on `deps`, created now.
+async fn dependent(db: &Db, ws: &Workspace, title: &str, deps: &[&Task]) -> Task {
+    let task = Task {
+        depends_on: deps.iter().map(|d| d.id.clone()).collect(),
+        ..Task::new(ws.id.clone(), title, time::now())
+    };
+    db.create_task(&task, None).await.unwrap()
+}
+
+/// Claims `task` for `a` and takes its worker to `status`.
+async fn run_to(db: &Db, a: &Account, task: &Task, status: WorkerStatus) -> Worker {
+    let (worker, _) = db.claim_task(a, &task.id, time::now()).await.unwrap();
+    for s in [WorkerStatus::Starting, WorkerStatus::Running] {
+        set_status(db, &worker.id, s, None).await;
+    }
+    if status != WorkerStatus::Running {
+        set_status(db, &worker.id, status, None).await;
+    }
+    worker
+}
+
+async fn status_of(db: &Db, id: &str) -> TaskStatus {
+    db.get_task(id).await.unwrap().unwrap().status
+}
+
+async fn dependencies_block_until_the_last_one_completes(db: Db) {
+    let a = account(AccountType::Service, 10, None);
+    new_account(&db, &a).await;
+    let ws = new_workspace(&db).await;
+    grant(&db, &a, &ws, true).await;
+    let first = dependent(&db, &ws, "first", &[]).await;
+    let second = dependent(&db, &ws, "second", &[]).await;
+    let last = dependent(&db, &ws, "last", &[&first, &second]).await;
+    assert_eq!(last.status, TaskStatus::Blocked);
+    assert_eq!(last.depends_on, [first.id.clone(), second.id.clone()]);
+    // Never claimed while blocked, explicitly or not.
+    let claimed: Vec<String> = claim(&db, &a, 10)
+        .await
+        .into_iter()
+        .map(|(_, t)| t.id)
+        .collect();
+    assert_eq!(claimed.len(), 2);
+    assert!(!claimed.contains(&last.id));
+    let err = db.claim_task(&a, &last.id, time::now()).await.unwrap_err();
+    assert!(err.to_string().contains("not pending"), "{err}");
+
+    let workers = db
+        .list_workers(&WorkerFilter {
+            limit: 10,
+            ..WorkerFilter::default()
+        })
+        .await
+        .unwrap();
+    let worker_of = |t: &Task| {
+        workers
+            .iter()
+            .find(|w| w.task_id == t.id)
+            .unwrap()
+            .id
+            .clone()
+    };
+    for w in [worker_of(&first), worker_of(&second)] {
+        set_status(&db, &w, WorkerStatus::Starting, None).await;
+        set_status(&db, &w, WorkerStatus::Running, None).await;
+    }
+    set_status(&db, &worker_of(&first), WorkerStatus::Completed, None).await;
+    assert_eq!(status_of(&db, &last.id).await, TaskStatus::Blocked);
+    let before = db.last_event_id().await.unwrap();
+    let applied = set_status(&db, &worker_of(&second), WorkerStatus::Completed, None).await;
+    assert_eq!(status_of(&db, &last.id).await, TaskStatus::Pending);
+    // The unblocking is an event of the same transaction, which wakes claims.
+    assert!(
+        applied
+            .outcome
+            .events
+            .iter()
+            .any(|e| e.name == "task.updated"
+                && e.data["task"]["id"] == last.id.as_str()
+                && e.data["task"]["status"] == "pending")
+    );
+    let events = settled_events(&db).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.id > before && e.offers_work() && e.data.contains(&last.id))
+    );
+    let links = db.task_links(&last.id).await.unwrap();
+    assert_eq!(links.dependencies.len(), 2);
+    assert!(
+        links
+            .dependencies
+            .iter()
+            .all(|d| d.status == TaskStatus::Completed)
+    );
+    assert_eq!(claim(&db, &a, 10).await[0].1.id, last.id);
+}
+
+async fn failure_propagates_and_retry_brings_dependents_back(db: Db) {
+    let a = account(AccountType::Service, 10, None);
+    new_account(&db, &a).await;
+    let ws = new_workspace(&db).await;
+    grant(&db, &a, &ws, true).await;
+    let root = Task {
+        max_attempts: 1,
+        ..Task::new(ws.id.clone(), "root", time::now())
+    };
+    let root = db.create_task(&root, None).await.unwrap();
+    let other = dependent(&db, &ws, "other", &[]).await;
+    let child = dependent(&db, &ws, "child", &[&root]).await;
+    let grandchild = dependent(&db, &ws, "grandchild", &[&child, &other]).await;
+    let bystander = dependent(&db, &ws, "bystander", &[&other]).await;
+    run_to(&db, &a, &root, WorkerStatus::Error).await;
+    assert_eq!(status_of(&db, &root.id).await, TaskStatus::Failed);
+    let child_now = db.get_task(&child.id).await.unwrap().unwrap();
+    assert_eq!(child_now.status, TaskStatus::Failed);
+    assert_eq!(
+        child_now.error,
+        Some(format!("dependency {} is failed", root.id))
+    );
+    let grandchild_now = db.get_task(&grandchild.id).await.unwrap().unwrap();
+    assert_eq!(grandchild_now.status, TaskStatus::Failed);
+    assert_eq!(
+        grandchild_now.error,
+        Some(format!("dependency {} is failed", child.id))
+    );
+    assert_eq!(status_of(&db, &bystander.id).await, TaskStatus::Blocked);
+    // A new task on a failed one fails at once; retrying a dependent first is refused.
+    let late = dependent(&db, &ws, "late", &[&child]).await;
+    assert_eq!(late.status, TaskStatus::Failed);
+    let err = db.retry(&child.id, time::now()).await.unwrap_err();
+    assert!(err.to_string().contains("retry it first"), "{err}");
+    assert!(
+        db.retry(&other.id, time::now()).await.is_err(),
+        "a pending task is no retry"
+    );
+
+    let retried = db.retry(&root.id, time::now()).await.unwrap();
+    assert_eq!((retried.status, retried.attempts), (TaskStatus::Pending, 0));
+    for t in [&child, &grandchild, &late] {
+        let now = db.get_task(&t.id).await.unwrap().unwrap();
+        assert_eq!(
+            (now.status, now.error),
+            (TaskStatus::Blocked, None),
+            "{}",
+            t.title
+        );
+    }
+    run_to(&db, &a, &root, WorkerStatus::Completed).await;
+    assert_eq!(status_of(&db, &child.id).await, TaskStatus::Pending);
+    assert_eq!(status_of(&db, &grandchild.id).await, TaskStatus::Blocked);
+    // Cancelling a blocked task fails its dependents too.
+    db.apply(&child.id, Action::Cancel, time::now())
+        .await
+        .unwrap();
+    assert_eq!(status_of(&db, &grandchild.id).await, TaskStatus::Failed);
+}
+
+async fn dependencies_must_exist_in_the_workspace(db: Db) {
+    let ws = new_workspace(&db).await;
+    let elsewhere = new_workspace(&db).await;
+    let foreign = dependent(&db, &elsewhere, "foreign", &[]).await;
+    for (deps, why) in [
+        (vec!["task-nope".to_owned()], "there is no task task-nope"),
+        (vec![foreign.id.clone()], "another workspace"),
+    ] {
+        let task = Task {
+            depends_on: deps,
+            ..Task::new(ws.id.clone(), "t", time::now())
+        };
+        let err = db.create_task(&task, None).await.unwrap_err();
+        assert!(err.to_string().contains(why), "{err}");
+        assert!(
+            db.get_task(&task.id).await.unwrap().is_none(),
+            "nothing is stored"
+        );
+    }
+}
+
+async fn dependencies_ending_together_unblock_their_dependent(db: Db) {
+    let a = account(AccountType::Service, 50, None);
+    new_account(&db, &a).await;
+    let ws = new_workspace(&db).await;
+    grant(&db, &a, &ws, true).await;
+    for round in 0..10 {
+        let left = dependent(&db, &ws, "left", &[]).await;
+        let right = dependent(&db, &ws, "right", &[]).await;
+        let join = dependent(&db, &ws, "join", &[&left, &right]).await;
+        let l = run_to(&db, &a, &left, WorkerStatus::Running).await;
+        let r = run_to(&db, &a, &right, WorkerStatus::Running).await;
+        let (db1, db2) = (db.clone(), db.clone());
+        let done = |db: Db, id: String| async move {
+            set_status(&db, &id, WorkerStatus::Completed, None).await;
+        };
+        let (x, y) = tokio::join!(tokio::spawn(done(db1, l.id)), tokio::spawn(done(db2, r.id)));
+        x.unwrap();
+        y.unwrap();
+        assert_eq!(
+            status_of(&db, &join.id).await,
+            TaskStatus::Pending,
+            "round {round}"
+        );
+        db.apply(&join.id, Action::Cancel, time::now())
+            .await
+            .unwrap();
+    }
+}
+
+fn plan(steps: &[(&str, &[&str])]) -> buildd::api::Plan {
+    buildd::api::Plan {
+        steps: steps
+            .iter()
+            .map(|(r, deps)| buildd::api::PlanStep {
+                step_ref: r.to_string(),
+                title: format!("Step {r}"),
+                description: format!("do {r}"),
+                depends_on: deps.iter().map(|d| d.to_string()).collect(),
+            })
+            .collect(),
+    }
+}
+
+async fn approving_a_plan_makes_its_steps_once(db: Db) {
+    let a = account(AccountType::Service, 10, None);
+    new_account(&db, &a).await;
+    let ws = new_workspace(&db).await;
+    grant(&db, &a, &ws, true).await;
+    let task = Task {
+        mode: buildd::api::TaskMode::Plan,
+        priority: 4,
+        ..Task::new(ws.id.clone(), "plan it", time::now())
+    };
+    let task = db.create_task(&task, None).await.unwrap();
+    let err = db.approve(&task.id, None, time::now()).await.unwrap_err();
+    assert!(err.to_string().contains("not planned"), "{err}");
+    let (worker, _) = db.claim_task(&a, &task.id, time::now()).await.unwrap();
+    for s in [WorkerStatus::Starting, WorkerStatus::Running] {
+        set_status(&db, &worker.id, s, None).await;
+    }
+    let proposed = plan(&[("schema", &[]), ("api", &["schema"]), ("docs", &[])]);
+    let done = WorkerUpdate {
+        status: Some(WorkerStatus::Completed),
+        result: Some(json!({ "text": "planned", "plan": proposed })),
+        ..WorkerUpdate::default()
+    };
+    db.apply(&worker.id, Action::update(done), time::now())
+        .await
+        .unwrap();
+    assert_eq!(status_of(&db, &task.id).await, TaskStatus::Planned);
+
+    let bad = plan(&[("a", &["b"]), ("b", &["a"])]);
+    let err = db
+        .approve(&task.id, Some(bad), time::now())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cycle"), "{err}");
+    assert!(
+        db.task_links(&task.id).await.unwrap().children.is_empty(),
+        "nothing made"
+    );
+    assert_eq!(status_of(&db, &task.id).await, TaskStatus::Planned);
+
+    let (approved, children) = db.approve(&task.id, None, time::now()).await.unwrap();
+    assert_eq!(approved.status, TaskStatus::Completed);
+    let by_title = |t: &str| children.iter().find(|c| c.title == t).unwrap();
+    assert_eq!(by_title("Step schema").status, TaskStatus::Pending);
+    assert_eq!(by_title("Step api").status, TaskStatus::Blocked);
+    assert_eq!(
+        by_title("Step api").depends_on,
+        [by_title("Step schema").id.clone()]
+    );
+    assert!(
+        children
+            .iter()
+            .all(|c| c.priority == 4 && c.parent_id.as_deref() == Some(task.id.as_str()))
+    );
+    let err = db.approve(&task.id, None, time::now()).await.unwrap_err();
+    assert!(matches!(
+        err,
+        buildd::store::StoreError::Rule(buildd::core::RuleError::Conflict(_))
+    ));
+    let links = db.task_links(&task.id).await.unwrap();
+    assert_eq!(links.children.len(), 3);
+}
+
+async fn explicit_claims_follow_the_rules_of_a_claim(db: Db) {
+    let a = account(AccountType::Service, 1, None);
+    new_account(&db, &a).await;
+    let ws = new_workspace(&db).await;
+    grant(&db, &a, &ws, true).await;
+    let for_users = new_task(&db, &ws, RunnerPreference::User, 0, 3).await;
+    let err = db
+        .claim_task(&a, &for_users.id, time::now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            buildd::store::StoreError::Rule(buildd::core::RuleError::Forbidden(_))
+        ),
+        "{err}"
+    );
+    let one = new_task(&db, &ws, RunnerPreference::Any, 0, 3).await;
+    let two = new_task(&db, &ws, RunnerPreference::Any, 9, 3).await;
+    let (worker, task) = db.claim_task(&a, &one.id, time::now()).await.unwrap();
+    assert_eq!(
+        (task.id.as_str(), task.status),
+        (one.id.as_str(), TaskStatus::Assigned)
+    );
+    assert_eq!(worker.account_id, a.id);
+    assert_eq!(
+        db.usage(&a.id, &time::utc_day(time::now()))
+            .await
+            .unwrap()
+            .active_workers,
+        1
+    );
+    let err = db.claim_task(&a, &two.id, time::now()).await.unwrap_err();
+    assert!(err.to_string().contains("concurrent workers"), "{err}");
+    let err = db.claim_task(&a, &one.id, time::now()).await.unwrap_err();
+    assert!(err.to_string().contains("not pending"), "{err}");
+    assert!(matches!(
+        db.claim_task(&a, "task-nope", time::now()).await,
+        Err(buildd::store::StoreError::NotFound(_))
+    ));
+}
+
+async fn a_followup_waits_for_its_parents_account(db: Db) {
+    let ran = account(AccountType::Service, 5, None);
+    let other = account(AccountType::Service, 5, None);
+    new_account(&db, &ran).await;
+    new_account(&db, &other).await;
+    let ws = new_workspace(&db).await;
+    grant(&db, &ran, &ws, true).await;
+    grant(&db, &other, &ws, true).await;
+    let parent = dependent(&db, &ws, "parent", &[]).await;
+    let worker = run_to(&db, &ran, &parent, WorkerStatus::Running).await;
+    let report = WorkerUpdate {
+        status: Some(WorkerStatus::Completed),
+        session_id: Some("session-1".into()),
+        branch: Some(format!("buildd/{}", parent.id)),
+        ..WorkerUpdate::default()
+    };
+    let done = db
+        .apply(&worker.id, Action::update(report), time::now())
+        .await
+        .unwrap();
+    let now = time::now();
+    let task =
+        buildd::core::workflow::followup(&done.task, done.worker.as_ref(), "more", now).unwrap();
+    let task = db.create_task(&task, None).await.unwrap();
+    assert_eq!(task.resume_session_id.as_deref(), Some("session-1"));
+    assert_eq!(task.base_branch, Some(format!("buildd/{}", parent.id)));
+    assert!(
+        claim_at(&db, &other, 5, now).await.is_empty(),
+        "held for its parent's account"
+    );
+    let later = now + buildd::core::workflow::FOLLOWUP_PREFERENCE;
+    let taken = claim_at(&db, &other, 5, later).await;
+    assert_eq!(
+        taken[0].1.id, task.id,
+        "anyone may take it once the hold is over"
+    );
+    let followup = db.task_links(&parent.id).await.unwrap().children;
+    assert_eq!(followup[0].id, task.id);
+}
+
+async fn instructions_reach_the_worker_once(db: Db) {
+    let a = account(AccountType::Service, 5, None);
+    new_account(&db, &a).await;
+    let ws = new_workspace(&db).await;
+    grant(&db, &a, &ws, true).await;
+    let task = dependent(&db, &ws, "t", &[]).await;
+    let worker = run_to(&db, &a, &task, WorkerStatus::Running).await;
+    for m in ["use Postgres", "and add tests"] {
+        let action = Action::Instruct { message: m.into() };
+        db.apply(&worker.id, action, time::now()).await.unwrap();
+    }
+    let beat = db
+        .apply(&worker.id, Action::Heartbeat, time::now())
+        .await
+        .unwrap();
+    assert_eq!(beat.outcome.instructions, ["use Postgres", "and add tests"]);
+    let beat = db
+        .apply(&worker.id, Action::Heartbeat, time::now())
+        .await
+        .unwrap();
+    assert!(beat.outcome.instructions.is_empty(), "each is sent once");
+    let messages = db.list_messages(&worker.id, 0, 10).await.unwrap();
+    assert_eq!(messages.len(), 2);
+    assert!(buildd::core::messages::is_instruction(&messages[0].message));
+    set_status(&db, &worker.id, WorkerStatus::Completed, None).await;
+    let err = db
+        .apply(
+            &worker.id,
+            Action::Instruct {
+                message: "late".into(),
+            },
+            time::now(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot change"), "{err}");
 }

@@ -33,8 +33,18 @@ impl Runner for ClaudeRunner {
         command
             .arg("-p")
             .arg(&spec.prompt)
-            .args(["--output-format", "stream-json", "--verbose"])
-            .args(["--permission-mode", "acceptEdits"])
+            .args(["--output-format", "stream-json", "--verbose"]);
+        match &spec.plan_schema {
+            // Planning reads only, and hands the plan back through Claude Code's
+            // structured output (its `StructuredOutput` tool, checked against the
+            // schema), which the final `result` line carries as `structured_output`.
+            Some(schema) => command
+                .args(["--permission-mode", "plan"])
+                .arg("--json-schema")
+                .arg(schema),
+            None => command.args(["--permission-mode", "acceptEdits"]),
+        };
+        command
             .arg("--allowedTools")
             .arg(&self.allowed_tools)
             .arg("--append-system-prompt")
@@ -57,6 +67,32 @@ impl Runner for ClaudeRunner {
 
     fn parser(&self) -> Box<dyn OutputParser> {
         Box::new(StreamJson::default())
+    }
+
+    /// Claude Code keeps each session as `projects/<dir>/<session>.jsonl` under its
+    /// config directory, and `--resume` finds it only from the directory it ran in,
+    /// which its entries record as `cwd`.
+    fn session_dir(&self, session_id: &str) -> Option<PathBuf> {
+        let config = match std::env::var_os("CLAUDE_CONFIG_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => PathBuf::from(std::env::var_os("HOME")?).join(".claude"),
+        };
+        let file = format!("{session_id}.jsonl");
+        let found = std::fs::read_dir(config.join("projects"))
+            .ok()?
+            .flatten()
+            .map(|project| project.path().join(&file))
+            .find(|path| path.is_file())?;
+        use std::io::BufRead;
+        let reader = std::io::BufReader::new(std::fs::File::open(found).ok()?);
+        reader
+            .lines()
+            .map_while(Result::ok)
+            .take(200)
+            .find_map(|line| {
+                let entry: Value = serde_json::from_str(&line).ok()?;
+                entry["cwd"].as_str().map(PathBuf::from)
+            })
     }
 }
 
@@ -100,6 +136,10 @@ impl OutputParser for StreamJson {
                     .unwrap_or(subtype != "success");
                 let text = text.unwrap_or_else(|| format!("the run ended: {subtype}"));
                 report.finish = Some(Finish {
+                    structured: message
+                        .get("structured_output")
+                        .filter(|v| !v.is_null())
+                        .cloned(),
                     text: match is_error && not_signed_in(&message, &text) {
                         true => format!(
                             "Claude Code is not authenticated on the agent's machine: set CLAUDE_CODE_OAUTH_TOKEN or ANTHROPIC_API_KEY for the agent, or sign Claude Code in as the agent's user (claude, then /login). Claude Code said: {text}"
@@ -170,7 +210,8 @@ mod tests {
             end.finish,
             Some(Finish {
                 text: "Done.".into(),
-                is_error: false
+                is_error: false,
+                structured: None,
             })
         );
         let plain = p.line("not json");

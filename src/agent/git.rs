@@ -109,12 +109,17 @@ pub async fn add_worktree(
     repo: &Path,
     path: &Path,
     branch: &str,
+    base: Option<&str>,
     abandoned: fn(&Path) -> bool,
 ) -> Result<(), String> {
+    let start = match base {
+        Some(base) => resolve_base(repo, base).await?,
+        None => "HEAD".to_owned(),
+    };
     let mut tries = 0;
     loop {
         tries += 1;
-        match try_add_worktree(repo, path, branch, abandoned).await {
+        match try_add_worktree(repo, path, branch, &start, abandoned).await {
             Ok(()) => return Ok(()),
             Err(e) if tries < WORKTREE_TRIES => {
                 tracing::warn!(error = %e, "cannot create the worktree; trying again");
@@ -125,10 +130,28 @@ pub async fn add_worktree(
     }
 }
 
+/// The commit a run starting from branch `base` starts at: the checkout's branch of
+/// that name, else `origin`'s, fetched now.
+async fn resolve_base(repo: &Path, base: &str) -> Result<String, String> {
+    let local = format!("refs/heads/{base}^{{commit}}");
+    if let Ok(sha) = git(repo, &["rev-parse", "--verify", "--quiet", &local]).await {
+        return Ok(sha.trim().to_owned());
+    }
+    let refspec = format!("refs/heads/{base}");
+    git(repo, &["fetch", "--quiet", "origin", &refspec])
+        .await
+        .map_err(|e| {
+            format!("the base branch {base} is neither in the checkout nor on origin: {e}")
+        })?;
+    let sha = git(repo, &["rev-parse", "--verify", "FETCH_HEAD^{commit}"]).await?;
+    Ok(sha.trim().to_owned())
+}
+
 async fn try_add_worktree(
     repo: &Path,
     path: &Path,
     branch: &str,
+    start: &str,
     abandoned: fn(&Path) -> bool,
 ) -> Result<(), String> {
     // Under the lock, no half-made entry seen below is another agent's add in
@@ -152,9 +175,7 @@ async fn try_add_worktree(
     let path_arg = path.to_string_lossy();
     git(
         repo,
-        &[
-            "worktree", "add", "--force", "-B", branch, &path_arg, "HEAD",
-        ],
+        &["worktree", "add", "--force", "-B", branch, &path_arg, start],
     )
     .await
     .map(drop)

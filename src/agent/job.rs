@@ -20,9 +20,10 @@ use super::git;
 use super::github::{self, PullRequest};
 use super::output::{self, Outbox, RunOutput, shortened};
 use super::process::RunProcess;
+use super::prompt;
 use super::runner::{Finish, RunSpec, Runner, question_in};
 use super::spool::{Delivery, FinalReport, SHUTDOWN_DELIVERY_LIMIT, Spool};
-use crate::api::{RunControl, RunResult, Task, Worker, WorkerStatus, WorkerUpdate};
+use crate::api::{Plan, RunControl, RunResult, Task, TaskMode, Worker, WorkerStatus, WorkerUpdate};
 use crate::client::{Client, ClientError};
 use crate::core::actions::MAX_TEXT_LEN;
 
@@ -107,6 +108,10 @@ pub struct Job {
     turns: i64,
     /// The run's output on its way to the server, numbered across segments.
     output: Arc<RunOutput>,
+    /// Instructions a person sent that the run has not been given yet.
+    instructions: Vec<String>,
+    /// What a planning run proposed.
+    plan: Option<Plan>,
 }
 
 impl Job {
@@ -133,6 +138,8 @@ impl Job {
             cost: 0.0,
             turns: 0,
             output: RunOutput::new(Outbox::new()),
+            instructions: Vec::new(),
+            plan: None,
         }
     }
 
@@ -155,10 +162,20 @@ impl Job {
         if let Err(e) = std::fs::create_dir_all(&self.ctx.worktrees) {
             return End::Failed(format!("cannot create the worktrees directory: {e}"));
         }
+        let first = prompt::first_run(
+            &self.ctx.client,
+            self.ctx.runner.as_ref(),
+            &self.task,
+            self.worktree.clone(),
+        )
+        .await;
+        self.worktree = first.worktree;
+        self.session_id = first.resume;
         if let Err(e) = git::add_worktree(
             &self.ctx.repo,
             &self.worktree,
             &self.branch,
+            self.task.base_branch.as_deref(),
             super::worktree_abandoned,
         )
         .await
@@ -166,7 +183,7 @@ impl Job {
             // An error of this attempt: the task goes back to the queue for another.
             return End::Interrupted(format!("cannot create the worktree: {e}"));
         }
-        let mut prompt = task_prompt(&self.task);
+        let mut prompt = first.prompt;
         loop {
             let running = WorkerUpdate {
                 status: Some(WorkerStatus::Running),
@@ -188,6 +205,21 @@ impl Job {
             prompt = match segment {
                 Segment::Finished(finish) if finish.is_error => return End::Failed(finish.text),
                 Segment::Finished(finish) => match question_in(&finish.text) {
+                    // Instructions that came while the run went on and could not be
+                    // given to it then: the same session gets them before the end.
+                    None if !self.instructions.is_empty() => {
+                        info!(task = %self.task.id, "passing on instructions sent during the run");
+                        std::mem::take(&mut self.instructions).join("\n\n")
+                    }
+                    None if self.task.mode == TaskMode::Plan => {
+                        match prompt::plan_from(finish.structured.as_ref(), &finish.text) {
+                            Ok(plan) => {
+                                self.plan = Some(plan);
+                                return End::Completed(finish.text);
+                            }
+                            Err(e) => return End::Failed(e),
+                        }
+                    }
                     None => return End::Completed(finish.text),
                     Some(question) => match self.ask(question).await {
                         Ok(answer) => answer,
@@ -227,6 +259,7 @@ impl Job {
             workdir: self.worktree.clone(),
             resume: self.session_id.clone(),
             budget_usd: budget,
+            plan_schema: (self.task.mode == TaskMode::Plan).then(prompt::plan_schema),
         };
         let mut command = self.ctx.runner.command(&spec);
         command.current_dir(&self.worktree);
@@ -241,6 +274,7 @@ impl Job {
                 return Segment::Finished(Finish {
                     text: format!("cannot start the runner: {e}"),
                     is_error: true,
+                    structured: None,
                 });
             }
         };
@@ -314,11 +348,13 @@ impl Job {
                     )
                 },
                 is_error: !ok,
+                structured: None,
             }
         });
         Segment::Finished(Finish {
             text: shortened(&finish.text, MAX_TEXT_LEN),
             is_error: finish.is_error,
+            structured: finish.structured,
         })
     }
 
@@ -414,6 +450,7 @@ impl Job {
             Ok(answer) => answer,
             Err(e) => return self.refused(e),
         };
+        self.instructions.extend(answer.instructions);
         match (answer.action, answer.reply) {
             (RunControl::Cancel, _) => Control::Cancel,
             (RunControl::Pause, _) => Control::Pause,
@@ -489,7 +526,8 @@ impl Job {
     /// Commits what the run left, publishes it when asked, removes the worktree, and
     /// hands the final report to the spool. True when the task completed.
     async fn finish(self, end: End) -> bool {
-        let commit = if self.worktree.exists() {
+        // A planning run changes nothing; whatever it left is not the plan.
+        let commit = if self.worktree.exists() && self.task.mode != TaskMode::Plan {
             let message = match &end {
                 End::Completed(_) => format!("{}\n\nbuildd task {}", self.task.title, self.task.id),
                 _ => format!(
@@ -532,6 +570,7 @@ impl Job {
                     branch: self.branch.clone(),
                     commit_sha: commit.clone(),
                     pr_url: pr_url.clone(),
+                    plan: self.plan.clone(),
                 };
                 update.status = Some(WorkerStatus::Completed);
                 update.result = serde_json::to_value(result).ok();
@@ -667,15 +706,6 @@ async fn report_while_running(
             _ = work => {}
             _ = done.cancelled() => return,
         }
-    }
-}
-
-/// What the runner is first told: the task's title, then its description.
-fn task_prompt(task: &Task) -> String {
-    if task.description.trim().is_empty() {
-        task.title.clone()
-    } else {
-        format!("{}\n\n{}", task.title, task.description)
     }
 }
 

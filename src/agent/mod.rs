@@ -17,6 +17,7 @@ mod github;
 mod job;
 mod output;
 mod process;
+mod prompt;
 pub mod runner;
 mod spool;
 
@@ -34,7 +35,7 @@ use crate::api::{ClaimBody, ClaimEntry, Me, TaskStatus, WorkerStatus, WorkerUpda
 use crate::client::{Client, StreamedEvent, backoff};
 use crate::core::events::offers_work;
 use crate::core::lease;
-use crate::core::messages::is_user_reply;
+use crate::core::messages::{is_instruction, is_user_reply};
 
 pub use job::PrSettings;
 use job::{Job, JobContext};
@@ -49,6 +50,8 @@ pub struct Config {
     pub workspace_id: Option<String>,
     pub max_tasks: u32,
     pub once: bool,
+    /// Claim this one task (`POST /api/workers`) instead of any; implies `once`.
+    pub task: Option<String>,
     /// The git checkout to work in.
     pub dir: PathBuf,
     /// Where worktrees and the spool live.
@@ -127,7 +130,11 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
                 workspace_id: config.workspace_id.clone(),
                 wait: None,
             };
-            match config.client.claim(&claim).await {
+            let claimed = match &config.task {
+                Some(task_id) => config.client.claim_task(task_id).await,
+                None => config.client.claim(&claim).await,
+            };
+            match claimed {
                 Ok(answer) => {
                     claim_failures = 0;
                     let heartbeat_every =
@@ -314,7 +321,12 @@ fn nudge_jobs(nudges: &HashMap<String, (String, Arc<Notify>)>, event: &StreamedE
         {
             Some(worker.id.as_str())
         }
-        ("worker.message", _, _) if data.message.as_ref().is_some_and(is_user_reply) => {
+        ("worker.message", _, _)
+            if data
+                .message
+                .as_ref()
+                .is_some_and(|m| is_user_reply(m) || is_instruction(m)) =>
+        {
             data.worker_id.as_deref()
         }
         _ => None,

@@ -18,6 +18,9 @@ pub struct RunSpec {
     pub resume: Option<String>,
     /// What is left of the task's `maxCostUsd`, for runners that can cap themselves.
     pub budget_usd: Option<f64>,
+    /// For a planning run: the JSON Schema of the plan. The runner must not change
+    /// files, and should return the plan as structured output where it can.
+    pub plan_schema: Option<String>,
 }
 
 /// How one run ended, as its runner reported it.
@@ -26,6 +29,8 @@ pub struct Finish {
     /// The runner's final answer (its last message).
     pub text: String,
     pub is_error: bool,
+    /// Structured output, when the run was asked for it and gave it.
+    pub structured: Option<Value>,
 }
 
 /// What one line of a runner's output says. Every line is also a message of the run.
@@ -50,6 +55,11 @@ pub trait Runner: Send + Sync {
     /// process group and pipes.
     fn command(&self, spec: &RunSpec) -> Command;
     fn parser(&self) -> Box<dyn OutputParser>;
+    /// Where a session of this runner was held, if this machine has it: the
+    /// directory it ran in, which a run carrying it on must run in too.
+    fn session_dir(&self, _session_id: &str) -> Option<PathBuf> {
+        None
+    }
     /// The prompt that makes a paused run carry on where it stopped.
     fn carry_on_prompt(&self) -> &'static str {
         "Carry on with the task where you stopped."

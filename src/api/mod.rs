@@ -15,8 +15,10 @@ use utoipa::{IntoParams, ToSchema};
 pub use crate::core::actions::{HeartbeatAnswer, RunControl, WorkerUpdate};
 pub use crate::core::model::{
     Account, AccountType, Artifact, Attachment, AuthType, Comment, Grant, Message,
-    RecordedArtifact, RunnerPreference, Source, Task, TaskStatus, Worker, WorkerStatus, Workspace,
+    RecordedArtifact, RunnerPreference, Source, Task, TaskMode, TaskRef, TaskStatus, Worker,
+    WorkerStatus, Workspace,
 };
+pub use crate::core::plan::{Plan, PlanStep};
 
 // ---- accounts ----
 
@@ -161,6 +163,20 @@ pub struct NewTask {
     pub max_cost_usd: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<NewSource>,
+    /// Tasks of the same workspace that must complete first (at most 100). The task
+    /// is `blocked` until they have.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 100)]
+    pub depends_on: Vec<String>,
+    /// The branch the run starts from (fetched from `origin` when the agent's
+    /// checkout lacks it); default: the checkout's current commit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 200)]
+    pub base_branch: Option<String>,
+    /// `plan`: the run proposes a plan for a person to approve instead of doing the
+    /// work. Default `run`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<TaskMode>,
 }
 
 /// Where a new task came from, e.g. `{"type": "github_issue", "externalId":
@@ -198,6 +214,58 @@ pub struct TaskList {
 /// `POST /api/tasks/:id/reply`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ReplyBody {
+    #[schema(
+        min_length = 1,
+        max_length = 65536,
+        pattern = r"^[^\x00]*[^\s\x00][^\x00]*$"
+    )]
+    pub message: String,
+}
+
+/// `GET /api/tasks/:id`: the task, with where it stands in its workflow.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskDetail {
+    #[serde(flatten)]
+    pub task: Task,
+    /// The dependencies that have not completed yet.
+    pub blocked_by: Vec<String>,
+    /// The dependencies, with their titles and statuses.
+    pub dependencies: Vec<TaskRef>,
+    /// The tasks whose `parentId` is this one: its plan's steps, its follow-ups.
+    pub children: Vec<TaskRef>,
+}
+
+/// `POST /api/tasks/:id/approve`; without a body (or without `plan`), the plan the
+/// planning run proposed is approved.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct ApproveBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
+}
+
+/// The answer to an approval: the plan task, completed, and the tasks it made.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Approved {
+    pub task: Task,
+    pub children: Vec<Task>,
+}
+
+/// `POST /api/tasks/:id/revise`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReviseBody {
+    /// What to change in the plan.
+    #[schema(
+        min_length = 1,
+        max_length = 65536,
+        pattern = r"^[^\x00]*[^\s\x00][^\x00]*$"
+    )]
+    pub feedback: String,
+}
+
+/// `POST /api/tasks/:id/followup` and `POST /api/workers/:id/instruct`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MessageBody {
     #[schema(
         min_length = 1,
         max_length = 65536,
@@ -301,6 +369,13 @@ impl<'de> Deserialize<'de> for ClaimEntry {
     }
 }
 
+/// `POST /api/workers`: claim this one pending task.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NewWorker {
+    pub task_id: String,
+}
+
 /// A new worker with the task it holds.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ClaimedWorker {
@@ -336,6 +411,9 @@ pub struct RunResult {
     pub branch: String,
     pub commit_sha: Option<String>,
     pub pr_url: Option<String>,
+    /// What a planning run proposes (`mode: plan` tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
 }
 
 /// `POST /api/workers/:id/messages`.

@@ -29,6 +29,10 @@ pub struct AgentArgs {
     /// Take at most one task, run it, and exit 0 if it completed, 1 otherwise (for CI).
     #[arg(long)]
     once: bool,
+    /// Claim this one pending task (`POST /api/workers`), run it and exit like
+    /// `--once`: for a CI job started for a task.
+    #[arg(long, value_name = "TASK_ID")]
+    task: Option<String>,
     /// The git checkout tasks branch from.
     #[arg(long, default_value = ".")]
     dir: PathBuf,
@@ -139,8 +143,13 @@ pub async fn run(args: AgentArgs) -> Result<(), String> {
     let config = agent::Config {
         client: args.connection.client()?,
         workspace_id: args.workspace,
-        max_tasks: if args.once { 1 } else { args.max_tasks },
-        once: args.once,
+        max_tasks: if args.once || args.task.is_some() {
+            1
+        } else {
+            args.max_tasks
+        },
+        once: args.once || args.task.is_some(),
+        task: args.task,
         dir: args.dir,
         state_dir,
         runner,

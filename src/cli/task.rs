@@ -7,7 +7,9 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use super::output::{self, message_text, or_dash};
-use crate::api::{Message, NewTask, RunnerPreference, Task, TaskStatus, Worker};
+use crate::api::{
+    ApproveBody, Message, NewTask, RunnerPreference, Task, TaskMode, TaskRef, TaskStatus, Worker,
+};
 use crate::client::Client;
 use crate::core::events::EventData;
 
@@ -28,6 +30,15 @@ pub enum TaskCommand {
         priority: Option<i32>,
         #[arg(long)]
         max_attempts: Option<i32>,
+        /// A task that must complete first; repeat for several.
+        #[arg(long = "depends-on", value_name = "TASK")]
+        depends_on: Vec<String>,
+        /// The branch the run starts from.
+        #[arg(long)]
+        base_branch: Option<String>,
+        /// Plan only: the run proposes steps for you to approve (`task approve`).
+        #[arg(long)]
+        plan: bool,
     },
     /// List tasks, newest first.
     List {
@@ -46,6 +57,26 @@ pub enum TaskCommand {
     Cancel { id: String },
     /// Answer the question of a task waiting for input.
     Reply { id: String, message: String },
+    /// Approve a planned task's plan: one task per step is created.
+    Approve {
+        id: String,
+        /// An edited plan to approve instead (JSON `{"steps": […]}`); `-` reads it
+        /// from standard input.
+        #[arg(long, value_name = "FILE")]
+        plan: Option<String>,
+    },
+    /// Plan again, in the same session, with your feedback.
+    Revise { id: String, feedback: String },
+    /// Reject a planned task's plan; the task is cancelled.
+    Reject { id: String },
+    /// Continue a task that has ended: a new task on its branch and session.
+    Followup { id: String, message: String },
+    /// Put a failed or cancelled task back in the queue.
+    Retry { id: String },
+    /// Send an instruction to a task's running worker (a task or worker id).
+    Instruct { id: String, message: String },
+    /// Show the task with its dependencies and children, and theirs.
+    Tree { id: String },
 }
 
 fn parse_runner(s: &str) -> Result<RunnerPreference, String> {
@@ -80,15 +111,12 @@ pub async fn run(client: &Client, json: bool, command: TaskCommand) -> Result<()
             runner,
             priority,
             max_attempts,
+            depends_on,
+            base_branch,
+            plan,
         } => {
             let description = match description.as_deref() {
-                Some("-") => {
-                    let mut text = String::new();
-                    std::io::stdin().read_to_string(&mut text).map_err(|e| {
-                        format!("cannot read the description from standard input: {e}")
-                    })?;
-                    Some(text)
-                }
+                Some("-") => Some(read_stdin("the description")?),
                 _ => description,
             };
             let body = NewTask {
@@ -98,6 +126,9 @@ pub async fn run(client: &Client, json: bool, command: TaskCommand) -> Result<()
                 runner_preference: runner,
                 priority: priority.unwrap_or(0),
                 max_attempts,
+                depends_on,
+                base_branch,
+                mode: plan.then_some(TaskMode::Plan),
                 ..NewTask::default()
             };
             let task = client.create_task(&body).await.map_err(fail)?;
@@ -142,7 +173,7 @@ pub async fn run(client: &Client, json: bool, command: TaskCommand) -> Result<()
             }
         }
         TaskCommand::Show { id } => {
-            let task = client.get_task(&id).await.map_err(fail)?;
+            let task = client.get_task(&id).await.map_err(fail)?.task;
             let workers = client.list_workers(Some(&id)).await.map_err(fail)?.workers;
             if json {
                 output::json(&TaskWithWorkers {
@@ -171,7 +202,151 @@ pub async fn run(client: &Client, json: bool, command: TaskCommand) -> Result<()
                 println!("Replied to task {id}; it is running again.");
             }
         }
+        TaskCommand::Approve { id, plan } => {
+            let plan = match plan.as_deref() {
+                None => None,
+                Some(path) => {
+                    let text = match path {
+                        "-" => read_stdin("the plan")?,
+                        path => std::fs::read_to_string(path)
+                            .map_err(|e| format!("cannot read {path}: {e}"))?,
+                    };
+                    Some(
+                        serde_json::from_str(&text)
+                            .map_err(|e| format!("the plan is not valid JSON: {e}"))?,
+                    )
+                }
+            };
+            let approved = client
+                .approve_task(&id, &ApproveBody { plan })
+                .await
+                .map_err(fail)?;
+            if json {
+                output::json(&approved);
+            } else {
+                println!(
+                    "Approved the plan of {id}: {} task(s) created.",
+                    approved.children.len()
+                );
+                for child in &approved.children {
+                    println!("  {}  {}  {}", child.id, child.status, child.title);
+                }
+            }
+        }
+        TaskCommand::Revise { id, feedback } => {
+            let task = client.revise_task(&id, &feedback).await.map_err(fail)?;
+            done(
+                json,
+                &task,
+                &format!("Task {id} will plan again with your feedback."),
+            );
+        }
+        TaskCommand::Reject { id } => {
+            let task = client.reject_task(&id).await.map_err(fail)?;
+            done(
+                json,
+                &task,
+                &format!("Rejected the plan of {id}; the task is cancelled."),
+            );
+        }
+        TaskCommand::Followup { id, message } => {
+            let task = client.followup_task(&id, &message).await.map_err(fail)?;
+            done(
+                json,
+                &task,
+                &format!("Created follow-up task {} ({}).", task.id, task.status),
+            );
+        }
+        TaskCommand::Retry { id } => {
+            let task = client.retry_task(&id).await.map_err(fail)?;
+            done(json, &task, &format!("Task {id} is {} again.", task.status));
+        }
+        TaskCommand::Instruct { id, message } => {
+            let worker_id = if id.starts_with("wrk-") {
+                id.clone()
+            } else {
+                let task = client.get_task(&id).await.map_err(fail)?.task;
+                task.worker_id
+                    .ok_or_else(|| format!("task {id} has no worker to instruct"))?
+            };
+            let worker = client
+                .instruct_worker(&worker_id, &message)
+                .await
+                .map_err(fail)?;
+            if json {
+                output::json(&worker);
+            } else {
+                println!("Sent the instruction to worker {worker_id}.");
+            }
+        }
+        TaskCommand::Tree { id } => return tree(client, json, &id).await,
     }
+    Ok(())
+}
+
+/// Prints what a command changed: the task as JSON, or one sentence.
+fn done(json: bool, task: &Task, sentence: &str) {
+    if json {
+        output::json(task);
+    } else {
+        println!("{sentence}");
+    }
+}
+
+fn read_stdin(what: &str) -> Result<String, String> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read {what} from standard input: {e}"))?;
+    Ok(text)
+}
+
+/// `task tree --json`: the task with its dependencies and children, each the same.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TreeNode {
+    id: String,
+    title: String,
+    status: TaskStatus,
+    dependencies: Vec<TaskRef>,
+    children: Vec<TreeNode>,
+}
+
+/// The task and its descendants (children, their children…), at most `depth` deep.
+async fn tree_node(client: &Client, id: &str, depth: usize) -> Result<TreeNode, String> {
+    let detail = client.get_task(id).await.map_err(fail)?;
+    let mut children = Vec::with_capacity(detail.children.len());
+    if depth > 0 {
+        for child in &detail.children {
+            children.push(Box::pin(tree_node(client, &child.id, depth - 1)).await?);
+        }
+    }
+    Ok(TreeNode {
+        id: detail.task.id,
+        title: detail.task.title,
+        status: detail.task.status,
+        dependencies: detail.dependencies,
+        children,
+    })
+}
+
+async fn tree(client: &Client, json: bool, id: &str) -> Result<(), String> {
+    let root = tree_node(client, id, 8).await?;
+    if json {
+        output::json(&root);
+        return Ok(());
+    }
+    fn print(node: &TreeNode, indent: usize) {
+        let pad = "  ".repeat(indent);
+        println!("{pad}{}  {}  {}", node.id, node.status, node.title);
+        for dep in &node.dependencies {
+            println!("{pad}    after {}  {}  {}", dep.id, dep.status, dep.title);
+        }
+        for child in &node.children {
+            print(child, indent + 1);
+        }
+    }
+    print(&root, 0);
     Ok(())
 }
 
@@ -255,12 +430,12 @@ fn show(task: &Task, workers: &[Worker]) {
 /// Follows the task on the event stream. The stream is opened before the task is
 /// read, so no change can fall between the two.
 async fn watch(client: &Client, json: bool, id: &str) -> Result<(), String> {
-    let task = client.get_task(id).await.map_err(fail)?;
+    let task = client.get_task(id).await.map_err(fail)?.task;
     let mut stream = client
         .events(Some(&task.workspace_id), None)
         .await
         .map_err(fail)?;
-    let current = client.get_task(id).await.map_err(fail)?;
+    let current = client.get_task(id).await.map_err(fail)?.task;
     let mut status = current.status;
     if json {
         output::json(&Watched::Task { task: &current });
@@ -268,7 +443,8 @@ async fn watch(client: &Client, json: bool, id: &str) -> Result<(), String> {
         println!("{id}: {status}");
     }
     let mut workers: Vec<String> = current.worker_id.into_iter().collect();
-    while !status.is_terminal() {
+    // A plan task's run ends at `planned`, waiting for a person.
+    while !status.is_terminal() && status != TaskStatus::Planned {
         let event = stream.next().await.map_err(fail)?;
         let data = &event.data;
         let relevant = match event.name.as_str() {
@@ -314,7 +490,7 @@ async fn watch(client: &Client, json: bool, id: &str) -> Result<(), String> {
             _ => {}
         }
     }
-    if status == TaskStatus::Completed {
+    if matches!(status, TaskStatus::Completed | TaskStatus::Planned) {
         Ok(())
     } else {
         Err(format!("task {id} ended {status}"))

@@ -13,9 +13,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{
-    AccountList, Appended, ClaimAnswer, ClaimBody, CreatedAccount, Grant, HeartbeatAnswer, Me,
-    MessageList, NewAccount, NewGrant, NewTask, NewWorkspace, ReplyBody, Task, TaskList,
-    TaskStatus, Worker, WorkerList, WorkerUpdate, Workspace, WorkspaceList,
+    AccountList, Appended, ApproveBody, Approved, ClaimAnswer, ClaimBody, CreatedAccount, Grant,
+    HeartbeatAnswer, Me, MessageBody, MessageList, NewAccount, NewGrant, NewTask, NewWorker,
+    NewWorkspace, ReplyBody, ReviseBody, Task, TaskDetail, TaskList, TaskStatus, Worker,
+    WorkerList, WorkerUpdate, Workspace, WorkspaceList,
 };
 
 pub use crate::core::backoff::backoff;
@@ -256,8 +257,55 @@ impl Client {
         self.get(&format!("/api/tasks{q}")).await
     }
 
-    pub async fn get_task(&self, id: &str) -> Result<Task> {
+    pub async fn get_task(&self, id: &str) -> Result<TaskDetail> {
         self.get(&format!("/api/tasks/{}", encode(id))).await
+    }
+
+    pub async fn retry_task(&self, id: &str) -> Result<Task> {
+        let path = format!("/api/tasks/{}/retry", encode(id));
+        self.send(Method::POST, &path, &NoBody {}).await
+    }
+
+    pub async fn approve_task(&self, id: &str, body: &ApproveBody) -> Result<Approved> {
+        let path = format!("/api/tasks/{}/approve", encode(id));
+        self.send(Method::POST, &path, body).await
+    }
+
+    pub async fn revise_task(&self, id: &str, feedback: &str) -> Result<Task> {
+        let path = format!("/api/tasks/{}/revise", encode(id));
+        let body = ReviseBody {
+            feedback: feedback.to_owned(),
+        };
+        self.send(Method::POST, &path, &body).await
+    }
+
+    pub async fn reject_task(&self, id: &str) -> Result<Task> {
+        let path = format!("/api/tasks/{}/reject", encode(id));
+        self.send(Method::POST, &path, &NoBody {}).await
+    }
+
+    pub async fn followup_task(&self, id: &str, message: &str) -> Result<Task> {
+        let path = format!("/api/tasks/{}/followup", encode(id));
+        let body = MessageBody {
+            message: message.to_owned(),
+        };
+        self.send(Method::POST, &path, &body).await
+    }
+
+    pub async fn instruct_worker(&self, id: &str, message: &str) -> Result<Worker> {
+        let path = format!("/api/workers/{}/instruct", encode(id));
+        let body = MessageBody {
+            message: message.to_owned(),
+        };
+        self.send(Method::POST, &path, &body).await
+    }
+
+    /// `POST /api/workers`: claims the one task `task_id`.
+    pub async fn claim_task(&self, task_id: &str) -> Result<ClaimAnswer> {
+        let body = NewWorker {
+            task_id: task_id.to_owned(),
+        };
+        self.send(Method::POST, "/api/workers", &body).await
     }
 
     pub async fn cancel_task(&self, id: &str) -> Result<Task> {

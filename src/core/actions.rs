@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::error::RuleError;
 use super::events::Event;
 use super::lease;
-use super::model::{Artifact, ArtifactKind, Task, TaskStatus, Worker, WorkerStatus};
+use super::model::{Artifact, ArtifactKind, Task, TaskMode, TaskStatus, Worker, WorkerStatus};
 use super::time::{self, Timestamp};
 
 /// The longest free text a worker may report (a question, an error).
@@ -76,6 +76,12 @@ pub enum Action {
     Start,
     /// The sweeper found the worker's last heartbeat older than its cutoff.
     Expire { cutoffs: lease::Cutoffs },
+    /// `POST /api/workers/:id/instruct`: a person steers a live worker's run.
+    Instruct { message: String },
+    /// `POST /api/tasks/:id/revise`: plan again, told what to change.
+    Revise { feedback: String },
+    /// `POST /api/tasks/:id/reject`: the plan is not wanted; the task is cancelled.
+    Reject,
 }
 
 impl Action {
@@ -93,12 +99,18 @@ impl Action {
             Action::Pause => "pause",
             Action::Start => "start",
             Action::Expire { .. } => "expire",
+            Action::Instruct { .. } => "instruct",
+            Action::Revise { .. } => "revise",
+            Action::Reject => "reject",
         }
     }
 
     /// Whether the action is about a worker (and so needs one loaded) rather than a task.
     pub fn targets_worker(&self) -> bool {
-        !matches!(self, Action::Cancel | Action::Reply { .. })
+        !matches!(
+            self,
+            Action::Cancel | Action::Reply { .. } | Action::Revise { .. } | Action::Reject
+        )
     }
 }
 
@@ -126,6 +138,10 @@ pub struct HeartbeatAnswer {
     /// A person's answer to the worker's question, sent once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<String>,
+    /// Instructions a person sent the run since the last heartbeat, oldest first,
+    /// each sent once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instructions: Vec<String>,
 }
 
 impl HeartbeatAnswer {
@@ -134,6 +150,7 @@ impl HeartbeatAnswer {
             cancel: outcome.control != RunControl::None,
             action: outcome.control,
             reply: outcome.reply,
+            instructions: outcome.instructions,
         }
     }
 }
@@ -151,6 +168,8 @@ pub struct Outcome {
     pub control: RunControl,
     /// For a heartbeat: a person's answer the agent has not had yet.
     pub reply: Option<String>,
+    /// For a heartbeat: instructions the agent has not had yet.
+    pub instructions: Vec<String>,
     /// How the worker's account usage changed, for the stores' counters.
     pub usage: UsageChange,
     /// Artifacts to record for the worker's task.
@@ -255,6 +274,20 @@ fn apply_to(
             move_by_request(task, worker, WorkerStatus::Starting, now)
         }
         (Action::Expire { cutoffs }, Some(worker)) => Ok(expire(task, worker, cutoffs, now)),
+        (Action::Instruct { message }, Some(worker)) => instruct(worker, message),
+        (Action::Revise { feedback }, worker) => {
+            let session = worker.and_then(|w| w.session_id.clone());
+            super::plan::revise(task, &feedback, session)?;
+            Ok(Outcome {
+                changed: true,
+                events: vec![Event::task_updated(task)],
+                ..Outcome::default()
+            })
+        }
+        (Action::Reject, worker) => {
+            super::plan::reject(task)?;
+            cancel(task, worker, now)
+        }
         (_, None) => Err(RuleError::Conflict("this action needs a worker".into())),
     }
 }
@@ -323,6 +356,19 @@ fn reply(
         changed: true,
         events: vec![Event::task_updated(task), Event::worker_updated(worker)],
         messages: vec![super::messages::user_reply(&message)],
+        ..Outcome::default()
+    })
+}
+
+/// Queues an instruction for a live worker; its agent takes it with the next
+/// heartbeat, which the `worker.message` event of the instruction prompts at once.
+fn instruct(worker: &mut Worker, message: String) -> Result<Outcome, RuleError> {
+    refuse_if_finished(worker)?;
+    super::validate::text("message", &message, MAX_TEXT_LEN)?;
+    worker.pending_instructions.push(message.clone());
+    Ok(Outcome {
+        changed: true,
+        messages: vec![super::messages::instruction(&message)],
         ..Outcome::default()
     })
 }
@@ -457,6 +503,7 @@ fn heartbeat(task: &Task, worker: &mut Worker, now: Timestamp) -> Result<Outcome
             RunControl::None
         },
         reply: worker.pending_reply.take(),
+        instructions: std::mem::take(&mut worker.pending_instructions),
         ..Outcome::default()
     })
 }
@@ -524,6 +571,8 @@ fn set_status(task: &mut Task, worker: &mut Worker, to: WorkerStatus, now: Times
         }
         WorkerStatus::Running => task.status = TaskStatus::Running,
         WorkerStatus::WaitingInput => task.status = TaskStatus::WaitingInput,
+        // A planning run ends with a plan for a person to approve.
+        WorkerStatus::Completed if task.mode == TaskMode::Plan => task.status = TaskStatus::Planned,
         WorkerStatus::Completed => {
             task.status = TaskStatus::Completed;
             task.completed_at = Some(now);

@@ -74,6 +74,59 @@ pub fn free_slots(account: &Account, active_workers: i64, cost_today: f64, reque
     requested.min(u32::try_from(free).unwrap_or(u32::MAX))
 }
 
+/// `POST /api/workers {taskId}`: whether `account` may take this one task now, under
+/// the rules of any claim (its grant is the policy's to check,
+/// [`super::policy::Deed::Claim`]). A runner preference that does not route to the
+/// account: 403; not pending, or held for another account's follow-up: 409; no free
+/// worker slot or today's budget spent: 409, since that passes.
+pub fn check_explicit(
+    task: &Task,
+    account: &Account,
+    active_workers: i64,
+    cost_today: f64,
+    now: Timestamp,
+) -> Result<(), RuleError> {
+    if !routes_to(task.runner_preference, account.account_type) {
+        return Err(RuleError::Forbidden(format!(
+            "task {} is for {} runners; account {} is a {} account",
+            task.id, task.runner_preference, account.id, account.account_type
+        )));
+    }
+    if task.status != TaskStatus::Pending {
+        return Err(RuleError::Conflict(format!(
+            "task {} is {}, not pending",
+            task.id, task.status
+        )));
+    }
+    if !super::workflow::preference_allows(task, &account.id, now) {
+        return Err(RuleError::Conflict(format!(
+            "task {} is held for the account that ran its parent until {}",
+            task.id,
+            task.preferred_until
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default()
+        )));
+    }
+    if free_slots(account, active_workers, cost_today, 1) == 0 {
+        let why = if account
+            .max_cost_per_day
+            .is_some_and(|limit| cost_today >= limit)
+        {
+            format!(
+                "has spent its maxCostPerDay of ${:.2} today",
+                account.max_cost_per_day.unwrap_or_default()
+            )
+        } else {
+            format!(
+                "runs {active_workers} of its {} concurrent workers",
+                account.max_concurrent_workers
+            )
+        };
+        return Err(RuleError::Conflict(format!("account {} {why}", account.id)));
+    }
+    Ok(())
+}
+
 /// Hands `task` to `account`: the task becomes `assigned` with one more attempt
 /// counted, and the worker that will carry the attempt is born `idle` with a fresh lease.
 pub fn assign(task: &mut Task, account: &Account, now: Timestamp) -> (Worker, Vec<Event>) {
@@ -95,6 +148,7 @@ pub fn assign(task: &mut Task, account: &Account, now: Timestamp) -> (Worker, Ve
         heartbeat_at: now,
         finished_at: None,
         pending_reply: None,
+        pending_instructions: Vec::new(),
     };
     task.status = TaskStatus::Assigned;
     task.attempts += 1;
@@ -123,6 +177,28 @@ mod tests {
             github_repo: None,
             created_at: time::now(),
         }
+    }
+
+    #[test]
+    fn an_explicit_claim_follows_every_rule_of_a_claim() {
+        let now = time::now();
+        let acc = account(1, Some(5.0));
+        let task = pending_task(RunnerPreference::Any);
+        assert!(check_explicit(&task, &acc, 0, 0.0, now).is_ok());
+        let forbidden = |r: Result<(), RuleError>| matches!(r, Err(RuleError::Forbidden(_)));
+        let conflict = |r: Result<(), RuleError>| matches!(r, Err(RuleError::Conflict(_)));
+        let for_users = pending_task(RunnerPreference::User);
+        assert!(forbidden(check_explicit(&for_users, &acc, 0, 0.0, now)));
+        assert!(conflict(check_explicit(&task, &acc, 1, 0.0, now)));
+        let err = check_explicit(&task, &acc, 0, 5.0, now).unwrap_err();
+        assert!(err.to_string().contains("maxCostPerDay"), "{err}");
+        let mut running = task.clone();
+        running.status = TaskStatus::Running;
+        assert!(conflict(check_explicit(&running, &acc, 0, 0.0, now)));
+        let mut held = task.clone();
+        held.preferred_account_id = Some("acc-other".into());
+        held.preferred_until = Some(now + chrono::Duration::seconds(60));
+        assert!(conflict(check_explicit(&held, &acc, 0, 0.0, now)));
     }
 
     #[test]

@@ -9,4 +9,8 @@ pub enum RuleError {
     /// Not possible in the resource's current state (a bad transition): 409.
     #[error("{0}")]
     Conflict(String),
+    /// Not for this caller, whatever the state (an account the task does not route
+    /// to): 403.
+    #[error("{0}")]
+    Forbidden(String),
 }

@@ -18,6 +18,19 @@ pub fn user_reply(text: &str) -> Value {
     json!({ "type": USER_REPLY, "text": text })
 }
 
+/// The `type` of the message a person's instruction to a running worker is stored as.
+pub const INSTRUCTION: &str = "user_instruction";
+
+/// A person's instruction to a running worker, as a message of its stream.
+pub fn instruction(text: &str) -> Value {
+    json!({ "type": INSTRUCTION, "text": text })
+}
+
+/// Whether a message of a worker's stream is a person's instruction.
+pub fn is_instruction(message: &Value) -> bool {
+    message.get("type").and_then(Value::as_str) == Some(INSTRUCTION)
+}
+
 /// Whether a message of a worker's stream is a person's answer.
 pub fn is_user_reply(message: &Value) -> bool {
     message.get("type").and_then(Value::as_str) == Some(USER_REPLY)

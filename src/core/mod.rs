@@ -14,9 +14,11 @@ pub mod keys;
 pub mod lease;
 pub mod messages;
 pub mod model;
+pub mod plan;
 pub mod policy;
 pub mod time;
 pub mod validate;
 pub mod version;
+pub mod workflow;
 
 pub use error::RuleError;

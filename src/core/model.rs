@@ -78,11 +78,20 @@ string_enum!(
 );
 
 string_enum!(
+    /// What a run of the task does: the work itself, or a plan of it for a person to
+    /// approve ([`super::plan`]).
+    TaskMode { Run = "run", Plan = "plan" }
+);
+
+string_enum!(
+    /// `blocked`: waiting for its dependencies; `planned`: a plan waiting for approval.
     TaskStatus {
+        Blocked = "blocked",
         Pending = "pending",
         Assigned = "assigned",
         Running = "running",
         WaitingInput = "waiting_input",
+        Planned = "planned",
         Completed = "completed",
         Failed = "failed",
         Cancelled = "cancelled",
@@ -196,6 +205,32 @@ pub struct Task {
     pub result: Option<Value>,
     /// Where the task came from; `None` for a task made by hand.
     pub source_id: Option<String>,
+    pub mode: TaskMode,
+    /// The tasks (of the same workspace) that must complete before this one runs.
+    pub depends_on: Vec<String>,
+    /// The branch the run starts from; the checkout's current commit when `None`.
+    pub base_branch: Option<String>,
+    /// The plan this task is a step of, or the task this one follows up.
+    pub parent_id: Option<String>,
+    /// The runner session to carry on (a follow-up's parent's, a revised plan's own).
+    pub resume_session_id: Option<String>,
+    /// Only this account may claim the task until `preferredUntil`: a follow-up goes
+    /// back to the machine that holds its parent's session first.
+    pub preferred_account_id: Option<String>,
+    pub preferred_until: Option<DateTime<Utc>>,
+    /// Why the task failed without a run of its own (a dependency that failed).
+    pub error: Option<String>,
+    /// What a person asked to change in the plan, for the next planning run.
+    pub feedback: Option<String>,
+}
+
+/// Another task as a task's page names it: a dependency or a child.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRef {
+    pub id: String,
+    pub title: String,
+    pub status: TaskStatus,
 }
 
 /// Where tasks come from: a GitHub issue, a pull request, an alert, a schedule…
@@ -236,6 +271,9 @@ pub struct Worker {
     /// A person's answer to `question`, held until the agent's next heartbeat takes it.
     #[serde(skip)]
     pub pending_reply: Option<String>,
+    /// Instructions sent to the running worker, held until its next heartbeat.
+    #[serde(skip)]
+    pub pending_instructions: Vec<String>,
 }
 
 /// Something a worker produced, kept per task across all its attempts.
@@ -321,6 +359,15 @@ impl Task {
             completed_at: None,
             result: None,
             source_id: None,
+            mode: TaskMode::Run,
+            depends_on: Vec::new(),
+            base_branch: None,
+            parent_id: None,
+            resume_session_id: None,
+            preferred_account_id: None,
+            preferred_until: None,
+            error: None,
+            feedback: None,
         }
     }
 }

@@ -53,6 +53,30 @@ pub fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<(),
     }
 }
 
+/// A branch name a run may start from: what `git check-ref-format --branch` accepts,
+/// in short (no spaces or control characters, no `..`, `~^:?*[\`, no leading `-`).
+pub fn branch_name(field: &str, name: &str) -> Result<(), RuleError> {
+    let bad = name.is_empty()
+        || name.chars().count() > MAX_NAME_LEN
+        || name.starts_with('-')
+        || name.starts_with('/')
+        || name.ends_with('/')
+        || name.ends_with(".lock")
+        || name.ends_with('.')
+        || name.contains("..")
+        || name.contains("@{")
+        || name.contains("//")
+        || name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c));
+    if bad {
+        return Err(invalid(format!(
+            "{field} {name:?} is not a valid branch name"
+        )));
+    }
+    Ok(())
+}
+
 /// The Claude billing an account gets when its creator does not say: people use their
 /// seat, machines pay per token. GitHub Actions runners cannot hold an OAuth seat.
 pub fn auth_type(
@@ -172,6 +196,18 @@ pub fn max_attempts(value: Option<i32>) -> Result<i32, RuleError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn branch_names_follow_git() {
+        for good in ["main", "buildd/task-1", "feature/x.y", "release-2"] {
+            assert!(branch_name("baseBranch", good).is_ok(), "{good}");
+        }
+        for bad in [
+            "", "-x", "a b", "a..b", "a~1", "x.lock", "a/", "a:b", "a\\b",
+        ] {
+            assert!(branch_name("baseBranch", bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn auth_type_defaults_follow_the_account_type() {

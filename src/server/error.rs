@@ -74,6 +74,7 @@ impl From<RuleError> for ApiError {
         match e {
             RuleError::Invalid(m) => ApiError::BadRequest(m),
             RuleError::Conflict(m) => ApiError::Conflict(m),
+            RuleError::Forbidden(m) => ApiError::Forbidden(m),
         }
     }
 }

@@ -22,9 +22,10 @@ use crate::core::actions::{Action, Outcome};
 use crate::core::events::StoredEvent;
 use crate::core::lease::Cutoffs;
 use crate::core::model::{
-    Account, Attachment, Comment, Grant, Message, RecordedArtifact, Source, Task, TaskStatus,
-    Worker, WorkerStatus, Workspace,
+    Account, Attachment, Comment, Grant, Message, RecordedArtifact, Source, Task, TaskRef,
+    TaskStatus, Worker, WorkerStatus, Workspace,
 };
+use crate::core::plan::Plan;
 use crate::core::time::Timestamp;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,13 @@ pub struct TaskFilter {
     /// Only tasks of workspaces this account has been granted.
     pub visible_to: Option<String>,
     pub limit: u32,
+}
+
+/// A task's neighbours in the workflow.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskLinks {
+    pub dependencies: Vec<TaskRef>,
+    pub children: Vec<TaskRef>,
 }
 
 /// Which workers `list_workers` returns, newest first.
@@ -161,6 +169,23 @@ pub trait Store: Send + Sync + 'static {
     async fn get_source(&self, id: &str) -> Result<Option<Source>>;
     async fn get_task(&self, id: &str) -> Result<Option<Task>>;
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>>;
+    /// The task's dependencies and children (the steps of its plan, its follow-ups),
+    /// each with its status, oldest first.
+    async fn task_links(&self, id: &str) -> Result<TaskLinks>;
+
+    /// Puts a failed or cancelled task back in the queue (or to `blocked`), with its
+    /// attempts counted afresh, and the dependents that failed because of it back to
+    /// `blocked` ([`crate::core::workflow::retry`]).
+    async fn retry(&self, id: &str, now: Timestamp) -> Result<Task>;
+    /// Approves a planned task's plan (`edited`, or the one it proposed): creates the
+    /// child tasks and completes the plan task, all in one transaction
+    /// ([`crate::core::plan::approve`]). Returns the plan task and its children.
+    async fn approve(
+        &self,
+        id: &str,
+        edited: Option<Plan>,
+        now: Timestamp,
+    ) -> Result<(Task, Vec<Task>)>;
 
     /// Atomically picks the highest-priority, oldest pending tasks `account` may take
     /// (grants, routing, worker and daily-cost limits) and creates their workers. A task
@@ -171,6 +196,15 @@ pub trait Store: Send + Sync + 'static {
         request: &ClaimRequest,
         now: Timestamp,
     ) -> Result<Vec<(Worker, Task)>>;
+
+    /// Claims the one task `task_id` for `account` under every rule of a claim
+    /// ([`crate::core::claim::check_explicit`]).
+    async fn claim_task(
+        &self,
+        account: &Account,
+        task_id: &str,
+        now: Timestamp,
+    ) -> Result<(Worker, Task)>;
 
     async fn get_worker(&self, id: &str) -> Result<Option<Worker>>;
     async fn list_workers(&self, filter: &WorkerFilter) -> Result<Vec<Worker>>;

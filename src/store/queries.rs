@@ -20,19 +20,22 @@ use tokio::sync::watch;
 
 use super::sql::{Arg, Backend, FromCell, Reader, Tx, args};
 use super::{
-    Appended, Applied, ClaimRequest, Counts, Result, Store, StoreError, TaskFilter, Usage,
-    WorkerFilter, status_list,
+    Appended, Applied, ClaimRequest, Counts, Result, Store, StoreError, TaskFilter, TaskLinks,
+    Usage, WorkerFilter, status_list,
 };
+use crate::core::RuleError;
 use crate::core::actions::{self, Action, Outcome, UsageChange};
 use crate::core::claim;
 use crate::core::events::{Event, StoredEvent};
 use crate::core::lease::Cutoffs;
 use crate::core::messages;
 use crate::core::model::{
-    Account, Artifact, Attachment, Comment, Grant, Message, RecordedArtifact, Source, Task, Worker,
-    WorkerStatus, Workspace,
+    Account, Artifact, Attachment, Comment, Grant, Message, RecordedArtifact, Source, Task,
+    TaskRef, TaskStatus, Worker, WorkerStatus, Workspace,
 };
+use crate::core::plan::{self, Plan};
 use crate::core::time::{self, Timestamp};
+use crate::core::workflow::{self, Dependency};
 
 /// Column lists, the same in both schemas, in the order the row readers read them.
 const ACCOUNT_COLUMNS: &str = "id, type, name, auth_type, max_concurrent_workers, \
@@ -40,13 +43,14 @@ const ACCOUNT_COLUMNS: &str = "id, type, name, auth_type, max_concurrent_workers
 const WORKSPACE_COLUMNS: &str = "id, name, repo_url, default_branch, created_at";
 const TASK_COLUMNS: &str = "id, workspace_id, title, description, runner_preference, \
      priority, status, attempts, max_attempts, max_cost_usd, claimed_by, worker_id, \
-     created_at, claimed_at, completed_at, result, source_id";
+     created_at, claimed_at, completed_at, result, source_id, mode, depends_on, base_branch, \
+     parent_id, resume_session_id, preferred_account_id, preferred_until, error, feedback";
 const ATTACHMENT_COLUMNS: &str =
     "id, worker_id, task_id, message_seq, name, content_type, size, created_at";
 const SOURCE_COLUMNS: &str = "id, workspace_id, type, external_id, url, created_at";
 const WORKER_COLUMNS: &str = "id, task_id, workspace_id, account_id, status, cost_usd, \
      turns, session_id, branch, commit_sha, pr_url, question, error, pending_reply, \
-     started_at, heartbeat_at, finished_at";
+     started_at, heartbeat_at, finished_at, pending_instructions";
 const GRANT_COLUMNS: &str = "account_id, workspace_id, can_claim, can_create";
 const COMMENT_COLUMNS: &str = "id, task_id, author, body, created_at";
 
@@ -93,6 +97,15 @@ fn task_from_row(r: &mut Reader) -> Result<Task> {
         completed_at: r.get()?,
         result: r.json()?,
         source_id: r.get()?,
+        mode: r.parse()?,
+        depends_on: r.list()?,
+        base_branch: r.get()?,
+        parent_id: r.get()?,
+        resume_session_id: r.get()?,
+        preferred_account_id: r.get()?,
+        preferred_until: r.get()?,
+        error: r.get()?,
+        feedback: r.get()?,
     })
 }
 
@@ -115,6 +128,15 @@ fn task_args(t: &Task) -> Vec<Arg> {
         t.completed_at,
         t.result.as_ref(),
         &t.source_id,
+        t.mode.as_str(),
+        t.depends_on.as_slice(),
+        &t.base_branch,
+        &t.parent_id,
+        &t.resume_session_id,
+        &t.preferred_account_id,
+        t.preferred_until,
+        &t.error,
+        &t.feedback,
     ]
 }
 
@@ -137,6 +159,7 @@ fn worker_from_row(r: &mut Reader) -> Result<Worker> {
         started_at: r.get()?,
         heartbeat_at: r.get()?,
         finished_at: r.get()?,
+        pending_instructions: r.list()?,
     })
 }
 
@@ -159,6 +182,7 @@ fn worker_args(w: &Worker) -> Vec<Arg> {
         w.started_at,
         w.heartbeat_at,
         w.finished_at,
+        w.pending_instructions.as_slice(),
     ]
 }
 
@@ -251,7 +275,8 @@ async fn load_worker<T: Tx>(tx: &mut T, id: &str, lock: bool) -> Result<Option<W
 async fn save_worker<T: Tx>(tx: &mut T, w: &Worker) -> Result<()> {
     let sql = "UPDATE workers SET status = $2, cost_usd = $3, turns = $4, session_id = $5, \
          branch = $6, commit_sha = $7, pr_url = $8, question = $9, error = $10, \
-         pending_reply = $11, heartbeat_at = $12, finished_at = $13 WHERE id = $1";
+         pending_reply = $11, heartbeat_at = $12, finished_at = $13, \
+         pending_instructions = $14 WHERE id = $1";
     let values = args![
         &w.id,
         w.status.as_str(),
@@ -266,6 +291,7 @@ async fn save_worker<T: Tx>(tx: &mut T, w: &Worker) -> Result<()> {
         &w.pending_reply,
         w.heartbeat_at,
         w.finished_at,
+        w.pending_instructions.as_slice(),
     ];
     tx.execute(sql, values).await.map(drop)
 }
@@ -273,7 +299,8 @@ async fn save_worker<T: Tx>(tx: &mut T, w: &Worker) -> Result<()> {
 /// Writes back every field of a task that can change after it was created.
 async fn save_task<T: Tx>(tx: &mut T, t: &Task) -> Result<()> {
     let sql = "UPDATE tasks SET status = $2, attempts = $3, claimed_by = $4, worker_id = $5, \
-         claimed_at = $6, completed_at = $7, result = $8 WHERE id = $1";
+         claimed_at = $6, completed_at = $7, result = $8, resume_session_id = $9, \
+         error = $10, feedback = $11 WHERE id = $1";
     let values = args![
         &t.id,
         t.status.as_str(),
@@ -283,6 +310,9 @@ async fn save_task<T: Tx>(tx: &mut T, t: &Task) -> Result<()> {
         t.claimed_at,
         t.completed_at,
         t.result.as_ref(),
+        &t.resume_session_id,
+        &t.error,
+        &t.feedback,
     ];
     tx.execute(sql, values).await.map(drop)
 }
@@ -388,14 +418,192 @@ async fn insert_messages<T: Tx>(
     Ok(last + messages.len() as i64)
 }
 
+/// Stores a new task, `blocked`, `pending` or `failed` as its dependencies stand.
 async fn create_task<T: Tx>(tx: &mut T, mut task: Task, source: Option<Source>) -> Result<Task> {
     if let Some(src) = &source {
         task.source_id = Some(upsert_source(tx, src).await?);
     }
+    let dependencies = lock_dependencies(tx, &task).await?;
+    let created_at = task.created_at;
+    workflow::start(&mut task, &dependencies, created_at);
     tx.insert_many("tasks", TASK_COLUMNS, vec![task_args(&task)])
         .await?;
+    if !task.depends_on.is_empty() {
+        let rows = task
+            .depends_on
+            .iter()
+            .map(|dep| args![&task.id, dep])
+            .collect();
+        tx.insert_many("task_dependencies", "task_id, depends_on", rows)
+            .await?;
+    }
     insert_events(tx, &[Event::task_created(&task)], task.created_at).await?;
     Ok(task)
+}
+
+/// The new task's dependencies, each checked to exist in its workspace and locked
+/// until commit: a dependency that ends meanwhile then waits for this task to be
+/// stored, and so finds it among its dependents.
+async fn lock_dependencies<T: Tx>(tx: &mut T, task: &Task) -> Result<Vec<Dependency>> {
+    let mut ids = task.depends_on.clone();
+    ids.sort();
+    let sql = format!(
+        "SELECT workspace_id, status FROM tasks WHERE id = $1{}",
+        T::DIALECT.for_update
+    );
+    let mut dependencies = Vec::with_capacity(ids.len());
+    for id in ids {
+        let found = tx
+            .query_optional(&sql, args![&id], |r| {
+                Ok((r.get::<String>()?, r.parse::<TaskStatus>()?))
+            })
+            .await?;
+        match found {
+            Some((workspace, status)) if workspace == task.workspace_id => {
+                dependencies.push(Dependency { id, status })
+            }
+            Some(_) => {
+                return Err(RuleError::Invalid(format!(
+                    "dependsOn: task {id} is in another workspace"
+                ))
+                .into());
+            }
+            None => {
+                return Err(RuleError::Invalid(format!("dependsOn: there is no task {id}")).into());
+            }
+        }
+    }
+    Ok(dependencies)
+}
+
+/// The dependencies of task `id` as they stand now.
+async fn load_dependencies<T: Tx>(tx: &mut T, id: &str) -> Result<Vec<Dependency>> {
+    let sql = "SELECT t.id, t.status FROM task_dependencies d JOIN tasks t ON t.id = d.depends_on \
+               WHERE d.task_id = $1 ORDER BY t.id";
+    tx.query(sql, args![id], |r| {
+        Ok(Dependency {
+            id: r.get()?,
+            status: r.parse()?,
+        })
+    })
+    .await
+}
+
+/// After task `id` ended or came back from failure: re-settles the tasks that depend
+/// on it ([`workflow::settle`]), and theirs in turn when they failed or went back to
+/// waiting. Each dependent is locked before its dependencies are read, so that two
+/// dependencies completing at once cannot both see the other unfinished. Returns the
+/// events of the tasks it changed.
+async fn settle_dependents<T: Tx>(tx: &mut T, id: &str, now: Timestamp) -> Result<Vec<Event>> {
+    let mut events = Vec::new();
+    let mut changed = vec![id.to_owned()];
+    while let Some(id) = changed.pop() {
+        let sql = "SELECT task_id FROM task_dependencies WHERE depends_on = $1 ORDER BY task_id";
+        let dependents: Vec<String> = tx.query(sql, args![&id], |r| r.get()).await?;
+        for dependent in dependents {
+            let Some(mut task) = load_task(tx, &dependent, true).await? else {
+                continue;
+            };
+            if !matches!(task.status, TaskStatus::Blocked | TaskStatus::Failed) {
+                continue;
+            }
+            let dependencies = load_dependencies(tx, &task.id).await?;
+            if workflow::settle(&mut task, &dependencies, now) {
+                save_task(tx, &task).await?;
+                events.push(Event::task_updated(&task));
+                if task.status != TaskStatus::Pending {
+                    changed.push(task.id.clone());
+                }
+            }
+        }
+    }
+    Ok(events)
+}
+
+/// See [`Store::retry`].
+async fn retry<T: Tx>(tx: &mut T, id: &str, now: Timestamp) -> Result<Task> {
+    let mut task = load_task(tx, id, true)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
+    let dependencies = load_dependencies(tx, id).await?;
+    workflow::retry(&mut task, &dependencies, now)?;
+    save_task(tx, &task).await?;
+    let mut events = vec![Event::task_updated(&task)];
+    events.extend(settle_dependents(tx, id, now).await?);
+    insert_events(tx, &events, now).await?;
+    Ok(task)
+}
+
+/// See [`Store::approve`].
+async fn approve<T: Tx>(
+    tx: &mut T,
+    id: &str,
+    edited: Option<Plan>,
+    now: Timestamp,
+) -> Result<(Task, Vec<Task>)> {
+    let mut task = load_task(tx, id, true)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
+    let planned = plan::approve(&mut task, edited, now)?;
+    let mut children = Vec::with_capacity(planned.len());
+    for child in planned {
+        children.push(create_task(tx, child, None).await?);
+    }
+    save_task(tx, &task).await?;
+    let mut events = vec![Event::task_updated(&task)];
+    events.extend(settle_dependents(tx, id, now).await?);
+    insert_events(tx, &events, now).await?;
+    Ok((task, children))
+}
+
+/// See [`Store::claim_task`]. The task is locked before the account, in the order
+/// every other write takes them.
+async fn claim_task<T: Tx>(
+    tx: &mut T,
+    account_id: &str,
+    task_id: &str,
+    now: Timestamp,
+) -> Result<(Worker, Task)> {
+    let mut task = load_task(tx, task_id, true)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("task {task_id}")))?;
+    let (account, active) = lock_account(tx, account_id).await?;
+    let cost_today = cost_today(tx, account_id, now).await?;
+    claim::check_explicit(&task, &account, active, cost_today, now)?;
+    let (worker, events) = claim::assign(&mut task, &account, now);
+    save_task(tx, &task).await?;
+    tx.insert_many("workers", WORKER_COLUMNS, vec![worker_args(&worker)])
+        .await?;
+    insert_events(tx, &events, now).await?;
+    let taken = UsageChange {
+        active_workers: 1,
+        ..UsageChange::default()
+    };
+    record_usage(tx, &account.id, &taken).await?;
+    Ok((worker, task))
+}
+
+/// The account and its count of workers holding a slot, locked until commit: this
+/// serialises the account's claims, so the counts stay true until commit.
+async fn lock_account<T: Tx>(tx: &mut T, account_id: &str) -> Result<(Account, i64)> {
+    let sql = format!(
+        "SELECT {ACCOUNT_COLUMNS}, active_workers FROM accounts WHERE id = $1{}",
+        T::DIALECT.for_update
+    );
+    tx.query_optional(&sql, args![account_id], |r| {
+        Ok((account_from_row(r)?, r.get::<i64>()?))
+    })
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("account {account_id}")))
+}
+
+/// What the account's workers started today (UTC) have cost.
+async fn cost_today<T: Tx>(tx: &mut T, account_id: &str, now: Timestamp) -> Result<f64> {
+    let sql = "SELECT cost_usd FROM account_usage WHERE account_id = $1 AND day = $2";
+    let cost: Option<f64> = tx
+        .query_optional(sql, args![account_id, time::utc_day(now)], |r| r.get())
+        .await?;
+    Ok(cost.unwrap_or(0.0))
 }
 
 async fn claim<T: Tx>(
@@ -405,30 +613,10 @@ async fn claim<T: Tx>(
     now: Timestamp,
 ) -> Result<Vec<(Worker, Task)>> {
     let dialect = T::DIALECT;
-    // Locking the account row serialises this account's claims, so the counts below
-    // stay true until commit; its limits are re-read as they are now.
-    let sql = format!(
-        "SELECT {ACCOUNT_COLUMNS}, active_workers FROM accounts WHERE id = $1{}",
-        dialect.for_update
-    );
-    let found = tx
-        .query_optional(&sql, args![account_id], |r| {
-            Ok((account_from_row(r)?, r.get::<i64>()?))
-        })
-        .await?;
-    let Some((account, active)) = found else {
-        return Err(StoreError::NotFound(format!("account {account_id}")));
-    };
-    let sql = "SELECT cost_usd FROM account_usage WHERE account_id = $1 AND day = $2";
-    let cost_today: Option<f64> = tx
-        .query_optional(sql, args![&account.id, time::utc_day(now)], |r| r.get())
-        .await?;
-    let slots = claim::free_slots(
-        &account,
-        active,
-        cost_today.unwrap_or(0.0),
-        request.max_tasks,
-    );
+    // The account's limits are re-read as they are now, under its lock.
+    let (account, active) = lock_account(tx, account_id).await?;
+    let cost_today = cost_today(tx, &account.id, now).await?;
+    let slots = claim::free_slots(&account, active, cost_today, request.max_tasks);
     if slots == 0 {
         return Ok(Vec::new());
     }
@@ -445,6 +633,8 @@ async fn claim<T: Tx>(
          AND workspace_id IN (SELECT workspace_id FROM account_workspaces \
                               WHERE account_id = $1 AND can_claim) \
          AND (CAST($4 AS TEXT) IS NULL OR workspace_id = $4) \
+         AND (preferred_account_id IS NULL OR preferred_account_id = $1 \
+              OR preferred_until <= $6) \
          ORDER BY priority DESC, created_at, id LIMIT $5{}",
         dialect.pending_index, dialect.skip_locked
     );
@@ -454,6 +644,7 @@ async fn claim<T: Tx>(
         own.as_str(),
         request.workspace_id.as_deref(),
         slots,
+        now,
     ];
     let picked = tx.query(&sql, values, task_from_row).await?;
     let mut claimed = Vec::with_capacity(picked.len());
@@ -498,9 +689,11 @@ async fn apply<T: Tx>(tx: &mut T, id: &str, action: Action, now: Timestamp) -> R
         };
         (task, worker)
     };
-    let outcome = actions::apply(action, &mut task, worker.as_mut(), now)?;
+    let before = task.status;
+    let mut outcome = actions::apply(action, &mut task, worker.as_mut(), now)?;
     if outcome.changed {
-        write_outcome(tx, &task, worker.as_ref(), &outcome, now).await?;
+        let dependents = write_outcome(tx, &task, before, worker.as_ref(), &outcome, now).await?;
+        outcome.events.extend(dependents);
     }
     Ok(Applied {
         task,
@@ -509,16 +702,23 @@ async fn apply<T: Tx>(tx: &mut T, id: &str, action: Action, now: Timestamp) -> R
     })
 }
 
-/// Saves what [`actions::apply`] made of a task and its worker, with everything the
-/// outcome produced.
+/// Saves what [`actions::apply`] made of a task (whose status was `before`) and its
+/// worker, with everything the outcome produced, and re-settles the task's dependents
+/// when it ended or came back; returns the events of those it changed. Dependents are
+/// locked before the account, in the order every write takes its locks.
 async fn write_outcome<T: Tx>(
     tx: &mut T,
     task: &Task,
+    before: TaskStatus,
     worker: Option<&Worker>,
     outcome: &Outcome,
     now: Timestamp,
-) -> Result<()> {
+) -> Result<Vec<Event>> {
     save_task(tx, task).await?;
+    let dependents = match workflow::moves_dependents(before, task) {
+        true => settle_dependents(tx, &task.id, now).await?,
+        false => Vec::new(),
+    };
     if let Some(w) = worker {
         save_worker(tx, w).await?;
         record_usage(tx, &w.account_id, &outcome.usage).await?;
@@ -527,7 +727,9 @@ async fn write_outcome<T: Tx>(
             insert_messages(tx, w, &outcome.messages, now).await?;
         }
     }
-    insert_events(tx, &outcome.events, now).await
+    insert_events(tx, &outcome.events, now).await?;
+    insert_events(tx, &dependents, now).await?;
+    Ok(dependents)
 }
 
 async fn append_messages<T: Tx>(
@@ -811,6 +1013,73 @@ impl<B: Backend> Store for SqlStore<B> {
             f.limit,
         ];
         self.all(sql, values, task_from_row).await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn task_links(&self, id: &str) -> Result<TaskLinks> {
+        let refs = |r: &mut Reader| {
+            Ok(TaskRef {
+                id: r.get()?,
+                title: r.get()?,
+                status: r.parse()?,
+            })
+        };
+        let sql = "SELECT t.id, t.title, t.status FROM task_dependencies d \
+                   JOIN tasks t ON t.id = d.depends_on WHERE d.task_id = $1 \
+                   ORDER BY t.created_at, t.id";
+        let dependencies = self.all(sql.to_owned(), args![id], refs).await?;
+        let sql = "SELECT id, title, status FROM tasks WHERE parent_id = $1 \
+                   ORDER BY created_at, id";
+        let children = self.all(sql.to_owned(), args![id], refs).await?;
+        Ok(TaskLinks {
+            dependencies,
+            children,
+        })
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn retry(&self, id: &str, now: Timestamp) -> Result<Task> {
+        let id = id.to_owned();
+        let task = self
+            .backend
+            .write(move |tx| async move { retry(tx, &id, now).await }.boxed())
+            .await?;
+        self.backend.events_written();
+        Ok(task)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, edited))]
+    async fn approve(
+        &self,
+        id: &str,
+        edited: Option<Plan>,
+        now: Timestamp,
+    ) -> Result<(Task, Vec<Task>)> {
+        let id = id.to_owned();
+        let approved = self
+            .backend
+            .write(move |tx| async move { approve(tx, &id, edited, now).await }.boxed())
+            .await?;
+        self.backend.events_written();
+        Ok(approved)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, account), fields(account = %account.id))]
+    async fn claim_task(
+        &self,
+        account: &Account,
+        task_id: &str,
+        now: Timestamp,
+    ) -> Result<(Worker, Task)> {
+        let (account_id, task_id) = (account.id.clone(), task_id.to_owned());
+        let claimed = self
+            .backend
+            .write(move |tx| {
+                async move { claim_task(tx, &account_id, &task_id, now).await }.boxed()
+            })
+            .await?;
+        self.backend.events_written();
+        Ok(claimed)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(account = %account.id))]

@@ -37,6 +37,15 @@ macro_rules! args {
 }
 pub(crate) use args;
 
+/// A list of ids, stored as JSON text.
+impl From<&[String]> for Arg {
+    fn from(v: &[String]) -> Self {
+        Arg::Text(Some(
+            serde_json::to_string(v).unwrap_or_else(|_| "[]".into()),
+        ))
+    }
+}
+
 impl From<&str> for Arg {
     fn from(v: &str) -> Self {
         Arg::Text(Some(v.to_owned()))
@@ -165,6 +174,13 @@ impl<'r> Reader<'r> {
     /// The next column, a string that names one of the core's enums.
     pub fn parse<T: std::str::FromStr<Err = String>>(&mut self) -> Result<T> {
         parse_column(&self.get::<String>()?)
+    }
+
+    /// The next column, a list of ids kept as JSON text.
+    pub fn list(&mut self) -> Result<Vec<String>> {
+        let text = self.get::<String>()?;
+        serde_json::from_str(&text)
+            .map_err(|e| StoreError::Backend(format!("stored list unreadable: {e}")))
     }
 
     /// The next column, JSON text.

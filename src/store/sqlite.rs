@@ -25,6 +25,7 @@ use crate::core::time::{self, Timestamp};
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_initial.sql"),
     include_str!("../../migrations/sqlite/0002_delivery_and_retention.sql"),
+    include_str!("../../migrations/sqlite/0003_workflows.sql"),
 ];
 const READERS: usize = 4;
 

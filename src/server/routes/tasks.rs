@@ -6,12 +6,15 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 
 use super::page_limit;
-use crate::api::{ArtifactList, CommentBody, CommentList, NewTask, ReplyBody, TaskList, TaskQuery};
+use crate::api::{
+    ApproveBody, Approved, ArtifactList, CommentBody, CommentList, MessageBody, NewTask, ReplyBody,
+    ReviseBody, TaskDetail, TaskList, TaskQuery,
+};
 use crate::core::actions::Action;
 use crate::core::ids::{IdKind, new_id};
-use crate::core::model::{Comment, RunnerPreference, Source, Task};
+use crate::core::model::{Comment, RunnerPreference, Source, Task, TaskMode, TaskStatus};
 use crate::core::policy::Deed;
-use crate::core::{time, validate};
+use crate::core::{time, validate, workflow};
 use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult, Body, Params};
@@ -32,6 +35,10 @@ pub async fn create(
     )?;
     validate::money("maxCostUsd", body.max_cost_usd)?;
     let max_attempts = validate::max_attempts(body.max_attempts)?;
+    let depends_on = workflow::requested(&body.depends_on)?;
+    if let Some(branch) = &body.base_branch {
+        validate::branch_name("baseBranch", branch)?;
+    }
     if let Some(src) = &body.source {
         validate::source_type(&src.source_type)?;
         validate::optional_text(
@@ -50,6 +57,9 @@ pub async fn create(
         priority: body.priority,
         max_attempts,
         max_cost_usd: body.max_cost_usd,
+        mode: body.mode.unwrap_or(TaskMode::Run),
+        depends_on,
+        base_branch: body.base_branch,
         ..Task::new(body.workspace_id, &body.title, time::now())
     };
     let source = body.source.map(|src| Source {
@@ -97,13 +107,103 @@ async fn task_for(state: &AppState, caller: &Caller, deed: Deed, id: &str) -> Ap
 }
 
 #[utoipa::path(get, path = "/api/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "The task's id")),
-    responses((status = 200, description = "The task", body = Task), ApiError))]
+    responses((status = 200, description = "The task, with its dependencies and children", body = TaskDetail), ApiError))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+) -> ApiResult<Json<TaskDetail>> {
+    let task = task_for(&state, &caller, Deed::Read, &id).await?;
+    let links = state.store.task_links(&id).await?;
+    let blocked_by = links
+        .dependencies
+        .iter()
+        .filter(|d| d.status != TaskStatus::Completed)
+        .map(|d| d.id.clone())
+        .collect();
+    Ok(Json(TaskDetail {
+        task,
+        blocked_by,
+        dependencies: links.dependencies,
+        children: links.children,
+    }))
+}
+
+#[utoipa::path(post, path = "/api/tasks/{id}/retry", tag = "tasks", params(("id" = String, Path, description = "The task's id")),
+    responses((status = 200, description = "The task, pending again (or blocked while a dependency is unfinished); the dependents that failed because of it are blocked again", body = Task), ApiError))]
+pub async fn retry(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
 ) -> ApiResult<Json<Task>> {
-    Ok(Json(task_for(&state, &caller, Deed::Read, &id).await?))
+    task_for(&state, &caller, Deed::Steer, &id).await?;
+    Ok(Json(state.store.retry(&id, time::now()).await?))
+}
+
+#[utoipa::path(post, path = "/api/tasks/{id}/approve", tag = "tasks", params(("id" = String, Path, description = "The planned task's id")), request_body = Option<ApproveBody>,
+    responses((status = 200, description = "The plan task, completed, and one child task per step", body = Approved), ApiError))]
+pub async fn approve(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(body): Body<ApproveBody>,
+) -> ApiResult<Json<Approved>> {
+    task_for(&state, &caller, Deed::Create, &id).await?;
+    let (task, children) = state.store.approve(&id, body.plan, time::now()).await?;
+    Ok(Json(Approved { task, children }))
+}
+
+#[utoipa::path(post, path = "/api/tasks/{id}/revise", tag = "tasks", params(("id" = String, Path, description = "The planned task's id")), request_body = ReviseBody,
+    responses((status = 200, description = "The task, pending again: planning runs again with the feedback", body = Task), ApiError))]
+pub async fn revise(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(body): Body<ReviseBody>,
+) -> ApiResult<Json<Task>> {
+    task_for(&state, &caller, Deed::Steer, &id).await?;
+    let action = Action::Revise {
+        feedback: body.feedback,
+    };
+    Ok(Json(
+        state.store.apply(&id, action, time::now()).await?.task,
+    ))
+}
+
+#[utoipa::path(post, path = "/api/tasks/{id}/reject", tag = "tasks", params(("id" = String, Path, description = "The planned task's id")),
+    responses((status = 200, description = "The task, cancelled", body = Task), ApiError))]
+pub async fn reject(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Task>> {
+    task_for(&state, &caller, Deed::Steer, &id).await?;
+    Ok(Json(
+        state
+            .store
+            .apply(&id, Action::Reject, time::now())
+            .await?
+            .task,
+    ))
+}
+
+#[utoipa::path(post, path = "/api/tasks/{id}/followup", tag = "tasks", params(("id" = String, Path, description = "The id of a task that has ended")), request_body = MessageBody,
+    responses((status = 201, description = "The continuation task: it starts from the parent's branch and carries on its session", body = Task), ApiError))]
+pub async fn followup(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(body): Body<MessageBody>,
+) -> ApiResult<(StatusCode, Json<Task>)> {
+    validate::text("message", &body.message, validate::MAX_DESCRIPTION_LEN)?;
+    let parent = task_for(&state, &caller, Deed::Create, &id).await?;
+    let last_worker = match &parent.worker_id {
+        Some(w) => state.store.get_worker(w).await?,
+        None => None,
+    };
+    let task = workflow::followup(&parent, last_worker.as_ref(), &body.message, time::now())?;
+    let task = state.store.create_task(&task, None).await?;
+    Ok((StatusCode::CREATED, Json(task)))
 }
 
 #[utoipa::path(post, path = "/api/tasks/{id}/cancel", tag = "tasks", params(("id" = String, Path, description = "The task's id")),

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use super::page_limit;
 use crate::api::{
     Appended, AttachQuery, AttachmentList, ClaimAnswer, ClaimBody, ClaimEntry, ClaimedWorker,
-    MessageList, MessagesBody, MessagesQuery, WorkerList, WorkerQuery,
+    MessageBody, MessageList, MessagesBody, MessagesQuery, NewWorker, WorkerList, WorkerQuery,
 };
 use crate::core::actions::{Action, HeartbeatAnswer, WorkerUpdate};
 use crate::core::claim;
@@ -68,6 +68,69 @@ pub async fn claim(
         workers,
         lease_ttl_secs: state.lease_ttl.as_secs_f64(),
     }))
+}
+
+#[utoipa::path(post, path = "/api/workers", tag = "workers", request_body = NewWorker,
+    responses((status = 201, description = "The task, claimed: its worker, as a claim answers", body = ClaimAnswer), ApiError))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+    Body(body): Body<NewWorker>,
+) -> ApiResult<(StatusCode, Json<ClaimAnswer>)> {
+    let account = caller.require_account()?.clone();
+    let user_agent = headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    if let Some(reason) = version::refuse_agent(user_agent) {
+        return Err(ApiError::UpgradeRequired(reason));
+    }
+    let task = state
+        .store
+        .get_task(&body.task_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("task {} not found", body.task_id)))?;
+    caller
+        .may_in(&state, Deed::Claim, &task.workspace_id)
+        .await?;
+    let started = Instant::now();
+    let (worker, task) = state
+        .store
+        .claim_task(&account, &body.task_id, time::now())
+        .await?;
+    state.metrics.claimed(started.elapsed(), 1);
+    let claimed = ClaimedWorker { worker, task };
+    Ok((
+        StatusCode::CREATED,
+        Json(ClaimAnswer {
+            workers: vec![ClaimEntry::Readable(Box::new(claimed))],
+            lease_ttl_secs: state.lease_ttl.as_secs_f64(),
+        }),
+    ))
+}
+
+#[utoipa::path(post, path = "/api/workers/{id}/instruct", tag = "workers", params(("id" = String, Path, description = "The worker's id")), request_body = MessageBody,
+    responses((status = 200, description = "The worker; its agent gets the instruction at once and passes it to the run", body = Worker), ApiError))]
+pub async fn instruct(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(body): Body<MessageBody>,
+) -> ApiResult<Json<Worker>> {
+    let worker = worker_for(&state, &caller, Deed::Read, &id).await?;
+    if !matches!(&caller, Caller::Account(a) if a.id == worker.account_id) {
+        caller
+            .may_in(&state, Deed::Steer, &worker.workspace_id)
+            .await?;
+    }
+    let action = Action::Instruct {
+        message: body.message,
+    };
+    let applied = state.store.apply(&id, action, time::now()).await?;
+    applied
+        .worker
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("worker {id} not found")))
 }
 
 /// One claim transaction, timed for `/metrics`.
