@@ -205,6 +205,48 @@ async fn no_account_reaches_another_workspace() {
             json!({"message": "hi"}),
         ),
         (
+            Method::POST,
+            "/api/tasks/{id}/retry",
+            format!("/api/tasks/{t}/retry"),
+            json!({}),
+        ),
+        (
+            Method::POST,
+            "/api/tasks/{id}/approve",
+            format!("/api/tasks/{t}/approve"),
+            json!({}),
+        ),
+        (
+            Method::POST,
+            "/api/tasks/{id}/revise",
+            format!("/api/tasks/{t}/revise"),
+            json!({"feedback": "more"}),
+        ),
+        (
+            Method::POST,
+            "/api/tasks/{id}/reject",
+            format!("/api/tasks/{t}/reject"),
+            json!({}),
+        ),
+        (
+            Method::POST,
+            "/api/tasks/{id}/followup",
+            format!("/api/tasks/{t}/followup"),
+            json!({"message": "more"}),
+        ),
+        (
+            Method::POST,
+            "/api/workers/{id}/instruct",
+            format!("/api/workers/{w}/instruct"),
+            json!({"message": "stop"}),
+        ),
+        (
+            Method::POST,
+            "/api/workers",
+            "/api/workers".into(),
+            json!({"taskId": theirs.pending_task}),
+        ),
+        (
             Method::GET,
             "/api/tasks/{id}/artifacts",
             format!("/api/tasks/{t}/artifacts"),

@@ -569,6 +569,8 @@ async fn claim_task<T: Tx>(
         .ok_or_else(|| StoreError::NotFound(format!("task {task_id}")))?;
     let (account, active) = lock_account(tx, account_id).await?;
     let cost_today = cost_today(tx, account_id, now).await?;
+    // As in a claim: stamped once the task is ours to read.
+    let now = now.max(time::now());
     claim::check_explicit(&task, &account, active, cost_today, now)?;
     let (worker, events) = claim::assign(&mut task, &account, now);
     save_task(tx, &task).await?;
@@ -647,6 +649,10 @@ async fn claim<T: Tx>(
         now,
     ];
     let picked = tx.query(&sql, values, task_from_row).await?;
+    // Stamped after the pick, which saw every commit before it: a dependency that
+    // completed just before then (its time taken before this claim's) still reads as
+    // completed before its dependent was claimed.
+    let now = now.max(time::now());
     let mut claimed = Vec::with_capacity(picked.len());
     let mut events = Vec::new();
     for mut task in picked {

@@ -4,7 +4,7 @@
 "use strict";
 
 const TOKEN_KEY = "buildd.token";
-const STATUSES = ["pending", "assigned", "running", "waiting_input", "completed", "failed", "cancelled"];
+const STATUSES = ["blocked", "pending", "assigned", "running", "waiting_input", "planned", "completed", "failed", "cancelled"];
 const ACTIVE = ["idle", "starting", "running", "waiting_input", "paused"];
 
 const state = {
@@ -309,7 +309,10 @@ function newTaskView() {
       description: f.get("description"),
       runnerPreference: f.get("runnerPreference"),
       priority: Number(f.get("priority") || 0),
+      dependsOn: String(f.get("dependsOn") || "").split(/[\s,]+/).filter(Boolean),
+      mode: f.get("plan") ? "plan" : "run",
     };
+    if (f.get("baseBranch")) body.baseBranch = f.get("baseBranch");
     try {
       const task = await api("POST", "/api/tasks", body);
       state.tasks.set(task.id, task);
@@ -325,6 +328,9 @@ function newTaskView() {
   h("label", {}, "Description", h("textarea", { name: "description", placeholder: "What should the agent do?" })),
   h("label", {}, "Runner", h("select", { name: "runnerPreference" }, ["any", "user", "service", "action"].map((r) => h("option", { value: r }, r)))),
   h("label", {}, "Priority (higher runs first)", h("input", { name: "priority", type: "number", value: 0, step: 1 })),
+  h("label", {}, "Depends on (task ids, comma-separated)", h("input", { name: "dependsOn", autocomplete: "off" })),
+  h("label", {}, "Base branch", h("input", { name: "baseBranch", autocomplete: "off", placeholder: "the checkout's current commit" })),
+  h("label", { class: "row" }, h("input", { name: "plan", type: "checkbox" }), "Plan first: the agent proposes steps for you to approve"),
   msg,
   h("div", { class: "actions" }, h("button", { class: "primary", type: "submit" }, "Create task"), h("a", { href: "#/" }, "Cancel")));
   $("main").replaceChildren(creatable.length ? form : h("p", { class: "panel muted" }, "There is no workspace you can create tasks in."));
@@ -358,7 +364,81 @@ function taskView(id) {
   } }, replyInput, h("button", { class: "primary", type: "submit" }, "Answer"));
   const outputTitle = h("h2", {}, "Output");
   const output = h("pre", { class: "output", id: "output" });
-  $("main").replaceChildren(h("p", {}, h("a", { href: "#/" }, "← Tasks")), head, err, workersEl, outputTitle, output);
+  const workflowEl = h("div", { id: "workflow" });
+  $("main").replaceChildren(h("p", {}, h("a", { href: "#/" }, "← Tasks")), head, err, workflowEl, workersEl, outputTitle, output);
+
+  // The task's dependencies and children come from GET /api/tasks/:id; they are read
+  // again whenever one of them (or a new child) shows up changed in the event stream.
+  let links = { dependencies: [], children: [] };
+  let linksSeen = null;
+  async function refreshLinks(task) {
+    const seen = JSON.stringify([task.status,
+      ...[...state.tasks.values()].filter((t) => t.parentId === id || (task.dependsOn || []).includes(t.id)).map((t) => [t.id, t.status])]);
+    if (seen === linksSeen) return;
+    linksSeen = seen;
+    try {
+      const detail = await api("GET", `/api/tasks/${encodeURIComponent(id)}`);
+      links = { dependencies: detail.dependencies || [], children: detail.children || [] };
+      renderWorkflow(state.tasks.get(id) || detail);
+    } catch (e) { err.textContent = e.message; }
+  }
+
+  function taskLink(t) {
+    const live = state.tasks.get(t.id) || t;
+    return h("li", { "data-linked": t.id }, badge(live.status), " ", h("a", { href: `#/tasks/${encodeURIComponent(t.id)}` }, live.title));
+  }
+
+  function renderWorkflow(task) {
+    const parts = [];
+    if (links.dependencies.length) parts.push(h("h2", {}, "Depends on"), h("ul", { class: "links" }, links.dependencies.map(taskLink)));
+    if (task.parentId) parts.push(h("p", {}, "Part of ", h("a", { href: `#/tasks/${encodeURIComponent(task.parentId)}` }, (state.tasks.get(task.parentId) || { title: task.parentId }).title)));
+    if (links.children.length) parts.push(h("h2", {}, "Subtasks and follow-ups"), h("ul", { class: "links", id: "children" }, links.children.map(taskLink)));
+    const plan = task.result && task.result.plan;
+    if (task.status === "planned" && plan) {
+      const feedback = h("textarea", { name: "feedback", placeholder: "What should change in the plan?" });
+      parts.push(h("div", { class: "panel", id: "plan" },
+        h("h2", {}, "Plan"),
+        h("ol", {}, plan.steps.map((step) => h("li", {},
+          h("strong", {}, step.title), step.dependsOn && step.dependsOn.length ? h("span", { class: "muted" }, ` (after ${step.dependsOn.join(", ")})`) : null,
+          step.description ? h("div", { class: "muted", style: "white-space: pre-wrap" }, step.description) : null))),
+        h("div", { class: "actions" },
+          action("Approve", "primary", async () => {
+            const approved = await api("POST", `/api/tasks/${encodeURIComponent(id)}/approve`, {});
+            state.tasks.set(approved.task.id, approved.task);
+            for (const c of approved.children) state.tasks.set(c.id, c);
+            linksSeen = null;
+            renderData();
+          }, err),
+          action("Reject", "danger", async () => {
+            const t = await api("POST", `/api/tasks/${encodeURIComponent(id)}/reject`, {});
+            state.tasks.set(t.id, t);
+            renderData();
+          }, err)),
+        feedback,
+        h("div", { class: "actions" }, action("Revise", "", async () => {
+          const t = await api("POST", `/api/tasks/${encodeURIComponent(id)}/revise`, { feedback: feedback.value });
+          state.tasks.set(t.id, t);
+          renderData();
+        }, err)),
+      ));
+    }
+    if (["completed", "failed", "cancelled"].includes(task.status)) {
+      const message = h("textarea", { name: "followup", placeholder: "What next? The follow-up starts from this task's branch and session." });
+      parts.push(h("div", { class: "panel", id: "followup" }, h("h2", {}, "Follow up"), message,
+        h("div", { class: "actions" },
+          action("Follow up", "primary", async () => {
+            const t = await api("POST", `/api/tasks/${encodeURIComponent(id)}/followup`, { message: message.value });
+            state.tasks.set(t.id, t);
+            location.hash = `#/tasks/${encodeURIComponent(t.id)}`;
+          }, err),
+          task.status !== "completed" ? action("Retry", "", async () => {
+            const t = await api("POST", `/api/tasks/${encodeURIComponent(id)}/retry`, {});
+            state.tasks.set(t.id, t);
+            renderData();
+          }, err) : null)));
+    }
+    workflowEl.replaceChildren(...parts);
+  }
 
   let fetched = false;
   return {
@@ -369,6 +449,8 @@ function taskView(id) {
         try { task = await api("GET", `/api/tasks/${encodeURIComponent(id)}`); state.tasks.set(id, task); } catch (e) { head.replaceChildren(h("p", { class: "error" }, e.message)); return; }
       }
       if (!task) return;
+      renderWorkflow(task);
+      refreshLinks(task);
       const workers = workersOf(id);
       const current = workers.find((w) => w.id === task.workerId) || workers[workers.length - 1];
       const waiting = current && current.status === "waiting_input";
@@ -384,11 +466,14 @@ function taskView(id) {
             h("dt", {}, "Attempts"), h("dd", {}, `${task.attempts} of ${task.maxAttempts}`),
             h("dt", {}, "Cost"), h("dd", {}, money(taskCost(id)), task.maxCostUsd ? ` (cap ${money(task.maxCostUsd)})` : ""),
             h("dt", {}, "Created"), h("dd", { title: task.createdAt }, ago(task.createdAt)),
+            task.baseBranch ? [h("dt", {}, "Base branch"), h("dd", {}, task.baseBranch)] : null,
+            task.error ? [h("dt", {}, "Error"), h("dd", {}, task.error)] : null,
             task.description ? [h("dt", {}, "Description"), h("dd", { style: "white-space: pre-wrap" }, task.description)] : null,
             task.result ? [h("dt", {}, "Result"), h("dd", { style: "white-space: pre-wrap" }, typeof task.result.text === "string" ? task.result.text : JSON.stringify(task.result))] : null,
           ),
           waiting ? h("div", { class: "question" }, h("strong", {}, "Question: "), current.question || "") : null,
           waiting ? replyForm : null,
+          current && ["idle", "starting", "running", "waiting_input", "paused"].includes(current.status) ? instructForm(current.id) : null,
           h("div", { class: "actions", style: "margin-top:10px" },
             ended ? null : action("Cancel task", "danger", async () => {
               const t = await api("POST", `/api/tasks/${encodeURIComponent(id)}/cancel`, {});
@@ -424,6 +509,18 @@ function taskView(id) {
       else outputTitle.hidden = output.hidden = false;
     },
   };
+
+  function instructForm(workerId) {
+    const input = h("input", { name: "instruct", placeholder: "An instruction for the running agent", autocomplete: "off" });
+    return h("form", { class: "row", id: "instruct", onsubmit: async (e) => {
+      e.preventDefault();
+      err.textContent = "";
+      try {
+        state.workers.set(workerId, await api("POST", `/api/workers/${encodeURIComponent(workerId)}/instruct`, { message: input.value }));
+        input.value = "";
+      } catch (e2) { err.textContent = e2.message; }
+    } }, input, h("button", { type: "submit" }, "Instruct"));
+  }
 
   async function showOutput(workerId) {
     state.output = { workerId, seq: 0, el: output };
@@ -477,6 +574,7 @@ function describe(m) {
     }
     case "result": return span("r", `■ ${m.subtype || "result"}: ${m.result || ""}${m.total_cost_usd !== undefined ? ` (${money(m.total_cost_usd)})` : ""}`);
     case "user_reply": return span("r", `you: ${m.text}`);
+    case "user_instruction": return span("r", `instruction: ${m.text}`);
     case "output": return m.text;
     case "buildd_cut": return h("span", {}, span("k", `✂ a ${m.originalType || "line"} of ${m.originalBytes} bytes, cut: `), m.text || "");
     case "buildd_notice": return span("k", `! ${m.text}`);
