@@ -796,3 +796,203 @@ async fn an_action_task_dispatches_a_github_workflow_whose_agent_runs_it_once() 
     let worker = worker_of(&admin, &failing).await;
     assert_eq!(worker["status"], "error");
 }
+
+/// An agent running the real Claude Code against `anthropic`.
+fn claude_agent(server: &Server, key: &str, repo: &Repo, anthropic: &FakeAnthropic) -> Agent {
+    let claude = claude_code().display().to_string();
+    Agent::start(
+        &server.url,
+        key,
+        repo.path(),
+        &["--claude-bin", &claude, "--max-tasks", "2"],
+        &anthropic.env(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_from_claude_code_is_revised_in_its_session_approved_and_its_steps_run_in_order() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let (ws, key) = workspace_and_key(&admin, None).await;
+    let anthropic = FakeAnthropic::start().await;
+    let repo = Repo::new();
+    let plan_task = admin
+        .task(
+            &ws,
+            json!({
+                "title": "Add a table and its API",
+                "mode": "plan",
+                "description": "step schema | Add the schema | write schema.sql create table t; |\n\
+                                step api | Add the API | write api.txt GET /t | schema",
+            }),
+        )
+        .await;
+    let plan_id = plan_task["id"].as_str().unwrap().to_owned();
+    let _agent = claude_agent(&server, &key, &repo, &anthropic);
+    let planned = wait_task(&admin, &plan_id, "planned").await;
+    let steps = planned["result"]["plan"]["steps"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(steps.len(), 2, "{planned}");
+    assert_eq!(steps[1]["dependsOn"], json!(["schema"]));
+    let first = worker_of(&admin, &plan_id).await;
+    assert!(
+        repo.git(&["branch", "--list", &format!("buildd/{plan_id}")])
+            .is_empty()
+            || repo.git(&["rev-parse", &format!("buildd/{plan_id}")])
+                == repo.git(&["rev-parse", "HEAD"]),
+        "a planning run commits nothing"
+    );
+
+    // Revised: planning runs again in the same session, with the feedback.
+    let feedback = "step docs | Write the docs | write docs.md how to use t | api";
+    admin
+        .ok(
+            &format!("/api/tasks/{plan_id}/revise"),
+            json!({ "feedback": feedback }),
+        )
+        .await;
+    let replanned = wait_until(
+        &admin,
+        &format!("/api/tasks/{plan_id}"),
+        LONG,
+        "planned again",
+        |t| {
+            t["status"] == "planned"
+                && t["result"]["plan"]["steps"]
+                    .as_array()
+                    .is_some_and(|s| s.len() == 3)
+        },
+    )
+    .await;
+    assert!(
+        anthropic.saw_together(&["step schema | Add the schema", feedback]),
+        "the revision carried on the first planning session"
+    );
+    let (_, workers) = admin.get(&format!("/api/workers?taskId={plan_id}")).await;
+    let second = &workers["workers"][0];
+    assert_eq!(second["sessionId"], first["sessionId"], "{workers}");
+    assert_eq!(replanned["result"]["plan"]["steps"][2]["ref"], "docs");
+
+    let approved = admin
+        .ok(&format!("/api/tasks/{plan_id}/approve"), json!({}))
+        .await;
+    let children: Vec<String> = approved["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(children.len(), 3);
+    let mut done = Vec::new();
+    for id in &children {
+        done.push(wait_task(&admin, id, "completed").await);
+    }
+    assert_eq!(
+        repo.show(&format!("buildd/{}", children[0]), "schema.sql"),
+        "create table t;"
+    );
+    assert_eq!(
+        repo.show(&format!("buildd/{}", children[1]), "api.txt"),
+        "GET /t"
+    );
+    assert_eq!(
+        repo.show(&format!("buildd/{}", children[2]), "docs.md"),
+        "how to use t"
+    );
+    for pair in done.windows(2) {
+        let claimed: chrono::DateTime<chrono::Utc> =
+            pair[1]["claimedAt"].as_str().unwrap().parse().unwrap();
+        let finished: chrono::DateTime<chrono::Utc> =
+            pair[0]["completedAt"].as_str().unwrap().parse().unwrap();
+        assert!(
+            claimed >= finished,
+            "a step started before the one it depends on had completed"
+        );
+    }
+    let (_, tree) = admin.get(&format!("/api/tasks/{plan_id}")).await;
+    assert_eq!(tree["status"], "completed");
+    assert_eq!(tree["children"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_followup_resumes_its_parents_claude_session_on_its_branch() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let (ws, key) = workspace_and_key(&admin, None).await;
+    let anthropic = FakeAnthropic::start().await;
+    let repo = Repo::new();
+    let parent = task(&admin, &ws, "Write one", "write one.txt first").await;
+    let _agent = claude_agent(&server, &key, &repo, &anthropic);
+    wait_task(&admin, &parent, "completed").await;
+    let parent_worker = worker_of(&admin, &parent).await;
+
+    let followup = admin
+        .ok(
+            &format!("/api/tasks/{parent}/followup"),
+            json!({ "message": "write two.txt second" }),
+        )
+        .await;
+    let id = followup["id"].as_str().unwrap().to_owned();
+    assert_eq!(followup["parentId"], parent.as_str());
+    assert_eq!(followup["baseBranch"], format!("buildd/{parent}"));
+    assert_eq!(followup["resumeSessionId"], parent_worker["sessionId"]);
+    wait_task(&admin, &id, "completed").await;
+    let branch = format!("buildd/{id}");
+    assert_eq!(repo.show(&branch, "two.txt"), "second");
+    assert_eq!(
+        repo.show(&branch, "one.txt"),
+        "first",
+        "it started from the parent's branch"
+    );
+    let parent_commit = parent_worker["commitSha"].as_str().unwrap();
+    repo.git(&["merge-base", "--is-ancestor", parent_commit, &branch]);
+    let worker = worker_of(&admin, &id).await;
+    assert_eq!(
+        worker["sessionId"], parent_worker["sessionId"],
+        "the same session went on"
+    );
+    assert!(
+        anthropic.saw_together(&["write one.txt first", "write two.txt second"]),
+        "the follow-up's run remembered its parent's conversation"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instruction_reaches_the_running_claude_code_session() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let (ws, key) = workspace_and_key(&admin, None).await;
+    let anthropic = FakeAnthropic::start().await;
+    let repo = Repo::new();
+    let id = task(&admin, &ws, "Write slowly", "slow 2\nwrite first.txt one").await;
+    let agent = claude_agent(&server, &key, &repo, &anthropic);
+    wait_task(&admin, &id, "running").await;
+    let worker = worker_of(&admin, &id).await;
+    let worker_id = worker["id"].as_str().unwrap();
+    admin
+        .ok(
+            &format!("/api/workers/{worker_id}/instruct"),
+            json!({ "message": "write extra.txt as instructed" }),
+        )
+        .await;
+    wait_task(&admin, &id, "completed").await;
+    let branch = format!("buildd/{id}");
+    assert_eq!(repo.show(&branch, "first.txt"), "one");
+    assert_eq!(repo.show(&branch, "extra.txt"), "as instructed");
+    assert!(
+        agent
+            .log()
+            .contains("passed an instruction to the running session"),
+        "{}",
+        agent.log()
+    );
+    let messages = admin.messages_of(worker_id).await;
+    assert!(
+        messages.iter().any(|m| m["type"] == "user_instruction"),
+        "the instruction is in the worker's messages"
+    );
+    // One worker, one session: the instruction needed no second run.
+    assert_eq!(worker_of(&admin, &id).await["id"], worker_id);
+}

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::Stdio;
 
 use serde_json::Value;
 use tokio::process::Command;
@@ -30,9 +29,11 @@ pub struct ClaudeRunner {
 impl Runner for ClaudeRunner {
     fn command(&self, spec: &RunSpec) -> Command {
         let mut command = Command::new(&self.bin);
+        // The prompt goes in on stdin as the first stream-json message, and a person's
+        // instructions follow it there while the run goes on.
         command
             .arg("-p")
-            .arg(&spec.prompt)
+            .args(["--input-format", "stream-json", "--replay-user-messages"])
             .args(["--output-format", "stream-json", "--verbose"]);
         match &spec.plan_schema {
             // Planning reads only, and hands the plan back through Claude Code's
@@ -48,8 +49,7 @@ impl Runner for ClaudeRunner {
             .arg("--allowedTools")
             .arg(&self.allowed_tools)
             .arg("--append-system-prompt")
-            .arg(unattended_instructions())
-            .stdin(Stdio::null());
+            .arg(unattended_instructions());
         if let Some(model) = &self.model {
             command.arg("--model").arg(model);
         }
@@ -67,6 +67,14 @@ impl Runner for ClaudeRunner {
 
     fn parser(&self) -> Box<dyn OutputParser> {
         Box::new(StreamJson::default())
+    }
+
+    fn input_line(&self, text: &str) -> Option<String> {
+        let message = serde_json::json!({
+            "type": "user",
+            "message": { "role": "user", "content": text },
+        });
+        Some(message.to_string())
     }
 
     /// Claude Code keeps each session as `projects/<dir>/<session>.jsonl` under its
@@ -102,6 +110,9 @@ impl Runner for ClaudeRunner {
 pub struct StreamJson {
     /// Usage per assistant message id: one message may come as several lines.
     usage: HashMap<String, f64>,
+    /// Turns of the results before the last: each message sent on stdin ends with a
+    /// `result` counting its own turns (its cost is the process's total so far).
+    turns_before: i64,
 }
 
 impl OutputParser for StreamJson {
@@ -125,9 +136,13 @@ impl OutputParser for StreamJson {
                 report.turns = Some(self.usage.len() as i64);
                 report.cost_usd = Some(self.usage.values().sum());
             }
+            // With --replay-user-messages, each message taken from stdin comes back.
+            Some("user") if message["isReplay"] == true => report.took_input = true,
             Some("result") => {
                 report.session_id = message["session_id"].as_str().map(str::to_owned);
-                report.turns = message["num_turns"].as_i64();
+                let turns = message["num_turns"].as_i64().unwrap_or(0);
+                report.turns = Some(self.turns_before + turns);
+                self.turns_before += turns;
                 report.cost_usd = message["total_cost_usd"].as_f64();
                 let text = message["result"].as_str().map(str::to_owned);
                 let subtype = message["subtype"].as_str().unwrap_or("error");

@@ -268,7 +268,8 @@ impl Job {
             .env_remove("BUILDD_API_KEY")
             .env("BUILDD_TASK_ID", &self.task.id)
             .env("BUILDD_WORKER_ID", &self.worker.id);
-        let (mut process, stdout) = match RunProcess::spawn(command) {
+        let first_line = self.ctx.runner.input_line(&spec.prompt);
+        let (mut process, stdout, stdin) = match RunProcess::spawn(command, first_line.is_some()) {
             Ok(started) => started,
             Err(e) => {
                 return Segment::Finished(Finish {
@@ -279,6 +280,10 @@ impl Job {
             }
         };
         self.output.start_run();
+        let mut input = LiveInput { stdin, sent: 0 };
+        if let Some(line) = first_line {
+            input.send(&line).await;
+        }
         let mut reader = tokio::spawn(output::read_output(
             stdout,
             self.ctx.runner.parser(),
@@ -301,6 +306,7 @@ impl Job {
                     if self.task.max_cost_usd.is_some_and(|max| self.cost > max) {
                         break Err(Segment::CostCapped);
                     }
+                    self.feed(&mut input).await;
                     continue;
                 }
                 _ = heartbeat.tick() => self.beat_unless_stopped().await,
@@ -308,7 +314,10 @@ impl Job {
                 _ = self.ctx.stopping.cancelled() => Control::Stop,
             };
             match control {
-                Control::Carry | Control::Answer(_) => continue,
+                Control::Carry | Control::Answer(_) => {
+                    self.feed(&mut input).await;
+                    continue;
+                }
                 Control::Cancel => break Err(Segment::Cancelled),
                 Control::Pause => break Err(Segment::Paused),
                 Control::Lost(reason) => break Err(Segment::Lost(reason)),
@@ -356,6 +365,29 @@ impl Job {
             is_error: finish.is_error,
             structured: finish.structured,
         })
+    }
+
+    /// For a run that takes messages on stdin: passes on the instructions that came
+    /// (they are then part of this run), and closes stdin once the run has finished
+    /// after taking everything it was sent, which lets it exit. Counting results
+    /// would not do: Claude Code folds a message that comes mid-turn into that turn.
+    async fn feed(&mut self, input: &mut LiveInput) {
+        if input.stdin.is_none() {
+            return;
+        }
+        if !self.instructions.is_empty() {
+            let text = self.instructions.join("\n\n");
+            if let Some(line) = self.ctx.runner.input_line(&text)
+                && input.send(&line).await
+            {
+                info!(task = %self.task.id, "passed an instruction to the running session");
+                self.instructions.clear();
+            }
+        }
+        let report = self.output.report();
+        if report.idle && report.inputs_taken >= input.sent {
+            input.stdin = None;
+        }
     }
 
     /// Takes session, turns and cost from what the current run has printed.
@@ -649,6 +681,39 @@ impl Job {
         })
         .await
         .map(Some)
+    }
+}
+
+/// The stdin of a run that takes messages while it runs, while it is open.
+struct LiveInput {
+    stdin: Option<tokio::process::ChildStdin>,
+    /// Messages sent, the prompt included.
+    sent: usize,
+}
+
+impl LiveInput {
+    /// Sends one line; false (and stdin closed) when the run no longer reads it.
+    async fn send(&mut self, line: &str) -> bool {
+        use tokio::io::AsyncWriteExt;
+        let Some(stdin) = self.stdin.as_mut() else {
+            return false;
+        };
+        let sent = async {
+            stdin.write_all(line.as_bytes()).await?;
+            stdin.write_all(b"\n").await?;
+            stdin.flush().await
+        };
+        match sent.await {
+            Ok(()) => {
+                self.sent += 1;
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "the runner stopped reading its input");
+                self.stdin = None;
+                false
+            }
+        }
     }
 }
 

@@ -253,6 +253,11 @@ pub struct RunReport {
     pub turns: Option<i64>,
     pub cost_usd: Option<f64>,
     pub finish: Option<Finish>,
+    /// How many messages sent on stdin the run has taken.
+    pub inputs_taken: usize,
+    /// Whether the run finished after it took its last message: it has nothing more
+    /// to do unless sent more.
+    pub idle: bool,
     /// The last non-empty line, shortened: the result of a runner that prints no
     /// `result` line.
     pub last_line: String,
@@ -367,8 +372,13 @@ fn take_line(bytes: &[u8], length: usize, parser: &mut dyn OutputParser, output:
         if parsed.cost_usd.is_some() {
             report.cost_usd = parsed.cost_usd;
         }
+        if parsed.took_input {
+            report.inputs_taken += 1;
+            report.idle = false;
+        }
         if parsed.finish.is_some() {
             report.finish = parsed.finish;
+            report.idle = true;
         }
     }
     lock(&output.outbox).push(message);

@@ -4,7 +4,7 @@
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 /// How long a stopped run gets to exit after SIGTERM before its group gets SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(3);
@@ -16,10 +16,15 @@ pub struct RunProcess {
 
 impl RunProcess {
     /// Starts `command` as the leader of a new process group, its stdout piped for the
-    /// agent to read and its stderr passed through to the agent's own.
-    pub fn spawn(mut command: Command) -> std::io::Result<(Self, ChildStdout)> {
+    /// agent to read and its stderr passed through to the agent's own. Its stdin is a
+    /// pipe the agent writes to when `input`, and empty otherwise.
+    pub fn spawn(
+        mut command: Command,
+        input: bool,
+    ) -> std::io::Result<(Self, ChildStdout, Option<ChildStdin>)> {
         command
             .process_group(0)
+            .stdin(if input { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
@@ -35,8 +40,9 @@ impl RunProcess {
         }
         let mut child = command.spawn()?;
         let stdout = child.stdout.take().expect("stdout was piped");
+        let stdin = child.stdin.take();
         let group = child.id().map_or(0, |id| id as i32);
-        Ok((RunProcess { child, group }, stdout))
+        Ok((RunProcess { child, group }, stdout, stdin))
     }
 
     /// Waits for the leader to exit, then ends whatever it left running in its group.

@@ -43,6 +43,9 @@ pub struct LineReport {
     /// Cost so far in this run: an estimate while it runs, exact at its end.
     pub cost_usd: Option<f64>,
     pub finish: Option<Finish>,
+    /// The line acknowledges a message the run was sent on stdin: from here on, the
+    /// run is working on it.
+    pub took_input: bool,
 }
 
 /// Reads one run's output, line by line; it may keep counts across lines.
@@ -55,6 +58,15 @@ pub trait Runner: Send + Sync {
     /// process group and pipes.
     fn command(&self, spec: &RunSpec) -> Command;
     fn parser(&self) -> Box<dyn OutputParser>;
+    /// For a runner that takes further messages on its stdin while it runs (a
+    /// person's instructions), the line that sends `text`; the run's prompt is sent
+    /// the same way. The runner must acknowledge each message it takes
+    /// ([`LineReport::took_input`]); stdin is closed, letting it exit, once it has
+    /// finished after taking everything it was sent.
+    /// `None`: the prompt is in the command, and instructions wait for the run's end.
+    fn input_line(&self, _text: &str) -> Option<String> {
+        None
+    }
     /// Where a session of this runner was held, if this machine has it: the
     /// directory it ran in, which a run carrying it on must run in too.
     fn session_dir(&self, _session_id: &str) -> Option<PathBuf> {

@@ -353,22 +353,49 @@ pub fn process_gone(pid: i32) -> bool {
 /// task offline. It plays the model by following lines of the task's prompt:
 /// `write PATH TEXT` (a `Write` tool call; `{answer}` in TEXT becomes the person's
 /// answer), `ask QUESTION` (ends the turn with a question, before any write), and
-/// `slow SECS` (waits that long before each answer).
+/// `slow SECS` (waits that long before each answer). `write` lines in later user
+/// messages of the conversation (an instruction, a follow-up) are done after the
+/// prompt's. Asked for structured output (Claude Code's `StructuredOutput` tool), it
+/// returns a plan of the conversation's `step REF | TITLE | DESCRIPTION | DEP,DEP`
+/// lines. It keeps every conversation it was sent, to tell what a run remembered.
 pub struct FakeAnthropic {
     pub url: String,
     requests: Arc<AtomicUsize>,
+    conversations: Arc<Mutex<Vec<String>>>,
+}
+
+#[derive(Clone)]
+struct FakeState {
+    requests: Arc<AtomicUsize>,
+    conversations: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeAnthropic {
     pub async fn start() -> FakeAnthropic {
-        let requests = Arc::new(AtomicUsize::new(0));
+        let state = FakeState {
+            requests: Arc::new(AtomicUsize::new(0)),
+            conversations: Arc::new(Mutex::new(Vec::new())),
+        };
         let app = axum::Router::new()
             .route("/v1/messages", axum::routing::post(messages))
-            .with_state(requests.clone());
+            .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        FakeAnthropic { url, requests }
+        FakeAnthropic {
+            url,
+            requests: state.requests,
+            conversations: state.conversations,
+        }
+    }
+
+    /// Whether one request's conversation held all of `texts` in its user messages.
+    pub fn saw_together(&self, texts: &[&str]) -> bool {
+        self.conversations
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| texts.iter().all(|t| c.contains(t)))
     }
 
     /// The model requests it answered.
@@ -399,8 +426,58 @@ fn text_of(content: &Value) -> String {
     }
 }
 
-async fn messages(State(requests): State<Arc<AtomicUsize>>, Json(body): Json<Value>) -> Response {
-    requests.fetch_add(1, Ordering::SeqCst);
+/// Every text block of the conversation's user messages, in order, and of the
+/// system messages between them: Claude Code hands a message that came mid-turn on
+/// stdin to the model as one ("The user sent a new message while you were working").
+fn user_texts(history: &[Value]) -> Vec<String> {
+    history
+        .iter()
+        .filter(|m| m["role"] == "user" || m["role"] == "system")
+        .flat_map(|m| match &m["content"] {
+            Value::String(s) => vec![s.clone()],
+            Value::Array(blocks) => blocks
+                .iter()
+                .filter(|b| b["type"] == "text")
+                .filter_map(|b| b["text"].as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+/// The plan of the conversation's `step REF | TITLE | DESCRIPTION | DEPS` lines.
+fn plan_of(texts: &[String]) -> Value {
+    let steps: Vec<Value> = texts
+        .iter()
+        .flat_map(|t| t.lines())
+        .filter_map(|l| l.trim().strip_prefix("step "))
+        .map(|rest| {
+            let parts: Vec<&str> = rest.split('|').map(str::trim).collect();
+            let deps: Vec<&str> = parts
+                .get(3)
+                .map(|d| {
+                    d.split(',')
+                        .map(str::trim)
+                        .filter(|d| !d.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({ "ref": parts[0], "title": parts.get(1).copied().unwrap_or(parts[0]),
+                    "description": parts.get(2).copied().unwrap_or(""), "dependsOn": deps })
+        })
+        .collect();
+    json!({ "steps": steps })
+}
+
+async fn messages(State(state): State<FakeState>, Json(body): Json<Value>) -> Response {
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    // To see what Claude Code sends, when a test of it fails.
+    if std::env::var_os("FAKE_ANTHROPIC_DUMP").is_some() {
+        eprintln!(
+            "[anthropic] {}",
+            serde_json::to_string(&body["messages"]).unwrap()
+        );
+    }
     let system = text_of(&body["system"]);
     let history = body["messages"].as_array().cloned().unwrap_or_default();
     let prompt = history
@@ -438,16 +515,33 @@ async fn messages(State(requests): State<Arc<AtomicUsize>>, Json(body): Json<Val
             Some(last.trim().to_owned())
         });
 
+    let texts = user_texts(&history);
+    if cwd.is_some() {
+        state.conversations.lock().unwrap().push(texts.join("\n"));
+    }
     let mut writes = Vec::new();
+    for line in texts.iter().flat_map(|t| t.lines()) {
+        if let Some((path, text)) = line
+            .trim()
+            .strip_prefix("write ")
+            .and_then(|r| r.split_once(' '))
+        {
+            writes.push((path.to_owned(), text.to_owned()));
+        }
+    }
+    let wants_plan = body["tools"]
+        .as_array()
+        .is_some_and(|tools| tools.iter().any(|t| t["name"] == "StructuredOutput"));
+    let last_is_tool_result = history.last().is_some_and(|m| {
+        m["content"]
+            .as_array()
+            .is_some_and(|b| b.iter().any(|b| b["type"] == "tool_result"))
+    });
     let mut question = None;
     let mut slow = 0;
     for line in prompt.lines() {
         let line = line.trim();
-        if let Some(rest) = line.strip_prefix("write ") {
-            if let Some((path, text)) = rest.split_once(' ') {
-                writes.push((path.to_owned(), text.to_owned()));
-            }
-        } else if let Some(q) = line.strip_prefix("ask ") {
+        if let Some(q) = line.strip_prefix("ask ") {
             question = Some(q.to_owned());
         } else if let Some(secs) = line.strip_prefix("slow ") {
             slow = secs.parse().unwrap_or(0);
@@ -464,16 +558,22 @@ async fn messages(State(requests): State<Arc<AtomicUsize>>, Json(body): Json<Val
     let reply = match (&cwd, &question, &answer) {
         // Not the task's conversation (some side request): a plain short answer.
         (None, _, _) => Reply::Text("OK".into()),
+        (Some(_), _, _) if wants_plan && last_is_tool_result => Reply::Text("Plan ready.".into()),
+        (Some(_), _, _) if wants_plan => Reply::Tool {
+            name: "StructuredOutput".into(),
+            input: plan_of(&texts),
+            id: format!("toolu_plan_{}", history.len()),
+        },
         (Some(_), Some(q), None) => {
             Reply::Text(format!("I need to know one thing first.\nQUESTION: {q}"))
         }
         (Some(cwd), _, _) => match writes.get(tool_results) {
-            Some((path, text)) => Reply::Write {
-                path: format!("{cwd}/{path}"),
-                content: format!(
-                    "{}\n",
-                    text.replace("{answer}", answer.as_deref().unwrap_or(""))
-                ),
+            Some((path, text)) => Reply::Tool {
+                name: "Write".into(),
+                input: json!({
+                    "file_path": format!("{cwd}/{path}"),
+                    "content": format!("{}\n", text.replace("{answer}", answer.as_deref().unwrap_or(""))),
+                }),
                 id: format!("toolu_{tool_results}"),
             },
             None => Reply::Text(format!("Done: wrote {} file(s).", writes.len())),
@@ -493,9 +593,10 @@ async fn messages(State(requests): State<Arc<AtomicUsize>>, Json(body): Json<Val
 
 enum Reply {
     Text(String),
-    Write {
-        path: String,
-        content: String,
+    /// A tool call: `Write`, or `StructuredOutput` with a plan.
+    Tool {
+        name: String,
+        input: Value,
         id: String,
     },
 }
@@ -504,9 +605,8 @@ impl Reply {
     fn block(&self) -> Value {
         match self {
             Reply::Text(text) => json!({ "type": "text", "text": text }),
-            Reply::Write { path, content, id } => json!({
-                "type": "tool_use", "id": id, "name": "Write",
-                "input": { "file_path": path, "content": content }
+            Reply::Tool { name, input, id } => json!({
+                "type": "tool_use", "id": id, "name": name, "input": input
             }),
         }
     }
@@ -514,7 +614,7 @@ impl Reply {
     fn stop_reason(&self) -> &'static str {
         match self {
             Reply::Text(_) => "end_turn",
-            Reply::Write { .. } => "tool_use",
+            Reply::Tool { .. } => "tool_use",
         }
     }
 
@@ -540,9 +640,9 @@ impl Reply {
                 events.push(("content_block_start", json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "text", "text": "" } })));
                 events.push(("content_block_delta", json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": text } })));
             }
-            Reply::Write { id, .. } => {
+            Reply::Tool { id, name, .. } => {
                 let input = self.block()["input"].to_string();
-                events.push(("content_block_start", json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "tool_use", "id": id, "name": "Write", "input": {} } })));
+                events.push(("content_block_start", json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "tool_use", "id": id, "name": name, "input": {} } })));
                 events.push(("content_block_delta", json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "input_json_delta", "partial_json": input } })));
             }
         }
