@@ -95,6 +95,42 @@ async fn the_dashboard_works_in_a_real_browser() {
         .unwrap()
         .to_owned();
 
+    // A plan waiting for approval, and a task blocked on another.
+    let plan_task = admin
+        .task(
+            &ws,
+            json!({"title": "Plan the search feature", "mode": "plan"}),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let claimed = agent.ok("/api/workers", json!({"taskId": plan_task})).await;
+    let plan_worker = claimed["workers"][0]["id"].as_str().unwrap().to_owned();
+    agent
+        .move_worker(&plan_worker, &["starting", "running"])
+        .await;
+    let plan = json!({"steps": [
+        {"ref": "index", "title": "Build the search index", "description": "Index titles."},
+        {"ref": "ui", "title": "Add the search box", "dependsOn": ["index"]},
+    ]});
+    let (status, _) = agent
+        .patch(
+            &format!("/api/workers/{plan_worker}"),
+            json!({"status": "completed", "result": {"text": "Two steps.", "branch": "b", "plan": plan}}),
+        )
+        .await;
+    assert!(status.is_success());
+    let blocked = admin
+        .task(
+            &ws,
+            json!({"title": "After the login fix", "dependsOn": [to_cancel]}),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
     let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .unwrap()
@@ -109,6 +145,8 @@ async fn the_dashboard_works_in_a_real_browser() {
         .env("TASK_WAITING", &waiting)
         .env("WORKER_WAITING", &worker)
         .env("TASK_XSS", &xss)
+        .env("TASK_PLAN", &plan_task)
+        .env("TASK_BLOCKED", &blocked)
         .env("CHROMIUM", &chromium)
         .env("OUT", &out)
         .stdin(Stdio::piped())
@@ -147,7 +185,14 @@ async fn the_dashboard_works_in_a_real_browser() {
         weight < 200.0 * 1024.0,
         "first load {weight} bytes is over 200 KiB"
     );
-    for shot in ["sign-in", "tasks", "task-waiting", "accounts", "phone"] {
+    for shot in [
+        "sign-in",
+        "tasks",
+        "task-waiting",
+        "task-plan",
+        "accounts",
+        "phone",
+    ] {
         assert!(out.join(format!("{shot}.png")).exists(), "{shot}.png");
     }
 
@@ -160,6 +205,11 @@ async fn the_dashboard_works_in_a_real_browser() {
         .post(&format!("/api/workers/{worker}/heartbeat"), json!({}))
         .await;
     assert_eq!(beat["reply"], "use main", "{beat}");
+    assert_eq!(
+        beat["instructions"],
+        json!(["also update the docs"]),
+        "{beat}"
+    );
     let (_, made) = admin.get("/api/tasks?limit=1000").await;
     let made = made["tasks"].as_array().unwrap();
     let browser_task = made
@@ -167,4 +217,21 @@ async fn the_dashboard_works_in_a_real_browser() {
         .find(|t| t["title"] == "Made in the browser")
         .expect("the form created its task");
     assert_eq!(browser_task["description"], "Line one\nLine two");
+
+    // The plan was approved from the page, the instruction sent, the follow-up made.
+    let (_, planned) = admin.get(&format!("/api/tasks/{plan_task}")).await;
+    assert_eq!(planned["status"], "completed");
+    assert_eq!(
+        planned["children"].as_array().unwrap().len(),
+        2,
+        "{planned}"
+    );
+    let followup = made
+        .iter()
+        .find(|t| t["parentId"] == to_cancel.as_str())
+        .expect("the follow-up box created a task");
+    assert_eq!(followup["description"], "Try again with the new layout");
+    // The blocked task failed when the task it waited for was cancelled.
+    let (_, failed) = admin.get(&format!("/api/tasks/{blocked}")).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
 }

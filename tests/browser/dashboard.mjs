@@ -6,7 +6,7 @@ import { chromium } from "playwright-core";
 import { createInterface } from "node:readline";
 import { mkdirSync } from "node:fs";
 
-const { SERVER, TOKEN, OUT, TASK_CANCEL, TASK_WAITING, TASK_XSS, WORKSPACE } = process.env;
+const { SERVER, TOKEN, OUT, TASK_CANCEL, TASK_WAITING, TASK_XSS, TASK_PLAN, TASK_BLOCKED, WORKSPACE } = process.env;
 
 mkdirSync(OUT, { recursive: true });
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
@@ -72,11 +72,38 @@ try {
   await page.waitForSelector(`tr[data-task="${created.id}"]`, { timeout: 5000 });
   check(await page.evaluate(() => window.__sameDocument === true), "no reload happened");
 
-  // ---- Cancel from the page.
-  await page.click(`tr[data-task="${TASK_CANCEL}"] a`);
+  // ---- The workflow statuses have their filters.
+  await page.click('button[data-status="blocked"]');
+  await page.waitForSelector(`tr[data-task="${TASK_BLOCKED}"]`);
+  await page.click('button[data-status="planned"]');
+  await page.waitForSelector(`tr[data-task="${TASK_PLAN}"]`);
+  await page.click(".tabs button:first-child");
+
+  // ---- Cancel from the page; the task waiting on it fails, shown live on its page.
+  await page.goto(`${SERVER}/#/tasks/${TASK_BLOCKED}`);
+  await page.waitForSelector(`#workflow [data-linked="${TASK_CANCEL}"]`);
+  await page.click(`#workflow [data-linked="${TASK_CANCEL}"] a`);
   await page.waitForSelector("text=Cancel task");
   await page.click("text=Cancel task");
   await page.waitForSelector("h1 .s-cancelled");
+  await page.goto(`${SERVER}/#/tasks/${TASK_BLOCKED}`);
+  await page.waitForSelector("h1 .s-failed");
+
+  // ---- Follow up the cancelled task from its page.
+  await page.goto(`${SERVER}/#/tasks/${TASK_CANCEL}`);
+  await page.waitForSelector("#followup textarea");
+  await page.fill("#followup textarea", "Try again with the new layout");
+  await page.click("#followup button.primary");
+  await page.waitForSelector("h1 >> text=Follow-up: Try again with the new layout");
+
+  // ---- A plan, approved from its page: its steps become tasks, listed as children.
+  await page.goto(`${SERVER}/#/tasks/${TASK_PLAN}`);
+  await page.waitForSelector("#plan >> text=Build the search index");
+  await page.screenshot({ path: `${OUT}/task-plan.png`, fullPage: true });
+  await page.click("#plan button.primary");
+  await page.waitForSelector("h1 .s-completed");
+  await page.waitForSelector("#children li:nth-child(2)");
+  check((await page.textContent("#children")).includes("Add the search box"), "the steps are listed");
 
   // ---- Answer a waiting task from the page; its output is on screen.
   await page.goto(`${SERVER}/#/tasks/${TASK_WAITING}`);
@@ -96,6 +123,10 @@ try {
   });
   check(sent.ok, `messages → ${sent.status}`);
   await page.waitForSelector("#output >> text=streamed <b>live</b>");
+  // An instruction to the running worker lands in its output.
+  await page.fill("input[name=instruct]", "also update the docs");
+  await page.click("#instruct button[type=submit]");
+  await page.waitForSelector("#output >> text=instruction: also update the docs");
 
   // ---- The server restarts; the page reconnects and keeps up.
   restarting = true;
