@@ -171,7 +171,10 @@ pub struct NewTask {
     /// The branch the run starts from (fetched from `origin` when the agent's
     /// checkout lacks it); default: the checkout's current commit.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 200)]
+    #[schema(
+        max_length = 200,
+        pattern = r"^[A-Za-z0-9_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*(/[A-Za-z0-9_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*)*$"
+    )]
     pub base_branch: Option<String>,
     /// `plan`: the run proposes a plan for a person to approve instead of doing the
     /// work. Default `run`.

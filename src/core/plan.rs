@@ -30,11 +30,19 @@ pub struct Plan {
 pub struct PlanStep {
     /// A short name for the step, unique in the plan, that other steps' `dependsOn`
     /// use (e.g. `schema`, `api`, `tests`).
-    #[schema(max_length = 200)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00]*[^\s\x00][^\x00]*$"
+    )]
     #[serde(rename = "ref")]
     pub step_ref: String,
     /// What the step's task is called.
-    #[schema(max_length = 500)]
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\x00]*[^\s\x00][^\x00]*$"
+    )]
     pub title: String,
     /// What the step's task must do, in enough detail to do it without the plan.
     #[serde(default)]
@@ -63,6 +71,12 @@ pub fn validate(plan: &Plan) -> Result<Vec<usize>, RuleError> {
         let n = i + 1;
         if step.step_ref.trim().is_empty() {
             return invalid(format!("step {n} has an empty ref"));
+        }
+        if step.step_ref.chars().count() > super::validate::MAX_NAME_LEN {
+            return invalid(format!(
+                "step {n}'s ref is longer than {} characters",
+                super::validate::MAX_NAME_LEN
+            ));
         }
         if index(&step.step_ref) != Some(i) {
             return invalid(format!("ref {:?} names more than one step", step.step_ref));

@@ -107,10 +107,12 @@ mod tests {
 
     use crate::core::actions::{MAX_ARTIFACTS_PER_UPDATE, MAX_FIELD_LEN, MAX_TEXT_LEN};
     use crate::core::claim::{MAX_TASKS_PER_CLAIM, MAX_WAIT_SECS};
+    use crate::core::plan::MAX_STEPS;
     use crate::core::validate::{
         MAX_ATTEMPTS_LIMIT, MAX_COMMENT_LEN, MAX_DESCRIPTION_LEN, MAX_MESSAGES_PER_BATCH,
         MAX_NAME_LEN, MAX_TITLE_LEN, MAX_URL_LEN,
     };
+    use crate::core::workflow::MAX_DEPENDENCIES;
 
     /// Bounds written as numbers in `#[schema]` attributes (which take only literals)
     /// must follow the constants the handlers check.
@@ -186,9 +188,18 @@ mod tests {
                 json!(MAX_ARTIFACTS_PER_UPDATE),
             ),
             ("Artifact", "value", "maxLength", json!(MAX_FIELD_LEN)),
+            ("NewTask", "dependsOn", "maxItems", json!(MAX_DEPENDENCIES)),
+            ("NewTask", "baseBranch", "maxLength", json!(MAX_NAME_LEN)),
+            ("Plan", "steps", "maxItems", json!(MAX_STEPS)),
+            ("ReviseBody", "feedback", "maxLength", json!(MAX_TEXT_LEN)),
+            ("MessageBody", "message", "maxLength", json!(MAX_TEXT_LEN)),
         ] {
             assert_eq!(bound(schema, field, key), rule, "{schema}.{field} {key}");
         }
+        // A plan's steps are described inline, for runners' structured output.
+        let step = &schemas["Plan"]["properties"]["steps"]["items"]["properties"];
+        assert_eq!(step["title"]["maxLength"], json!(MAX_TITLE_LEN));
+        assert_eq!(step["description"]["maxLength"], json!(MAX_DESCRIPTION_LEN));
         let limits: Vec<&Value> = ["/api/tasks", "/api/workers"]
             .iter()
             .flat_map(|p| spec["paths"][p]["get"]["parameters"].as_array().unwrap())
