@@ -418,3 +418,116 @@ async fn watch_survives_a_server_restart() {
         "no event seen twice:\n{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_commands_chain_plan_and_continue_tasks() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let ws = admin.workspace("w").await;
+    let (_, key) = admin
+        .account(json!({"type": "service", "name": "s"}), &ws, true, false)
+        .await;
+    let run = |args: &[&str]| buildd(&server, ADMIN, args, None);
+    let first = ok_json(&run(&[
+        "task",
+        "create",
+        "--workspace",
+        &ws,
+        "--title",
+        "First",
+        "--json",
+    ]));
+    let first_id = first["id"].as_str().unwrap();
+    let second = ok_json(&run(&[
+        "task",
+        "create",
+        "--workspace",
+        &ws,
+        "--title",
+        "Second",
+        "--depends-on",
+        first_id,
+        "--base-branch",
+        "buildd/x",
+        "--json",
+    ]));
+    assert_eq!(second["status"], "blocked");
+    assert_eq!(second["dependsOn"], json!([first_id]));
+    assert_eq!(second["baseBranch"], "buildd/x");
+    let tree = ok_text(&run(&["task", "tree", second["id"].as_str().unwrap()]));
+    assert!(tree.contains("blocked  Second"), "{tree}");
+    assert!(
+        tree.contains(&format!("after {first_id}  pending  First")),
+        "{tree}"
+    );
+
+    // A plan, reported by hand, approved from the command line with an edit.
+    let plan = ok_json(&run(&[
+        "task",
+        "create",
+        "--workspace",
+        &ws,
+        "--title",
+        "Plan",
+        "--plan",
+        "--json",
+    ]));
+    assert_eq!(plan["mode"], "plan");
+    let plan_id = plan["id"].as_str().unwrap();
+    let agent = server.client(&key);
+    let claimed = agent.ok("/api/workers", json!({"taskId": plan_id})).await;
+    let worker = claimed["workers"][0]["id"].as_str().unwrap().to_owned();
+    agent.move_worker(&worker, &["starting", "running"]).await;
+    let (status, _) = agent
+        .patch(
+            &format!("/api/workers/{worker}"),
+            json!({"status": "completed", "result": {"text": "t", "branch": "b",
+                   "plan": {"steps": [{"ref": "a", "title": "Only step"}]}}}),
+        )
+        .await;
+    assert!(status.is_success());
+    let edited = r#"{"steps": [{"ref": "x", "title": "Edited one"}, {"ref": "y", "title": "Edited two", "dependsOn": ["x"]}]}"#;
+    let approved = ok_text(&buildd(
+        &server,
+        ADMIN,
+        &["task", "approve", plan_id, "--plan", "-"],
+        Some(edited),
+    ));
+    assert!(approved.contains("2 task(s) created"), "{approved}");
+    assert!(approved.contains("Edited two"), "{approved}");
+    let tree = ok_json(&run(&["task", "tree", plan_id, "--json"]));
+    assert_eq!(tree["status"], "completed");
+    assert_eq!(tree["children"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        tree["children"][1]["dependencies"][0]["title"],
+        "Edited one"
+    );
+    let err = one_line_error(&run(&["task", "approve", plan_id]));
+    assert!(err.contains("not planned") && err.contains("409"), "{err}");
+
+    // Follow-up of the completed plan task; retry and instruct refuse clearly.
+    let followup = ok_json(&run(&[
+        "task",
+        "followup",
+        plan_id,
+        "Now the docs",
+        "--json",
+    ]));
+    assert_eq!(followup["parentId"], plan_id);
+    let err = one_line_error(&run(&["task", "retry", first_id]));
+    assert!(err.contains("only a failed or cancelled task"), "{err}");
+    let err = one_line_error(&run(&["task", "instruct", first_id, "hurry"]));
+    assert!(err.contains("no worker to instruct"), "{err}");
+    let cancelled = ok_text(&run(&["task", "cancel", first_id]));
+    assert!(cancelled.contains("Cancelled"), "{cancelled}");
+    let (_, second_now) = admin
+        .get(&format!("/api/tasks/{}", second["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(second_now["status"], "failed");
+    let retried = ok_text(&run(&["task", "retry", first_id]));
+    assert!(retried.contains("is pending again"), "{retried}");
+    let (_, second_now) = admin
+        .get(&format!("/api/tasks/{}", second["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(second_now["status"], "blocked");
+}
