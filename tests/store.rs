@@ -1292,8 +1292,11 @@ async fn dependencies_must_exist_in_the_workspace(db: Db) {
     let elsewhere = new_workspace(&db).await;
     let foreign = dependent(&db, &elsewhere, "foreign", &[]).await;
     for (deps, why) in [
-        (vec!["task-nope".to_owned()], "there is no task task-nope"),
-        (vec![foreign.id.clone()], "another workspace"),
+        (
+            vec!["task-nope".to_owned()],
+            "task \"task-nope\" in workspace",
+        ),
+        (vec![foreign.id.clone()], "not found"),
     ] {
         let task = Task {
             depends_on: deps,

@@ -451,23 +451,44 @@ async fn bad_workflow_input_is_refused_and_changes_nothing() {
     let other = admin.workspace("other").await;
     let foreign = admin.task(&other, json!({ "title": "theirs" })).await;
     let too_many: Vec<String> = (0..101).map(|i| format!("task-{i}")).collect();
-    for (body, why) in [
+    for (body, want, why) in [
         (
             json!({ "dependsOn": ["task-nope"] }),
-            "there is no task task-nope",
+            StatusCode::NOT_FOUND,
+            "dependsOn: task \"task-nope\"",
         ),
-        (json!({ "dependsOn": [id(&foreign)] }), "another workspace"),
-        (json!({ "dependsOn": too_many }), "at most 100"),
-        (json!({ "dependsOn": [""] }), "empty"),
-        (json!({ "baseBranch": "a..b" }), "not a valid branch name"),
-        (json!({ "mode": "dream" }), "expected `run` or `plan`"),
+        (
+            json!({ "dependsOn": [id(&foreign)] }),
+            StatusCode::NOT_FOUND,
+            "not found",
+        ),
+        (
+            json!({ "dependsOn": [""] }),
+            StatusCode::NOT_FOUND,
+            "not found",
+        ),
+        (
+            json!({ "dependsOn": too_many }),
+            StatusCode::BAD_REQUEST,
+            "at most 100",
+        ),
+        (
+            json!({ "baseBranch": "a..b" }),
+            StatusCode::BAD_REQUEST,
+            "not a valid branch name",
+        ),
+        (
+            json!({ "mode": "dream" }),
+            StatusCode::BAD_REQUEST,
+            "expected `run` or `plan`",
+        ),
     ] {
         let mut full = json!({ "workspaceId": ws, "title": "t" });
         full.as_object_mut()
             .unwrap()
             .extend(body.as_object().unwrap().clone());
         let (status, answer) = admin.post("/api/tasks", full).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert_eq!(status, want, "{answer}");
         assert!(
             answer["error"].as_str().unwrap().contains(why),
             "{answer} should say {why}"

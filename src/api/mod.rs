@@ -214,17 +214,6 @@ pub struct TaskList {
     pub tasks: Vec<Task>,
 }
 
-/// `POST /api/tasks/:id/reply`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ReplyBody {
-    #[schema(
-        min_length = 1,
-        max_length = 65536,
-        pattern = r"^[^\x00]*[^\s\x00][^\x00]*$"
-    )]
-    pub message: String,
-}
-
 /// `GET /api/tasks/:id`: the task, with where it stands in its workflow.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -266,7 +255,8 @@ pub struct ReviseBody {
     pub feedback: String,
 }
 
-/// `POST /api/tasks/:id/followup` and `POST /api/workers/:id/instruct`.
+/// `POST /api/tasks/:id/reply` (the answer), `/followup` (what to do next) and
+/// `POST /api/workers/:id/instruct` (the instruction).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MessageBody {
     #[schema(

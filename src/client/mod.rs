@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::api::{
     AccountList, Appended, ApproveBody, Approved, ClaimAnswer, ClaimBody, CreatedAccount, Grant,
     HeartbeatAnswer, Me, MessageBody, MessageList, NewAccount, NewGrant, NewTask, NewWorker,
-    NewWorkspace, ReplyBody, ReviseBody, Task, TaskDetail, TaskList, TaskStatus, Worker,
-    WorkerList, WorkerUpdate, Workspace, WorkspaceList,
+    NewWorkspace, ReviseBody, Task, TaskDetail, TaskList, TaskStatus, Worker, WorkerList,
+    WorkerUpdate, Workspace, WorkspaceList,
 };
 
 pub use crate::core::backoff::backoff;
@@ -315,7 +315,7 @@ impl Client {
 
     pub async fn reply_task(&self, id: &str, message: &str) -> Result<Task> {
         let path = format!("/api/tasks/{}/reply", encode(id));
-        let body = ReplyBody {
+        let body = MessageBody {
             message: message.to_owned(),
         };
         self.send(Method::POST, &path, &body).await

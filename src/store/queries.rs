@@ -23,7 +23,6 @@ use super::{
     Appended, Applied, ClaimRequest, Counts, Result, Store, StoreError, TaskFilter, TaskLinks,
     Usage, WorkerFilter, status_list,
 };
-use crate::core::RuleError;
 use crate::core::actions::{self, Action, Outcome, UsageChange};
 use crate::core::claim;
 use crate::core::events::{Event, StoredEvent};
@@ -441,7 +440,7 @@ async fn create_task<T: Tx>(tx: &mut T, mut task: Task, source: Option<Source>) 
     Ok(task)
 }
 
-/// The new task's dependencies, each checked to exist in its workspace and locked
+/// The new task's dependencies, each checked to exist in its workspace (404 if not) and locked
 /// until commit: a dependency that ends meanwhile then waits for this task to be
 /// stored, and so finds it among its dependents.
 async fn lock_dependencies<T: Tx>(tx: &mut T, task: &Task) -> Result<Vec<Dependency>> {
@@ -458,18 +457,17 @@ async fn lock_dependencies<T: Tx>(tx: &mut T, task: &Task) -> Result<Vec<Depende
                 Ok((r.get::<String>()?, r.parse::<TaskStatus>()?))
             })
             .await?;
+        // A task of another workspace is as unknown as none: the caller may not
+        // see it, and must not learn that it exists.
         match found {
             Some((workspace, status)) if workspace == task.workspace_id => {
                 dependencies.push(Dependency { id, status })
             }
-            Some(_) => {
-                return Err(RuleError::Invalid(format!(
-                    "dependsOn: task {id} is in another workspace"
-                ))
-                .into());
-            }
-            None => {
-                return Err(RuleError::Invalid(format!("dependsOn: there is no task {id}")).into());
+            _ => {
+                return Err(StoreError::NotFound(format!(
+                    "dependsOn: task {id:?} in workspace {}",
+                    task.workspace_id
+                )));
             }
         }
     }

@@ -163,7 +163,6 @@ mod tests {
             ),
             ("NewSource", "externalId", "maxLength", json!(MAX_NAME_LEN)),
             ("NewSource", "url", "maxLength", json!(MAX_URL_LEN)),
-            ("ReplyBody", "message", "maxLength", json!(MAX_TEXT_LEN)),
             ("CommentBody", "body", "maxLength", json!(MAX_COMMENT_LEN)),
             ("WorkerUpdate", "branch", "maxLength", json!(MAX_FIELD_LEN)),
             (

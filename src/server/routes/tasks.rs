@@ -7,10 +7,10 @@ use axum::http::StatusCode;
 
 use super::page_limit;
 use crate::api::{
-    ApproveBody, Approved, ArtifactList, CommentBody, CommentList, MessageBody, NewTask, ReplyBody,
+    ApproveBody, Approved, ArtifactList, CommentBody, CommentList, MessageBody, NewTask,
     ReviseBody, TaskDetail, TaskList, TaskQuery,
 };
-use crate::core::actions::Action;
+use crate::core::actions::{Action, MAX_TEXT_LEN};
 use crate::core::ids::{IdKind, new_id};
 use crate::core::model::{Comment, RunnerPreference, Source, Task, TaskMode, TaskStatus};
 use crate::core::policy::Deed;
@@ -195,7 +195,7 @@ pub async fn followup(
     Path(id): Path<String>,
     Body(body): Body<MessageBody>,
 ) -> ApiResult<(StatusCode, Json<Task>)> {
-    validate::text("message", &body.message, validate::MAX_DESCRIPTION_LEN)?;
+    validate::text("message", &body.message, MAX_TEXT_LEN)?;
     let parent = task_for(&state, &caller, Deed::Create, &id).await?;
     let last_worker = match &parent.worker_id {
         Some(w) => state.store.get_worker(w).await?,
@@ -218,13 +218,13 @@ pub async fn cancel(
     Ok(Json(applied.task))
 }
 
-#[utoipa::path(post, path = "/api/tasks/{id}/reply", tag = "tasks", params(("id" = String, Path, description = "The task's id")), request_body = ReplyBody,
+#[utoipa::path(post, path = "/api/tasks/{id}/reply", tag = "tasks", params(("id" = String, Path, description = "The task's id")), request_body = MessageBody,
     responses((status = 200, description = "The task; its worker gets the answer at its next heartbeat", body = Task), ApiError))]
 pub async fn reply(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    Body(body): Body<ReplyBody>,
+    Body(body): Body<MessageBody>,
 ) -> ApiResult<Json<Task>> {
     task_for(&state, &caller, Deed::Steer, &id).await?;
     let action = Action::Reply {

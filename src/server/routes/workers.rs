@@ -35,16 +35,11 @@ use crate::store::{ClaimRequest, WorkerFilter};
 pub async fn claim(
     State(state): State<AppState>,
     caller: Caller,
-    headers: axum::http::HeaderMap,
+    headers: HeaderMap,
     Body(body): Body<ClaimBody>,
 ) -> ApiResult<Json<ClaimAnswer>> {
     let account = caller.require_account()?.clone();
-    let user_agent = headers
-        .get(axum::http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok());
-    if let Some(reason) = version::refuse_agent(user_agent) {
-        return Err(ApiError::UpgradeRequired(reason));
-    }
+    refuse_old_agent(&headers)?;
     let (max_tasks, wait) = claim::bounds(body.max_tasks, body.wait)?;
     if let Some(ws) = &body.workspace_id {
         caller.may_in_named(&state, Deed::Claim, ws).await?;
@@ -75,16 +70,11 @@ pub async fn claim(
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    headers: axum::http::HeaderMap,
+    headers: HeaderMap,
     Body(body): Body<NewWorker>,
 ) -> ApiResult<(StatusCode, Json<ClaimAnswer>)> {
     let account = caller.require_account()?.clone();
-    let user_agent = headers
-        .get(axum::http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok());
-    if let Some(reason) = version::refuse_agent(user_agent) {
-        return Err(ApiError::UpgradeRequired(reason));
-    }
+    refuse_old_agent(&headers)?;
     let task = state
         .store
         .get_task(&body.task_id)
@@ -131,6 +121,18 @@ pub async fn instruct(
         .worker
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("worker {id} not found")))
+}
+
+/// 426 for an agent too old for this server ([`version::refuse_agent`]), before it
+/// claims anything.
+fn refuse_old_agent(headers: &HeaderMap) -> ApiResult<()> {
+    let user_agent = headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    match version::refuse_agent(user_agent) {
+        Some(reason) => Err(ApiError::UpgradeRequired(reason)),
+        None => Ok(()),
+    }
 }
 
 /// One claim transaction, timed for `/metrics`.
