@@ -495,7 +495,11 @@ fn heartbeat(task: &Task, worker: &mut Worker, now: Timestamp) -> Result<Outcome
     Ok(Outcome {
         changed: true,
         // A cancel wins: a paused worker of a cancelled task has nothing to wait for.
-        control: if task.status == TaskStatus::Cancelled {
+        // So does a task that moved on to another worker (it was cancelled, then
+        // retried, before this run stopped).
+        control: if task.status == TaskStatus::Cancelled
+            || task.worker_id.as_deref() != Some(worker.id.as_str())
+        {
             RunControl::Cancel
         } else if worker.status == WorkerStatus::Paused {
             RunControl::Pause
@@ -851,6 +855,17 @@ mod tests {
             RunControl::Cancel
         );
         assert!(apply(Action::Cancel, &mut task, None, now).is_err());
+    }
+
+    #[test]
+    fn a_worker_whose_task_moved_on_is_told_to_stop() {
+        let (mut task, mut worker) = claimed(3);
+        let now = time::now();
+        apply(Action::Cancel, &mut task, Some(&mut worker), now).unwrap();
+        crate::core::workflow::retry(&mut task, &[], now).unwrap();
+        assert_eq!(task.status, TaskStatus::Pending);
+        let beat = apply(Action::Heartbeat, &mut task, Some(&mut worker), now).unwrap();
+        assert_eq!(beat.control, RunControl::Cancel);
     }
 
     #[test]
