@@ -498,10 +498,13 @@ async fn workflow_commands_chain_plan_and_continue_tasks() {
     let tree = ok_json(&run(&["task", "tree", plan_id, "--json"]));
     assert_eq!(tree["status"], "completed");
     assert_eq!(tree["children"].as_array().unwrap().len(), 2);
-    assert_eq!(
-        tree["children"][1]["dependencies"][0]["title"],
-        "Edited one"
-    );
+    // Both steps were made in one transaction, at one time: find the second by title.
+    let children = tree["children"].as_array().unwrap();
+    let second = children
+        .iter()
+        .find(|c| c["title"] == "Edited two")
+        .unwrap();
+    assert_eq!(second["dependencies"][0]["title"], "Edited one");
     let err = one_line_error(&run(&["task", "approve", plan_id]));
     assert!(err.contains("not planned") && err.contains("409"), "{err}");
 
