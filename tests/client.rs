@@ -500,11 +500,11 @@ async fn workflow_commands_chain_plan_and_continue_tasks() {
     assert_eq!(tree["children"].as_array().unwrap().len(), 2);
     // Both steps were made in one transaction, at one time: find the second by title.
     let children = tree["children"].as_array().unwrap();
-    let second = children
+    let edited_two = children
         .iter()
         .find(|c| c["title"] == "Edited two")
         .unwrap();
-    assert_eq!(second["dependencies"][0]["title"], "Edited one");
+    assert_eq!(edited_two["dependencies"][0]["title"], "Edited one");
     let err = one_line_error(&run(&["task", "approve", plan_id]));
     assert!(err.contains("not planned") && err.contains("409"), "{err}");
 
@@ -526,7 +526,7 @@ async fn workflow_commands_chain_plan_and_continue_tasks() {
     let (_, second_now) = admin
         .get(&format!("/api/tasks/{}", second["id"].as_str().unwrap()))
         .await;
-    assert_eq!(second_now["status"], "failed");
+    assert_eq!(second_now["status"], "failed", "{second_now}");
     let retried = ok_text(&run(&["task", "retry", first_id]));
     assert!(retried.contains("is pending again"), "{retried}");
     let (_, second_now) = admin
