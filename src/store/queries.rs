@@ -561,14 +561,15 @@ async fn claim_task<T: Tx>(
     account_id: &str,
     task_id: &str,
     now: Timestamp,
+    asked: std::time::Instant,
 ) -> Result<(Worker, Task)> {
     let mut task = load_task(tx, task_id, true)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("task {task_id}")))?;
     let (account, active) = lock_account(tx, account_id).await?;
     let cost_today = cost_today(tx, account_id, now).await?;
-    // As in a claim: stamped once the task is ours to read.
-    let now = now.max(time::now());
+    // As in a claim: stamped as of when the task was ours to read.
+    let now = now + elapsed(asked);
     claim::check_explicit(&task, &account, active, cost_today, now)?;
     let (worker, events) = claim::assign(&mut task, &account, now);
     save_task(tx, &task).await?;
@@ -606,11 +607,20 @@ async fn cost_today<T: Tx>(tx: &mut T, account_id: &str, now: Timestamp) -> Resu
     Ok(cost.unwrap_or(0.0))
 }
 
+/// How long since `asked`, in the whole milliseconds timestamps are kept in, rounded
+/// up and one more for the millisecond `asked`'s own timestamp was cut by: so the sum
+/// is never before the moment it stands for.
+fn elapsed(asked: std::time::Instant) -> chrono::Duration {
+    let micros = i64::try_from(asked.elapsed().as_micros()).unwrap_or(0);
+    chrono::Duration::milliseconds((micros + 999) / 1000 + 1)
+}
+
 async fn claim<T: Tx>(
     tx: &mut T,
     account_id: &str,
     request: &ClaimRequest,
     now: Timestamp,
+    asked: std::time::Instant,
 ) -> Result<Vec<(Worker, Task)>> {
     let dialect = T::DIALECT;
     // The account's limits are re-read as they are now, under its lock.
@@ -647,10 +657,10 @@ async fn claim<T: Tx>(
         now,
     ];
     let picked = tx.query(&sql, values, task_from_row).await?;
-    // Stamped after the pick, which saw every commit before it: a dependency that
-    // completed just before then (its time taken before this claim's) still reads as
-    // completed before its dependent was claimed.
-    let now = now.max(time::now());
+    // Stamped as of the pick, which saw every commit before it: `now` plus however
+    // long the claim waited for its locks, so a dependency that completed meanwhile
+    // still reads as completed before its dependent was claimed.
+    let now = now + elapsed(asked);
     let mut claimed = Vec::with_capacity(picked.len());
     let mut events = Vec::new();
     for mut task in picked {
@@ -1076,10 +1086,11 @@ impl<B: Backend> Store for SqlStore<B> {
         now: Timestamp,
     ) -> Result<(Worker, Task)> {
         let (account_id, task_id) = (account.id.clone(), task_id.to_owned());
+        let asked = std::time::Instant::now();
         let claimed = self
             .backend
             .write(move |tx| {
-                async move { claim_task(tx, &account_id, &task_id, now).await }.boxed()
+                async move { claim_task(tx, &account_id, &task_id, now, asked).await }.boxed()
             })
             .await?;
         self.backend.events_written();
@@ -1094,9 +1105,12 @@ impl<B: Backend> Store for SqlStore<B> {
         now: Timestamp,
     ) -> Result<Vec<(Worker, Task)>> {
         let (account_id, request) = (account.id.clone(), request.clone());
+        let asked = std::time::Instant::now();
         let claimed = self
             .backend
-            .write(move |tx| async move { claim(tx, &account_id, &request, now).await }.boxed())
+            .write(move |tx| {
+                async move { claim(tx, &account_id, &request, now, asked).await }.boxed()
+            })
             .await?;
         if !claimed.is_empty() {
             self.backend.events_written();
