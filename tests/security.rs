@@ -395,6 +395,18 @@ async fn no_account_reaches_another_workspace() {
             json!({"name": "x"}),
         ),
         (Method::GET, "/metrics", "/metrics".into(), json!({})),
+        (
+            Method::GET,
+            "/api/accounts/{id}/usage",
+            format!("/api/accounts/{}/usage", theirs.other_account),
+            json!({}),
+        ),
+        (
+            Method::GET,
+            "/api/tasks/counts",
+            format!("/api/tasks/counts?workspaceId={}", theirs.workspace),
+            json!({}),
+        ),
     ];
     let mut tried = BTreeSet::new();
     for (method, template, path, body) in &attempts {
@@ -426,6 +438,8 @@ async fn no_account_reaches_another_workspace() {
         "claimed their {}",
         theirs.pending_task
     );
+    let (_, counts) = me.get("/api/tasks/counts").await;
+    assert_eq!(counts["total"], 0, "counted their tasks: {counts}");
     for listing in ["/api/tasks", "/api/workers", "/api/workspaces"] {
         tried.insert(("GET".to_owned(), listing.to_owned()));
     }

@@ -11,6 +11,7 @@ use buildd::core::ids::{IdKind, new_id};
 use buildd::core::keys;
 use buildd::core::lease::Cutoffs;
 use buildd::core::model::*;
+use buildd::core::page::{PageRequest, Position};
 use buildd::core::time::{self, Timestamp};
 use buildd::store::{ClaimRequest, Store, TaskFilter, WorkerFilter};
 use chrono::Duration;
@@ -68,6 +69,7 @@ store_suite!(
     explicit_claims_follow_the_rules_of_a_claim,
     a_followup_waits_for_its_parents_account,
     instructions_reach_the_worker_once,
+    pages_split_tasks_created_in_the_same_millisecond,
 );
 
 type Db = Arc<dyn Store>;
@@ -182,7 +184,13 @@ async fn accounts_workspaces_and_grants(db: Db) {
         None
     );
     assert_eq!(db.get_account(&a.id).await.unwrap(), Some(a.clone()));
-    assert_eq!(db.list_accounts().await.unwrap(), vec![a.clone()]);
+    assert_eq!(
+        db.list_accounts(&PageRequest::default())
+            .await
+            .unwrap()
+            .items,
+        vec![a.clone()]
+    );
 
     let ws1 = new_workspace(&db).await;
     let ws2 = new_workspace(&db).await;
@@ -266,36 +274,50 @@ async fn claims_follow_priority_routing_and_grants(db: Db) {
 
     let pending = TaskFilter {
         status: Some(TaskStatus::Pending),
-        limit: 100,
+        page: PageRequest {
+            after: None,
+            limit: 100,
+        },
         ..TaskFilter::default()
     };
-    assert_eq!(db.list_tasks(&pending).await.unwrap().len(), 2);
+    assert_eq!(db.list_tasks(&pending).await.unwrap().items.len(), 2);
     let visible = TaskFilter {
         visible_to: Some(user.id.clone()),
-        limit: 100,
+        page: PageRequest {
+            after: None,
+            limit: 100,
+        },
         ..TaskFilter::default()
     };
     assert_eq!(
-        db.list_tasks(&visible).await.unwrap().len(),
+        db.list_tasks(&visible).await.unwrap().items.len(),
         6,
         "not the other workspace's task"
     );
     let newest = db
         .list_tasks(&TaskFilter {
-            limit: 1,
+            page: PageRequest {
+                after: None,
+                limit: 1,
+            },
             ..TaskFilter::default()
         })
         .await
-        .unwrap();
+        .unwrap()
+        .items;
     assert_eq!(newest[0].id, elsewhere.id);
     let workers = db
         .list_workers(&WorkerFilter {
             task_id: Some(task.id.clone()),
-            limit: 10,
+            page: PageRequest {
+                after: None,
+                limit: 10,
+            },
             ..WorkerFilter::default()
         })
         .await
-        .unwrap();
+        .unwrap()
+        .items;
     assert_eq!(workers, vec![worker.clone()]);
 }
 
@@ -313,11 +335,15 @@ async fn worker_cap_holds(db: Db) {
 
     let workers = db
         .list_workers(&WorkerFilter {
-            limit: 10,
+            page: PageRequest {
+                after: None,
+                limit: 10,
+            },
             ..WorkerFilter::default()
         })
         .await
-        .unwrap();
+        .unwrap()
+        .items;
     // A paused worker still holds its slot; a finished one frees it.
     db.apply(&workers[0].id, Action::Pause, time::now())
         .await
@@ -388,7 +414,11 @@ async fn the_task_mirrors_its_worker(db: Db) {
         .await
         .unwrap();
     assert_eq!(replied.task.status, TaskStatus::Running);
-    let messages = db.list_messages(&w.id, 0, 10).await.unwrap();
+    let messages = db
+        .list_messages(&w.id, &messages_after(0, 10))
+        .await
+        .unwrap()
+        .items;
     assert_eq!(
         messages[0].message,
         json!({"type": "user_reply", "text": "yes"})
@@ -545,19 +575,31 @@ async fn messages_are_numbered_per_worker(db: Db) {
     assert_eq!(append(w2.id.clone(), numbered(2, 4), Some(2)).await, (2, 6));
     assert_eq!(append(w2.id.clone(), numbered(9, 1), Some(9)).await, (1, 7));
     let stream: Vec<serde_json::Value> = db
-        .list_messages(&w2.id, 1, 100)
+        .list_messages(&w2.id, &messages_after(1, 100))
         .await
         .unwrap()
+        .items
         .into_iter()
         .map(|m| m.message["agent"].clone())
         .collect();
     assert_eq!(stream, [1, 2, 3, 4, 5, 9].map(|i| json!(i)));
 
-    let read = db.list_messages(&w1.id, 3, 100).await.unwrap();
+    let read = db
+        .list_messages(&w1.id, &messages_after(3, 100))
+        .await
+        .unwrap()
+        .items;
     let seqs: Vec<i64> = read.iter().map(|m| m.seq).collect();
     assert_eq!(seqs, vec![4, 5, 6]);
     assert_eq!(read[0].message, json!({"n": 3}));
-    assert_eq!(db.list_messages(&w1.id, 0, 2).await.unwrap().len(), 2);
+    assert_eq!(
+        db.list_messages(&w1.id, &messages_after(0, 2))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
 }
 
 async fn concurrent_claims_never_share_a_task(db: Db) {
@@ -638,7 +680,11 @@ async fn artifacts_and_comments_stay_with_the_task(db: Db) {
         .await
         .unwrap();
 
-    let recorded = db.list_artifacts(&task.id).await.unwrap();
+    let recorded = db
+        .list_artifacts(&task.id, &PageRequest::default())
+        .await
+        .unwrap()
+        .items;
     let seen: Vec<(&str, ArtifactKind, &str)> = recorded
         .iter()
         .map(|r| {
@@ -675,7 +721,10 @@ async fn artifacts_and_comments_stay_with_the_task(db: Db) {
         .unwrap();
     assert!(second.id > first.id);
     assert_eq!(
-        db.list_comments(&task.id).await.unwrap(),
+        db.list_comments(&task.id, &PageRequest::default())
+            .await
+            .unwrap()
+            .items,
         vec![first, second]
     );
 }
@@ -722,10 +771,13 @@ async fn tasks_from_one_source_share_it(db: Db) {
     assert_eq!(stored.url.as_deref(), Some("https://github.com/o/r#12"));
     let filter = TaskFilter {
         source_id: Some(first.clone()),
-        limit: 10,
+        page: PageRequest {
+            after: None,
+            limit: 10,
+        },
         ..TaskFilter::default()
     };
-    assert_eq!(db.list_tasks(&filter).await.unwrap().len(), 2);
+    assert_eq!(db.list_tasks(&filter).await.unwrap().items.len(), 2);
     assert_eq!(
         db.get_task(&template.id).await.unwrap().unwrap().source_id,
         None
@@ -791,7 +843,11 @@ async fn json_reads_back_exactly_as_written(db: Db) {
     db.append_messages(&worker.id, std::slice::from_ref(&odd), None, time::now())
         .await
         .unwrap();
-    let read = db.list_messages(&worker.id, 0, 10).await.unwrap();
+    let read = db
+        .list_messages(&worker.id, &messages_after(0, 10))
+        .await
+        .unwrap()
+        .items;
     assert_eq!(read[0].message, odd);
     assert_eq!(
         read[0].message.to_string(),
@@ -915,9 +971,22 @@ async fn retention_deletes_old_events_and_finished_output_only(db: Db) {
         deleted += n;
     }
     assert_eq!(deleted, 4, "three messages and an attachment");
-    assert!(db.list_messages(&done.id, 0, 100).await.unwrap().is_empty());
+    assert!(
+        db.list_messages(&done.id, &messages_after(0, 100))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
     assert!(db.list_attachments(&done.id).await.unwrap().is_empty());
-    assert_eq!(db.list_messages(&live.id, 0, 100).await.unwrap().len(), 3);
+    assert_eq!(
+        db.list_messages(&live.id, &messages_after(0, 100))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        3
+    );
     assert_eq!(db.list_attachments(&live.id).await.unwrap().len(), 1);
 }
 
@@ -1094,10 +1163,13 @@ async fn usage_counters_match_the_rows_after_random_operations(db: Db) {
 /// Each account's counters against its worker rows.
 async fn check_usage(db: &Db, accounts: &[Account], day: &str, seed: u64, step: usize) {
     let filter = WorkerFilter {
-        limit: 10_000,
+        page: PageRequest {
+            after: None,
+            limit: 10_000,
+        },
         ..WorkerFilter::default()
     };
-    let all = db.list_workers(&filter).await.unwrap();
+    let all = db.list_workers(&filter).await.unwrap().items;
     for a in accounts {
         let mine: Vec<&Worker> = all.iter().filter(|w| w.account_id == a.id).collect();
         let active = mine
@@ -1178,11 +1250,15 @@ async fn dependencies_block_until_the_last_one_completes(db: Db) {
 
     let workers = db
         .list_workers(&WorkerFilter {
-            limit: 10,
+            page: PageRequest {
+                after: None,
+                limit: 10,
+            },
             ..WorkerFilter::default()
         })
         .await
-        .unwrap();
+        .unwrap()
+        .items;
     let worker_of = |t: &Task| {
         workers
             .iter()
@@ -1520,7 +1596,11 @@ async fn instructions_reach_the_worker_once(db: Db) {
         .await
         .unwrap();
     assert!(beat.outcome.instructions.is_empty(), "each is sent once");
-    let messages = db.list_messages(&worker.id, 0, 10).await.unwrap();
+    let messages = db
+        .list_messages(&worker.id, &messages_after(0, 10))
+        .await
+        .unwrap()
+        .items;
     assert_eq!(messages.len(), 2);
     assert!(buildd::core::messages::is_instruction(&messages[0].message));
     set_status(&db, &worker.id, WorkerStatus::Completed, None).await;
@@ -1535,4 +1615,62 @@ async fn instructions_reach_the_worker_once(db: Db) {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("cannot change"), "{err}");
+}
+
+/// The page of a worker's messages numbered above `seq`.
+fn messages_after(seq: i64, limit: u32) -> PageRequest {
+    PageRequest {
+        after: Some(Position::new(seq, "")),
+        limit,
+    }
+}
+
+/// Tasks created in one millisecond still page without a repeat or a gap (the id
+/// breaks the tie), newest first; the counts name every status.
+async fn pages_split_tasks_created_in_the_same_millisecond(db: Db) {
+    let ws = new_workspace(&db).await;
+    let at = time::now();
+    let mut made = Vec::new();
+    for i in 0..30 {
+        let task = Task::new(
+            ws.id.clone(),
+            &format!("same {i}"),
+            at + Duration::milliseconds(i / 10),
+        );
+        db.create_task(&task, None).await.unwrap();
+        made.push(task.id);
+    }
+    let mut filter = TaskFilter {
+        workspace_id: Some(ws.id.clone()),
+        page: PageRequest {
+            after: None,
+            limit: 7,
+        },
+        ..TaskFilter::default()
+    };
+    let mut seen: Vec<Task> = Vec::new();
+    loop {
+        let page = db.list_tasks(&filter).await.unwrap();
+        assert!(page.items.len() <= 7);
+        seen.extend(page.items);
+        match page.next {
+            Some(next) => filter.page.after = Some(next),
+            None => break,
+        }
+    }
+    let mut got: Vec<String> = seen.iter().map(|t| t.id.clone()).collect();
+    let keys: Vec<(Timestamp, String)> =
+        seen.iter().map(|t| (t.created_at, t.id.clone())).collect();
+    assert!(
+        keys.windows(2).all(|w| w[0] > w[1]),
+        "newest first, ties by id"
+    );
+    got.sort();
+    made.sort();
+    assert_eq!(got, made);
+
+    let counts = db.task_counts(Some(&ws.id), None).await.unwrap();
+    assert_eq!(counts.len(), TaskStatus::ALL.len());
+    assert!(counts.contains(&(TaskStatus::Pending, 30)));
+    assert_eq!(counts.iter().map(|(_, n)| n).sum::<i64>(), 30);
 }

@@ -78,8 +78,38 @@ pub struct CreatedAccount {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct AccountList {
     pub accounts: Vec<Account>,
+    /// Send as `cursor=` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /api/accounts/:id/usage`: the account's limits and what it uses of them now,
+/// counted by the server.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountUsage {
+    pub account_id: String,
+    /// The UTC day `costToday` counts (`YYYY-MM-DD`).
+    pub day: String,
+    /// Workers holding one of its slots (starting, running, waiting for input, paused).
+    pub active_workers: i64,
+    pub max_concurrent_workers: i64,
+    /// What its workers started today have cost, in US dollars.
+    pub cost_today: f64,
+    pub max_cost_per_day: Option<f64>,
+}
+
+/// `limit` and `cursor`, for lists that take nothing else.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// 1–1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// The `nextCursor` of the page before.
+    pub cursor: Option<String>,
 }
 
 /// Who `GET /api/me` says the caller is.
@@ -204,14 +234,46 @@ pub struct TaskQuery {
     pub workspace_id: Option<String>,
     pub status: Option<TaskStatus>,
     pub source_id: Option<String>,
+    /// Only tasks whose title or description contains this text, ignoring case.
+    #[param(max_length = 500)]
+    pub q: Option<String>,
     /// 1–1000, default 100.
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    /// The `nextCursor` of the page before.
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct TaskList {
     pub tasks: Vec<Task>,
+    /// Send as `cursor=` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /api/tasks/counts` query.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct CountsQuery {
+    /// Only this workspace's tasks; default: every workspace the caller may see.
+    pub workspace_id: Option<String>,
+}
+
+/// How many tasks there are in each status.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskCounts {
+    pub total: i64,
+    /// Every status, with 0 for those no task is in.
+    pub by_status: Vec<StatusCount>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StatusCount {
+    pub status: TaskStatus,
+    pub count: i64,
 }
 
 /// `GET /api/tasks/:id`: the task, with where it stands in its workflow.
@@ -268,8 +330,11 @@ pub struct MessageBody {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ArtifactList {
     pub artifacts: Vec<RecordedArtifact>,
+    /// Send as `cursor=` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// `POST /api/tasks/:id/comments`.
@@ -284,8 +349,11 @@ pub struct CommentBody {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct CommentList {
     pub comments: Vec<Comment>,
+    /// Send as `cursor=` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
 }
 
 // ---- workers ----
@@ -387,11 +455,16 @@ pub struct WorkerQuery {
     /// 1–1000, default 100.
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    /// The `nextCursor` of the page before.
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct WorkerList {
     pub workers: Vec<Worker>,
+    /// Send as `cursor=` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// The `result` buildd's agent reports for a completed run (a worker's `result` is
@@ -437,17 +510,22 @@ pub struct Appended {
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct MessagesQuery {
-    /// Only messages numbered above this (default 0: from the start).
+    /// Only messages numbered above this (default 0: from the start); `cursor` wins.
     #[serde(default)]
     pub after: i64,
     /// 1–1000, default 1000.
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    /// The `nextCursor` of the page before.
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct MessageList {
     pub messages: Vec<Message>,
+    /// Send as `cursor=` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// `POST /api/workers/:id/attachments` query.

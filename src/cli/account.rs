@@ -89,11 +89,19 @@ pub async fn run(client: &Client, json: bool, command: AccountCommand) -> Result
             }
         }
         AccountCommand::List => {
-            let all = client
-                .list_accounts()
-                .await
-                .map_err(|e| e.to_string())?
-                .accounts;
+            let mut all = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = client
+                    .list_accounts(cursor.as_deref())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                all.extend(page.accounts);
+                match page.next_cursor {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
             if json {
                 output::json(&all);
             } else {

@@ -8,10 +8,12 @@ use serde::Serialize;
 
 use super::output::{self, message_text, or_dash};
 use crate::api::{
-    ApproveBody, Message, NewTask, RunnerPreference, Task, TaskMode, TaskRef, TaskStatus, Worker,
+    ApproveBody, Message, NewTask, RunnerPreference, Task, TaskMode, TaskQuery, TaskRef,
+    TaskStatus, Worker,
 };
 use crate::client::Client;
 use crate::core::events::EventData;
+use crate::core::page::MAX_LIMIT;
 
 #[derive(Subcommand)]
 pub enum TaskCommand {
@@ -40,12 +42,21 @@ pub enum TaskCommand {
         #[arg(long)]
         plan: bool,
     },
-    /// List tasks, newest first.
+    /// List tasks, newest first: the newest 100, or `--limit` of them, or `--all`.
     List {
         #[arg(long)]
         workspace: Option<String>,
         #[arg(long, value_parser = parse_status)]
         status: Option<TaskStatus>,
+        /// Only tasks whose title or description contains this text (any case).
+        #[arg(long)]
+        search: Option<String>,
+        /// How many to list (1–1000).
+        #[arg(long, conflicts_with = "all")]
+        limit: Option<u32>,
+        /// Every task, page after page.
+        #[arg(long)]
+        all: bool,
     },
     /// Show a task and its workers.
     Show { id: String },
@@ -141,12 +152,32 @@ pub async fn run(client: &Client, json: bool, command: TaskCommand) -> Result<()
                 );
             }
         }
-        TaskCommand::List { workspace, status } => {
-            let tasks = client
-                .list_tasks(workspace.as_deref(), status)
-                .await
-                .map_err(fail)?
-                .tasks;
+        TaskCommand::List {
+            workspace,
+            status,
+            search,
+            limit,
+            all,
+        } => {
+            let mut filter = TaskQuery {
+                workspace_id: workspace,
+                status,
+                q: search,
+                limit: if all { Some(MAX_LIMIT) } else { limit },
+                ..TaskQuery::default()
+            };
+            let mut tasks = Vec::new();
+            let more = loop {
+                let page = client.list_tasks(&filter).await.map_err(fail)?;
+                tasks.extend(page.tasks);
+                match page.next_cursor {
+                    Some(next) if all => filter.cursor = Some(next),
+                    next => break next.is_some(),
+                }
+            };
+            if more && !json {
+                eprintln!("(the newest {}; `--all` lists every task)", tasks.len());
+            }
             if json {
                 output::json(&tasks);
             } else {

@@ -13,10 +13,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{
-    AccountList, Appended, ApproveBody, Approved, ClaimAnswer, ClaimBody, CreatedAccount, Grant,
-    HeartbeatAnswer, Me, MessageBody, MessageList, NewAccount, NewGrant, NewTask, NewWorker,
-    NewWorkspace, ReviseBody, Task, TaskDetail, TaskList, TaskStatus, Worker, WorkerList,
-    WorkerUpdate, Workspace, WorkspaceList,
+    AccountList, AccountUsage, Appended, ApproveBody, Approved, ClaimAnswer, ClaimBody,
+    CreatedAccount, Grant, HeartbeatAnswer, Me, MessageBody, MessageList, NewAccount, NewGrant,
+    NewTask, NewWorker, NewWorkspace, ReviseBody, Task, TaskCounts, TaskDetail, TaskList,
+    TaskQuery, Worker, WorkerList, WorkerUpdate, Workspace, WorkspaceList,
 };
 
 pub use crate::core::backoff::backoff;
@@ -228,8 +228,15 @@ impl Client {
         self.send(Method::POST, "/api/accounts", body).await
     }
 
-    pub async fn list_accounts(&self) -> Result<AccountList> {
-        self.get("/api/accounts").await
+    /// One page of accounts: the first, or the one `cursor` starts.
+    pub async fn list_accounts(&self, cursor: Option<&str>) -> Result<AccountList> {
+        let q = query(&[("limit", Some("1000")), ("cursor", cursor)]);
+        self.get(&format!("/api/accounts{q}")).await
+    }
+
+    pub async fn account_usage(&self, account_id: &str) -> Result<AccountUsage> {
+        let path = format!("/api/accounts/{}/usage", encode(account_id));
+        self.get(&path).await
     }
 
     /// A new key for the account; the old one stops working.
@@ -247,14 +254,23 @@ impl Client {
         self.send(Method::POST, "/api/tasks", body).await
     }
 
-    pub async fn list_tasks(
-        &self,
-        workspace_id: Option<&str>,
-        status: Option<TaskStatus>,
-    ) -> Result<TaskList> {
-        let status = status.map(|s| s.as_str());
-        let q = query(&[("workspaceId", workspace_id), ("status", status)]);
+    /// One page of the tasks `filter` asks for.
+    pub async fn list_tasks(&self, filter: &TaskQuery) -> Result<TaskList> {
+        let limit = filter.limit.map(|n| n.to_string());
+        let q = query(&[
+            ("workspaceId", filter.workspace_id.as_deref()),
+            ("status", filter.status.map(|s| s.as_str())),
+            ("sourceId", filter.source_id.as_deref()),
+            ("q", filter.q.as_deref()),
+            ("limit", limit.as_deref()),
+            ("cursor", filter.cursor.as_deref()),
+        ]);
         self.get(&format!("/api/tasks{q}")).await
+    }
+
+    pub async fn task_counts(&self, workspace_id: Option<&str>) -> Result<TaskCounts> {
+        let q = query(&[("workspaceId", workspace_id)]);
+        self.get(&format!("/api/tasks/counts{q}")).await
     }
 
     pub async fn get_task(&self, id: &str) -> Result<TaskDetail> {

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod lease;
 pub mod messages;
 pub mod model;
+pub mod page;
 pub mod plan;
 pub mod policy;
 pub mod time;

@@ -12,7 +12,8 @@ use tracing::{info, warn};
 
 use crate::core::backoff::backoff;
 use crate::core::claim::dispatch_repo;
-use crate::core::model::{RunnerPreference, Task};
+use crate::core::model::{Account, RunnerPreference, Task};
+use crate::core::page::{MAX_LIMIT, PageRequest};
 use crate::store::Store;
 
 /// The event type workflows listen for (`on: repository_dispatch: types: [buildd-task]`).
@@ -47,7 +48,7 @@ impl Dispatcher {
         }
         let dispatcher = self.clone();
         tokio::spawn(async move {
-            let accounts = match store.list_accounts().await {
+            let accounts = match every_account(store.as_ref()).await {
                 Ok(accounts) => accounts,
                 Err(e) => {
                     warn!(task = %task.id, error = %e, "cannot list accounts to dispatch an action task");
@@ -109,6 +110,23 @@ impl Dispatcher {
             }
             warn!(repo, task = task_id, attempt, reason = %reason, "GitHub Actions dispatch failed; retrying");
             tokio::time::sleep(backoff(attempt)).await;
+        }
+    }
+}
+
+/// Every account, read page by page.
+async fn every_account(store: &dyn Store) -> crate::store::Result<Vec<Account>> {
+    let mut page = PageRequest {
+        after: None,
+        limit: MAX_LIMIT,
+    };
+    let mut accounts = Vec::new();
+    loop {
+        let read = store.list_accounts(&page).await?;
+        accounts.extend(read.items);
+        match read.next {
+            Some(next) => page.after = Some(next),
+            None => return Ok(accounts),
         }
     }
 }

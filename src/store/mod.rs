@@ -6,6 +6,7 @@
 //! (`sqlite.rs`) and Postgres (`postgres.rs`) implement, so the two cannot drift. The
 //! shared suite in `tests/store.rs` runs against both.
 
+mod listing;
 mod postgres;
 mod queries;
 mod sql;
@@ -25,6 +26,7 @@ use crate::core::model::{
     Account, Attachment, Comment, Grant, Message, RecordedArtifact, Source, Task, TaskRef,
     TaskStatus, Worker, WorkerStatus, Workspace,
 };
+use crate::core::page::{Page, PageRequest};
 use crate::core::plan::Plan;
 use crate::core::time::Timestamp;
 
@@ -62,7 +64,9 @@ pub struct TaskFilter {
     pub source_id: Option<String>,
     /// Only tasks of workspaces this account has been granted.
     pub visible_to: Option<String>,
-    pub limit: u32,
+    /// Only tasks whose title or description contains this, ignoring case.
+    pub search: Option<String>,
+    pub page: PageRequest,
 }
 
 /// A task's neighbours in the workflow.
@@ -79,7 +83,7 @@ pub struct WorkerFilter {
     pub status: Option<WorkerStatus>,
     /// Only workers of workspaces this account has been granted.
     pub visible_to: Option<String>,
-    pub limit: u32,
+    pub page: PageRequest,
 }
 
 /// What a claim asks for, already checked by the caller.
@@ -101,19 +105,23 @@ pub struct Counts {
 impl Counts {
     /// Builds the counts from `(status, count)` rows, naming every status once.
     fn from_rows(rows: Vec<(String, i64)>, active_workers: i64) -> Result<Self> {
-        let mut tasks_by_status: Vec<(TaskStatus, i64)> =
-            TaskStatus::ALL.iter().map(|s| (*s, 0)).collect();
-        for (status, n) in rows {
-            let status: TaskStatus = parse_column(&status)?;
-            if let Some(entry) = tasks_by_status.iter_mut().find(|(s, _)| *s == status) {
-                entry.1 = n;
-            }
-        }
         Ok(Counts {
-            tasks_by_status,
+            tasks_by_status: by_status(rows)?,
             active_workers,
         })
     }
+}
+
+/// `(status, count)` rows as a count for every status, zero for those not named.
+fn by_status(rows: Vec<(String, i64)>) -> Result<Vec<(TaskStatus, i64)>> {
+    let mut counts: Vec<(TaskStatus, i64)> = TaskStatus::ALL.iter().map(|s| (*s, 0)).collect();
+    for (status, n) in rows {
+        let status: TaskStatus = parse_column(&status)?;
+        if let Some(entry) = counts.iter_mut().find(|(s, _)| *s == status) {
+            entry.1 = n;
+        }
+    }
+    Ok(counts)
 }
 
 /// An account's usage counters.
@@ -149,7 +157,8 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces the account's key: the old one stops working with this commit.
     /// False when there is no such account.
     async fn set_account_key(&self, id: &str, key_hash: &str) -> Result<bool>;
-    async fn list_accounts(&self) -> Result<Vec<Account>>;
+    /// Accounts, oldest first.
+    async fn list_accounts(&self, page: &PageRequest) -> Result<Page<Account>>;
 
     async fn create_workspace(&self, workspace: &Workspace) -> Result<()>;
     async fn get_workspace(&self, id: &str) -> Result<Option<Workspace>>;
@@ -168,7 +177,14 @@ pub trait Store: Send + Sync + 'static {
     async fn create_task(&self, task: &Task, source: Option<&Source>) -> Result<Task>;
     async fn get_source(&self, id: &str) -> Result<Option<Source>>;
     async fn get_task(&self, id: &str) -> Result<Option<Task>>;
-    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>>;
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Page<Task>>;
+    /// How many tasks are in each status (every status named, zero or not), of one
+    /// workspace or all, and only of workspaces granted to `visible_to`.
+    async fn task_counts(
+        &self,
+        workspace_id: Option<&str>,
+        visible_to: Option<&str>,
+    ) -> Result<Vec<(TaskStatus, i64)>>;
     /// The task's dependencies and children (the steps of its plan, its follow-ups),
     /// each with its status, oldest first.
     async fn task_links(&self, id: &str) -> Result<TaskLinks>;
@@ -207,7 +223,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(Worker, Task)>;
 
     async fn get_worker(&self, id: &str) -> Result<Option<Worker>>;
-    async fn list_workers(&self, filter: &WorkerFilter) -> Result<Vec<Worker>>;
+    async fn list_workers(&self, filter: &WorkerFilter) -> Result<Page<Worker>>;
 
     /// Locks the task (and its worker), applies [`crate::core::actions::apply`] and
     /// writes back the result with its events. `id` is a worker id for actions that
@@ -225,11 +241,15 @@ pub trait Store: Send + Sync + 'static {
         from: Option<i64>,
         now: Timestamp,
     ) -> Result<Appended>;
-    /// Up to `limit` messages with `seq > after`, in order.
-    async fn list_messages(&self, worker_id: &str, after: i64, limit: u32) -> Result<Vec<Message>>;
+    /// The worker's messages in order; a position's `at` is a message's `seq`.
+    async fn list_messages(&self, worker_id: &str, page: &PageRequest) -> Result<Page<Message>>;
 
     /// Everything the task's workers produced, oldest first.
-    async fn list_artifacts(&self, task_id: &str) -> Result<Vec<RecordedArtifact>>;
+    async fn list_artifacts(
+        &self,
+        task_id: &str,
+        page: &PageRequest,
+    ) -> Result<Page<RecordedArtifact>>;
 
     async fn add_comment(
         &self,
@@ -239,7 +259,7 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Comment>;
     /// The task's comments, oldest first.
-    async fn list_comments(&self, task_id: &str) -> Result<Vec<Comment>>;
+    async fn list_comments(&self, task_id: &str, page: &PageRequest) -> Result<Page<Comment>>;
 
     async fn add_attachment(&self, attachment: &Attachment, data: &[u8]) -> Result<()>;
     /// The worker's attachments (without their bytes), oldest first.

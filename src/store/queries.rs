@@ -18,10 +18,11 @@ use futures::FutureExt;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use super::listing::{Conditions, Key, Order, contains_pattern};
 use super::sql::{Arg, Backend, FromCell, Reader, Tx, args};
 use super::{
     Appended, Applied, ClaimRequest, Counts, Result, Store, StoreError, TaskFilter, TaskLinks,
-    Usage, WorkerFilter, status_list,
+    Usage, WorkerFilter, by_status, status_list,
 };
 use crate::core::actions::{self, Action, Outcome, UsageChange};
 use crate::core::claim;
@@ -32,6 +33,7 @@ use crate::core::model::{
     Account, Artifact, Attachment, Comment, Grant, Message, RecordedArtifact, Source, Task,
     TaskRef, TaskStatus, Worker, WorkerStatus, Workspace,
 };
+use crate::core::page::{Page, PageRequest, Position};
 use crate::core::plan::{self, Plan};
 use crate::core::time::{self, Timestamp};
 use crate::core::workflow::{self, Dependency};
@@ -921,9 +923,16 @@ impl<B: Backend> Store for SqlStore<B> {
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
-    async fn list_accounts(&self) -> Result<Vec<Account>> {
-        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY created_at, id");
-        self.all(sql, Vec::new(), account_from_row).await
+    async fn list_accounts(&self, page: &PageRequest) -> Result<Page<Account>> {
+        let key = Key::TimeAndId("created_at", "id");
+        let mut w = Conditions::default();
+        w.after(key, Order::OldestFirst, page.after.as_ref());
+        let select = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts");
+        let (sql, values) = w.query(&select, key, Order::OldestFirst, page.fetch());
+        let rows = self.all(sql, values, account_from_row).await?;
+        Ok(paged(rows, page, |a| {
+            Position::new(a.created_at.timestamp_millis(), &a.id)
+        }))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(workspace = %workspace.id))]
@@ -1008,25 +1017,47 @@ impl<B: Backend> Store for SqlStore<B> {
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
-    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Page<Task>> {
         let f = filter;
+        let key = Key::TimeAndId("created_at", "id");
+        let mut w = task_conditions(f.workspace_id.as_deref(), f.visible_to.as_deref());
+        if let Some(status) = f.status {
+            w.push("status = ?", args![status.as_str()]);
+        }
+        if let Some(source) = &f.source_id {
+            w.push("source_id = ?", args![source]);
+        }
+        if let Some(search) = &f.search {
+            let pattern = contains_pattern(search);
+            w.push(
+                "(LOWER(title) LIKE ? ESCAPE '\\' OR LOWER(description) LIKE ? ESCAPE '\\')",
+                args![&pattern, &pattern],
+            );
+        }
+        w.after(key, Order::NewestFirst, f.page.after.as_ref());
+        let select = format!("SELECT {TASK_COLUMNS} FROM tasks");
+        let (sql, values) = w.query(&select, key, Order::NewestFirst, f.page.fetch());
+        let rows = self.all(sql, values, task_from_row).await?;
+        Ok(paged(rows, &f.page, |t| {
+            Position::new(t.created_at.timestamp_millis(), &t.id)
+        }))
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn task_counts(
+        &self,
+        workspace_id: Option<&str>,
+        visible_to: Option<&str>,
+    ) -> Result<Vec<(TaskStatus, i64)>> {
+        let w = task_conditions(workspace_id, visible_to);
         let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks \
-             WHERE (CAST($1 AS TEXT) IS NULL OR workspace_id = $1) \
-             AND (CAST($2 AS TEXT) IS NULL OR status = $2) \
-             AND (CAST($3 AS TEXT) IS NULL OR workspace_id IN \
-                  (SELECT workspace_id FROM account_workspaces WHERE account_id = $3)) \
-             AND (CAST($4 AS TEXT) IS NULL OR source_id = $4) \
-             ORDER BY created_at DESC, id DESC LIMIT $5"
+            "SELECT status, COUNT(*) FROM tasks{} GROUP BY status",
+            w.filter()
         );
-        let values = args![
-            &f.workspace_id,
-            f.status.map(|s| s.as_str()),
-            &f.visible_to,
-            &f.source_id,
-            f.limit,
-        ];
-        self.all(sql, values, task_from_row).await
+        let rows = self
+            .all(sql, w.into_values(), |r| Ok((r.get()?, r.get()?)))
+            .await?;
+        by_status(rows)
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
@@ -1127,23 +1158,26 @@ impl<B: Backend> Store for SqlStore<B> {
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
-    async fn list_workers(&self, filter: &WorkerFilter) -> Result<Vec<Worker>> {
+    async fn list_workers(&self, filter: &WorkerFilter) -> Result<Page<Worker>> {
         let f = filter;
-        let sql = format!(
-            "SELECT {WORKER_COLUMNS} FROM workers \
-             WHERE (CAST($1 AS TEXT) IS NULL OR task_id = $1) \
-             AND (CAST($2 AS TEXT) IS NULL OR status = $2) \
-             AND (CAST($3 AS TEXT) IS NULL OR workspace_id IN \
-                  (SELECT workspace_id FROM account_workspaces WHERE account_id = $3)) \
-             ORDER BY started_at DESC, id DESC LIMIT $4"
-        );
-        let values = args![
-            &f.task_id,
-            f.status.map(|s| s.as_str()),
-            &f.visible_to,
-            f.limit
-        ];
-        self.all(sql, values, worker_from_row).await
+        let key = Key::TimeAndId("started_at", "id");
+        let mut w = Conditions::default();
+        if let Some(task) = &f.task_id {
+            w.push("task_id = ?", args![task]);
+        }
+        if let Some(status) = f.status {
+            w.push("status = ?", args![status.as_str()]);
+        }
+        if let Some(account) = &f.visible_to {
+            w.push(GRANTED_WORKSPACES, args![account]);
+        }
+        w.after(key, Order::NewestFirst, f.page.after.as_ref());
+        let select = format!("SELECT {WORKER_COLUMNS} FROM workers");
+        let (sql, values) = w.query(&select, key, Order::NewestFirst, f.page.fetch());
+        let rows = self.all(sql, values, worker_from_row).await?;
+        Ok(paged(rows, &f.page, |w| {
+            Position::new(w.started_at.timestamp_millis(), &w.id)
+        }))
     }
 
     #[tracing::instrument(level = "debug", skip(self, action), fields(action = action.name()))]
@@ -1181,23 +1215,40 @@ impl<B: Backend> Store for SqlStore<B> {
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
-    async fn list_messages(&self, worker_id: &str, after: i64, limit: u32) -> Result<Vec<Message>> {
-        let sql = "SELECT seq, body, created_at FROM messages WHERE worker_id = $1 AND seq > $2 \
-                   ORDER BY seq LIMIT $3";
-        self.all(
-            sql.to_owned(),
-            args![worker_id, after, limit],
-            message_from_row,
-        )
-        .await
+    async fn list_messages(&self, worker_id: &str, page: &PageRequest) -> Result<Page<Message>> {
+        let key = Key::Number("seq");
+        let mut w = Conditions::default();
+        w.push("worker_id = ?", args![worker_id]);
+        w.after(key, Order::OldestFirst, page.after.as_ref());
+        let select = "SELECT seq, body, created_at FROM messages";
+        let (sql, values) = w.query(select, key, Order::OldestFirst, page.fetch());
+        let rows = self.all(sql, values, message_from_row).await?;
+        Ok(paged(rows, page, |m| Position::new(m.seq, "")))
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
-    async fn list_artifacts(&self, task_id: &str) -> Result<Vec<RecordedArtifact>> {
-        let sql = "SELECT worker_id, kind, value, created_at FROM artifacts WHERE task_id = $1 \
-                   ORDER BY id";
-        self.all(sql.to_owned(), args![task_id], artifact_from_row)
-            .await
+    async fn list_artifacts(
+        &self,
+        task_id: &str,
+        page: &PageRequest,
+    ) -> Result<Page<RecordedArtifact>> {
+        let key = Key::Number("id");
+        let mut w = Conditions::default();
+        w.push("task_id = ?", args![task_id]);
+        w.after(key, Order::OldestFirst, page.after.as_ref());
+        let select = "SELECT id, worker_id, kind, value, created_at FROM artifacts";
+        let (sql, values) = w.query(select, key, Order::OldestFirst, page.fetch());
+        let rows = self
+            .all(sql, values, |r| {
+                Ok((r.get::<i64>()?, artifact_from_row(r)?))
+            })
+            .await?;
+        Ok(Page::of(
+            rows.into_iter()
+                .map(|(id, a)| (Position::new(id, ""), a))
+                .collect(),
+            page,
+        ))
     }
 
     #[tracing::instrument(level = "debug", skip(self, body))]
@@ -1221,9 +1272,15 @@ impl<B: Backend> Store for SqlStore<B> {
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
-    async fn list_comments(&self, task_id: &str) -> Result<Vec<Comment>> {
-        let sql = format!("SELECT {COMMENT_COLUMNS} FROM comments WHERE task_id = $1 ORDER BY id");
-        self.all(sql, args![task_id], comment_from_row).await
+    async fn list_comments(&self, task_id: &str, page: &PageRequest) -> Result<Page<Comment>> {
+        let key = Key::Number("id");
+        let mut w = Conditions::default();
+        w.push("task_id = ?", args![task_id]);
+        w.after(key, Order::OldestFirst, page.after.as_ref());
+        let select = format!("SELECT {COMMENT_COLUMNS} FROM comments");
+        let (sql, values) = w.query(&select, key, Order::OldestFirst, page.fetch());
+        let rows = self.all(sql, values, comment_from_row).await?;
+        Ok(paged(rows, page, |c| Position::new(c.id, "")))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(attachment = %attachment.id))]
@@ -1349,6 +1406,27 @@ impl<B: Backend> Store for SqlStore<B> {
         self.all(sql, args![cutoffs.leased, cutoffs.paused], |r| r.get())
             .await
     }
+}
+
+/// Rows of workspaces granted to the account `?`.
+const GRANTED_WORKSPACES: &str =
+    "workspace_id IN (SELECT workspace_id FROM account_workspaces WHERE account_id = ?)";
+
+/// The conditions of a task list or count: one workspace, and what the caller may see.
+fn task_conditions(workspace_id: Option<&str>, visible_to: Option<&str>) -> Conditions {
+    let mut w = Conditions::default();
+    if let Some(workspace) = workspace_id {
+        w.push("workspace_id = ?", args![workspace]);
+    }
+    if let Some(account) = visible_to {
+        w.push(GRANTED_WORKSPACES, args![account]);
+    }
+    w
+}
+
+/// The page `rows` make, each placed by `position`.
+fn paged<T>(rows: Vec<T>, page: &PageRequest, position: impl Fn(&T) -> Position) -> Page<T> {
+    Page::of(rows.into_iter().map(|r| (position(&r), r)).collect(), page)
 }
 
 /// Shares one store between the server's tasks.

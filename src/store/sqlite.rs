@@ -26,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_initial.sql"),
     include_str!("../../migrations/sqlite/0002_delivery_and_retention.sql"),
     include_str!("../../migrations/sqlite/0003_workflows.sql"),
+    include_str!("../../migrations/sqlite/0004_history.sql"),
 ];
 const READERS: usize = 4;
 

@@ -4,14 +4,15 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 
-use crate::api::{AccountList, CreatedAccount, Me, NewAccount, NewGrant};
+use crate::api::{AccountList, AccountUsage, CreatedAccount, Me, NewAccount, NewGrant, PageQuery};
 use crate::core::keys;
 use crate::core::model::{Account, Grant};
+use crate::core::page::PageRequest;
 use crate::core::policy::{Deed, Target};
 use crate::core::{time, validate};
 use crate::server::AppState;
 use crate::server::auth::Caller;
-use crate::server::error::{ApiError, ApiResult, Body};
+use crate::server::error::{ApiError, ApiResult, Body, Params};
 
 #[utoipa::path(post, path = "/api/accounts", tag = "accounts", request_body = NewAccount,
     responses((status = 201, description = "The account and its key, shown this once", body = CreatedAccount), ApiError))]
@@ -69,12 +70,42 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-#[utoipa::path(get, path = "/api/accounts", tag = "accounts",
-    responses((status = 200, description = "Every account (admin)", body = AccountList), ApiError))]
-pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<AccountList>> {
+#[utoipa::path(get, path = "/api/accounts", tag = "accounts", params(PageQuery),
+    responses((status = 200, description = "Every account (admin), oldest first", body = AccountList), ApiError))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params(query): Params<PageQuery>,
+) -> ApiResult<Json<AccountList>> {
     caller.require_admin()?;
-    let accounts = state.store.list_accounts().await?;
-    Ok(Json(AccountList { accounts }))
+    let page = PageRequest::from_query(query.limit, query.cursor.as_deref())?;
+    let page = state.store.list_accounts(&page).await?;
+    Ok(Json(AccountList {
+        next_cursor: page.next_cursor(),
+        accounts: page.items,
+    }))
+}
+
+/// `GET /api/accounts/:id/usage`: exact, from the counters claims read.
+#[utoipa::path(get, path = "/api/accounts/{id}/usage", tag = "accounts", params(("id" = String, Path, description = "The account's id")),
+    responses((status = 200, description = "The account's limits and its usage now (admin, or the account itself)", body = AccountUsage), ApiError))]
+pub async fn usage(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<AccountUsage>> {
+    caller.may(Deed::Read, Target::Account { id: &id })?;
+    let account = find(&state, &id).await?;
+    let day = time::utc_day(time::now());
+    let usage = state.store.usage(&id, &day).await?;
+    Ok(Json(AccountUsage {
+        account_id: account.id,
+        day,
+        active_workers: usage.active_workers,
+        max_concurrent_workers: account.max_concurrent_workers,
+        cost_today: usage.cost_usd,
+        max_cost_per_day: account.max_cost_per_day,
+    }))
 }
 
 #[utoipa::path(get, path = "/api/accounts/{id}", tag = "accounts", params(("id" = String, Path, description = "The account's id")),

@@ -42,12 +42,14 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(events::stream))
         .routes(routes!(accounts::create, accounts::list))
         .routes(routes!(accounts::show))
+        .routes(routes!(accounts::usage))
         .routes(routes!(accounts::rotate_key))
         .routes(routes!(accounts::grant))
         .routes(routes!(accounts::revoke))
         .routes(routes!(workspaces::create, workspaces::list))
         .routes(routes!(workspaces::show))
         .routes(routes!(tasks::create, tasks::list))
+        .routes(routes!(tasks::counts))
         .routes(routes!(tasks::show))
         .routes(routes!(tasks::cancel))
         .routes(routes!(tasks::reply))
@@ -89,16 +91,6 @@ pub fn spec() -> &'static serde_json::Value {
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("no such endpoint: {}", uri.path()))
-}
-
-/// The `limit` query parameter of a listing: 100 unless given, at most 1,000.
-fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
-    match limit.unwrap_or(100) {
-        n @ 1..=1000 => Ok(n),
-        _ => Err(ApiError::BadRequest(
-            "limit must be between 1 and 1000".into(),
-        )),
-    }
 }
 
 #[cfg(test)]

@@ -5,14 +5,14 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 
-use super::page_limit;
 use crate::api::{
-    ApproveBody, Approved, ArtifactList, CommentBody, CommentList, MessageBody, NewTask,
-    ReviseBody, TaskDetail, TaskList, TaskQuery,
+    ApproveBody, Approved, ArtifactList, CommentBody, CommentList, CountsQuery, MessageBody,
+    NewTask, PageQuery, ReviseBody, StatusCount, TaskCounts, TaskDetail, TaskList, TaskQuery,
 };
 use crate::core::actions::{Action, MAX_TEXT_LEN};
 use crate::core::ids::{IdKind, new_id};
 use crate::core::model::{Comment, RunnerPreference, Source, Task, TaskMode, TaskStatus};
+use crate::core::page::PageRequest;
 use crate::core::policy::Deed;
 use crate::core::{time, validate, workflow};
 use crate::server::AppState;
@@ -84,15 +84,51 @@ pub async fn list(
     caller: Caller,
     Params(query): Params<TaskQuery>,
 ) -> ApiResult<Json<TaskList>> {
+    let search = match query.q {
+        Some(q) if !q.trim().is_empty() => {
+            validate::text("q", &q, validate::MAX_TITLE_LEN)?;
+            Some(q.trim().to_owned())
+        }
+        _ => None,
+    };
     let filter = TaskFilter {
         workspace_id: query.workspace_id,
         status: query.status,
         source_id: query.source_id,
         visible_to: caller.scope(),
-        limit: page_limit(query.limit)?,
+        search,
+        page: PageRequest::from_query(query.limit, query.cursor.as_deref())?,
     };
-    let tasks = state.store.list_tasks(&filter).await?;
-    Ok(Json(TaskList { tasks }))
+    let page = state.store.list_tasks(&filter).await?;
+    Ok(Json(TaskList {
+        next_cursor: page.next_cursor(),
+        tasks: page.items,
+    }))
+}
+
+/// `GET /api/tasks/counts`: exact, counted by the database.
+#[utoipa::path(get, path = "/api/tasks/counts", tag = "tasks", params(CountsQuery),
+    responses((status = 200, description = "How many tasks the caller may see are in each status", body = TaskCounts), ApiError))]
+pub async fn counts(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params(query): Params<CountsQuery>,
+) -> ApiResult<Json<TaskCounts>> {
+    if let Some(workspace) = &query.workspace_id {
+        caller.may_in_named(&state, Deed::Read, workspace).await?;
+    }
+    let scope = caller.scope();
+    let counts = state
+        .store
+        .task_counts(query.workspace_id.as_deref(), scope.as_deref())
+        .await?;
+    Ok(Json(TaskCounts {
+        total: counts.iter().map(|(_, n)| n).sum(),
+        by_status: counts
+            .into_iter()
+            .map(|(status, count)| StatusCount { status, count })
+            .collect(),
+    }))
 }
 
 /// The task, if the caller may do `deed` to it (see [`crate::core::policy`]).
@@ -235,16 +271,21 @@ pub async fn reply(
 }
 
 /// `GET /api/tasks/:id/artifacts`: branches, commits, PRs and files of every attempt.
-#[utoipa::path(get, path = "/api/tasks/{id}/artifacts", tag = "tasks", params(("id" = String, Path, description = "The task's id")),
-    responses((status = 200, description = "What every attempt produced", body = ArtifactList), ApiError))]
+#[utoipa::path(get, path = "/api/tasks/{id}/artifacts", tag = "tasks", params(("id" = String, Path, description = "The task's id"), PageQuery),
+    responses((status = 200, description = "What every attempt produced, oldest first", body = ArtifactList), ApiError))]
 pub async fn artifacts(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    Params(query): Params<PageQuery>,
 ) -> ApiResult<Json<ArtifactList>> {
+    let page = PageRequest::from_query(query.limit, query.cursor.as_deref())?;
     task_for(&state, &caller, Deed::Read, &id).await?;
-    let artifacts = state.store.list_artifacts(&id).await?;
-    Ok(Json(ArtifactList { artifacts }))
+    let page = state.store.list_artifacts(&id, &page).await?;
+    Ok(Json(ArtifactList {
+        next_cursor: page.next_cursor(),
+        artifacts: page.items,
+    }))
 }
 
 /// `POST /api/tasks/:id/comments`: anyone who can see the task may comment on it.
@@ -269,16 +310,21 @@ pub async fn comment(
     Ok((StatusCode::CREATED, Json(comment)))
 }
 
-#[utoipa::path(get, path = "/api/tasks/{id}/comments", tag = "tasks", params(("id" = String, Path, description = "The task's id")),
+#[utoipa::path(get, path = "/api/tasks/{id}/comments", tag = "tasks", params(("id" = String, Path, description = "The task's id"), PageQuery),
     responses((status = 200, description = "The task's comments, oldest first", body = CommentList), ApiError))]
 pub async fn comments(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    Params(query): Params<PageQuery>,
 ) -> ApiResult<Json<CommentList>> {
+    let page = PageRequest::from_query(query.limit, query.cursor.as_deref())?;
     task_for(&state, &caller, Deed::Read, &id).await?;
-    let comments = state.store.list_comments(&id).await?;
-    Ok(Json(CommentList { comments }))
+    let page = state.store.list_comments(&id, &page).await?;
+    Ok(Json(CommentList {
+        next_cursor: page.next_cursor(),
+        comments: page.items,
+    }))
 }
 
 /// `GET /api/sources/:id`: where tasks came from; list its tasks with

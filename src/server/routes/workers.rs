@@ -11,7 +11,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::page_limit;
 use crate::api::{
     Appended, AttachQuery, AttachmentList, ClaimAnswer, ClaimBody, ClaimEntry, ClaimedWorker,
     MessageBody, MessageList, MessagesBody, MessagesQuery, NewWorker, WorkerList, WorkerQuery,
@@ -21,6 +20,7 @@ use crate::core::claim;
 use crate::core::events::StoredEvent;
 use crate::core::ids::{IdKind, new_id};
 use crate::core::model::{Account, Attachment, Task, Worker};
+use crate::core::page::{MAX_LIMIT, PageRequest, Position};
 use crate::core::policy::Deed;
 use crate::core::time;
 use crate::core::validate::{self, MAX_MESSAGES_PER_BATCH};
@@ -201,10 +201,13 @@ pub async fn list(
         task_id: query.task_id,
         status: query.status,
         visible_to: caller.scope(),
-        limit: page_limit(query.limit)?,
+        page: PageRequest::from_query(query.limit, query.cursor.as_deref())?,
     };
-    let workers = state.store.list_workers(&filter).await?;
-    Ok(Json(WorkerList { workers }))
+    let page = state.store.list_workers(&filter).await?;
+    Ok(Json(WorkerList {
+        next_cursor: page.next_cursor(),
+        workers: page.items,
+    }))
 }
 
 async fn find(state: &AppState, id: &str) -> ApiResult<Worker> {
@@ -338,10 +341,16 @@ pub async fn messages(
     Path(id): Path<String>,
     Params(query): Params<MessagesQuery>,
 ) -> ApiResult<Json<MessageList>> {
+    let mut page = PageRequest::with_default(query.limit, query.cursor.as_deref(), MAX_LIMIT)?;
+    if page.after.is_none() {
+        page.after = Some(Position::new(query.after, ""));
+    }
     worker_for(&state, &caller, Deed::Read, &id).await?;
-    let limit = page_limit(Some(query.limit.unwrap_or(1000)))?;
-    let messages = state.store.list_messages(&id, query.after, limit).await?;
-    Ok(Json(MessageList { messages }))
+    let page = state.store.list_messages(&id, &page).await?;
+    Ok(Json(MessageList {
+        next_cursor: page.next_cursor(),
+        messages: page.items,
+    }))
 }
 
 /// `POST /api/workers/:id/attachments?name=shot.png[&messageSeq=N]`: the body is the

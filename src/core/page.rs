@@ -1,0 +1,184 @@
+//! Paging through lists with opaque cursors.
+//!
+//! Every list is read in one fixed order of a unique key (a time and an id, or a
+//! number), and a page ends at a key: the next page starts strictly after it. So a
+//! row is never given twice nor skipped however many rows are inserted meanwhile
+//! (those land before the first page of a newest-first list, or after the last one
+//! of an oldest-first list). The cursor is that key, encoded so that clients treat it
+//! as opaque and the encoding may change without breaking them.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use super::RuleError;
+
+/// A page's size when none is asked for.
+pub const DEFAULT_LIMIT: u32 = 100;
+/// The largest page one request may ask for.
+pub const MAX_LIMIT: u32 = 1000;
+
+/// Where a list's order puts a row: its sort key. `at` is a time in milliseconds or a
+/// sequence number; `id` breaks ties (empty where `at` alone is unique).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub at: i64,
+    pub id: String,
+}
+
+impl Position {
+    pub fn new(at: i64, id: impl Into<String>) -> Self {
+        Position { at, id: id.into() }
+    }
+
+    /// The cursor clients send back as `cursor=`.
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(format!("1:{}:{}", self.at, self.id))
+    }
+
+    /// Reads back a cursor made by [`Position::encode`].
+    pub fn decode(cursor: &str) -> Result<Position, RuleError> {
+        let invalid = || RuleError::Invalid("cursor is not one this server gave out".into());
+        let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
+        let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+        let rest = text.strip_prefix("1:").ok_or_else(invalid)?;
+        let (at, id) = rest.split_once(':').ok_or_else(invalid)?;
+        let at = at.parse().map_err(|_| invalid())?;
+        Ok(Position::new(at, id))
+    }
+}
+
+/// What a list request asks for: up to `limit` rows after `after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    pub after: Option<Position>,
+    pub limit: u32,
+}
+
+impl Default for PageRequest {
+    fn default() -> Self {
+        PageRequest {
+            after: None,
+            limit: DEFAULT_LIMIT,
+        }
+    }
+}
+
+impl PageRequest {
+    /// The `limit` and `cursor` query parameters, checked: `limit` 1–[`MAX_LIMIT`],
+    /// [`DEFAULT_LIMIT`] unless given.
+    pub fn from_query(limit: Option<u32>, cursor: Option<&str>) -> Result<Self, RuleError> {
+        Self::with_default(limit, cursor, DEFAULT_LIMIT)
+    }
+
+    /// Like [`PageRequest::from_query`] for lists whose pages default to `default`.
+    pub fn with_default(
+        limit: Option<u32>,
+        cursor: Option<&str>,
+        default: u32,
+    ) -> Result<Self, RuleError> {
+        let limit = limit.unwrap_or(default);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(RuleError::Invalid(format!(
+                "limit must be between 1 and {MAX_LIMIT}"
+            )));
+        }
+        let after = cursor.map(Position::decode).transpose()?;
+        Ok(PageRequest { after, limit })
+    }
+
+    /// How many rows to read: one more than the page, to learn whether another follows.
+    pub fn fetch(&self) -> u32 {
+        self.limit + 1
+    }
+}
+
+/// One page of a list, and where the next one starts (`None`: this is the last).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<Position>,
+}
+
+impl<T> Page<T> {
+    /// The page made of `rows` (read with [`PageRequest::fetch`], in the list's
+    /// order, each with its position).
+    pub fn of(rows: Vec<(Position, T)>, request: &PageRequest) -> Page<T> {
+        let limit = request.limit as usize;
+        let more = rows.len() > limit;
+        let mut next = None;
+        let mut items = Vec::with_capacity(rows.len().min(limit));
+        for (position, item) in rows.into_iter().take(limit) {
+            next = Some(position);
+            items.push(item);
+        }
+        Page {
+            items,
+            next: next.filter(|_| more),
+        }
+    }
+
+    /// The next page's cursor, for `nextCursor`.
+    pub fn next_cursor(&self) -> Option<String> {
+        self.next.as_ref().map(Position::encode)
+    }
+
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        Page {
+            items: self.items.into_iter().map(f).collect(),
+            next: self.next,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_reads_back_as_the_position_it_encodes() {
+        for position in [
+            Position::new(1_700_000_000_123, "task-abc"),
+            Position::new(-5, ""),
+            Position::new(42, "id:with:colons"),
+        ] {
+            assert_eq!(Position::decode(&position.encode()).unwrap(), position);
+        }
+    }
+
+    #[test]
+    fn a_cursor_the_server_did_not_make_is_refused() {
+        for bad in ["", "!!!", "bm9wZQ", &URL_SAFE_NO_PAD.encode("1:x:y")] {
+            let err = Position::decode(bad).unwrap_err();
+            assert!(matches!(err, RuleError::Invalid(_)), "{bad}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn limits_outside_the_bounds_are_refused() {
+        assert_eq!(PageRequest::from_query(None, None).unwrap().limit, 100);
+        assert!(PageRequest::from_query(Some(0), None).is_err());
+        assert!(PageRequest::from_query(Some(1001), None).is_err());
+        assert_eq!(
+            PageRequest::from_query(Some(1000), None).unwrap().fetch(),
+            1001
+        );
+    }
+
+    #[test]
+    fn a_page_has_a_next_cursor_only_when_more_rows_follow() {
+        let request = PageRequest {
+            after: None,
+            limit: 2,
+        };
+        let rows = |n: i64| (1..=n).map(|i| (Position::new(i, "x"), i)).collect();
+        let full = Page::of(rows(3), &request);
+        assert_eq!(full.items, vec![1, 2]);
+        assert_eq!(
+            full.next,
+            Some(Position::new(2, "x")),
+            "the next page starts after the last row"
+        );
+        let last = Page::of(rows(2), &request);
+        assert_eq!((last.items, last.next), (vec![1, 2], None));
+    }
+}
