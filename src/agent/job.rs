@@ -483,11 +483,13 @@ impl Job {
             Err(e) => return self.refused(e),
         };
         self.instructions.extend(answer.instructions);
-        match (answer.action, answer.reply) {
-            (RunControl::Cancel, _) => Control::Cancel,
-            (RunControl::Pause, _) => Control::Pause,
-            (RunControl::None, Some(reply)) => Control::Answer(reply),
-            (RunControl::None, None) => Control::Carry,
+        match (answer.action, answer.reply, answer.reason) {
+            // The server ended the worker itself, and says why.
+            (RunControl::Cancel, _, Some(reason)) => Control::Lost(reason),
+            (RunControl::Cancel, _, None) => Control::Cancel,
+            (RunControl::Pause, ..) => Control::Pause,
+            (RunControl::None, Some(reply), _) => Control::Answer(reply),
+            (RunControl::None, None, _) => Control::Carry,
         }
     }
 

@@ -31,7 +31,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::api::{ClaimBody, ClaimEntry, Me, TaskStatus, WorkerStatus, WorkerUpdate};
+use crate::api::{ClaimBody, ClaimEntry, EmptyClaim, Me, TaskStatus, WorkerStatus, WorkerUpdate};
 use crate::client::{Client, StreamedEvent, backoff};
 use crate::core::events::offers_work;
 use crate::core::lease;
@@ -119,6 +119,8 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
     let mut safety = tokio::time::interval(SAFETY_CLAIM_EVERY);
     let mut once_outcome = None;
     let mut grace_started = false;
+    // Why the last claim took nothing, logged when it changes (not at every poll).
+    let mut last_empty: Option<EmptyClaim> = None;
 
     loop {
         let free = config.max_tasks as usize - jobs.len();
@@ -137,6 +139,18 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
             match claimed {
                 Ok(answer) => {
                     claim_failures = 0;
+                    if answer.workers.is_empty() && answer.reason != last_empty {
+                        if let Some(reason) = answer.reason {
+                            info!(
+                                reason = reason.as_str(),
+                                "nothing to claim: {}",
+                                reason.describe()
+                            );
+                        }
+                        last_empty = answer.reason;
+                    } else if !answer.workers.is_empty() {
+                        last_empty = None;
+                    }
                     let heartbeat_every =
                         lease::heartbeat_interval(Duration::from_secs_f64(answer.lease_ttl_secs));
                     for entry in answer.workers {

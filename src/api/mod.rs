@@ -13,6 +13,7 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 pub use crate::core::actions::{HeartbeatAnswer, RunControl, WorkerUpdate};
+pub use crate::core::claim::EmptyClaim;
 pub use crate::core::model::{
     Account, AccountType, Artifact, Attachment, AuthType, Comment, Grant, Message,
     RecordedArtifact, RunnerPreference, Source, Task, TaskMode, TaskRef, TaskStatus, Worker,
@@ -383,6 +384,9 @@ pub struct ClaimAnswer {
     pub workers: Vec<ClaimEntry>,
     /// The server's lease: heartbeat well inside it.
     pub lease_ttl_secs: f64,
+    /// Why no task was claimed; only when `workers` is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<EmptyClaim>,
 }
 
 /// One claimed worker as an agent reads it. An entry it cannot read (from a server

@@ -1,7 +1,11 @@
 //! `buildd account …`
 
 use super::output::{self, or_dash};
-use crate::api::{AccountType, AuthType, CreatedAccount, NewAccount, NewGrant};
+use serde::Serialize;
+
+use crate::api::{
+    Account, AccountType, AccountUsage, AuthType, CreatedAccount, Me, NewAccount, NewGrant,
+};
 use crate::client::Client;
 use clap::Subcommand;
 
@@ -27,6 +31,8 @@ pub enum AccountCommand {
     },
     /// List accounts (admin).
     List,
+    /// Show an account's limits and what it uses of them now (default: your own).
+    Show { account_id: Option<String> },
     /// Let an account claim and/or create tasks in a workspace (admin).
     Grant {
         account_id: String,
@@ -133,6 +139,31 @@ pub async fn run(client: &Client, json: bool, command: AccountCommand) -> Result
                 );
             }
         }
+        AccountCommand::Show { account_id } => {
+            let account = match account_id {
+                Some(id) => client.get_account(&id).await.map_err(|e| e.to_string())?,
+                None => match client.me().await.map_err(|e| e.to_string())? {
+                    Me::Account(account) => account,
+                    Me::Admin { .. } => {
+                        return Err("the admin token is no account: name one, \
+                                    `buildd account show ACCOUNT_ID`"
+                            .into());
+                    }
+                },
+            };
+            let usage = client
+                .account_usage(&account.id)
+                .await
+                .map_err(|e| e.to_string())?;
+            if json {
+                output::json(&AccountWithUsage {
+                    account: &account,
+                    usage: &usage,
+                });
+            } else {
+                show(&account, &usage);
+            }
+        }
         AccountCommand::Grant {
             account_id,
             workspace,
@@ -177,6 +208,46 @@ pub async fn run(client: &Client, json: bool, command: AccountCommand) -> Result
         }
     }
     Ok(())
+}
+
+/// `account show --json`: the account, with its usage beside it.
+#[derive(Serialize)]
+struct AccountWithUsage<'a> {
+    #[serde(flatten)]
+    account: &'a Account,
+    usage: &'a AccountUsage,
+}
+
+fn show(account: &Account, usage: &AccountUsage) {
+    let sessions = account
+        .max_concurrent_sessions
+        .map(|n| format!(" (maxConcurrentSessions {n})"))
+        .unwrap_or_default();
+    let budget = match usage.max_cost_per_day {
+        Some(limit) => format!("${:.2} of ${limit:.2}", usage.cost_today),
+        None => format!("${:.2} (no daily limit)", usage.cost_today),
+    };
+    let rows = [
+        (
+            "Account",
+            format!(
+                "{} ({} {}, {})",
+                account.id, account.account_type, account.name, account.auth_type
+            ),
+        ),
+        (
+            "Workers",
+            format!(
+                "{} of {}{sessions}",
+                usage.active_workers, account.max_concurrent_workers
+            ),
+        ),
+        ("Spent today", format!("{budget}, UTC day {}", usage.day)),
+        ("GitHub repo", or_dash(account.github_repo.clone())),
+    ];
+    for (label, value) in rows {
+        println!("{label:<12} {value}");
+    }
 }
 
 fn print_key(answer: &CreatedAccount) {

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{
-    AccountList, AccountUsage, Appended, ApproveBody, Approved, ClaimAnswer, ClaimBody,
+    Account, AccountList, AccountUsage, Appended, ApproveBody, Approved, ClaimAnswer, ClaimBody,
     CreatedAccount, Grant, HeartbeatAnswer, Me, MessageBody, MessageList, NewAccount, NewGrant,
     NewTask, NewWorker, NewWorkspace, ReviseBody, Task, TaskCounts, TaskDetail, TaskList,
     TaskQuery, Worker, WorkerList, WorkerUpdate, Workspace, WorkspaceList,
@@ -206,6 +206,10 @@ impl Client {
             status: status.as_u16(),
             message,
         })
+    }
+
+    pub async fn get_account(&self, id: &str) -> Result<Account> {
+        self.get(&format!("/api/accounts/{}", encode(id))).await
     }
 
     pub async fn me(&self) -> Result<Me> {

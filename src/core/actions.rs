@@ -82,6 +82,10 @@ pub enum Action {
     Revise { feedback: String },
     /// `POST /api/tasks/:id/reject`: the plan is not wanted; the task is cancelled.
     Reject,
+    /// A heartbeat of a worker whose account has spent its `maxCostPerDay`
+    /// ([`super::claim::over_budget`] says why): the run stops and the worker ends in
+    /// `error` with that reason; its task follows as from any error.
+    StopOverBudget { reason: String },
 }
 
 impl Action {
@@ -102,6 +106,7 @@ impl Action {
             Action::Instruct { .. } => "instruct",
             Action::Revise { .. } => "revise",
             Action::Reject => "reject",
+            Action::StopOverBudget { .. } => "stop_over_budget",
         }
     }
 
@@ -142,6 +147,10 @@ pub struct HeartbeatAnswer {
     /// each sent once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instructions: Vec<String>,
+    /// Why the server ended the worker (its account's daily budget is spent): the
+    /// run stops, and the worker is `error` already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl HeartbeatAnswer {
@@ -151,6 +160,7 @@ impl HeartbeatAnswer {
             action: outcome.control,
             reply: outcome.reply,
             instructions: outcome.instructions,
+            reason: outcome.stop_reason,
         }
     }
 }
@@ -170,6 +180,8 @@ pub struct Outcome {
     pub reply: Option<String>,
     /// For a heartbeat: instructions the agent has not had yet.
     pub instructions: Vec<String>,
+    /// For a heartbeat that stops the run: why.
+    pub stop_reason: Option<String>,
     /// How the worker's account usage changed, for the stores' counters.
     pub usage: UsageChange,
     /// Artifacts to record for the worker's task.
@@ -257,6 +269,9 @@ fn apply_to(
         (Action::Reply { message }, worker) => reply(task, worker, message),
         (Action::Update(update), Some(worker)) => update_worker(task, worker, *update, now),
         (Action::Heartbeat, Some(worker)) => heartbeat(task, worker, now),
+        (Action::StopOverBudget { reason }, Some(worker)) => {
+            stop_over_budget(task, worker, reason, now)
+        }
         (Action::Pause, Some(worker)) => move_by_request(task, worker, WorkerStatus::Paused, now),
         (Action::Start, Some(worker)) => {
             if worker.status != WorkerStatus::Paused {
@@ -508,6 +523,27 @@ fn heartbeat(task: &Task, worker: &mut Worker, now: Timestamp) -> Result<Outcome
         },
         reply: worker.pending_reply.take(),
         instructions: std::mem::take(&mut worker.pending_instructions),
+        ..Outcome::default()
+    })
+}
+
+fn stop_over_budget(
+    task: &mut Task,
+    worker: &mut Worker,
+    reason: String,
+    now: Timestamp,
+) -> Result<Outcome, RuleError> {
+    refuse_if_finished(worker)?;
+    worker.heartbeat_at = now;
+    worker.error = Some(reason.clone());
+    set_status(task, worker, WorkerStatus::Error, now);
+    let mut events = vec![Event::worker_updated(worker)];
+    events.insert(0, Event::task_updated(task));
+    Ok(Outcome {
+        changed: true,
+        events,
+        control: RunControl::Cancel,
+        stop_reason: Some(reason),
         ..Outcome::default()
     })
 }

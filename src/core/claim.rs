@@ -1,5 +1,7 @@
 //! Claiming: which tasks an account may take, how many, and what taking one does.
 
+use serde::{Deserialize, Serialize};
+
 use super::RuleError;
 use super::events::Event;
 use super::ids::{IdKind, new_id};
@@ -64,14 +66,150 @@ pub fn dispatch_repo<'a>(
 /// How many tasks the account may take now: what it asked for, capped by its free
 /// worker slots, and nothing at all once today's spend has reached `maxCostPerDay`.
 pub fn free_slots(account: &Account, active_workers: i64, cost_today: f64, requested: u32) -> u32 {
+    if limit_reached(account, active_workers, cost_today).is_some() {
+        return 0;
+    }
+    let free = (concurrency_cap(account) - active_workers).max(0);
+    requested.min(u32::try_from(free).unwrap_or(u32::MAX))
+}
+
+/// How many workers the account may hold at once. Every worker that holds a slot
+/// holds a Claude session (a run waiting for an answer or paused keeps its session
+/// to resume it), so `maxConcurrentSessions`, where set, caps workers as well.
+pub fn concurrency_cap(account: &Account) -> i64 {
+    match account.max_concurrent_sessions {
+        Some(sessions) => account.max_concurrent_workers.min(sessions),
+        None => account.max_concurrent_workers,
+    }
+}
+
+/// Which of its limits keeps the account from taking any task now, if one does.
+pub fn limit_reached(
+    account: &Account,
+    active_workers: i64,
+    cost_today: f64,
+) -> Option<EmptyClaim> {
     if account
         .max_cost_per_day
         .is_some_and(|limit| cost_today >= limit)
     {
-        return 0;
+        Some(EmptyClaim::DailyBudget)
+    } else if active_workers >= concurrency_cap(account) {
+        Some(EmptyClaim::ConcurrencyLimit)
+    } else {
+        None
     }
-    let free = (account.max_concurrent_workers - active_workers).max(0);
-    requested.min(u32::try_from(free).unwrap_or(u32::MAX))
+}
+
+/// Why the account's running workers must stop, once its workers started today have
+/// cost its `maxCostPerDay` (claims stop at the same line, [`limit_reached`]).
+pub fn over_budget(account: &Account, cost_today: f64) -> Option<String> {
+    let limit = account.max_cost_per_day?;
+    (cost_today >= limit).then(|| {
+        format!(
+            "account {} reached its maxCostPerDay of ${limit:.2} today (${cost_today:.2} spent)",
+            account.id
+        )
+    })
+}
+
+/// Why a claim took no task: the `reason` of an empty claim answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EmptyClaim {
+    /// No task is pending in the workspaces the account may claim in.
+    NoPendingWork,
+    /// The account's workers fill its `maxConcurrentWorkers`.
+    ConcurrencyLimit,
+    /// Its workers started today (UTC) have cost its `maxCostPerDay`.
+    DailyBudget,
+    /// The account may claim in no workspace (or not in the one asked for).
+    NoGrant,
+    /// Nothing is pending, but tasks wait for their dependencies or a plan's approval.
+    AllBlocked,
+    /// The pending tasks are for another kind of runner (`runnerPreference`).
+    OtherRunners,
+    /// The pending tasks are follow-ups held for the account that ran their parent.
+    HeldForFollowup,
+    /// Tasks fit, but other claims were taking them at that moment: claim again.
+    Contended,
+}
+
+impl EmptyClaim {
+    pub const ALL: &[EmptyClaim] = &[
+        EmptyClaim::NoPendingWork,
+        EmptyClaim::ConcurrencyLimit,
+        EmptyClaim::DailyBudget,
+        EmptyClaim::NoGrant,
+        EmptyClaim::AllBlocked,
+        EmptyClaim::OtherRunners,
+        EmptyClaim::HeldForFollowup,
+        EmptyClaim::Contended,
+    ];
+
+    /// The name the API gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EmptyClaim::NoPendingWork => "no_pending_work",
+            EmptyClaim::ConcurrencyLimit => "concurrency_limit",
+            EmptyClaim::DailyBudget => "daily_budget",
+            EmptyClaim::NoGrant => "no_grant",
+            EmptyClaim::AllBlocked => "all_blocked",
+            EmptyClaim::OtherRunners => "other_runners",
+            EmptyClaim::HeldForFollowup => "held_for_followup",
+            EmptyClaim::Contended => "contended",
+        }
+    }
+
+    /// A sentence for logs and people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            EmptyClaim::NoPendingWork => "no task is pending",
+            EmptyClaim::ConcurrencyLimit => "the account runs as many workers as it may",
+            EmptyClaim::DailyBudget => "the account has spent its maxCostPerDay today",
+            EmptyClaim::NoGrant => "the account may claim in no workspace (canClaim)",
+            EmptyClaim::AllBlocked => "every task waits for its dependencies or a plan's approval",
+            EmptyClaim::OtherRunners => "the pending tasks are for other kinds of runner",
+            EmptyClaim::HeldForFollowup => {
+                "the pending tasks are follow-ups held for other accounts"
+            }
+            EmptyClaim::Contended => "other claims took the tasks that fit",
+        }
+    }
+}
+
+/// What the queue holds for an account that claimed nothing, as far as it may see
+/// (its `canClaim` workspaces, or the one it asked for).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// It may claim in at least one workspace.
+    pub granted: bool,
+    /// Pending tasks it may take (routed to it, not held for another account).
+    pub takeable: bool,
+    /// Pending tasks routed to it, held for another account's follow-up or not.
+    pub held: bool,
+    /// Pending tasks of any runner preference.
+    pub pending: bool,
+    /// Tasks `blocked` or `planned`.
+    pub waiting: bool,
+}
+
+/// Why an account under its limits ([`limit_reached`] comes first) claimed nothing,
+/// from what the queue holds.
+pub fn why_empty(backlog: &Backlog) -> EmptyClaim {
+    if !backlog.granted {
+        EmptyClaim::NoGrant
+    } else if backlog.takeable {
+        EmptyClaim::Contended
+    } else if backlog.held {
+        EmptyClaim::HeldForFollowup
+    } else if backlog.pending {
+        EmptyClaim::OtherRunners
+    } else if backlog.waiting {
+        EmptyClaim::AllBlocked
+    } else {
+        EmptyClaim::NoPendingWork
+    }
 }
 
 /// `POST /api/workers {taskId}`: whether `account` may take this one task now, under
@@ -107,19 +245,17 @@ pub fn check_explicit(
                 .unwrap_or_default()
         )));
     }
-    if free_slots(account, active_workers, cost_today, 1) == 0 {
-        let why = if account
-            .max_cost_per_day
-            .is_some_and(|limit| cost_today >= limit)
-        {
+    if let Some(limit) = limit_reached(account, active_workers, cost_today) {
+        let why = if limit == EmptyClaim::DailyBudget {
             format!(
                 "has spent its maxCostPerDay of ${:.2} today",
                 account.max_cost_per_day.unwrap_or_default()
             )
         } else {
             format!(
-                "runs {active_workers} of its {} concurrent workers",
-                account.max_concurrent_workers
+                "runs {active_workers} of its {} concurrent workers (maxConcurrentWorkers, \
+                 maxConcurrentSessions)",
+                concurrency_cap(account)
             )
         };
         return Err(RuleError::Conflict(format!("account {} {why}", account.id)));
@@ -199,6 +335,82 @@ mod tests {
         held.preferred_account_id = Some("acc-other".into());
         held.preferred_until = Some(now + chrono::Duration::seconds(60));
         assert!(conflict(check_explicit(&held, &acc, 0, 0.0, now)));
+    }
+
+    #[test]
+    fn an_empty_claim_names_the_first_thing_in_its_way() {
+        let full = Backlog {
+            granted: true,
+            takeable: true,
+            held: true,
+            pending: true,
+            waiting: true,
+        };
+        let a = account(2, Some(1.0));
+        assert_eq!(limit_reached(&a, 0, 1.0), Some(EmptyClaim::DailyBudget));
+        assert_eq!(
+            limit_reached(&a, 2, 0.5),
+            Some(EmptyClaim::ConcurrencyLimit)
+        );
+        assert_eq!(limit_reached(&a, 1, 0.5), None);
+        let cases = [
+            (Backlog::default(), EmptyClaim::NoGrant),
+            (full, EmptyClaim::Contended),
+            (
+                Backlog {
+                    takeable: false,
+                    ..full
+                },
+                EmptyClaim::HeldForFollowup,
+            ),
+            (
+                Backlog {
+                    takeable: false,
+                    held: false,
+                    ..full
+                },
+                EmptyClaim::OtherRunners,
+            ),
+            (
+                Backlog {
+                    granted: true,
+                    waiting: true,
+                    ..Backlog::default()
+                },
+                EmptyClaim::AllBlocked,
+            ),
+            (
+                Backlog {
+                    granted: true,
+                    ..Backlog::default()
+                },
+                EmptyClaim::NoPendingWork,
+            ),
+        ];
+        for (backlog, reason) in cases {
+            assert_eq!(why_empty(&backlog), reason, "{backlog:?}");
+        }
+    }
+
+    #[test]
+    fn reasons_are_named_as_the_api_names_them() {
+        for reason in EmptyClaim::ALL {
+            assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
+        }
+    }
+
+    #[test]
+    fn sessions_cap_workers_where_set() {
+        let mut a = account(3, None);
+        assert_eq!(free_slots(&a, 0, 0.0, 5), 3);
+        a.max_concurrent_sessions = Some(1);
+        assert_eq!(free_slots(&a, 0, 0.0, 5), 1);
+        assert_eq!(
+            limit_reached(&a, 1, 0.0),
+            Some(EmptyClaim::ConcurrencyLimit)
+        );
+        a.max_concurrent_sessions = Some(10);
+        assert_eq!(concurrency_cap(&a), 3);
     }
 
     #[test]

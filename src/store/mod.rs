@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::core::RuleError;
 use crate::core::actions::{Action, Outcome};
+use crate::core::claim::Backlog;
 use crate::core::events::StoredEvent;
 use crate::core::lease::Cutoffs;
 use crate::core::model::{
@@ -212,6 +213,15 @@ pub trait Store: Send + Sync + 'static {
         request: &ClaimRequest,
         now: Timestamp,
     ) -> Result<Vec<(Worker, Task)>>;
+
+    /// What the queue holds for `account` (in `request`'s workspace, if it names one)
+    /// as of `now`: why a claim that took nothing did ([`crate::core::claim::why_empty`]).
+    async fn backlog(
+        &self,
+        account: &Account,
+        request: &ClaimRequest,
+        now: Timestamp,
+    ) -> Result<Backlog>;
 
     /// Claims the one task `task_id` for `account` under every rule of a claim
     /// ([`crate::core::claim::check_explicit`]).

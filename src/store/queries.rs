@@ -25,7 +25,7 @@ use super::{
     Usage, WorkerFilter, by_status, status_list,
 };
 use crate::core::actions::{self, Action, Outcome, UsageChange};
-use crate::core::claim;
+use crate::core::claim::{self, Backlog};
 use crate::core::events::{Event, StoredEvent};
 use crate::core::lease::Cutoffs;
 use crate::core::messages;
@@ -1147,6 +1147,63 @@ impl<B: Backend> Store for SqlStore<B> {
             self.backend.events_written();
         }
         Ok(claimed)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(account = %account.id))]
+    async fn backlog(
+        &self,
+        account: &Account,
+        request: &ClaimRequest,
+        now: Timestamp,
+    ) -> Result<Backlog> {
+        let [any, own] = claim::preferences_for(account.account_type);
+        // The same workspaces and routing as the claim's pick.
+        let workspaces = "workspace_id IN (SELECT workspace_id FROM account_workspaces \
+                          WHERE account_id = $1 AND can_claim) \
+                          AND (CAST($4 AS TEXT) IS NULL OR workspace_id = $4)";
+        let routed = "runner_preference IN ($2, $3)";
+        let flag = |condition: String| format!("CASE WHEN EXISTS ({condition}) THEN 1 ELSE 0 END");
+        let sql = format!(
+            "SELECT {granted}, {takeable}, {held}, {pending}, {waiting}",
+            granted = flag(
+                "SELECT 1 FROM account_workspaces WHERE account_id = $1 AND can_claim \
+                 AND (CAST($4 AS TEXT) IS NULL OR workspace_id = $4)"
+                    .to_owned()
+            ),
+            takeable = flag(format!(
+                "SELECT 1 FROM tasks WHERE status = 'pending' AND {workspaces} AND {routed} \
+                 AND (preferred_account_id IS NULL OR preferred_account_id = $1 \
+                      OR preferred_until <= $5)"
+            )),
+            held = flag(format!(
+                "SELECT 1 FROM tasks WHERE status = 'pending' AND {workspaces} AND {routed}"
+            )),
+            pending = flag(format!(
+                "SELECT 1 FROM tasks WHERE status = 'pending' AND {workspaces}"
+            )),
+            waiting = flag(format!(
+                "SELECT 1 FROM tasks WHERE status IN ('blocked', 'planned') AND {workspaces}"
+            )),
+        );
+        let values = args![
+            &account.id,
+            any.as_str(),
+            own.as_str(),
+            request.workspace_id.as_deref(),
+            now,
+        ];
+        let found = self
+            .first(sql, values, |r| {
+                Ok(Backlog {
+                    granted: r.get::<i64>()? == 1,
+                    takeable: r.get::<i64>()? == 1,
+                    held: r.get::<i64>()? == 1,
+                    pending: r.get::<i64>()? == 1,
+                    waiting: r.get::<i64>()? == 1,
+                })
+            })
+            .await?;
+        found.ok_or_else(|| StoreError::Backend("the backlog query returned no row".into()))
     }
 
     #[tracing::instrument(level = "debug", skip(self))]

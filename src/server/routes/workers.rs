@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 
 use crate::api::{
     Appended, AttachQuery, AttachmentList, ClaimAnswer, ClaimBody, ClaimEntry, ClaimedWorker,
-    MessageBody, MessageList, MessagesBody, MessagesQuery, NewWorker, WorkerList, WorkerQuery,
+    EmptyClaim, MessageBody, MessageList, MessagesBody, MessagesQuery, NewWorker, WorkerList,
+    WorkerQuery,
 };
 use crate::core::actions::{Action, HeartbeatAnswer, WorkerUpdate};
 use crate::core::claim;
@@ -53,6 +54,11 @@ pub async fn claim(
     } else {
         claim_waiting(&state, &account, &request, Duration::from_secs(wait)).await?
     };
+    let reason = if claimed.is_empty() {
+        Some(why_empty(&state, &account, &request).await?)
+    } else {
+        None
+    };
     let workers = claimed
         .into_iter()
         .map(|(worker, task)| ClaimEntry::Readable(Box::new(ClaimedWorker { worker, task })))
@@ -62,7 +68,29 @@ pub async fn claim(
     Ok(Json(ClaimAnswer {
         workers,
         lease_ttl_secs: state.lease_ttl.as_secs_f64(),
+        reason,
     }))
+}
+
+/// Why a claim of `account` took nothing: its limits as they are now, else what the
+/// queue holds for it.
+async fn why_empty(
+    state: &AppState,
+    account: &Account,
+    request: &ClaimRequest,
+) -> ApiResult<EmptyClaim> {
+    let now = time::now();
+    let current = state
+        .store
+        .get_account(&account.id)
+        .await?
+        .unwrap_or_else(|| account.clone());
+    let usage = state.store.usage(&account.id, &time::utc_day(now)).await?;
+    if let Some(limit) = claim::limit_reached(&current, usage.active_workers, usage.cost_usd) {
+        return Ok(limit);
+    }
+    let backlog = state.store.backlog(&current, request, now).await?;
+    Ok(claim::why_empty(&backlog))
 }
 
 #[utoipa::path(post, path = "/api/workers", tag = "workers", request_body = NewWorker,
@@ -95,6 +123,7 @@ pub async fn create(
         Json(ClaimAnswer {
             workers: vec![ClaimEntry::Readable(Box::new(claimed))],
             lease_ttl_secs: state.lease_ttl.as_secs_f64(),
+            reason: None,
         }),
     ))
 }
@@ -261,12 +290,24 @@ pub async fn heartbeat(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<HeartbeatAnswer>> {
-    worker_for(&state, &caller, Deed::Report, &id).await?;
-    let outcome = state
-        .store
-        .apply(&id, Action::Heartbeat, time::now())
-        .await?
-        .outcome;
+    let worker = worker_for(&state, &caller, Deed::Report, &id).await?;
+    let now = time::now();
+    // Only accounts with a budget pay for reading their spend.
+    let over_budget = match &caller {
+        Caller::Account(account) if account.max_cost_per_day.is_some() => {
+            let usage = state.store.usage(&account.id, &time::utc_day(now)).await?;
+            claim::over_budget(account, usage.cost_usd)
+        }
+        _ => None,
+    };
+    let action = match over_budget {
+        Some(reason) => {
+            tracing::info!(worker = %id, account = %worker.account_id, "{reason}: stopping the run");
+            Action::StopOverBudget { reason }
+        }
+        _ => Action::Heartbeat,
+    };
+    let outcome = state.store.apply(&id, action, now).await?.outcome;
     Ok(Json(HeartbeatAnswer::from_outcome(outcome)))
 }
 
