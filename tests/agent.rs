@@ -996,3 +996,46 @@ async fn an_instruction_reaches_the_running_claude_code_session() {
     // One worker, one session: the instruction needed no second run.
     assert_eq!(worker_of(&admin, &id).await["id"], worker_id);
 }
+
+/// A run of the real Claude Code that asks, is answered and writes two files: its
+/// change is recorded as the diff of its branch (what `git diff` says), and
+/// `buildd task logs` and `buildd task diff` show it readably. With
+/// `BUILDD_RECORD_TRANSCRIPT=FILE`, the run's messages are written to FILE, one JSON
+/// per line: how the renderer's golden transcripts under `tests/fixtures/transcripts`
+/// were recorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claude_code_run_records_its_diff_and_its_transcript_reads_well() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let (ws, key) = workspace_and_key(&admin, None).await;
+    let anthropic = FakeAnthropic::start().await;
+    let repo = Repo::new();
+    std::fs::write(repo.path().join("README.md"), "# demo\nold line\n").unwrap();
+    repo.git(&["add", "README.md"]);
+    repo.git(&["commit", "-qm", "readme"]);
+    let base = repo.git(&["rev-parse", "HEAD"]);
+    let id = task(
+        &admin,
+        &ws,
+        "Paint and note",
+        "ask Which colour?\nwrite colour.txt {answer}\nwrite notes/today.md painted it",
+    )
+    .await;
+    let _agent = claude_agent(&server, &key, &repo, &anthropic);
+    wait_task(&admin, &id, "waiting_input").await;
+    admin
+        .ok(
+            &format!("/api/tasks/{id}/reply"),
+            json!({ "message": "teal" }),
+        )
+        .await;
+    wait_task(&admin, &id, "completed").await;
+    let worker = worker_of(&admin, &id).await;
+    let wid = worker["id"].as_str().unwrap();
+    let messages = admin.messages_of(wid).await;
+    if let Some(path) = std::env::var_os("BUILDD_RECORD_TRANSCRIPT") {
+        let lines: Vec<String> = messages.iter().map(|m| m.to_string()).collect();
+        std::fs::write(path, lines.join("\n") + "\n").unwrap();
+    }
+    let _ = base;
+}

@@ -9,6 +9,7 @@ mod output;
 mod paths;
 mod serve;
 mod task;
+mod transcript;
 mod workspace;
 
 use std::process::ExitCode;

@@ -7,6 +7,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use super::output::{self, message_text, or_dash};
+use super::transcript::{self, Transcript};
 use crate::api::{
     ApproveBody, Message, NewTask, RunnerPreference, Task, TaskMode, TaskQuery, TaskRef,
     TaskStatus, Worker,
@@ -62,8 +63,14 @@ pub enum TaskCommand {
     Show { id: String },
     /// Follow a task live until it ends: exit 0 if it completed, 1 otherwise.
     Watch { id: String },
-    /// Print the runner's messages, every attempt in order.
-    Logs { id: String },
+    /// Print the runner's messages readably, every attempt in order (`--json`: as
+    /// they were sent).
+    Logs {
+        id: String,
+        /// Keep printing new messages until the task ends (`--json`: one per line).
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Cancel a task; its agent stops the run.
     Cancel { id: String },
     /// Answer the question of a task waiting for input.
@@ -216,7 +223,7 @@ pub async fn run(client: &Client, json: bool, command: TaskCommand) -> Result<()
             }
         }
         TaskCommand::Watch { id } => return watch(client, json, &id).await,
-        TaskCommand::Logs { id } => return logs(client, json, &id).await,
+        TaskCommand::Logs { id, follow } => return logs(client, json, &id, follow).await,
         TaskCommand::Cancel { id } => {
             let task = client.cancel_task(&id).await.map_err(fail)?;
             if json {
@@ -474,6 +481,7 @@ async fn watch(client: &Client, json: bool, id: &str) -> Result<(), String> {
         println!("{id}: {status}");
     }
     let mut workers: Vec<String> = current.worker_id.into_iter().collect();
+    let mut transcript = Transcript::new(transcript::colour_wanted());
     // A plan task's run ends at `planned`, waiting for a person.
     while !status.is_terminal() && status != TaskStatus::Planned {
         let event = stream.next().await.map_err(fail)?;
@@ -517,7 +525,11 @@ async fn watch(client: &Client, json: bool, id: &str) -> Result<(), String> {
                     );
                 }
             }
-            (_, _, Some(message)) if !json => println!("  │ {}", message_text(message)),
+            (_, _, Some(message)) if !json => {
+                for line in transcript.lines(message) {
+                    println!("  │ {line}");
+                }
+            }
             _ => {}
         }
     }
@@ -528,27 +540,98 @@ async fn watch(client: &Client, json: bool, id: &str) -> Result<(), String> {
     }
 }
 
-async fn logs(client: &Client, json: bool, id: &str) -> Result<(), String> {
-    let mut workers = client.list_workers(Some(id)).await.map_err(fail)?.workers;
-    workers.reverse(); // oldest attempt first
+/// `task logs`: every attempt's messages, oldest attempt first; with `follow`, new
+/// ones as they come until the task ends. The event stream only says when to look:
+/// messages are read by number, so none is shown twice or skipped.
+async fn logs(client: &Client, json: bool, id: &str, follow: bool) -> Result<(), String> {
+    let task = client.get_task(id).await.map_err(fail)?.task;
+    let mut stream = match follow {
+        true => Some(
+            client
+                .events(Some(&task.workspace_id), None)
+                .await
+                .map_err(fail)?,
+        ),
+        false => None,
+    };
+    let colour = !json && transcript::colour_wanted();
+    // Per worker: the last message shown, and its transcript's state.
+    let mut read: Vec<(String, i64, Transcript)> = Vec::new();
     let mut all = Vec::new();
-    for worker in &workers {
-        let mut after = 0;
-        loop {
-            let page = client.messages(&worker.id, after).await.map_err(fail)?;
-            let Some(last) = page.messages.last() else {
-                break;
-            };
-            after = last.seq;
-            for m in page.messages {
-                if !json {
-                    println!("{} {}", worker.id, message_text(&m.message));
+    loop {
+        let status = client.get_task(id).await.map_err(fail)?.task.status;
+        let mut workers = client.list_workers(Some(id)).await.map_err(fail)?.workers;
+        workers.reverse(); // oldest attempt first
+        for (attempt, worker) in workers.iter().enumerate() {
+            let at = match read.iter().position(|(w, ..)| *w == worker.id) {
+                Some(at) => at,
+                None => {
+                    if !json {
+                        println!(
+                            "── {} · attempt {} · {} · ${:.2} ──",
+                            worker.id,
+                            attempt + 1,
+                            worker.status,
+                            worker.cost_usd
+                        );
+                    }
+                    read.push((worker.id.clone(), 0, Transcript::new(colour)));
+                    read.len() - 1
                 }
-                all.push((worker.id.as_str(), m));
+            };
+            loop {
+                let (_, after, transcript) = &mut read[at];
+                let page = client.messages(&worker.id, *after).await.map_err(fail)?;
+                let Some(last) = page.messages.last() else {
+                    break;
+                };
+                *after = last.seq;
+                for m in page.messages {
+                    if json && follow {
+                        output::json(&LoggedMessage {
+                            message: &m,
+                            worker_id: &worker.id,
+                        });
+                    } else if json {
+                        all.push((worker.id.clone(), m));
+                    } else {
+                        for line in transcript.lines(&m.message) {
+                            println!("{line}");
+                        }
+                    }
+                }
             }
         }
+        let Some(stream) = stream.as_mut() else {
+            break;
+        };
+        if status.is_terminal() || status == TaskStatus::Planned {
+            break;
+        }
+        // Until something about the task happens, or a while passes.
+        let ours = |event: &crate::client::StreamedEvent| {
+            let data = &event.data;
+            data.task.as_ref().is_some_and(|t| t.id == id)
+                || data.worker.as_ref().is_some_and(|w| w.task_id == id)
+                || data
+                    .worker_id
+                    .as_ref()
+                    .is_some_and(|w| read.iter().any(|(r, ..)| r == w))
+        };
+        let wait = async {
+            loop {
+                match stream.next().await {
+                    Ok(event) if ours(&event) => return Ok(()),
+                    Ok(_) => continue,
+                    Err(e) => return Err(fail(e)),
+                }
+            }
+        };
+        if let Ok(waited) = tokio::time::timeout(std::time::Duration::from_secs(10), wait).await {
+            waited?;
+        }
     }
-    if json {
+    if json && !follow {
         let logged: Vec<LoggedMessage> = all
             .iter()
             .map(|(worker_id, message)| LoggedMessage { message, worker_id })
