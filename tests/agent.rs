@@ -1037,5 +1037,186 @@ async fn a_claude_code_run_records_its_diff_and_its_transcript_reads_well() {
         let lines: Vec<String> = messages.iter().map(|m| m.to_string()).collect();
         std::fs::write(path, lines.join("\n") + "\n").unwrap();
     }
-    let _ = base;
+
+    // The recorded diff is git's diff of the branch against where the run started.
+    let branch = format!("buildd/{id}");
+    let (status, diff) = admin.get(&format!("/api/workers/{wid}/diff")).await;
+    assert_eq!(status.as_u16(), 200, "{diff}");
+    assert_eq!(diff["baseSha"], base.as_str());
+    assert_eq!(diff["headSha"], repo.git(&["rev-parse", &branch]).as_str());
+    let git_diff = repo.git(&["diff", "-M", "--no-color", &format!("{base}..{branch}")]);
+    assert_eq!(diff["patch"].as_str().unwrap().trim_end(), git_diff);
+    let files: Vec<(&str, i64, i64)> = diff["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap(),
+                f["added"].as_i64().unwrap(),
+                f["removed"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(files, [("colour.txt", 1, 0), ("notes/today.md", 1, 0)]);
+    assert_eq!(
+        (diff["added"].as_i64(), diff["removed"].as_i64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(diff["truncated"], false);
+    let patch = admin
+        .http
+        .get(format!(
+            "{}/api/workers/{wid}/diff?format=patch",
+            server.url
+        ))
+        .bearer_auth(&admin.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        patch.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/x-diff")
+    );
+    assert_eq!(patch.text().await.unwrap().trim_end(), git_diff);
+
+    // The terminal shows it readably: the transcript and the diff (no colour when
+    // not on a terminal).
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_buildd"))
+            .args(args)
+            .args(["--server", &server.url, "--api-key", common::ADMIN])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let logs = cli(&["task", "logs", &id]);
+    for expected in [
+        "? Which colour?",
+        "↳ you: teal",
+        "→ Write colour.txt",
+        "→ Write notes/today.md",
+        "■ success · 3 turns",
+    ] {
+        assert!(logs.contains(expected), "{expected:?} not in:\n{logs}");
+    }
+    assert!(
+        !logs.contains('\x1b') && !logs.contains("\"tools\""),
+        "{logs}"
+    );
+    let shown = cli(&["task", "diff", &id]);
+    assert!(
+        shown.contains("2 file(s), +2 -0") && shown.contains("+teal"),
+        "{shown}"
+    );
+    let json_logs: Value = serde_json::from_str(&cli(&["task", "logs", &id, "--json"])).unwrap();
+    assert_eq!(json_logs.as_array().unwrap().len(), messages.len());
+
+    // A review from the terminal: a follow-up from the reviewed branch carries the
+    // comments, and its run addresses them.
+    let reviewed = cli(&[
+        "task",
+        "review",
+        &id,
+        "--json",
+        "--comment",
+        "colour.txt:1:Darker, please.\nwrite colour.txt deep teal",
+        "--summary",
+        "Otherwise good.",
+    ]);
+    let reviewed: Value = serde_json::from_str(&reviewed).unwrap();
+    let followup = reviewed["followup"]["id"].as_str().unwrap();
+    assert_eq!(reviewed["followup"]["parentId"], id.as_str());
+    assert!(
+        reviewed["comment"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("colour.txt:1: Darker, please.")
+    );
+    wait_task(&admin, followup, "completed").await;
+    assert!(anthropic.saw_together(&["colour.txt:1: Darker, please.", "Overall: Otherwise good."]));
+    // It continues from the reviewed branch: that branch's commits, then the fix.
+    let again = worker_of(&admin, followup).await;
+    let fixed = format!("buildd/{followup}");
+    assert_eq!(again["branch"], fixed.as_str());
+    repo.git(&["merge-base", "--is-ancestor", &branch, &fixed]);
+    assert_eq!(repo.show(&fixed, "colour.txt"), "deep teal");
+    let (_, second) = admin
+        .get(&format!(
+            "/api/workers/{}/diff",
+            again["id"].as_str().unwrap()
+        ))
+        .await;
+    assert!(
+        second["patch"]
+            .as_str()
+            .unwrap()
+            .contains("-teal\n+deep teal"),
+        "{second}"
+    );
+}
+
+/// A run that writes more than the diff keeps, and a binary file: the counts are
+/// whole, the patch is cut at 1 MiB and says so, the binary is marked; a cancelled
+/// run's change is recorded too.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_or_binary_change_is_recorded_bounded() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let (ws, key) = workspace_and_key(&admin, None).await;
+    let repo = Repo::new();
+    let big = task(
+        &admin,
+        &ws,
+        "Big",
+        "run: seq 1 400000 > big.txt; printf 'PNG\\000\\001\\002' > logo.png",
+    )
+    .await;
+    let _agent = scripted_agent(&server.url, &key, &repo, &[], &[]);
+    wait_task(&admin, &big, "completed").await;
+    let worker = worker_of(&admin, &big).await;
+    let (_, diff) = admin
+        .get(&format!(
+            "/api/workers/{}/diff",
+            worker["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(diff["truncated"], true);
+    let patch = diff["patch"].as_str().unwrap();
+    assert!(
+        patch.len() <= 1024 * 1024 && patch.len() > 1000 * 1000,
+        "{}",
+        patch.len()
+    );
+    assert!(patch.ends_with('\n'), "cut at a line");
+    let files = diff["files"].as_array().unwrap();
+    let file = |name: &str| files.iter().find(|f| f["path"] == name).unwrap().clone();
+    assert_eq!(file("big.txt")["added"], 400000, "the counts are whole");
+    assert_eq!(file("logo.png")["binary"], true);
+
+    // Cancelled mid-run: what it had changed is committed and recorded.
+    let slow = task(&admin, &ws, "Slow", "run: echo half > half.txt; sleep 300").await;
+    wait_task(&admin, &slow, "running").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    admin
+        .ok(&format!("/api/tasks/{slow}/cancel"), json!({}))
+        .await;
+    let worker = worker_of(&admin, &slow).await;
+    let wid = worker["id"].as_str().unwrap().to_owned();
+    let diff = wait_until(
+        &admin,
+        &format!("/api/workers/{wid}/diff"),
+        Duration::from_secs(20),
+        "the cancelled run's diff",
+        |d| d["files"].is_array(),
+    )
+    .await;
+    assert_eq!(diff["files"][0]["path"], "half.txt", "{diff}");
 }

@@ -403,6 +403,24 @@ async fn no_account_reaches_another_workspace() {
         ),
         (
             Method::GET,
+            "/api/workers/{id}/diff",
+            format!("/api/workers/{w}/diff"),
+            json!({}),
+        ),
+        (
+            Method::PUT,
+            "/api/workers/{id}/diff",
+            format!("/api/workers/{w}/diff"),
+            json!({"baseSha": "abcd", "files": [], "patch": ""}),
+        ),
+        (
+            Method::POST,
+            "/api/workers/{id}/review",
+            format!("/api/workers/{w}/review"),
+            json!({"comments": [], "summary": "looks wrong"}),
+        ),
+        (
+            Method::GET,
             "/api/tasks/counts",
             format!("/api/tasks/counts?workspaceId={}", theirs.workspace),
             json!({}),

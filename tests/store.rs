@@ -70,6 +70,7 @@ store_suite!(
     a_followup_waits_for_its_parents_account,
     instructions_reach_the_worker_once,
     pages_split_tasks_created_in_the_same_millisecond,
+    a_runs_diff_is_kept_and_replaced_whole,
 );
 
 type Db = Arc<dyn Store>;
@@ -1673,4 +1674,73 @@ async fn pages_split_tasks_created_in_the_same_millisecond(db: Db) {
     assert_eq!(counts.len(), TaskStatus::ALL.len());
     assert!(counts.contains(&(TaskStatus::Pending, 30)));
     assert_eq!(counts.iter().map(|(_, n)| n).sum::<i64>(), 30);
+}
+
+/// A worker's diff reads back as written (files, patch, flags), and a second
+/// recording replaces the first.
+async fn a_runs_diff_is_kept_and_replaced_whole(db: Db) {
+    use buildd::core::diff::{Diff, FileChange, NewDiff};
+    let a = account(AccountType::Service, 2, None);
+    new_account(&db, &a).await;
+    let ws = new_workspace(&db).await;
+    grant(&db, &a, &ws, true).await;
+    new_task(&db, &ws, RunnerPreference::Any, 0, 1).await;
+    let (worker, task) = claim(&db, &a, 1).await.pop().unwrap();
+    assert_eq!(db.get_diff(&worker.id).await.unwrap(), None);
+    let change = NewDiff {
+        base_sha: "a1b2c3d4".into(),
+        head_sha: Some("e5f6a7b8".into()),
+        files: vec![
+            FileChange {
+                path: "src/ünï.rs".into(),
+                old_path: Some("src/old.rs".into()),
+                added: 3,
+                removed: 1,
+                binary: false,
+            },
+            FileChange {
+                path: "logo.png".into(),
+                old_path: None,
+                added: 0,
+                removed: 0,
+                binary: true,
+            },
+        ],
+        patch: "diff --git a/src/old.rs b/src/ünï.rs\n-x\n+y\n\ttab \\ \"quote\"\n".into(),
+        truncated: true,
+    };
+    let diff = Diff::new(
+        &worker.id,
+        &task.id,
+        Some("buildd/x".into()),
+        change.clone(),
+        time::now(),
+    );
+    db.put_diff(&diff).await.unwrap();
+    let read = db.get_diff(&worker.id).await.unwrap().unwrap();
+    assert_eq!(read.change, change);
+    assert_eq!(
+        (read.added, read.removed, read.task_id.as_str()),
+        (3, 1, task.id.as_str())
+    );
+    let smaller = NewDiff {
+        files: vec![],
+        patch: String::new(),
+        truncated: false,
+        head_sha: None,
+        ..change
+    };
+    db.put_diff(&Diff::new(
+        &worker.id,
+        &task.id,
+        None,
+        smaller.clone(),
+        time::now(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        db.get_diff(&worker.id).await.unwrap().unwrap().change,
+        smaller
+    );
 }

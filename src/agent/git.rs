@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use tokio::process::Command;
 
+use crate::core::diff::{self, NewDiff};
+
 /// The branch a task's work goes on.
 pub fn branch_for(task_id: &str) -> String {
     format!("buildd/{task_id}")
@@ -268,6 +270,69 @@ pub async fn commit_all(worktree: &Path, message: &str) -> Result<Option<String>
     args.extend(["commit", "--no-verify", "-q", "-m", message]);
     git(worktree, &args).await?;
     git(worktree, &["rev-parse", "HEAD"]).await.map(Some)
+}
+
+/// The commit the worktree is at.
+pub async fn head(worktree: &Path) -> Result<String, String> {
+    git(worktree, &["rev-parse", "HEAD"]).await
+}
+
+/// What the worktree's branch changed since `base`: the files with their counts, and
+/// the patch, cut past [`diff::MAX_PATCH_BYTES`] (read no further than that, however
+/// large the change).
+pub async fn diff_since(worktree: &Path, base: &str) -> Result<NewDiff, String> {
+    let head = head(worktree).await?;
+    let range = format!("{base}..{head}");
+    let numstat = git(worktree, &["diff", "--numstat", "-z", "-M", &range]).await?;
+    let mut files = diff::parse_numstat(&numstat);
+    files.truncate(diff::MAX_FILES);
+    let (patch, truncated) = bounded_output(
+        worktree,
+        &["diff", "-M", "--no-color", "--no-ext-diff", &range],
+        diff::MAX_PATCH_BYTES,
+    )
+    .await?;
+    Ok(NewDiff {
+        base_sha: base.to_owned(),
+        head_sha: (head != base).then_some(head),
+        files,
+        patch,
+        truncated,
+    })
+}
+
+/// The first `limit` bytes of `git ARGS`'s output (cut at a line), and whether there
+/// was more; git is stopped once the limit is passed.
+async fn bounded_output(dir: &Path, args: &[&str], limit: usize) -> Result<(String, bool), String> {
+    use tokio::io::AsyncReadExt;
+    let mut child = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    let mut out = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        stdout
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out)
+            .await
+            .map_err(|e| format!("cannot read git's output: {e}"))?;
+    }
+    let more = out.len() > limit;
+    if more {
+        let _ = child.kill().await;
+    } else {
+        let status = child.wait().await.map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("git {} failed", args.join(" ")));
+        }
+    }
+    let (text, cut) = diff::bounded(String::from_utf8_lossy(&out).into_owned(), limit);
+    Ok((text, cut || more))
 }
 
 /// Pushes `branch` to `origin`.

@@ -112,6 +112,8 @@ pub struct Job {
     instructions: Vec<String>,
     /// What a planning run proposed.
     plan: Option<Plan>,
+    /// The commit the worktree started from: what the run's diff is taken against.
+    base_sha: Option<String>,
 }
 
 impl Job {
@@ -140,6 +142,7 @@ impl Job {
             output: RunOutput::new(Outbox::new()),
             instructions: Vec::new(),
             plan: None,
+            base_sha: None,
         }
     }
 
@@ -183,6 +186,7 @@ impl Job {
             // An error of this attempt: the task goes back to the queue for another.
             return End::Interrupted(format!("cannot create the worktree: {e}"));
         }
+        self.base_sha = git::head(&self.worktree).await.ok();
         let mut prompt = first.prompt;
         loop {
             let running = WorkerUpdate {
@@ -579,6 +583,20 @@ impl Job {
         } else {
             None
         };
+        // Whatever the end, what the run changed is recorded: the commit above holds
+        // even an unfinished run's work.
+        let diff = match (&self.base_sha, self.task.mode) {
+            (Some(base), TaskMode::Run) if self.worktree.exists() => {
+                match git::diff_since(&self.worktree, base).await {
+                    Ok(diff) => Some(diff),
+                    Err(e) => {
+                        warn!(task = %self.task.id, error = %e, "cannot take the run's diff");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let mut end = end;
         let mut pr_url = None;
         if let (End::Completed(_), Some(_)) = (&end, &commit) {
@@ -625,6 +643,7 @@ impl Job {
         let report = FinalReport {
             worker_id: self.worker.id.clone(),
             messages: self.output.take_outbox(),
+            diff,
             update,
             update_sent: false,
         };

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::output::{self, Outbox};
-use crate::api::{WorkerStatus, WorkerUpdate};
+use crate::api::{NewDiff, WorkerStatus, WorkerUpdate};
 use crate::client::{Client, ClientError, backoff};
 
 /// A run's last words: the messages not yet sent, and the final worker update.
@@ -23,6 +23,9 @@ use crate::client::{Client, ClientError, backoff};
 pub struct FinalReport {
     pub worker_id: String,
     pub messages: Outbox,
+    /// What the run changed, until the server has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<NewDiff>,
     pub update: WorkerUpdate,
     /// The server has the update; only messages are left to send.
     #[serde(default)]
@@ -162,6 +165,18 @@ impl Spool {
             Some(Err(e)) if e.is_transient() => return self.keep(path, &report),
             Some(Err(e)) => {
                 warn!(worker = %report.worker_id, error = %e, "the server refused the rest of the run's output; sending the result");
+            }
+        }
+        // The diff before the update, so that whoever sees the worker end can read it.
+        if let Some(diff) = &report.diff {
+            match within(limit, client.put_diff(&report.worker_id, diff)).await {
+                Some(Ok(_)) => report.diff = None,
+                Some(Err(e)) if e.is_transient() => return self.keep(path, &report),
+                None => return self.keep(path, &report),
+                Some(Err(e)) => {
+                    warn!(worker = %report.worker_id, error = %e, "the server refused the run's diff; sending the result");
+                    report.diff = None;
+                }
             }
         }
         let delivery = if report.update_sent {

@@ -14,6 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 
 pub use crate::core::actions::{HeartbeatAnswer, RunControl, WorkerUpdate};
 pub use crate::core::claim::EmptyClaim;
+pub use crate::core::diff::{Diff, FileChange, NewDiff, ReviewBody, ReviewComment};
 pub use crate::core::model::{
     Account, AccountType, Artifact, Attachment, AuthType, Comment, Grant, Message,
     RecordedArtifact, RunnerPreference, Source, Task, TaskMode, TaskRef, TaskStatus, Worker,
@@ -328,6 +329,30 @@ pub struct MessageBody {
         pattern = r"^[^\x00]*[^\s\x00][^\x00]*$"
     )]
     pub message: String,
+}
+
+/// `GET /api/workers/:id/diff` query.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DiffQuery {
+    /// `patch`: the unified diff as text (`text/x-diff`) instead of JSON.
+    pub format: Option<DiffFormat>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DiffFormat {
+    Json,
+    Patch,
+}
+
+/// The answer to `POST /api/workers/:id/review`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Reviewed {
+    /// The review, kept on the reviewed task.
+    pub comment: Comment,
+    /// The follow-up that carries the review to the agent.
+    pub followup: Task,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -7,6 +7,7 @@ mod agent;
 mod credentials;
 mod output;
 mod paths;
+mod review;
 mod serve;
 mod task;
 mod transcript;

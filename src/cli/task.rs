@@ -7,10 +7,11 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use super::output::{self, message_text, or_dash};
+use super::review;
 use super::transcript::{self, Transcript};
 use crate::api::{
-    ApproveBody, Message, NewTask, RunnerPreference, Task, TaskMode, TaskQuery, TaskRef,
-    TaskStatus, Worker,
+    ApproveBody, Message, NewTask, ReviewComment, RunnerPreference, Task, TaskMode, TaskQuery,
+    TaskRef, TaskStatus, Worker,
 };
 use crate::client::Client;
 use crate::core::events::EventData;
@@ -95,6 +96,25 @@ pub enum TaskCommand {
     Instruct { id: String, message: String },
     /// Show the task with its dependencies and children, and theirs.
     Tree { id: String },
+    /// Show what a run changed, coloured like git (through $PAGER on a terminal): the
+    /// task's newest recorded diff, or a worker's (`wrk-…`).
+    Diff {
+        id: String,
+        /// Only the files and their counts.
+        #[arg(long)]
+        stat: bool,
+    },
+    /// Review a run's change: a follow-up on its branch addresses the comments.
+    Review {
+        /// A task (its newest recorded diff) or a worker (`wrk-…`).
+        id: String,
+        /// PATH:LINE:TEXT, LINE in the file as changed; repeat for several.
+        #[arg(long = "comment", value_name = "PATH:LINE:TEXT", value_parser = review::parse_comment)]
+        comments: Vec<ReviewComment>,
+        /// What to do overall.
+        #[arg(long)]
+        summary: Option<String>,
+    },
 }
 
 fn parse_runner(s: &str) -> Result<RunnerPreference, String> {
@@ -318,6 +338,12 @@ pub async fn run(client: &Client, json: bool, command: TaskCommand) -> Result<()
             }
         }
         TaskCommand::Tree { id } => return tree(client, json, &id).await,
+        TaskCommand::Diff { id, stat } => return review::show_diff(client, json, &id, stat).await,
+        TaskCommand::Review {
+            id,
+            comments,
+            summary,
+        } => return review::send_review(client, json, &id, comments, summary).await,
     }
     Ok(())
 }

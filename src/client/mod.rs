@@ -14,9 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{
     Account, AccountList, AccountUsage, Appended, ApproveBody, Approved, ClaimAnswer, ClaimBody,
-    CreatedAccount, Grant, HeartbeatAnswer, Me, MessageBody, MessageList, NewAccount, NewGrant,
-    NewTask, NewWorker, NewWorkspace, ReviseBody, Task, TaskCounts, TaskDetail, TaskList,
-    TaskQuery, Worker, WorkerList, WorkerUpdate, Workspace, WorkspaceList,
+    CreatedAccount, Diff, Grant, HeartbeatAnswer, Me, MessageBody, MessageList, NewAccount,
+    NewDiff, NewGrant, NewTask, NewWorker, NewWorkspace, ReviewBody, Reviewed, ReviseBody, Task,
+    TaskCounts, TaskDetail, TaskList, TaskQuery, Worker, WorkerList, WorkerUpdate, Workspace,
+    WorkspaceList,
 };
 
 pub use crate::core::backoff::backoff;
@@ -206,6 +207,23 @@ impl Client {
             status: status.as_u16(),
             message,
         })
+    }
+
+    /// Records what a run changed (`PUT /api/workers/:id/diff`).
+    pub async fn put_diff(&self, worker_id: &str, diff: &NewDiff) -> Result<Diff> {
+        let path = format!("/api/workers/{}/diff", encode(worker_id));
+        self.send(Method::PUT, &path, diff).await
+    }
+
+    pub async fn get_diff(&self, worker_id: &str) -> Result<Diff> {
+        self.get(&format!("/api/workers/{}/diff", encode(worker_id)))
+            .await
+    }
+
+    /// Sends a review of a worker's change; a follow-up addresses it.
+    pub async fn review(&self, worker_id: &str, review: &ReviewBody) -> Result<Reviewed> {
+        let path = format!("/api/workers/{}/review", encode(worker_id));
+        self.send(Method::POST, &path, review).await
     }
 
     pub async fn get_account(&self, id: &str) -> Result<Account> {

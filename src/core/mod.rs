@@ -7,6 +7,7 @@
 pub mod actions;
 pub mod backoff;
 pub mod claim;
+pub mod diff;
 pub mod error;
 pub mod events;
 pub mod ids;

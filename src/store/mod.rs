@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use crate::core::RuleError;
 use crate::core::actions::{Action, Outcome};
 use crate::core::claim::Backlog;
+use crate::core::diff::Diff;
 use crate::core::events::StoredEvent;
 use crate::core::lease::Cutoffs;
 use crate::core::model::{
@@ -253,6 +254,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Appended>;
     /// The worker's messages in order; a position's `at` is a message's `seq`.
     async fn list_messages(&self, worker_id: &str, page: &PageRequest) -> Result<Page<Message>>;
+
+    /// Records what the worker's run changed, replacing what was recorded before.
+    async fn put_diff(&self, diff: &Diff) -> Result<()>;
+    /// What the worker's run changed, if its agent recorded it.
+    async fn get_diff(&self, worker_id: &str) -> Result<Option<Diff>>;
 
     /// Everything the task's workers produced, oldest first.
     async fn list_artifacts(

@@ -26,6 +26,7 @@ use super::{
 };
 use crate::core::actions::{self, Action, Outcome, UsageChange};
 use crate::core::claim::{self, Backlog};
+use crate::core::diff::{Diff, NewDiff};
 use crate::core::events::{Event, StoredEvent};
 use crate::core::lease::Cutoffs;
 use crate::core::messages;
@@ -54,6 +55,8 @@ const WORKER_COLUMNS: &str = "id, task_id, workspace_id, account_id, status, cos
      started_at, heartbeat_at, finished_at, pending_instructions";
 const GRANT_COLUMNS: &str = "account_id, workspace_id, can_claim, can_create";
 const COMMENT_COLUMNS: &str = "id, task_id, author, body, created_at";
+const DIFF_COLUMNS: &str =
+    "worker_id, task_id, base_sha, head_sha, files, patch, truncated, created_at";
 
 fn account_from_row(r: &mut Reader) -> Result<Account> {
     Ok(Account {
@@ -1281,6 +1284,60 @@ impl<B: Backend> Store for SqlStore<B> {
         let (sql, values) = w.query(select, key, Order::OldestFirst, page.fetch());
         let rows = self.all(sql, values, message_from_row).await?;
         Ok(paged(rows, page, |m| Position::new(m.seq, "")))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(worker = %diff.worker_id))]
+    async fn put_diff(&self, diff: &Diff) -> Result<()> {
+        let d = diff;
+        let files = serde_json::to_string(&d.change.files)
+            .map_err(|e| StoreError::Backend(format!("cannot write the diff's files: {e}")))?;
+        let sql = format!(
+            "INSERT INTO worker_diffs ({DIFF_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (worker_id) DO UPDATE SET base_sha = excluded.base_sha, \
+             head_sha = excluded.head_sha, files = excluded.files, patch = excluded.patch, \
+             truncated = excluded.truncated, created_at = excluded.created_at"
+        );
+        let values = args![
+            &d.worker_id,
+            &d.task_id,
+            &d.change.base_sha,
+            &d.change.head_sha,
+            files,
+            &d.change.patch,
+            d.change.truncated,
+            d.created_at,
+        ];
+        self.execute(sql, values).await.map(drop)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn get_diff(&self, worker_id: &str) -> Result<Option<Diff>> {
+        let sql = format!(
+            "SELECT w.branch, {} FROM worker_diffs d JOIN workers w ON w.id = d.worker_id \
+             WHERE d.worker_id = $1",
+            DIFF_COLUMNS
+                .split(", ")
+                .map(|c| format!("d.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        self.first(sql, args![worker_id], |r| {
+            let branch: Option<String> = r.get()?;
+            let (worker_id, task_id): (String, String) = (r.get()?, r.get()?);
+            let base_sha = r.get()?;
+            let head_sha = r.get()?;
+            let files = serde_json::from_value(r.json()?.unwrap_or_default())
+                .map_err(|e| StoreError::Backend(format!("stored diff files unreadable: {e}")))?;
+            let change = NewDiff {
+                base_sha,
+                head_sha,
+                files,
+                patch: r.get()?,
+                truncated: r.get()?,
+            };
+            Ok(Diff::new(&worker_id, &task_id, branch, change, r.get()?))
+        })
+        .await
     }
 
     #[tracing::instrument(level = "debug", skip(self))]

@@ -27,6 +27,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_delivery_and_retention.sql"),
     include_str!("../../migrations/sqlite/0003_workflows.sql"),
     include_str!("../../migrations/sqlite/0004_history.sql"),
+    include_str!("../../migrations/sqlite/0005_diffs_and_reviews.sql"),
 ];
 const READERS: usize = 4;
 

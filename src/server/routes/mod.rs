@@ -22,10 +22,17 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::ApiError;
 use super::openapi::{ApiDoc, add_body_rules, add_cross_field_rules};
-use crate::core::validate;
+use crate::core::{diff, validate};
 
 /// The API's routes, each with its description.
 fn api() -> OpenApiRouter<AppState> {
+    let (schemas, paths, diffs) = routes!(workers::put_diff, workers::diff);
+    // A run's diff can be larger than other JSON bodies.
+    let diffs = (
+        schemas,
+        paths,
+        diffs.layer(DefaultBodyLimit::max(diff::MAX_DIFF_BODY_BYTES)),
+    );
     let (schemas, paths, attachments) = routes!(workers::attach, workers::attachments);
     // Attachments are files: they get a larger body limit than JSON requests.
     let attachments = (
@@ -68,6 +75,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(workers::heartbeat))
         .routes(routes!(workers::append_messages, workers::messages))
         .routes(attachments)
+        .routes(diffs)
+        .routes(routes!(workers::review))
         .routes(routes!(workers::attachment))
         .routes(routes!(workers::pause))
         .routes(routes!(workers::start))

@@ -13,19 +13,20 @@ use axum::response::{IntoResponse, Response};
 
 use crate::api::{
     Appended, AttachQuery, AttachmentList, ClaimAnswer, ClaimBody, ClaimEntry, ClaimedWorker,
-    EmptyClaim, MessageBody, MessageList, MessagesBody, MessagesQuery, NewWorker, WorkerList,
-    WorkerQuery,
+    DiffFormat, DiffQuery, EmptyClaim, MessageBody, MessageList, MessagesBody, MessagesQuery,
+    NewWorker, Reviewed, WorkerList, WorkerQuery,
 };
 use crate::core::actions::{Action, HeartbeatAnswer, WorkerUpdate};
 use crate::core::claim;
+use crate::core::diff::{self, Diff, NewDiff, ReviewBody};
 use crate::core::events::StoredEvent;
 use crate::core::ids::{IdKind, new_id};
 use crate::core::model::{Account, Attachment, Task, Worker};
 use crate::core::page::{MAX_LIMIT, PageRequest, Position};
 use crate::core::policy::Deed;
-use crate::core::time;
 use crate::core::validate::{self, MAX_MESSAGES_PER_BATCH};
 use crate::core::version;
+use crate::core::{time, workflow};
 use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult, Body, Params};
@@ -482,4 +483,91 @@ pub async fn attachment(
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
     ];
     Ok((headers, data).into_response())
+}
+
+/// `PUT /api/workers/:id/diff`: the agent records what its run changed. Taken also
+/// after the worker ended (a cancelled or stopped run reports its change too), from
+/// the account that ran it; a second recording replaces the first.
+#[utoipa::path(put, path = "/api/workers/{id}/diff", tag = "workers", params(("id" = String, Path, description = "The worker's id")), request_body = NewDiff,
+    responses((status = 200, description = "The diff as recorded", body = Diff), ApiError))]
+pub async fn put_diff(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(body): Body<NewDiff>,
+) -> ApiResult<Json<Diff>> {
+    let worker = worker_for(&state, &caller, Deed::Report, &id).await?;
+    diff::check(&body)?;
+    let recorded = Diff::new(
+        &worker.id,
+        &worker.task_id,
+        worker.branch.clone(),
+        body,
+        time::now(),
+    );
+    state.store.put_diff(&recorded).await?;
+    Ok(Json(recorded))
+}
+
+#[utoipa::path(get, path = "/api/workers/{id}/diff", tag = "workers", params(("id" = String, Path, description = "The worker's id"), DiffQuery),
+    responses((status = 200, description = "What the run changed: files with their counts and the unified diff (JSON), or the diff alone (`format=patch`, text/x-diff)", body = Diff), ApiError))]
+pub async fn diff(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Params(query): Params<DiffQuery>,
+) -> ApiResult<Response> {
+    worker_for(&state, &caller, Deed::Read, &id).await?;
+    let recorded = state
+        .store
+        .get_diff(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("worker {id} has no recorded diff")))?;
+    Ok(match query.format {
+        Some(DiffFormat::Patch) => (
+            [(header::CONTENT_TYPE, "text/x-diff; charset=utf-8")],
+            recorded.change.patch,
+        )
+            .into_response(),
+        _ => Json(recorded).into_response(),
+    })
+}
+
+/// `POST /api/workers/:id/review`: a person's comments on the run's diff. The review
+/// is kept as a comment on the task, and a follow-up on the run's branch and session
+/// carries every comment with its file and line.
+#[utoipa::path(post, path = "/api/workers/{id}/review", tag = "workers", params(("id" = String, Path, description = "The id of the worker whose change is reviewed")), request_body = ReviewBody,
+    responses((status = 201, description = "The review as kept, and the follow-up task that addresses it", body = Reviewed), ApiError))]
+pub async fn review(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(body): Body<ReviewBody>,
+) -> ApiResult<(StatusCode, Json<Reviewed>)> {
+    let prompt = diff::review_prompt(&body)?;
+    let worker = worker_for(&state, &caller, Deed::Read, &id).await?;
+    caller
+        .may_in(&state, Deed::Create, &worker.workspace_id)
+        .await?;
+    let parent = state
+        .store
+        .get_task(&worker.task_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("task {} not found", worker.task_id)))?;
+    let now = time::now();
+    let followup = workflow::followup(&parent, Some(&worker), &prompt, now)?;
+    let followup = state.store.create_task(&followup, None).await?;
+    let author = match &caller {
+        Caller::Admin => "admin".to_owned(),
+        Caller::Account(a) => a.id.clone(),
+    };
+    let kept = format!(
+        "Review of worker {id}, addressed by {}:\n{prompt}",
+        followup.id
+    );
+    let comment = state
+        .store
+        .add_comment(&parent.id, &author, &kept, now)
+        .await?;
+    Ok((StatusCode::CREATED, Json(Reviewed { comment, followup })))
 }
