@@ -53,6 +53,15 @@ async fn the_dashboard_works_in_a_real_browser() {
         )
         .await;
     let agent = server.client(&key);
+    // Older than everything below: the list shows the newest 100 first.
+    for i in 0..120 {
+        admin
+            .task(
+                &ws,
+                json!({"title": format!("Bulk task {i}"), "priority": -1}),
+            )
+            .await;
+    }
 
     // A task waiting for an answer, with some output.
     let waiting = admin
@@ -131,6 +140,32 @@ async fn the_dashboard_works_in_a_real_browser() {
         .unwrap()
         .to_owned();
 
+    // A finished run with its recorded change, to review from the page.
+    let reviewed = admin.task(&ws, json!({"title": "Tidy the app"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let claimed = agent.ok("/api/workers", json!({"taskId": reviewed})).await;
+    let review_worker = claimed["workers"][0]["id"].as_str().unwrap().to_owned();
+    agent
+        .move_worker(&review_worker, &["starting", "running"])
+        .await;
+    let patch = "diff --git a/src/app.js b/src/app.js\nindex 1111111..2222222 100644\n\
+                 --- a/src/app.js\n+++ b/src/app.js\n@@ -1,3 +1,4 @@\n const a = 1;\n\
+                 -const b = 2;\n+const b = 3;\n+const c = 4;\n export { a };\n";
+    let (status, diff) = agent
+        .call(
+            reqwest::Method::PUT,
+            &format!("/api/workers/{review_worker}/diff"),
+            Some(
+                json!({"baseSha": "1111111", "headSha": "2222222", "patch": patch,
+                        "files": [{"path": "src/app.js", "added": 2, "removed": 1}]}),
+            ),
+        )
+        .await;
+    assert!(status.is_success(), "{diff}");
+    agent.move_worker(&review_worker, &["completed"]).await;
+
     let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .unwrap()
@@ -147,6 +182,8 @@ async fn the_dashboard_works_in_a_real_browser() {
         .env("TASK_XSS", &xss)
         .env("TASK_PLAN", &plan_task)
         .env("TASK_BLOCKED", &blocked)
+        .env("TASK_REVIEWED", &reviewed)
+        .env("TASKS", "126")
         .env("CHROMIUM", &chromium)
         .env("OUT", &out)
         .stdin(Stdio::piped())
@@ -191,6 +228,7 @@ async fn the_dashboard_works_in_a_real_browser() {
         "task-waiting",
         "task-plan",
         "accounts",
+        "review",
         "phone",
     ] {
         assert!(out.join(format!("{shot}.png")).exists(), "{shot}.png");
@@ -231,6 +269,24 @@ async fn the_dashboard_works_in_a_real_browser() {
         .find(|t| t["parentId"] == to_cancel.as_str())
         .expect("the follow-up box created a task");
     assert_eq!(followup["description"], "Try again with the new layout");
+    // The review sent from the page became a follow-up carrying its comment.
+    let review_followup = made
+        .iter()
+        .find(|t| t["parentId"] == reviewed.as_str())
+        .expect("the review created a follow-up");
+    let prompt = review_followup["description"].as_str().unwrap();
+    assert!(
+        prompt.contains("src/app.js:3: Why a new constant?")
+            && prompt.contains("Overall: Keep it small."),
+        "{prompt}"
+    );
+    let (_, comments) = admin.get(&format!("/api/tasks/{reviewed}/comments")).await;
+    assert!(
+        comments["comments"][0]["body"]
+            .as_str()
+            .unwrap()
+            .contains("src/app.js:3")
+    );
     // The blocked task failed when the task it waited for was cancelled.
     let (_, failed) = admin.get(&format!("/api/tasks/{blocked}")).await;
     assert_eq!(failed["status"], "failed", "{failed}");

@@ -6,7 +6,7 @@ import { chromium } from "playwright-core";
 import { createInterface } from "node:readline";
 import { mkdirSync } from "node:fs";
 
-const { SERVER, TOKEN, OUT, TASK_CANCEL, TASK_WAITING, TASK_XSS, TASK_PLAN, TASK_BLOCKED, WORKSPACE } = process.env;
+const { SERVER, TOKEN, OUT, TASK_CANCEL, TASK_WAITING, TASK_XSS, TASK_PLAN, TASK_BLOCKED, TASK_REVIEWED, WORKSPACE } = process.env;
 
 mkdirSync(OUT, { recursive: true });
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
@@ -31,6 +31,8 @@ const browser = await chromium.launch({
     "--disable-background-networking", "--disable-component-update", "--disable-sync"],
 });
 const consoleErrors = [];
+// The page on screen, to show when a check fails.
+let shown = null;
 let restarting = false;
 function watch(page) {
   page.on("console", (m) => {
@@ -46,6 +48,7 @@ try {
   // ---- Sign in through the form, measuring what the first load transfers.
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const page = await context.newPage();
+  shown = page;
   watch(page);
   const cdp = await context.newCDPSession(page);
   await cdp.send("Network.enable");
@@ -71,6 +74,23 @@ try {
   const created = await apiPost("/api/tasks", { workspaceId: WORKSPACE, title: "Created while watching" });
   await page.waitForSelector(`tr[data-task="${created.id}"]`, { timeout: 5000 });
   check(await page.evaluate(() => window.__sameDocument === true), "no reload happened");
+
+  // ---- The counts are the server's, the list pages, and search asks the server.
+  // The seeded tasks and the one created live: every one counted, 100 and the live
+  // one listed until the next page is asked for.
+  const total = Number(process.env.TASKS) + 1;
+  await page.waitForFunction((n) => document.querySelector(".tabs button").textContent === `All ${n}`, total);
+  check((await page.locator("tr[data-task]").count()) === 101, "the first page holds 100 tasks, and the new one");
+  await page.click("text=Load more");
+  await page.waitForFunction((n) => document.querySelectorAll("tr[data-task]").length === n, total);
+  check(!(await page.isVisible("text=Load more")), "no more pages after the last");
+  await page.fill("input[name=q]", "LOGIN PAGE");
+  await page.click("form.search button");
+  await page.waitForFunction(() => document.querySelectorAll("tr[data-task]").length === 1);
+  check((await page.textContent("tr[data-task] td.title")).includes("Fix the login page"), "search found the task");
+  await page.fill("input[name=q]", "");
+  await page.click("form.search button");
+  await page.waitForFunction(() => document.querySelectorAll("tr[data-task]").length === 100);
 
   // ---- The workflow statuses have their filters.
   await page.click('button[data-status="blocked"]');
@@ -104,6 +124,20 @@ try {
   await page.waitForSelector("h1 .s-completed");
   await page.waitForSelector("#children li:nth-child(2)");
   check((await page.textContent("#children")).includes("Add the search box"), "the steps are listed");
+
+  // ---- Review a finished run's change: comment on a line, send the review.
+  await page.goto(`${SERVER}/#/tasks/${TASK_REVIEWED}`);
+  await page.waitForSelector('#diff .l.add[data-path="src/app.js"][data-line="3"]');
+  check((await page.textContent("#change h2")).includes("+2 −1"), "the change's counts are shown");
+  check((await page.locator("#diff .l.del").count()) === 1, "the removed line is marked");
+  await page.click('#diff .l[data-line="3"]');
+  await page.fill(".comment-form textarea", "Why a new constant?");
+  await page.click(".comment-form button.primary");
+  await page.waitForSelector("#review-comments >> text=src/app.js:3");
+  await page.fill("textarea[name=summary]", "Keep it small.");
+  await page.screenshot({ path: `${OUT}/review.png`, fullPage: true });
+  await page.click("#review button.primary");
+  await page.waitForSelector("h1 >> text=Follow-up");
 
   // ---- Answer a waiting task from the page; its output is on screen.
   await page.goto(`${SERVER}/#/tasks/${TASK_WAITING}`);
@@ -150,7 +184,9 @@ try {
 
   // ---- Accounts and their load.
   await page.click("#nav-accounts");
-  await page.waitForSelector("tr[data-account]");
+  await page.waitForSelector('tr[data-account] td[data-usage="server"]');
+  const load = await page.textContent('tr[data-account] td[data-usage="server"]');
+  check(load.trim() === "1 / 3", `the account's workers, counted by the server (${load})`);
   await page.screenshot({ path: `${OUT}/accounts.png`, fullPage: true });
   await context.close();
 
@@ -170,6 +206,11 @@ try {
   console.log("OK");
 } catch (e) {
   console.error(e.stack || String(e));
+  if (shown) {
+    await shown.screenshot({ path: `${OUT}/failure.png`, fullPage: true }).catch(() => {});
+    console.error(`on screen: ${await shown.textContent("main").catch(() => "?")}`);
+  }
+  if (consoleErrors.length) console.error(`console errors: ${JSON.stringify(consoleErrors)}`);
   process.exitCode = 1;
 } finally {
   await browser.close();

@@ -5,7 +5,6 @@
 
 const TOKEN_KEY = "buildd.token";
 const STATUSES = ["blocked", "pending", "assigned", "running", "waiting_input", "planned", "completed", "failed", "cancelled"];
-const ACTIVE = ["idle", "starting", "running", "waiting_input", "paused"];
 
 const state = {
   token: null,
@@ -14,7 +13,10 @@ const state = {
   tasks: new Map(),
   workers: new Map(),
   accounts: [],
-  filter: { workspace: "", status: "" },
+  filter: { workspace: "", status: "", q: "" },
+  // The task list as the server pages it (newest first): ids shown, the next page's
+  // cursor, and the exact counts per status.
+  list: { ids: [], next: null, key: null, counts: null },
   // The worker whose output is on screen, and the last message number shown.
   output: { workerId: null, seq: 0, el: null },
   lastEventId: null,
@@ -124,17 +126,71 @@ function showSignIn(message) {
 // ---------- loading and live updates ----------
 
 async function load() {
-  const [me, ws, tasks, workers] = await Promise.all([
-    api("GET", "/api/me"),
-    api("GET", "/api/workspaces"),
-    api("GET", "/api/tasks?limit=1000"),
-    api("GET", "/api/workers?limit=1000"),
-  ]);
+  const [me, ws] = await Promise.all([api("GET", "/api/me"), api("GET", "/api/workspaces")]);
   state.me = me;
   state.workspaces = new Map(ws.workspaces.map((w) => [w.id, w]));
-  state.tasks = new Map(tasks.tasks.map((t) => [t.id, t]));
-  state.workers = new Map(workers.workers.map((w) => [w.id, w]));
-  if (me.admin) state.accounts = (await api("GET", "/api/accounts")).accounts;
+  state.list.key = null;
+  if (me.admin) state.accounts = await everyPage("/api/accounts?limit=1000", "accounts");
+}
+
+// Every item of a list, following `nextCursor`.
+async function everyPage(path, field) {
+  const all = [];
+  let cursor = null;
+  do {
+    const page = await api("GET", cursor ? `${path}&cursor=${encodeURIComponent(cursor)}` : path);
+    all.push(...page[field]);
+    cursor = page.nextCursor;
+  } while (cursor);
+  return all;
+}
+
+// The query of the task list the filters ask for.
+function listQuery() {
+  const q = new URLSearchParams();
+  if (state.filter.workspace) q.set("workspaceId", state.filter.workspace);
+  if (state.filter.status) q.set("status", state.filter.status);
+  if (state.filter.q) q.set("q", state.filter.q);
+  return q;
+}
+
+// Reads the first page of the task list (or the next, with `more`) from the server.
+async function loadTasks(more) {
+  const key = listQuery().toString();
+  const q = listQuery();
+  q.set("limit", "100");
+  if (more && state.list.next) q.set("cursor", state.list.next);
+  const page = await api("GET", `/api/tasks?${q}`);
+  if (listQuery().toString() !== key) return; // the filters changed meanwhile
+  for (const t of page.tasks) state.tasks.set(t.id, t);
+  const ids = page.tasks.map((t) => t.id);
+  state.list.ids = more ? state.list.ids.concat(ids.filter((id) => !state.list.ids.includes(id))) : ids;
+  state.list.next = page.nextCursor;
+  state.list.key = key;
+  scheduleRender();
+}
+
+// Counts per status, from the server; at most once a second while events arrive.
+let countsTimer = null;
+function loadCounts(soon) {
+  if (soon) {
+    if (!countsTimer) countsTimer = setTimeout(() => { countsTimer = null; loadCounts(false); }, 1000);
+    return;
+  }
+  const ws = state.filter.workspace;
+  api("GET", `/api/tasks/counts${ws ? `?workspaceId=${encodeURIComponent(ws)}` : ""}`).then((counts) => {
+    if (ws !== state.filter.workspace) return;
+    state.list.counts = counts;
+    scheduleRender();
+  }, () => {});
+}
+
+// Whether a task belongs in the list the filters ask for.
+function listed(t) {
+  const q = state.filter.q.toLowerCase();
+  return (!state.filter.workspace || t.workspaceId === state.filter.workspace)
+    && (!state.filter.status || t.status === state.filter.status)
+    && (!q || t.title.toLowerCase().includes(q) || (t.description || "").toLowerCase().includes(q));
 }
 
 function setLive(mode) {
@@ -196,7 +252,13 @@ function onBlock(block) {
     load().then(route, () => {});
     return;
   }
-  if (name === "task.created" || name === "task.updated") state.tasks.set(payload.task.id, payload.task);
+  if (name === "task.created" || name === "task.updated") {
+    state.tasks.set(payload.task.id, payload.task);
+    if (name === "task.created" && listed(payload.task) && !state.list.ids.includes(payload.task.id)) {
+      state.list.ids.unshift(payload.task.id);
+    }
+    loadCounts(true);
+  }
   else if (name === "worker.updated") state.workers.set(payload.worker.id, payload.worker);
   else if (name === "worker.message") {
     if (payload.workerId === state.output.workerId) appendOutput([{ message: payload.message }]);
@@ -251,37 +313,54 @@ function taskCost(taskId) {
 
 function tasksView() {
   const tabs = h("div", { class: "toolbar tabs" });
-  const wsSelect = h("select", { "aria-label": "workspace", onchange: (e) => { state.filter.workspace = e.target.value; renderData(); } });
+  const wsSelect = h("select", { "aria-label": "workspace", onchange: (e) => { state.filter.workspace = e.target.value; refilter(); } });
+  const search = h("input", { type: "search", name: "q", placeholder: "Search titles and descriptions", value: state.filter.q, autocomplete: "off" });
+  const searchForm = h("form", { class: "row search", onsubmit: (e) => { e.preventDefault(); state.filter.q = search.value.trim(); refilter(); } },
+    search, h("button", { type: "submit" }, "Search"));
   const table = h("div", { id: "tasks" });
+  const more = h("div", { class: "actions more" });
+  const moreErr = h("p", { class: "error", role: "alert" });
   $("main").replaceChildren(
-    h("div", { class: "toolbar" }, h("h1", {}, "Tasks"), wsSelect),
+    h("div", { class: "toolbar" }, h("h1", {}, "Tasks"), wsSelect, searchForm),
     tabs,
     table,
+    more,
   );
+  function refilter() {
+    state.list.ids = [];
+    state.list.next = null;
+    loadTasks(false).catch((e) => table.replaceChildren(h("p", { class: "error" }, e.message)));
+    loadCounts(false);
+  }
+  if (state.list.key !== listQuery().toString()) refilter();
+  else loadCounts(false);
   return {
     data() {
       wsSelect.replaceChildren(
         h("option", { value: "" }, "All workspaces"),
         ...[...state.workspaces.values()].map((w) => h("option", { value: w.id, selected: w.id === state.filter.workspace }, w.name)),
       );
-      const inWs = [...state.tasks.values()].filter((t) => !state.filter.workspace || t.workspaceId === state.filter.workspace);
-      const count = (s) => inWs.filter((t) => t.status === s).length;
+      const counts = state.list.counts;
+      const count = (s) => (counts ? (counts.byStatus.find((c) => c.status === s) || { count: 0 }).count : "…");
       tabs.replaceChildren(
-        h("button", { class: state.filter.status ? "" : "on", onclick: () => { state.filter.status = ""; renderData(); } }, `All ${inWs.length}`),
+        h("button", { class: state.filter.status ? "" : "on", onclick: () => { state.filter.status = ""; refilter(); } }, `All ${counts ? counts.total : "…"}`),
         ...STATUSES.map((s) => h("button", {
           class: state.filter.status === s ? "on" : "", "data-status": s,
-          onclick: () => { state.filter.status = s; renderData(); },
+          onclick: () => { state.filter.status = s; refilter(); },
         }, `${s.replace("_", " ")} ${count(s)}`)),
       );
-      const rows = inWs
-        .filter((t) => !state.filter.status || t.status === state.filter.status)
-        .sort((a, b) => b.createdAt.localeCompare(a.createdAt));
+      const rows = state.list.ids.map((id) => state.tasks.get(id)).filter((t) => t && listed(t));
+      more.replaceChildren(...(state.list.next ? [action("Load more", "", () => loadTasks(true), moreErr)] : []), moreErr);
+      if (state.list.key === null) {
+        table.replaceChildren(h("p", { class: "muted panel" }, "Loading…"));
+        return;
+      }
       if (!rows.length) {
-        table.replaceChildren(h("p", { class: "muted panel" }, "No tasks here yet. ", h("a", { href: "#/new" }, "Create one.")));
+        table.replaceChildren(h("p", { class: "muted panel" }, state.filter.q ? `No task matches “${state.filter.q}”.` : "No tasks here yet. ", state.filter.q ? null : h("a", { href: "#/new" }, "Create one.")));
         return;
       }
       table.replaceChildren(h("table", {},
-        h("thead", {}, h("tr", {}, ["Title", "Status", "Workspace", "Runner", "Priority", "Age", "Attempts", "Cost"].map((c, i) => h("th", { class: i >= 4 && i !== 5 ? "num" : "" }, c)))),
+        h("thead", {}, h("tr", {}, ["Title", "Status", "Workspace", "Runner", "Priority", "Age", "Attempts"].map((c, i) => h("th", { class: i >= 4 && i !== 5 ? "num" : "" }, c)))),
         h("tbody", {}, rows.map((t) => h("tr", { "data-task": t.id },
           h("td", { class: "title", "data-label": "Title" }, h("a", { href: `#/tasks/${encodeURIComponent(t.id)}` }, t.title)),
           h("td", { "data-label": "Status" }, badge(t.status)),
@@ -290,7 +369,6 @@ function tasksView() {
           h("td", { class: "num", "data-label": "Priority" }, t.priority),
           h("td", { "data-label": "Age", title: t.createdAt }, ago(t.createdAt)),
           h("td", { class: "num", "data-label": "Attempts" }, `${t.attempts}/${t.maxAttempts}`),
-          h("td", { class: "num", "data-label": "Cost" }, money(taskCost(t.id))),
         ))),
       ));
     },
@@ -365,7 +443,17 @@ function taskView(id) {
   const outputTitle = h("h2", {}, "Output");
   const output = h("pre", { class: "output", id: "output" });
   const workflowEl = h("div", { id: "workflow" });
-  $("main").replaceChildren(h("p", {}, h("a", { href: "#/" }, "← Tasks")), head, err, workflowEl, workersEl, outputTitle, output);
+  const changeEl = h("div", { id: "change" });
+  $("main").replaceChildren(h("p", {}, h("a", { href: "#/" }, "← Tasks")), head, err, workflowEl, workersEl, changeEl, outputTitle, output);
+  // The task's workers, every attempt (the event stream keeps them current after).
+  everyPage(`/api/workers?taskId=${encodeURIComponent(id)}&limit=1000`, "workers").then((ws) => {
+    for (const w of ws) if (!state.workers.has(w.id)) state.workers.set(w.id, w);
+    scheduleRender();
+  }, (e) => { err.textContent = e.message; });
+  const review = reviewPanel(id, err);
+  // One instruction form per worker, kept across renders so that what a person types
+  // stays.
+  const instructForms = new Map();
 
   // The task's dependencies and children come from GET /api/tasks/:id; they are read
   // again whenever one of them (or a new child) shows up changed in the event stream.
@@ -388,6 +476,10 @@ function taskView(id) {
     return h("li", { "data-linked": t.id }, badge(live.status), " ", h("a", { href: `#/tasks/${encodeURIComponent(t.id)}` }, live.title));
   }
 
+  // Made once, so that what a person types survives the renders around it.
+  const feedback = h("textarea", { name: "feedback", placeholder: "What should change in the plan?" });
+  const message = h("textarea", { name: "followup", placeholder: "What next? The follow-up starts from this task's branch and session." });
+
   function renderWorkflow(task) {
     const parts = [];
     if (links.dependencies.length) parts.push(h("h2", {}, "Depends on"), h("ul", { class: "links" }, links.dependencies.map(taskLink)));
@@ -395,7 +487,6 @@ function taskView(id) {
     if (links.children.length) parts.push(h("h2", {}, "Subtasks and follow-ups"), h("ul", { class: "links", id: "children" }, links.children.map(taskLink)));
     const plan = task.result && task.result.plan;
     if (task.status === "planned" && plan) {
-      const feedback = h("textarea", { name: "feedback", placeholder: "What should change in the plan?" });
       parts.push(h("div", { class: "panel", id: "plan" },
         h("h2", {}, "Plan"),
         h("ol", {}, plan.steps.map((step) => h("li", {},
@@ -423,7 +514,6 @@ function taskView(id) {
       ));
     }
     if (["completed", "failed", "cancelled"].includes(task.status)) {
-      const message = h("textarea", { name: "followup", placeholder: "What next? The follow-up starts from this task's branch and session." });
       parts.push(h("div", { class: "panel", id: "followup" }, h("h2", {}, "Follow up"), message,
         h("div", { class: "actions" },
           action("Follow up", "primary", async () => {
@@ -487,7 +577,7 @@ function taskView(id) {
         workers.length ? h("table", {},
           h("thead", {}, h("tr", {}, ["Worker", "Status", "Branch", "Commit", "PR", "Turns", "Cost", "Started", ""].map((c) => h("th", {}, c)))),
           h("tbody", {}, workers.map((w) => h("tr", { "data-worker": w.id },
-            h("td", { "data-label": "Worker" }, h("button", { class: "link", onclick: () => showOutput(w.id) }, w.id)),
+            h("td", { "data-label": "Worker" }, h("button", { class: "link", onclick: () => { showOutput(w.id); review.show(w, true); } }, w.id)),
             h("td", { "data-label": "Status" }, badge(w.status), w.error ? h("div", { class: "muted" }, w.error) : null),
             h("td", { "data-label": "Branch" }, w.branch || ""),
             h("td", { "data-label": "Commit" }, w.commitSha ? w.commitSha.slice(0, 10) : ""),
@@ -504,6 +594,7 @@ function taskView(id) {
           ))),
         ) : h("p", { class: "muted" }, "No agent has claimed this task yet."),
       );
+      if (current) review.show(current);
       if (current && state.output.workerId === null) showOutput(current.id);
       if (!current) outputTitle.hidden = output.hidden = true;
       else outputTitle.hidden = output.hidden = false;
@@ -511,6 +602,10 @@ function taskView(id) {
   };
 
   function instructForm(workerId) {
+    if (!instructForms.has(workerId)) instructForms.set(workerId, makeInstructForm(workerId));
+    return instructForms.get(workerId);
+  }
+  function makeInstructForm(workerId) {
     const input = h("input", { name: "instruct", placeholder: "An instruction for the running agent", autocomplete: "off" });
     return h("form", { class: "row", id: "instruct", onsubmit: async (e) => {
       e.preventDefault();
@@ -535,6 +630,105 @@ function taskView(id) {
       after = page.messages[page.messages.length - 1].seq;
     }
   }
+}
+
+// What a worker's run changed, and a review of it: comments on lines of the diff
+// (added or kept lines, numbered as in the changed file), sent together as one review
+// that a follow-up addresses.
+function reviewPanel(taskId, err) {
+  const el = () => document.getElementById("change");
+  let shown = null; // { workerId, status, diff }
+  let comments = [];
+  const summary = h("textarea", { name: "summary", placeholder: "Overall (optional)" });
+
+  async function show(worker, picked) {
+    const task = state.tasks.get(taskId);
+    // A planning run changes nothing: it has no diff to show.
+    const finished = ["completed", "error"].includes(worker.status) && !(task && task.mode === "plan");
+    if (shown && shown.workerId === worker.id && shown.status === worker.status && !picked) return;
+    if (shown && shown.workerId !== worker.id && !picked && shown.diff) return; // keep what a person picked
+    shown = { workerId: worker.id, status: worker.status, diff: null };
+    comments = [];
+    if (!finished && !picked) { el().replaceChildren(); return; }
+    try {
+      shown.diff = await api("GET", `/api/workers/${encodeURIComponent(worker.id)}/diff`);
+    } catch (e) {
+      el().replaceChildren(h("h2", {}, "Change"), h("p", { class: "muted" }, e.status === 404 ? `${worker.id} recorded no change.` : e.message));
+      return;
+    }
+    render();
+  }
+
+  function render() {
+    const diff = shown.diff;
+    const files = h("table", { class: "files" },
+      h("tbody", {}, diff.files.map((f) => h("tr", {},
+        h("td", { class: "title" }, f.oldPath ? `${f.oldPath} → ${f.path}` : f.path),
+        h("td", { class: "num" }, f.binary ? "binary" : h("span", {}, h("span", { class: "add" }, `+${f.added}`), " ", h("span", { class: "del" }, `−${f.removed}`)))))));
+    const pending = h("ul", { class: "links", id: "review-comments" }, comments.map((c, i) => h("li", {},
+      h("code", {}, `${c.path}:${c.line}`), " ", c.body, " ",
+      h("button", { class: "link", onclick: () => { comments.splice(i, 1); render(); } }, "remove"))));
+    el().replaceChildren(
+      h("h2", {}, `Change of ${diff.workerId}`, h("span", { class: "muted" }, ` · ${diff.files.length} file(s), +${diff.added} −${diff.removed}`)),
+      files,
+      ...(diff.truncated ? [h("p", { class: "muted" }, "The diff was cut at 1 MiB; every file is counted above.")] : []),
+      h("div", { class: "diff", id: "diff" }, patchLines(diff.patch)),
+      h("div", { class: "panel", id: "review" },
+        h("h2", {}, "Review"),
+        comments.length ? pending : h("p", { class: "muted" }, "Click a line of the diff to comment on it."),
+        summary,
+        h("div", { class: "actions" }, action("Send review", "primary", async () => {
+          const sent = await api("POST", `/api/workers/${encodeURIComponent(diff.workerId)}/review`, { comments, summary: summary.value || undefined });
+          state.tasks.set(sent.followup.id, sent.followup);
+          comments = [];
+          summary.value = "";
+          location.hash = `#/tasks/${encodeURIComponent(sent.followup.id)}`;
+        }, err))),
+    );
+  }
+
+  // The patch as rows: each line coloured, added and kept lines numbered in the new
+  // file and open to a comment.
+  function patchLines(patch) {
+    const rows = [];
+    let path = null, line = 0;
+    for (const text of patch.split("\n")) {
+      let cls = "", number = null;
+      if (text.startsWith("diff --git")) { cls = "file"; path = null; }
+      else if (text.startsWith("+++ ")) { cls = "file"; path = text.slice(4).replace(/^b\//, ""); }
+      else if (text.startsWith("--- ") || text.startsWith("index ") || text.startsWith("new file") || text.startsWith("deleted file") || text.startsWith("similarity") || text.startsWith("rename ")) cls = "file";
+      else if (text.startsWith("@@")) {
+        cls = "hunk";
+        const m = text.match(/\+(\d+)/);
+        line = m ? Number(m[1]) : 0;
+      } else if (text.startsWith("+")) { cls = "add"; number = line++; }
+      else if (text.startsWith("-")) cls = "del";
+      else if (text.startsWith(" ")) number = line++;
+      const at = path && number !== null ? { path, line: number } : null;
+      rows.push(h("div", {
+        class: `l ${cls}${at ? " open" : ""}`,
+        "data-path": at ? at.path : null, "data-line": at ? at.line : null,
+        onclick: at ? (e) => comment(e.currentTarget, at) : null,
+      }, h("span", { class: "n" }, number === null ? "" : number), h("span", { class: "c" }, text || " ")));
+    }
+    return rows;
+  }
+
+  function comment(row, at) {
+    if (row.nextSibling && row.nextSibling.classList && row.nextSibling.classList.contains("comment-form")) return;
+    const input = h("textarea", { name: "comment", placeholder: `Comment on ${at.path}:${at.line}` });
+    const form = h("form", { class: "comment-form", onsubmit: (e) => {
+      e.preventDefault();
+      if (!input.value.trim()) return;
+      comments.push({ path: at.path, line: at.line, body: input.value });
+      render();
+    } }, input, h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Add comment"),
+      h("button", { type: "button", onclick: () => form.remove() }, "Cancel")));
+    row.after(form);
+    input.focus();
+  }
+
+  return { show };
 }
 
 // Appends messages (`{seq?, message}`) to the output on screen, skipping any already
@@ -585,21 +779,34 @@ function describe(m) {
 function accountsView() {
   const body = h("div", {});
   $("main").replaceChildren(h("h1", {}, "Accounts"), body);
+  // Usage is the server's own count (GET /api/accounts/:id/usage), read when the view
+  // opens and again when one of the account's workers changes.
+  const usage = new Map();
+  let seen = null;
+  async function refresh() {
+    const now = JSON.stringify([...state.workers.values()].map((w) => [w.id, w.status, w.costUsd]));
+    if (now === seen) return;
+    seen = now;
+    const read = await Promise.all(state.accounts.map((a) => api("GET", `/api/accounts/${encodeURIComponent(a.id)}/usage`).catch(() => null)));
+    read.forEach((u, i) => { if (u) usage.set(state.accounts[i].id, u); });
+    scheduleRender();
+  }
   return {
     data() {
       if (!state.me || !state.me.admin) {
         body.replaceChildren(h("p", { class: "muted" }, "Only the admin sees accounts."));
         return;
       }
-      const today = new Date().toISOString().slice(0, 10);
+      refresh();
       body.replaceChildren(h("table", {},
         h("thead", {}, h("tr", {}, ["Account", "Type", "Auth", "Workers", "", "Cost today", "", "Repo"].map((c) => h("th", {}, c)))),
         h("tbody", {}, state.accounts.map((a) => {
-          const mine = [...state.workers.values()].filter((w) => w.accountId === a.id);
-          const active = mine.filter((w) => ACTIVE.includes(w.status)).length;
-          const cost = mine.filter((w) => (w.startedAt || "").startsWith(today)).reduce((s, w) => s + (w.costUsd || 0), 0);
+          const u = usage.get(a.id);
+          const active = u ? u.activeWorkers : null;
+          const cost = u ? u.costToday : null;
           const bar = (used, max) => {
             if (!max) return h("span", { class: "muted" }, "no limit");
+            if (used === null) return h("span", { class: "muted" }, "…");
             const pct = Math.min(100, (100 * used) / max);
             return h("div", { class: "bar", title: `${Math.round(pct)}%` }, h("span", { class: pct >= 100 ? "full" : "", style: `width:${pct}%` }));
           };
@@ -607,9 +814,9 @@ function accountsView() {
             h("td", { "data-label": "Account" }, a.name, h("div", { class: "muted" }, a.id)),
             h("td", { "data-label": "Type" }, a.type),
             h("td", { "data-label": "Auth" }, a.authType),
-            h("td", { class: "num", "data-label": "Workers" }, `${active} / ${a.maxConcurrentWorkers}`),
+            h("td", { class: "num", "data-label": "Workers", "data-usage": u ? "server" : "" }, `${active === null ? "…" : active} / ${a.maxConcurrentWorkers}`),
             h("td", {}, bar(active, a.maxConcurrentWorkers)),
-            h("td", { class: "num", "data-label": "Cost today" }, money(cost), a.maxCostPerDay ? ` / ${money(a.maxCostPerDay)}` : ""),
+            h("td", { class: "num", "data-label": "Cost today" }, cost === null ? "…" : money(cost), a.maxCostPerDay ? ` / ${money(a.maxCostPerDay)}` : ""),
             h("td", {}, bar(cost, a.maxCostPerDay)),
             h("td", { "data-label": "Repo" }, a.githubRepo || ""),
           );
