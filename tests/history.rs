@@ -335,3 +335,103 @@ async fn every_list_pages_and_usage_is_exact() {
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+/// The terminal: `task list` pages (`--all`) and searches; `task logs --follow` shows
+/// each message once as it comes, and ends when the task does.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_terminal_lists_every_page_and_follows_logs() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let (ws, _, key) = admin.workspace_with_claimer().await;
+    create_tasks(&admin, &ws, "listed", 250).await;
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_buildd"))
+            .args(args)
+            .args(["--server", &server.url, "--api-key", common::ADMIN])
+            .output()
+            .unwrap()
+    };
+    let all = cli(&["task", "list", "--workspace", &ws, "--all", "--json"]);
+    let all: Value = serde_json::from_slice(&all.stdout).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 250);
+    let newest = cli(&["task", "list", "--workspace", &ws]);
+    let table = String::from_utf8_lossy(&newest.stdout);
+    assert_eq!(
+        table.lines().count(),
+        1 + 100,
+        "a header and the newest 100"
+    );
+    assert!(String::from_utf8_lossy(&newest.stderr).contains("--all"));
+    let found = cli(&["task", "list", "--search", "LISTED 249", "--json"]);
+    let found: Value = serde_json::from_slice(&found.stdout).unwrap();
+    assert_eq!(found.as_array().unwrap().len(), 1, "{found}");
+
+    let agent = server.client(&key);
+    let worker = agent.claim_one().await;
+    agent.move_worker(&worker, &["starting", "running"]).await;
+    let (_, w) = admin.get(&format!("/api/workers/{worker}")).await;
+    let task = w["taskId"].as_str().unwrap().to_owned();
+    let say = |text: &str| json!({"type": "assistant", "message": {"content": [{"type": "text", "text": text}]}});
+    agent
+        .ok(
+            &format!("/api/workers/{worker}/messages"),
+            json!({ "messages": [say("first words")] }),
+        )
+        .await;
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_buildd"))
+        .args(["task", "logs", &task, "--follow"])
+        .args(["--server", &server.url, "--api-key", common::ADMIN])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_for = |text: &str| {
+        while !seen.iter().any(|l: &String| l.contains(text)) {
+            let line = lines
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("{text:?} never came; saw {seen:?}"));
+            seen.push(line);
+        }
+    };
+    wait_for("first words");
+    agent
+        .ok(
+            &format!("/api/workers/{worker}/messages"),
+            json!({ "messages": [say("then more")] }),
+        )
+        .await;
+    wait_for("then more");
+    let result =
+        json!({"type": "result", "subtype": "success", "num_turns": 2, "total_cost_usd": 0.25});
+    agent
+        .ok(
+            &format!("/api/workers/{worker}/messages"),
+            json!({ "messages": [result] }),
+        )
+        .await;
+    agent.move_worker(&worker, &["completed"]).await;
+    wait_for("■ success · 2 turns · $0.2500");
+    let status = follow.wait().unwrap();
+    assert!(status.success(), "logs --follow ends with the task");
+    for line in lines.try_iter() {
+        seen.push(line);
+    }
+    for text in ["first words", "then more"] {
+        assert_eq!(
+            seen.iter().filter(|l| l.contains(text)).count(),
+            1,
+            "{text} once: {seen:?}"
+        );
+    }
+    assert!(seen[0].starts_with("── wrk-"), "{seen:?}");
+}

@@ -111,6 +111,7 @@ pub struct PageQuery {
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// The `nextCursor` of the page before.
+    #[param(pattern = r"^p1\.-?[0-9]{1,18}\.[A-Za-z0-9_-]{0,64}$")]
     pub cursor: Option<String>,
 }
 
@@ -243,6 +244,7 @@ pub struct TaskQuery {
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// The `nextCursor` of the page before.
+    #[param(pattern = r"^p1\.-?[0-9]{1,18}\.[A-Za-z0-9_-]{0,64}$")]
     pub cursor: Option<String>,
 }
 
@@ -485,6 +487,7 @@ pub struct WorkerQuery {
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// The `nextCursor` of the page before.
+    #[param(pattern = r"^p1\.-?[0-9]{1,18}\.[A-Za-z0-9_-]{0,64}$")]
     pub cursor: Option<String>,
 }
 
@@ -546,6 +549,7 @@ pub struct MessagesQuery {
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// The `nextCursor` of the page before.
+    #[param(pattern = r"^p1\.-?[0-9]{1,18}\.[A-Za-z0-9_-]{0,64}$")]
     pub cursor: Option<String>,
 }
 

@@ -20,11 +20,11 @@ pub const MAX_DIFF_BODY_BYTES: usize = 8 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FileChange {
-    #[schema(min_length = 1, max_length = 4096)]
+    #[schema(min_length = 1, max_length = 4096, pattern = r"^[^\x00]+$")]
     pub path: String,
     /// The path it had before, when it was renamed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 4096)]
+    #[schema(min_length = 1, max_length = 4096, pattern = r"^[^\x00]+$")]
     pub old_path: Option<String>,
     /// Lines added and removed; 0 and 0 for a binary file.
     #[schema(minimum = 0)]
@@ -49,7 +49,7 @@ pub struct NewDiff {
     #[schema(max_items = 10000)]
     pub files: Vec<FileChange>,
     /// The unified diff (`git diff`), at most 1 MiB.
-    #[schema(max_length = 1048576)]
+    #[schema(max_length = 1048576, pattern = r"^[^\x00]*$")]
     pub patch: String,
     /// The patch was cut at [`MAX_PATCH_BYTES`]; `files` still lists every file.
     #[serde(default)]
@@ -185,18 +185,22 @@ pub fn parse_numstat(output: &str) -> Vec<FileChange> {
 /// The review a person sends on a run's diff: comments on lines, and a summary.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ReviewBody {
-    #[schema(max_items = 200)]
+    #[schema(min_items = 1, max_items = 200)]
     pub comments: Vec<ReviewComment>,
     /// What to do overall.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 65536)]
+    #[schema(max_length = 65536, pattern = r"^[^\x00]*$")]
     pub summary: Option<String>,
 }
 
 /// A comment on one line of the diff: the line's number in the file after the change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ReviewComment {
-    #[schema(min_length = 1, max_length = 4096)]
+    #[schema(
+        min_length = 1,
+        max_length = 4096,
+        pattern = r"^[^\x00]*[^\s\x00][^\x00]*$"
+    )]
     pub path: String,
     #[schema(minimum = 1)]
     pub line: i64,
@@ -219,9 +223,10 @@ pub fn review_prompt(review: &ReviewBody) -> Result<String, RuleError> {
         .as_deref()
         .map(str::trim)
         .filter(|s| !s.is_empty());
-    if review.comments.is_empty() && summary.is_none() {
+    if review.comments.is_empty() {
         return Err(RuleError::Invalid(
-            "a review needs a comment or a summary".into(),
+            "a review needs a comment on a line (for a note without one, follow the task up)"
+                .into(),
         ));
     }
     if review.comments.len() > MAX_REVIEW_COMMENTS {
@@ -252,7 +257,7 @@ pub fn review_prompt(review: &ReviewBody) -> Result<String, RuleError> {
         prompt += &format!("\n{}:{}: {}", c.path, c.line, c.body.trim());
     }
     if let Some(summary) = summary {
-        super::validate::text("summary", summary, super::validate::MAX_COMMENT_LEN)?;
+        super::validate::optional_text("summary", Some(summary), super::validate::MAX_COMMENT_LEN)?;
         prompt += &format!("\n\nOverall: {summary}");
     }
     Ok(prompt)

@@ -4,13 +4,14 @@
 //! number), and a page ends at a key: the next page starts strictly after it. So a
 //! row is never given twice nor skipped however many rows are inserted meanwhile
 //! (those land before the first page of a newest-first list, or after the last one
-//! of an oldest-first list). The cursor is that key, encoded so that clients treat it
-//! as opaque and the encoding may change without breaking them.
-
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+//! of an oldest-first list). The cursor is that key, `p1.AT.ID`: clients treat it as
+//! opaque (the `p1` lets the encoding change). Any cursor of that shape is a valid
+//! place to start, a row's or not, so what the OpenAPI pattern allows is accepted.
 
 use super::RuleError;
+
+/// The shape of a cursor, as the OpenAPI description states it.
+pub const CURSOR_PATTERN: &str = r"^p1\.-?[0-9]{1,18}\.[A-Za-z0-9_-]{0,64}$";
 
 /// A page's size when none is asked for.
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -32,16 +33,28 @@ impl Position {
 
     /// The cursor clients send back as `cursor=`.
     pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("1:{}:{}", self.at, self.id))
+        format!("p1.{}.{}", self.at, self.id)
     }
 
-    /// Reads back a cursor made by [`Position::encode`].
+    /// Reads back a cursor of [`CURSOR_PATTERN`]'s shape.
     pub fn decode(cursor: &str) -> Result<Position, RuleError> {
-        let invalid = || RuleError::Invalid("cursor is not one this server gave out".into());
-        let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
-        let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-        let rest = text.strip_prefix("1:").ok_or_else(invalid)?;
-        let (at, id) = rest.split_once(':').ok_or_else(invalid)?;
+        let invalid = || {
+            RuleError::Invalid("cursor is not one this server gives out (use nextCursor)".into())
+        };
+        let rest = cursor.strip_prefix("p1.").ok_or_else(invalid)?;
+        let (at, id) = rest.split_once('.').ok_or_else(invalid)?;
+        let digits = at.strip_prefix('-').unwrap_or(at);
+        let id_ok = id.len() <= 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if digits.is_empty()
+            || digits.len() > 18
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+            || !id_ok
+        {
+            return Err(invalid());
+        }
         let at = at.parse().map_err(|_| invalid())?;
         Ok(Position::new(at, id))
     }
@@ -139,7 +152,7 @@ mod tests {
         for position in [
             Position::new(1_700_000_000_123, "task-abc"),
             Position::new(-5, ""),
-            Position::new(42, "id:with:colons"),
+            Position::new(42, "id_with-dashes"),
         ] {
             assert_eq!(Position::decode(&position.encode()).unwrap(), position);
         }
@@ -147,10 +160,27 @@ mod tests {
 
     #[test]
     fn a_cursor_the_server_did_not_make_is_refused() {
-        for bad in ["", "!!!", "bm9wZQ", &URL_SAFE_NO_PAD.encode("1:x:y")] {
+        let long = format!("p1.1.{}", "a".repeat(65));
+        for bad in [
+            "",
+            "!!!",
+            "p1.x.y",
+            "p1.1",
+            "p2.1.a",
+            "p1.1.a b",
+            "p1.1234567890123456789.a",
+            &long,
+        ] {
             let err = Position::decode(bad).unwrap_err();
             assert!(matches!(err, RuleError::Invalid(_)), "{bad}: {err:?}");
         }
+    }
+
+    #[test]
+    fn the_pattern_matches_what_decodes() {
+        assert_eq!(CURSOR_PATTERN, r"^p1\.-?[0-9]{1,18}\.[A-Za-z0-9_-]{0,64}$");
+        assert!(Position::decode("p1.-42.").is_ok());
+        assert!(Position::decode("p1.999999999999999999.x-Y_z").is_ok());
     }
 
     #[test]

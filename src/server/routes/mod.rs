@@ -108,12 +108,37 @@ mod tests {
 
     use crate::core::actions::{MAX_ARTIFACTS_PER_UPDATE, MAX_FIELD_LEN, MAX_TEXT_LEN};
     use crate::core::claim::{MAX_TASKS_PER_CLAIM, MAX_WAIT_SECS};
+    use crate::core::diff::{MAX_FILES, MAX_PATCH_BYTES, MAX_REVIEW_COMMENTS};
     use crate::core::plan::MAX_STEPS;
     use crate::core::validate::{
         MAX_ATTEMPTS_LIMIT, MAX_COMMENT_LEN, MAX_DESCRIPTION_LEN, MAX_MESSAGES_PER_BATCH,
         MAX_NAME_LEN, MAX_TITLE_LEN, MAX_URL_LEN,
     };
     use crate::core::workflow::MAX_DEPENDENCIES;
+
+    /// Every `cursor` parameter states the shape `Position::decode` reads.
+    #[test]
+    fn cursors_are_described_as_they_are_read() {
+        let spec = serde_json::to_value(super::spec()).unwrap();
+        let mut described = 0;
+        for (path, item) in spec["paths"].as_object().unwrap() {
+            let Some(get) = item.get("get") else { continue };
+            for param in get["parameters"].as_array().into_iter().flatten() {
+                if param["name"] == "cursor" {
+                    assert_eq!(
+                        param["schema"]["pattern"],
+                        crate::core::page::CURSOR_PATTERN,
+                        "{path}"
+                    );
+                    described += 1;
+                }
+            }
+        }
+        assert_eq!(
+            described, 6,
+            "tasks, workers, messages, comments, artifacts, accounts"
+        );
+    }
 
     /// Bounds written as numbers in `#[schema]` attributes (which take only literals)
     /// must follow the constants the handlers check.
@@ -165,6 +190,16 @@ mod tests {
             ("NewSource", "externalId", "maxLength", json!(MAX_NAME_LEN)),
             ("NewSource", "url", "maxLength", json!(MAX_URL_LEN)),
             ("CommentBody", "body", "maxLength", json!(MAX_COMMENT_LEN)),
+            ("NewDiff", "patch", "maxLength", json!(MAX_PATCH_BYTES)),
+            ("NewDiff", "files", "maxItems", json!(MAX_FILES)),
+            (
+                "ReviewBody",
+                "comments",
+                "maxItems",
+                json!(MAX_REVIEW_COMMENTS),
+            ),
+            ("ReviewComment", "body", "maxLength", json!(MAX_COMMENT_LEN)),
+            ("ReviewBody", "summary", "maxLength", json!(MAX_COMMENT_LEN)),
             ("WorkerUpdate", "branch", "maxLength", json!(MAX_FIELD_LEN)),
             (
                 "WorkerUpdate",
