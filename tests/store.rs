@@ -1670,6 +1670,20 @@ async fn pages_split_tasks_created_in_the_same_millisecond(db: Db) {
     made.sort();
     assert_eq!(got, made);
 
+    // A cursor may name any time: far past and far future pages read as none and all.
+    for (at, expected) in [(-3_007_840_608_283_030, 0), (999_999_999_999_999_999, 30)] {
+        filter.page = PageRequest {
+            after: Some(Position::new(at, "9")),
+            limit: 100,
+        };
+        assert_eq!(db.list_tasks(&filter).await.unwrap().items.len(), expected);
+        let workers = WorkerFilter {
+            page: filter.page.clone(),
+            ..WorkerFilter::default()
+        };
+        db.list_workers(&workers).await.unwrap();
+    }
+
     let counts = db.task_counts(Some(&ws.id), None).await.unwrap();
     assert_eq!(counts.len(), TaskStatus::ALL.len());
     assert!(counts.contains(&(TaskStatus::Pending, 30)));

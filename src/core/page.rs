@@ -9,6 +9,7 @@
 //! place to start, a row's or not, so what the OpenAPI pattern allows is accepted.
 
 use super::RuleError;
+use super::time::{self, Timestamp};
 
 /// The shape of a cursor, as the OpenAPI description states it.
 pub const CURSOR_PATTERN: &str = r"^p1\.-?[0-9]{1,18}\.[A-Za-z0-9_-]{0,64}$";
@@ -29,6 +30,15 @@ pub struct Position {
 impl Position {
     pub fn new(at: i64, id: impl Into<String>) -> Self {
         Position { at, id: id.into() }
+    }
+
+    /// `at` as a time, held within years 1 to 9999: a cursor may name any number, and
+    /// the databases keep narrower ranges than an `i64` of milliseconds. Every stored
+    /// time lies inside, so the held time orders the rows as `at` itself would.
+    pub fn time(&self) -> Timestamp {
+        const YEAR_1: i64 = -62_135_596_800_000;
+        const YEAR_9999_END: i64 = 253_402_300_799_999;
+        time::from_millis(self.at.clamp(YEAR_1, YEAR_9999_END))
     }
 
     /// The cursor clients send back as `cursor=`.
@@ -181,6 +191,22 @@ mod tests {
         assert_eq!(CURSOR_PATTERN, r"^p1\.-?[0-9]{1,18}\.[A-Za-z0-9_-]{0,64}$");
         assert!(Position::decode("p1.-42.").is_ok());
         assert!(Position::decode("p1.999999999999999999.x-Y_z").is_ok());
+    }
+
+    #[test]
+    fn any_cursor_time_stays_in_the_range_databases_keep() {
+        use chrono::Datelike;
+        assert_eq!(Position::new(-3_007_840_608_283_030, "").time().year(), 1);
+        assert_eq!(
+            Position::new(999_999_999_999_999_999, "").time().year(),
+            9999
+        );
+        assert_eq!(
+            Position::new(1_700_000_000_123, "")
+                .time()
+                .timestamp_millis(),
+            1_700_000_000_123
+        );
     }
 
     #[test]

@@ -7,7 +7,6 @@
 
 use super::sql::Arg;
 use crate::core::page::Position;
-use crate::core::time;
 
 /// Which way a list runs through its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,10 +66,7 @@ impl Conditions {
         match key {
             Key::TimeAndId(at, id) => self.push(
                 &format!("({at}, {id}) {op} (?, ?)"),
-                vec![
-                    Arg::Time(Some(time::from_millis(after.at))),
-                    Arg::from(after.id.as_str()),
-                ],
+                vec![Arg::Time(Some(after.time())), Arg::from(after.id.as_str())],
             ),
             Key::Number(at) => self.push(&format!("{at} {op} ?"), vec![Arg::from(after.at)]),
         }
