@@ -100,11 +100,11 @@ async fn pages_counts_and_search(server: &Server) {
     let (_, first) = admin
         .get(&format!("/api/tasks?workspaceId={ws}&limit=1000"))
         .await;
-    let times: Vec<&str> = first["tasks"]
+    let times: Vec<chrono::DateTime<chrono::Utc>> = first["tasks"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| t["createdAt"].as_str().unwrap())
+        .map(|t| t["createdAt"].as_str().unwrap().parse().unwrap())
         .collect();
     assert!(times.windows(2).all(|w| w[0] >= w[1]), "not newest first");
     let (_, empty) = admin.get(&format!("/api/tasks?workspaceId={other}")).await;

@@ -417,7 +417,7 @@ async fn no_account_reaches_another_workspace() {
             Method::POST,
             "/api/workers/{id}/review",
             format!("/api/workers/{w}/review"),
-            json!({"comments": [], "summary": "looks wrong"}),
+            json!({"comments": [{"path": "a.rs", "line": 1, "body": "x"}], "summary": "looks wrong"}),
         ),
         (
             Method::GET,

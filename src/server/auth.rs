@@ -53,7 +53,8 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
 }
 
 impl Caller {
-    /// Who the caller is, for per-caller limits: the account id, or `admin`.
+    /// Who the caller is, for per-caller limits and as an author: the account id, or
+    /// `admin`.
     pub fn name(&self) -> &str {
         match self {
             Caller::Admin => "admin",

@@ -299,13 +299,9 @@ pub async fn comment(
 ) -> ApiResult<(StatusCode, Json<Comment>)> {
     validate::text("body", &body.body, validate::MAX_COMMENT_LEN)?;
     task_for(&state, &caller, Deed::Read, &id).await?;
-    let author = match &caller {
-        Caller::Admin => "admin".to_owned(),
-        Caller::Account(a) => a.id.clone(),
-    };
     let comment = state
         .store
-        .add_comment(&id, &author, &body.body, time::now())
+        .add_comment(&id, caller.name(), &body.body, time::now())
         .await?;
     Ok((StatusCode::CREATED, Json(comment)))
 }

@@ -557,17 +557,13 @@ pub async fn review(
     let now = time::now();
     let followup = workflow::followup(&parent, Some(&worker), &prompt, now)?;
     let followup = state.store.create_task(&followup, None).await?;
-    let author = match &caller {
-        Caller::Admin => "admin".to_owned(),
-        Caller::Account(a) => a.id.clone(),
-    };
     let kept = format!(
         "Review of worker {id}, addressed by {}:\n{prompt}",
         followup.id
     );
     let comment = state
         .store
-        .add_comment(&parent.id, &author, &kept, now)
+        .add_comment(&parent.id, caller.name(), &kept, now)
         .await?;
     Ok((StatusCode::CREATED, Json(Reviewed { comment, followup })))
 }
