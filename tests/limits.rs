@@ -179,6 +179,45 @@ async fn every_reason(server: &Server) {
         .post(&format!("/api/workers/{w}/heartbeat"), json!({}))
         .await;
     assert_eq!(status.as_u16(), 409, "the stopped worker is finished");
+
+    // The terminal shows the same limits and usage, to the account itself.
+    let shown = std::process::Command::new(env!("CARGO_BIN_EXE_buildd"))
+        .args([
+            "account",
+            "show",
+            "--server",
+            &server.url,
+            "--api-key",
+            &budget_key,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    assert!(
+        text.contains("0 of 3") && text.contains("$1.00 of $1.00"),
+        "{text}"
+    );
+    let json = std::process::Command::new(env!("CARGO_BIN_EXE_buildd"))
+        .args([
+            "account",
+            "show",
+            budget_id,
+            "--json",
+            "--server",
+            &server.url,
+            "--api-key",
+            common::ADMIN,
+        ])
+        .output()
+        .unwrap();
+    let json: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["usage"]["costToday"], 1.0, "{json}");
+    assert_eq!(json["maxCostPerDay"], 1.0, "{json}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
