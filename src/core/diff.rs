@@ -234,9 +234,13 @@ pub fn review_prompt(review: &ReviewBody) -> Result<String, RuleError> {
             "a review may carry at most {MAX_REVIEW_COMMENTS} comments"
         )));
     }
-    let mut prompt = String::from(
-        "A reviewer read the change you made on this branch and asks for changes. \
-         Address each comment, then commit.\n",
+    // The first line is the follow-up's title.
+    let n = review.comments.len();
+    let mut prompt = format!(
+        "Address the review of this change ({n} comment{})\n\
+         A reviewer read the change you made on this branch and asks for changes. \
+         Address each comment (file:line: comment), then commit.\n",
+        if n == 1 { "" } else { "s" }
     );
     for (i, c) in review.comments.iter().enumerate() {
         super::validate::text(
@@ -343,6 +347,7 @@ mod tests {
             summary: Some("Nearly there.".into()),
         };
         let prompt = review_prompt(&review).unwrap();
+        assert!(prompt.starts_with("Address the review of this change (2 comments)\n"));
         assert!(prompt.contains("\nsrc/a.rs:12: Handle the error here.\nREADME.md:3: Typo.\n\nOverall: Nearly there."), "{prompt}");
         let empty = ReviewBody {
             comments: vec![],
