@@ -276,19 +276,8 @@ async fn budget_stops_running_workers(server: &Server) {
     assert_eq!(usage["activeWorkers"], 0, "{usage}");
     assert!(usage["costToday"].as_f64().unwrap() >= 1.0, "{usage}");
     // And it claims nothing more today: the tasks wait in the queue.
-    let log = wait_until_logged(&agent, "daily_budget").await;
+    let log = agent.logged("daily_budget").await;
     assert!(log.contains("nothing to claim"), "{log}");
-}
-
-async fn wait_until_logged(agent: &common::agent::Agent, text: &str) -> String {
-    for _ in 0..200 {
-        let log = agent.log();
-        if log.contains(text) {
-            return log;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the agent never logged {text}:\n{}", agent.log());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -89,10 +89,7 @@ pub fn limit_reached(
     active_workers: i64,
     cost_today: f64,
 ) -> Option<EmptyClaim> {
-    if account
-        .max_cost_per_day
-        .is_some_and(|limit| cost_today >= limit)
-    {
+    if budget_spent(account, cost_today) {
         Some(EmptyClaim::DailyBudget)
     } else if active_workers >= concurrency_cap(account) {
         Some(EmptyClaim::ConcurrencyLimit)
@@ -104,13 +101,21 @@ pub fn limit_reached(
 /// Why the account's running workers must stop, once its workers started today have
 /// cost its `maxCostPerDay` (claims stop at the same line, [`limit_reached`]).
 pub fn over_budget(account: &Account, cost_today: f64) -> Option<String> {
-    let limit = account.max_cost_per_day?;
-    (cost_today >= limit).then(|| {
+    budget_spent(account, cost_today).then(|| {
         format!(
-            "account {} reached its maxCostPerDay of ${limit:.2} today (${cost_today:.2} spent)",
-            account.id
+            "account {} reached its maxCostPerDay of ${:.2} today (${cost_today:.2} spent)",
+            account.id,
+            account.max_cost_per_day.unwrap_or_default()
         )
     })
+}
+
+/// Whether what the account's workers started today have cost reaches its
+/// `maxCostPerDay`: the one line claims stop at and running workers are stopped at.
+fn budget_spent(account: &Account, cost_today: f64) -> bool {
+    account
+        .max_cost_per_day
+        .is_some_and(|limit| cost_today >= limit)
 }
 
 /// Why a claim took no task: the `reason` of an empty claim answer.
@@ -187,7 +192,7 @@ pub struct Backlog {
     /// Pending tasks it may take (routed to it, not held for another account).
     pub takeable: bool,
     /// Pending tasks routed to it, held for another account's follow-up or not.
-    pub held: bool,
+    pub routed: bool,
     /// Pending tasks of any runner preference.
     pub pending: bool,
     /// Tasks `blocked` or `planned`.
@@ -201,7 +206,7 @@ pub fn why_empty(backlog: &Backlog) -> EmptyClaim {
         EmptyClaim::NoGrant
     } else if backlog.takeable {
         EmptyClaim::Contended
-    } else if backlog.held {
+    } else if backlog.routed {
         EmptyClaim::HeldForFollowup
     } else if backlog.pending {
         EmptyClaim::OtherRunners
@@ -342,7 +347,7 @@ mod tests {
         let full = Backlog {
             granted: true,
             takeable: true,
-            held: true,
+            routed: true,
             pending: true,
             waiting: true,
         };
@@ -366,7 +371,7 @@ mod tests {
             (
                 Backlog {
                     takeable: false,
-                    held: false,
+                    routed: false,
                     ..full
                 },
                 EmptyClaim::OtherRunners,

@@ -144,13 +144,6 @@ impl<T> Page<T> {
     pub fn next_cursor(&self) -> Option<String> {
         self.next.as_ref().map(Position::encode)
     }
-
-    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
-        Page {
-            items: self.items.into_iter().map(f).collect(),
-            next: self.next,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1167,7 +1167,7 @@ impl<B: Backend> Store for SqlStore<B> {
         let routed = "runner_preference IN ($2, $3)";
         let flag = |condition: String| format!("CASE WHEN EXISTS ({condition}) THEN 1 ELSE 0 END");
         let sql = format!(
-            "SELECT {granted}, {takeable}, {held}, {pending}, {waiting}",
+            "SELECT {granted}, {takeable}, {routed}, {pending}, {waiting}",
             granted = flag(
                 "SELECT 1 FROM account_workspaces WHERE account_id = $1 AND can_claim \
                  AND (CAST($4 AS TEXT) IS NULL OR workspace_id = $4)"
@@ -1178,7 +1178,7 @@ impl<B: Backend> Store for SqlStore<B> {
                  AND (preferred_account_id IS NULL OR preferred_account_id = $1 \
                       OR preferred_until <= $5)"
             )),
-            held = flag(format!(
+            routed = flag(format!(
                 "SELECT 1 FROM tasks WHERE status = 'pending' AND {workspaces} AND {routed}"
             )),
             pending = flag(format!(
@@ -1200,7 +1200,7 @@ impl<B: Backend> Store for SqlStore<B> {
                 Ok(Backlog {
                     granted: r.get::<i64>()? == 1,
                     takeable: r.get::<i64>()? == 1,
-                    held: r.get::<i64>()? == 1,
+                    routed: r.get::<i64>()? == 1,
                     pending: r.get::<i64>()? == 1,
                     waiting: r.get::<i64>()? == 1,
                 })

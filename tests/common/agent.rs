@@ -273,13 +273,19 @@ impl Agent {
 
     /// Waits until the agent has checked its key and checkout and is about to claim.
     pub async fn ready(&self) {
-        for _ in 0..400 {
-            if self.log().contains("agent ready") {
-                return;
+        self.logged("agent ready").await;
+    }
+
+    /// Waits (up to 20 s) until the agent's log holds `text`, and returns the log.
+    pub async fn logged(&self, text: &str) -> String {
+        for _ in 0..800 {
+            let log = self.log();
+            if log.contains(text) {
+                return log;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("the agent did not get ready; its log:\n{}", self.log());
+        panic!("the agent never logged {text:?}; its log:\n{}", self.log());
     }
 
     pub fn pid(&self) -> i32 {

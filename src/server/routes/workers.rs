@@ -73,24 +73,19 @@ pub async fn claim(
     }))
 }
 
-/// Why a claim of `account` took nothing: its limits as they are now, else what the
-/// queue holds for it.
+/// Why a claim of `account` took nothing: its limits (the account was read for this
+/// request), else what the queue holds for it.
 async fn why_empty(
     state: &AppState,
     account: &Account,
     request: &ClaimRequest,
 ) -> ApiResult<EmptyClaim> {
     let now = time::now();
-    let current = state
-        .store
-        .get_account(&account.id)
-        .await?
-        .unwrap_or_else(|| account.clone());
     let usage = state.store.usage(&account.id, &time::utc_day(now)).await?;
-    if let Some(limit) = claim::limit_reached(&current, usage.active_workers, usage.cost_usd) {
+    if let Some(limit) = claim::limit_reached(account, usage.active_workers, usage.cost_usd) {
         return Ok(limit);
     }
-    let backlog = state.store.backlog(&current, request, now).await?;
+    let backlog = state.store.backlog(account, request, now).await?;
     Ok(claim::why_empty(&backlog))
 }
 
