@@ -13,7 +13,7 @@ use buildd::core::lease::Cutoffs;
 use buildd::core::model::*;
 use buildd::core::page::{PageRequest, Position};
 use buildd::core::time::{self, Timestamp};
-use buildd::store::{ClaimRequest, Store, TaskFilter, WorkerFilter};
+use buildd::store::{ClaimRequest, Claimed, Store, TaskFilter, WorkerFilter};
 use chrono::Duration;
 use serde_json::json;
 
@@ -71,6 +71,8 @@ store_suite!(
     instructions_reach_the_worker_once,
     pages_split_tasks_created_in_the_same_millisecond,
     a_runs_diff_is_kept_and_replaced_whole,
+    a_workers_token_lives_as_long_as_the_worker,
+    a_subtasks_parent_is_a_task_of_its_workspace,
 );
 
 type Db = Arc<dyn Store>;
@@ -153,6 +155,9 @@ async fn claim_at(db: &Db, a: &Account, max_tasks: u32, now: Timestamp) -> Vec<(
     )
     .await
     .unwrap()
+    .into_iter()
+    .map(|c| (c.worker, c.task))
+    .collect()
 }
 
 async fn set_status(
@@ -1106,7 +1111,7 @@ async fn usage_counters_match_the_rows_after_random_operations(db: Db) {
                     workspace_id: None,
                 };
                 let got = db.claim(a, &request, now).await.unwrap();
-                workers.extend(got.into_iter().map(|(w, _)| w.id));
+                workers.extend(got.into_iter().map(|c| c.worker.id));
                 Ok(())
             }
             _ => {
@@ -1214,7 +1219,11 @@ async fn dependent(db: &Db, ws: &Workspace, title: &str, deps: &[&Task]) -> Task
 
 /// Claims `task` for `a` and takes its worker to `status`.
 async fn run_to(db: &Db, a: &Account, task: &Task, status: WorkerStatus) -> Worker {
-    let (worker, _) = db.claim_task(a, &task.id, time::now()).await.unwrap();
+    let worker = db
+        .claim_task(a, &task.id, time::now())
+        .await
+        .unwrap()
+        .worker;
     for s in [WorkerStatus::Starting, WorkerStatus::Running] {
         set_status(db, &worker.id, s, None).await;
     }
@@ -1444,7 +1453,11 @@ async fn approving_a_plan_makes_its_steps_once(db: Db) {
     let task = db.create_task(&task, None).await.unwrap();
     let err = db.approve(&task.id, None, time::now()).await.unwrap_err();
     assert!(err.to_string().contains("not planned"), "{err}");
-    let (worker, _) = db.claim_task(&a, &task.id, time::now()).await.unwrap();
+    let worker = db
+        .claim_task(&a, &task.id, time::now())
+        .await
+        .unwrap()
+        .worker;
     for s in [WorkerStatus::Starting, WorkerStatus::Running] {
         set_status(&db, &worker.id, s, None).await;
     }
@@ -1513,7 +1526,7 @@ async fn explicit_claims_follow_the_rules_of_a_claim(db: Db) {
     );
     let one = new_task(&db, &ws, RunnerPreference::Any, 0, 3).await;
     let two = new_task(&db, &ws, RunnerPreference::Any, 9, 3).await;
-    let (worker, task) = db.claim_task(&a, &one.id, time::now()).await.unwrap();
+    let Claimed { worker, task, .. } = db.claim_task(&a, &one.id, time::now()).await.unwrap();
     assert_eq!(
         (task.id.as_str(), task.status),
         (one.id.as_str(), TaskStatus::Assigned)
@@ -1757,4 +1770,92 @@ async fn a_runs_diff_is_kept_and_replaced_whole(db: Db) {
         db.get_diff(&worker.id).await.unwrap().unwrap().change,
         smaller
     );
+}
+
+async fn a_workers_token_lives_as_long_as_the_worker(db: Db) {
+    let a = account(AccountType::Service, 5, None);
+    new_account(&db, &a).await;
+    let ws = new_workspace(&db).await;
+    grant(&db, &a, &ws, true).await;
+    let first = new_task(&db, &ws, RunnerPreference::Any, 0, 3).await;
+    let second = new_task(&db, &ws, RunnerPreference::Any, 0, 3).await;
+    let request = ClaimRequest {
+        max_tasks: 1,
+        workspace_id: None,
+    };
+    let claimed = db.claim(&a, &request, time::now()).await.unwrap();
+    let explicit = db.claim_task(&a, &second.id, time::now()).await.unwrap();
+    for Claimed { worker, token, .. } in claimed.iter().chain([&explicit]) {
+        assert!(keys::looks_like_worker_token(token), "{token}");
+        let found = db
+            .worker_by_token_hash(&keys::hash_key(token))
+            .await
+            .unwrap();
+        assert_eq!(found.map(|w| w.id), Some(worker.id.clone()));
+    }
+    assert_ne!(claimed[0].token, explicit.token);
+    assert_eq!(claimed[0].task.id, first.id);
+    // Nothing stores the token itself.
+    let unknown = db.worker_by_token_hash(&claimed[0].token).await.unwrap();
+    assert!(unknown.is_none());
+
+    // The run's progress line shows on its worker and its task.
+    let update = WorkerUpdate {
+        progress: Some("Tests pass; docs next".into()),
+        ..WorkerUpdate::default()
+    };
+    let worker_id = &claimed[0].worker.id;
+    db.apply(worker_id, Action::update(update), time::now())
+        .await
+        .unwrap();
+    let progress = Some("Tests pass; docs next".to_owned());
+    let worker = db.get_worker(worker_id).await.unwrap().unwrap();
+    assert_eq!(worker.progress, progress);
+    assert_eq!(
+        db.get_task(&first.id).await.unwrap().unwrap().progress,
+        progress
+    );
+
+    // Paused, the worker keeps its token; ended, it loses it.
+    let token = keys::hash_key(&claimed[0].token);
+    set_status(&db, worker_id, WorkerStatus::Starting, None).await;
+    set_status(&db, worker_id, WorkerStatus::Running, None).await;
+    db.apply(worker_id, Action::Pause, time::now())
+        .await
+        .unwrap();
+    assert!(db.worker_by_token_hash(&token).await.unwrap().is_some());
+    db.apply(worker_id, Action::Start, time::now())
+        .await
+        .unwrap();
+    set_status(&db, worker_id, WorkerStatus::Running, None).await;
+    set_status(&db, worker_id, WorkerStatus::Completed, None).await;
+    assert!(db.worker_by_token_hash(&token).await.unwrap().is_none());
+    let other = keys::hash_key(&explicit.token);
+    assert!(db.worker_by_token_hash(&other).await.unwrap().is_some());
+    set_status(&db, &explicit.worker.id, WorkerStatus::Error, None).await;
+    assert!(db.worker_by_token_hash(&other).await.unwrap().is_none());
+}
+
+async fn a_subtasks_parent_is_a_task_of_its_workspace(db: Db) {
+    let ws = new_workspace(&db).await;
+    let elsewhere = new_workspace(&db).await;
+    let parent = dependent(&db, &ws, "parent", &[]).await;
+    let foreign = dependent(&db, &elsewhere, "foreign", &[]).await;
+    for wrong in ["task-nope", foreign.id.as_str()] {
+        let task = Task {
+            parent_id: Some(wrong.into()),
+            ..Task::new(ws.id.clone(), "t", time::now())
+        };
+        let err = db.create_task(&task, None).await.unwrap_err();
+        assert!(err.to_string().contains("parentId"), "{err}");
+        assert!(db.get_task(&task.id).await.unwrap().is_none());
+    }
+    let child = Task {
+        parent_id: Some(parent.id.clone()),
+        ..Task::new(ws.id.clone(), "child", time::now())
+    };
+    db.create_task(&child, None).await.unwrap();
+    let links = db.task_links(&parent.id).await.unwrap();
+    assert_eq!(links.children.len(), 1);
+    assert_eq!(links.children[0].id, child.id);
 }

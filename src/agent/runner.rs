@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use serde_json::Value;
 use tokio::process::Command;
 
+use crate::core::messages::QUESTION_MARKER;
+
 /// One run of a runner: a task's first run, or a later one carrying on its session.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
@@ -77,9 +79,6 @@ pub trait Runner: Send + Sync {
         "Carry on with the task where you stopped."
     }
 }
-
-/// The line that marks a question, in the agent's instructions to the runner.
-pub const QUESTION_MARKER: &str = "QUESTION:";
 
 /// What the agent tells a runner about working unattended, so that it knows how to
 /// ask a person something.

@@ -213,6 +213,10 @@ pub struct NewTask {
     /// work. Default `run`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<TaskMode>,
+    /// The task (of the same workspace) this one is a part of: it is listed among
+    /// that task's `children`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<String>,
 }
 
 /// Where a new task came from, e.g. `{"type": "github_issue", "externalId":
@@ -470,10 +474,17 @@ pub struct NewWorker {
 
 /// A new worker with the task it holds.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ClaimedWorker {
     #[serde(flatten)]
     pub worker: Worker,
     pub task: Task,
+    /// The worker's own token (`buildd_worker_…`), shown this once: for the run, not
+    /// the agent. It opens only the run's own tools at `/mcp` (`report_progress`,
+    /// `add_artifact`, `create_subtask`, `get_task`) and stops working when the
+    /// worker ends.
+    #[schema(pattern = r"^buildd_worker_[0-9A-Za-z]+$")]
+    pub worker_token: String,
 }
 
 /// `GET /api/workers` query.

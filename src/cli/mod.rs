@@ -10,7 +10,6 @@ mod paths;
 mod review;
 mod serve;
 mod task;
-mod transcript;
 mod workspace;
 
 use std::process::ExitCode;

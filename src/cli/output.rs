@@ -70,6 +70,13 @@ pub fn message_text(message: &Value) -> String {
     message.to_string()
 }
 
+/// Whether standard output should be coloured: a terminal, and `NO_COLOR` unset or
+/// empty (<https://no-color.org>).
+pub fn colour_wanted() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use super::output;
-use super::transcript::colour_wanted;
+use super::output::colour_wanted;
 use crate::api::{Diff, ReviewBody, ReviewComment, Worker};
 use crate::client::Client;
 

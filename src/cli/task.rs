@@ -6,9 +6,9 @@ use chrono::Utc;
 use clap::Subcommand;
 use serde::Serialize;
 
+use super::output::colour_wanted;
 use super::output::{self, message_text, or_dash};
 use super::review;
-use super::transcript::{self, Transcript};
 use crate::api::{
     ApproveBody, Message, NewTask, ReviewComment, RunnerPreference, Task, TaskMode, TaskQuery,
     TaskRef, TaskStatus, Worker,
@@ -16,6 +16,7 @@ use crate::api::{
 use crate::client::Client;
 use crate::core::events::EventData;
 use crate::core::page::MAX_LIMIT;
+use crate::core::transcript::{Transcript, attempt_header};
 
 #[derive(Subcommand)]
 pub enum TaskCommand {
@@ -507,7 +508,7 @@ async fn watch(client: &Client, json: bool, id: &str) -> Result<(), String> {
         println!("{id}: {status}");
     }
     let mut workers: Vec<String> = current.worker_id.into_iter().collect();
-    let mut transcript = Transcript::new(transcript::colour_wanted());
+    let mut transcript = Transcript::new(colour_wanted());
     // A plan task's run ends at `planned`, waiting for a person.
     while !status.is_terminal() && status != TaskStatus::Planned {
         let event = stream.next().await.map_err(fail)?;
@@ -580,7 +581,7 @@ async fn logs(client: &Client, json: bool, id: &str, follow: bool) -> Result<(),
         ),
         false => None,
     };
-    let colour = !json && transcript::colour_wanted();
+    let colour = !json && colour_wanted();
     // Per worker: the last message shown, and its transcript's state.
     let mut read: Vec<(String, i64, Transcript)> = Vec::new();
     let mut all = Vec::new();
@@ -593,13 +594,7 @@ async fn logs(client: &Client, json: bool, id: &str, follow: bool) -> Result<(),
                 Some(at) => at,
                 None => {
                     if !json {
-                        println!(
-                            "── {} · attempt {} · {} · ${:.2} ──",
-                            worker.id,
-                            attempt + 1,
-                            worker.status,
-                            worker.cost_usd
-                        );
+                        println!("{}", attempt_header(worker, attempt + 1));
                     }
                     read.push((worker.id.clone(), 0, Transcript::new(colour)));
                     read.len() - 1

@@ -17,6 +17,8 @@ use super::time::{self, Timestamp};
 pub const MAX_TEXT_LEN: usize = 64 * 1024;
 /// The longest short field (session id, branch, commit, PR URL).
 pub const MAX_FIELD_LEN: usize = 2048;
+/// The longest progress line: a status line, not a report.
+pub const MAX_PROGRESS_LEN: usize = 500;
 
 /// What a worker's owner may report, all optional (`PATCH /api/workers/:id`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -50,10 +52,21 @@ pub struct WorkerUpdate {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
-    /// Further artifacts, such as the files the run changed.
+    /// Further artifacts, such as the files the run changed. A `link` is an
+    /// `http(s)` URL.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(max_items = 1000)]
     pub artifacts: Vec<Artifact>,
+    /// A short status line for people watching (the run's `report_progress`); shown
+    /// on the worker and on its task. Runs of blanks, line breaks included, become
+    /// one space.
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\x00]*[^\s\x00][^\x00]*$"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
 }
 
 /// The most artifacts one update may carry.
@@ -407,6 +420,30 @@ fn check_field(name: &str, value: &Option<String>, max: usize) -> Result<(), Rul
     }
 }
 
+/// A progress line as kept: blanks (line breaks included) folded into single spaces,
+/// not empty, at most [`MAX_PROGRESS_LEN`] characters.
+pub fn progress_line(text: &str) -> Result<String, RuleError> {
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.is_empty() {
+        return Err(RuleError::Invalid("progress must not be empty".into()));
+    }
+    let length = line.chars().count();
+    if length > MAX_PROGRESS_LEN {
+        return Err(RuleError::Invalid(format!(
+            "progress is one short status line: at most {MAX_PROGRESS_LEN} characters, \
+             not {length}"
+        )));
+    }
+    Ok(line)
+}
+
+/// Whether `value` is an absolute `http(s)` URL with a host, the only links buildd
+/// records (a dashboard makes them clickable).
+fn is_web_link(value: &str) -> bool {
+    url::Url::parse(value)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+}
+
 fn update_worker(
     task: &mut Task,
     worker: &mut Worker,
@@ -439,7 +476,17 @@ fn update_worker(
                 "an artifact's value must be 1 to {MAX_FIELD_LEN} characters"
             )));
         }
+        if a.kind == ArtifactKind::Link && !is_web_link(&a.value) {
+            return Err(RuleError::Invalid(format!(
+                "a link artifact must be an http:// or https:// URL, not {:?}",
+                a.value
+            )));
+        }
     }
+    let progress = match update.progress {
+        Some(line) => Some(progress_line(&line)?),
+        None => None,
+    };
     if let Some(to) = update.status
         && to != worker.status
         && !can_move(worker.status, to)
@@ -484,6 +531,13 @@ fn update_worker(
     worker.pr_url = update.pr_url.or(worker.pr_url.take());
     worker.question = update.question.or(worker.question.take());
     worker.error = update.error.or(worker.error.take());
+    if let Some(line) = progress {
+        // The task shows its current run's line only.
+        if task.worker_id.as_deref() == Some(worker.id.as_str()) {
+            task.progress = Some(line.clone());
+        }
+        worker.progress = Some(line);
+    }
     if let Some(result) = update.result {
         task.result = Some(result);
     }
@@ -648,7 +702,7 @@ mod tests {
             github_repo: None,
             created_at: now,
         };
-        let (worker, _) = assign(&mut task, &account, now);
+        let worker = assign(&mut task, &account, now).worker;
         (task, worker)
     }
 
@@ -684,6 +738,73 @@ mod tests {
         assert_eq!(task.result, Some(json!({"summary": "ok"})));
         assert!(worker.finished_at.is_some());
         assert_eq!(out.events.len(), 2);
+    }
+
+    #[test]
+    fn a_progress_line_shows_on_the_worker_and_its_current_task() {
+        let (mut task, mut worker) = claimed(3);
+        let now = time::now();
+        let report = |line: &str| {
+            Action::update(WorkerUpdate {
+                progress: Some(line.into()),
+                ..WorkerUpdate::default()
+            })
+        };
+        let out = apply(
+            report("  Tests pass;\n\tnow the docs "),
+            &mut task,
+            Some(&mut worker),
+            now,
+        )
+        .unwrap();
+        assert_eq!(worker.progress.as_deref(), Some("Tests pass; now the docs"));
+        assert_eq!(task.progress, worker.progress);
+        // The task changed, so people watching the task hear of it too.
+        assert_eq!(out.events.len(), 2);
+        for bad in ["", " \n ", &"x".repeat(MAX_PROGRESS_LEN + 1)] {
+            let err = apply(report(bad), &mut task, Some(&mut worker), now).unwrap_err();
+            assert!(matches!(err, RuleError::Invalid(_)), "{bad:?}: {err}");
+        }
+        assert_eq!(worker.progress.as_deref(), Some("Tests pass; now the docs"));
+        // A run whose task moved on to another attempt keeps its line to itself.
+        task.worker_id = Some("wrk-next".into());
+        apply(report("late"), &mut task, Some(&mut worker), now).unwrap();
+        assert_eq!(worker.progress.as_deref(), Some("late"));
+        assert_eq!(task.progress.as_deref(), Some("Tests pass; now the docs"));
+    }
+
+    #[test]
+    fn links_are_web_urls() {
+        let (mut task, mut worker) = claimed(3);
+        let now = time::now();
+        let link = |value: &str| {
+            Action::update(WorkerUpdate {
+                artifacts: vec![Artifact {
+                    kind: ArtifactKind::Link,
+                    value: value.into(),
+                }],
+                ..WorkerUpdate::default()
+            })
+        };
+        let out = apply(
+            link("https://ci.example.com/runs/7"),
+            &mut task,
+            Some(&mut worker),
+            now,
+        )
+        .unwrap();
+        assert_eq!(out.artifacts[0].kind, ArtifactKind::Link);
+        for bad in [
+            "javascript:alert(1)",
+            "ci.example.com/runs/7",
+            "file:///etc/passwd",
+        ] {
+            let err = apply(link(bad), &mut task, Some(&mut worker), now).unwrap_err();
+            assert!(
+                err.to_string().contains("http:// or https://"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::RuleError;
 use super::events::Event;
 use super::ids::{IdKind, new_id};
+use super::keys;
 use super::model::{
     Account, AccountType, Grant, RunnerPreference, Task, TaskStatus, Worker, WorkerStatus,
 };
@@ -268,9 +269,21 @@ pub fn check_explicit(
     Ok(())
 }
 
+/// A task handed to an account.
+#[derive(Debug)]
+pub struct Assignment {
+    /// The worker that carries the attempt, born `idle` with a fresh lease.
+    pub worker: Worker,
+    /// The worker's token ([`keys::new_worker_token`]) in plain text: the claim's
+    /// answer shows it to the agent once, and the store keeps only its digest.
+    pub token: String,
+    pub events: Vec<Event>,
+}
+
 /// Hands `task` to `account`: the task becomes `assigned` with one more attempt
-/// counted, and the worker that will carry the attempt is born `idle` with a fresh lease.
-pub fn assign(task: &mut Task, account: &Account, now: Timestamp) -> (Worker, Vec<Event>) {
+/// counted (and the progress line of an earlier attempt cleared), and the worker that
+/// will carry the attempt is born `idle` with a fresh lease and a token of its own.
+pub fn assign(task: &mut Task, account: &Account, now: Timestamp) -> Assignment {
     let worker = Worker {
         id: new_id(IdKind::Worker),
         task_id: task.id.clone(),
@@ -285,6 +298,7 @@ pub fn assign(task: &mut Task, account: &Account, now: Timestamp) -> (Worker, Ve
         pr_url: None,
         question: None,
         error: None,
+        progress: None,
         started_at: now,
         heartbeat_at: now,
         finished_at: None,
@@ -296,8 +310,13 @@ pub fn assign(task: &mut Task, account: &Account, now: Timestamp) -> (Worker, Ve
     task.claimed_by = Some(account.id.clone());
     task.worker_id = Some(worker.id.clone());
     task.claimed_at = Some(now);
+    task.progress = None;
     let events = vec![Event::task_updated(task), Event::worker_updated(&worker)];
-    (worker, events)
+    Assignment {
+        worker,
+        token: keys::new_worker_token(),
+        events,
+    }
 }
 
 #[cfg(test)]
@@ -505,8 +524,15 @@ mod tests {
     fn assigning_counts_an_attempt_and_links_both_ways() {
         let now = time::now();
         let mut task = pending_task(RunnerPreference::Any);
-        let (worker, events) = assign(&mut task, &account(1, None), now);
+        task.progress = Some("an earlier attempt's line".into());
+        let Assignment {
+            worker,
+            token,
+            events,
+        } = assign(&mut task, &account(1, None), now);
         assert_eq!(task.status, TaskStatus::Assigned);
+        assert_eq!(task.progress, None);
+        assert!(keys::looks_like_worker_token(&token));
         assert_eq!(task.attempts, 1);
         assert_eq!(task.worker_id.as_deref(), Some(worker.id.as_str()));
         assert_eq!(worker.status, WorkerStatus::Idle);

@@ -1,7 +1,9 @@
-//! Account keys and the admin token.
+//! Account keys, worker tokens and the admin token.
 //!
 //! A key is shown once, when its account is made, and only its SHA-256 digest is
-//! stored. Keys carry 190 random bits, so a fast digest is enough: nobody can guess
+//! stored. So is a worker token: the claim that makes a worker hands it to the agent,
+//! which gives it to that worker's run, and it opens only the run's own tools at
+//! `/mcp` until the worker ends. Keys carry 190 random bits, so a fast digest is enough: nobody can guess
 //! their way back from it, and lookups stay one indexed equality per request.
 
 use rand::RngExt;
@@ -29,6 +31,17 @@ pub fn new_account_key(account_type: AccountType) -> String {
 /// account key.
 pub fn new_admin_token() -> String {
     format!("buildd_admin_{}", random_secret())
+}
+
+/// A new worker token, `buildd_worker_<random>`. `worker` is no account type, so a
+/// worker token is never mistaken for an account key.
+pub fn new_worker_token() -> String {
+    format!("buildd_worker_{}", random_secret())
+}
+
+/// Whether `token` has the shape of a worker token.
+pub fn looks_like_worker_token(token: &str) -> bool {
+    token.starts_with("buildd_worker_")
 }
 
 /// Whether `token` has the shape of an account key (any other bearer token can only
@@ -65,6 +78,11 @@ mod tests {
         assert_eq!(hash_key(&key), hash_key(&key));
         assert_eq!(hash_key(&key).len(), 64);
         assert!(!hash_key(&key).contains(&key));
+        let token = new_worker_token();
+        assert!(looks_like_worker_token(&token));
+        assert!(!looks_like_account_key(&token));
+        assert!(!looks_like_worker_token(&key));
+        assert_ne!(token, new_worker_token());
     }
 
     #[test]

@@ -9,6 +9,10 @@
 
 use serde_json::{Value, json};
 
+/// The line that marks a question: the agent tells runners to end their final message
+/// with `QUESTION: …` to ask a person something, and transcripts mark such lines.
+pub const QUESTION_MARKER: &str = "QUESTION:";
+
 /// The `type` of the message a person's answer to a worker's question is stored as,
 /// in the worker's stream beside the runner's own.
 pub const USER_REPLY: &str = "user_reply";

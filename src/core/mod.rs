@@ -19,6 +19,7 @@ pub mod page;
 pub mod plan;
 pub mod policy;
 pub mod time;
+pub mod transcript;
 pub mod validate;
 pub mod version;
 pub mod workflow;

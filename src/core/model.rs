@@ -39,6 +39,21 @@ macro_rules! string_enum {
 
         impl utoipa::ToSchema for $name {}
 
+        /// One of the names, as MCP tools' input schemas state it.
+        impl schemars::JsonSchema for $name {
+            fn inline_schema() -> bool {
+                true
+            }
+
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({ "type": "string", "enum": [$($text),+] })
+            }
+        }
+
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(self.as_str())
@@ -112,7 +127,13 @@ string_enum!(
 
 string_enum!(
     /// What a worker produced.
-    ArtifactKind { Branch = "branch", Commit = "commit", Pr = "pr", File = "file" }
+    ArtifactKind {
+        Branch = "branch",
+        Commit = "commit",
+        Pr = "pr",
+        File = "file",
+        Link = "link",
+    }
 );
 
 impl TaskStatus {
@@ -222,6 +243,8 @@ pub struct Task {
     pub error: Option<String>,
     /// What a person asked to change in the plan, for the next planning run.
     pub feedback: Option<String>,
+    /// The latest status line its current run reported (`report_progress`).
+    pub progress: Option<String>,
 }
 
 /// Another task as a task's page names it: a dependency or a child.
@@ -265,6 +288,8 @@ pub struct Worker {
     pub pr_url: Option<String>,
     pub question: Option<String>,
     pub error: Option<String>,
+    /// The latest status line the run reported (`report_progress`).
+    pub progress: Option<String>,
     pub started_at: DateTime<Utc>,
     pub heartbeat_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -281,7 +306,8 @@ pub struct Worker {
 #[serde(rename_all = "camelCase")]
 pub struct Artifact {
     pub kind: ArtifactKind,
-    /// The branch name, commit SHA, pull request URL or file path.
+    /// The branch name, commit SHA, pull request URL, file path, or a link's
+    /// `http(s)` URL.
     #[schema(
         min_length = 1,
         max_length = 2048,
@@ -368,6 +394,7 @@ impl Task {
             preferred_until: None,
             error: None,
             feedback: None,
+            progress: None,
         }
     }
 }

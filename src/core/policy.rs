@@ -6,7 +6,7 @@
 //! the grant and the worker; the decision is made here, so it can be read, and
 //! tested, in one place.
 
-use super::model::{Account, Grant};
+use super::model::{Account, Grant, Task};
 
 /// Who is asking.
 #[derive(Debug, Clone, Copy)]
@@ -116,6 +116,24 @@ pub fn check(actor: Actor, deed: Deed, target: Target) -> Result<(), Denied> {
         ) => in_workspace(account, deed, grant, workspace),
         (deed, Target::Workspace { id, grant }) => in_workspace(account, deed, grant, id),
     }
+}
+
+/// What a run, calling with its worker token, may read: its own task, the tasks that
+/// task depends on (their outcomes feed it) and its subtasks. Everything else a run
+/// may do concerns its own worker, which the token names, or acts as its account
+/// (creating a subtask needs the account's `canCreate`), so it needs no rule here.
+pub fn run_may_read(own: &Task, target: &Task) -> Result<(), Denied> {
+    if target.id == own.id
+        || own.depends_on.contains(&target.id)
+        || target.parent_id.as_deref() == Some(own.id.as_str())
+    {
+        return Ok(());
+    }
+    Err(Denied(format!(
+        "a run may read only its own task {}, the tasks it depends on and its subtasks; \
+         {} is none of them",
+        own.id, target.id
+    )))
 }
 
 /// What an account's grant lets it do in the workspace `workspace`.
@@ -249,6 +267,28 @@ mod tests {
         };
         assert_eq!(check(Actor::Account(&a), Deed::Read, ungranted), Ok(()));
         assert!(check(Actor::Account(&b), Deed::Read, ungranted).is_err());
+    }
+
+    #[test]
+    fn a_run_reads_its_task_its_dependencies_and_its_subtasks_only() {
+        let now = time::now();
+        let dependency = Task::new("ws-1".into(), "dep", now);
+        let own = Task {
+            depends_on: vec![dependency.id.clone()],
+            ..Task::new("ws-1".into(), "own", now)
+        };
+        let subtask = Task {
+            parent_id: Some(own.id.clone()),
+            ..Task::new("ws-1".into(), "sub", now)
+        };
+        let sibling = Task::new("ws-1".into(), "other", now);
+        for readable in [&own, &dependency, &subtask] {
+            assert_eq!(run_may_read(&own, readable), Ok(()), "{}", readable.title);
+        }
+        let denied = run_may_read(&own, &sibling).unwrap_err();
+        assert!(denied.0.contains(&sibling.id), "{denied}");
+        // Nor does a dependency see the task waiting on it.
+        assert!(run_may_read(&dependency, &own).is_err());
     }
 
     #[test]

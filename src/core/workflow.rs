@@ -19,6 +19,10 @@ pub const MAX_DEPENDENCIES: usize = 100;
 /// holds the session to resume) before any account may claim it.
 pub const FOLLOWUP_PREFERENCE: Duration = Duration::seconds(120);
 
+/// The most subtasks a run may give its task (`create_subtask`): enough to split
+/// work as a plan would, few enough that a run gone astray cannot flood the queue.
+pub const MAX_SUBTASKS: usize = 50;
+
 /// One dependency as the rules need it: its id and where it stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dependency {
@@ -187,6 +191,19 @@ fn followup_title(message: &str) -> String {
     format!("Follow-up: {title}")
 }
 
+/// Whether a run may give `parent` one more subtask, `parent` having `children`
+/// already (its plan's steps and follow-ups count too).
+pub fn subtask_room(parent: &Task, children: usize) -> Result<(), RuleError> {
+    if children >= MAX_SUBTASKS {
+        return Err(RuleError::Conflict(format!(
+            "task {} has {children} subtasks already; a run may give its task at most \
+             {MAX_SUBTASKS}",
+            parent.id
+        )));
+    }
+    Ok(())
+}
+
 /// Whether `account_id` may claim `task` now, as far as a follow-up's preference goes.
 pub fn preference_allows(task: &Task, account_id: &str, now: Timestamp) -> bool {
     match (&task.preferred_account_id, task.preferred_until) {
@@ -198,6 +215,16 @@ pub fn preference_allows(task: &Task, account_id: &str, now: Timestamp) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_may_split_its_task_so_far() {
+        let parent = task();
+        assert!(subtask_room(&parent, 0).is_ok());
+        assert!(subtask_room(&parent, MAX_SUBTASKS - 1).is_ok());
+        let err = subtask_room(&parent, MAX_SUBTASKS).unwrap_err();
+        assert!(matches!(err, RuleError::Conflict(_)), "{err}");
+        assert!(err.to_string().contains("at most 50"), "{err}");
+    }
     use crate::core::time;
 
     fn dep(id: &str, status: TaskStatus) -> Dependency {
@@ -333,7 +360,7 @@ mod tests {
                 &crate::core::model::Account::new(crate::core::model::AccountType::User, "u", now),
                 now,
             )
-            .0
+            .worker
         };
         let child = followup(&parent, Some(&worker), "also add tests\nplease", now).unwrap();
         assert_eq!(child.title, "Follow-up: also add tests");

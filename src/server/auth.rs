@@ -23,20 +23,47 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer_token(&parts.headers)?;
-        if keys::secrets_equal(token, &state.admin_token) {
-            return Ok(Caller::Admin);
+        match identify(state, bearer_token(&parts.headers)?).await? {
+            Bearer::Caller(caller) => Ok(caller),
+            Bearer::Worker(_) => Err(ApiError::Forbidden(
+                "a worker token opens only its run's own tools at /mcp, not the HTTP API".into(),
+            )),
         }
-        if keys::looks_like_account_key(token)
-            && let Some(account) = state
-                .store
-                .account_by_key_hash(&keys::hash_key(token))
-                .await?
-        {
-            return Ok(Caller::Account(account));
-        }
-        Err(ApiError::Unauthorized("unknown token".into()))
     }
+}
+
+/// Whom a bearer token stands for.
+pub enum Bearer {
+    /// The admin, or an account.
+    Caller(Caller),
+    /// A run: the worker its token was issued to, which has not ended.
+    Worker(Box<Worker>),
+}
+
+/// Whom `token` stands for; 401 when nobody (an unknown token, or the token of a
+/// worker that has ended).
+pub async fn identify(state: &AppState, token: &str) -> Result<Bearer, ApiError> {
+    if keys::secrets_equal(token, &state.admin_token) {
+        return Ok(Bearer::Caller(Caller::Admin));
+    }
+    if keys::looks_like_account_key(token)
+        && let Some(account) = state
+            .store
+            .account_by_key_hash(&keys::hash_key(token))
+            .await?
+    {
+        return Ok(Bearer::Caller(Caller::Account(account)));
+    }
+    if keys::looks_like_worker_token(token)
+        && let Some(worker) = state
+            .store
+            .worker_by_token_hash(&keys::hash_key(token))
+            .await?
+            .filter(|w| !w.status.is_terminal())
+    {
+        return Ok(Bearer::Worker(Box::new(worker)));
+    }
+    Err(ApiError::Unauthorized("unknown token".into()))
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header.

@@ -52,10 +52,10 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        let message = match self {
+impl ApiError {
+    /// What is wrong, for the caller to read.
+    pub fn message(self) -> String {
+        match self {
             ApiError::BadRequest(m)
             | ApiError::Unauthorized(m)
             | ApiError::Forbidden(m)
@@ -64,8 +64,14 @@ impl IntoResponse for ApiError {
             | ApiError::TooManyRequests(m)
             | ApiError::UpgradeRequired(m) => m,
             ApiError::Unavailable => "the database is unavailable; try again".to_owned(),
-        };
-        error_body(status, message)
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        error_body(status, self.message())
     }
 }
 
@@ -186,16 +192,35 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             Ok(body) => return Ok(Body(body)),
             Err(e) => e,
         };
-        // JSON Schema counts 3.0 as an integer, and so do some clients' encoders: read
-        // whole floats as integers before giving up.
-        if let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(text)
-            && integralize(&mut value)
-            && let Ok(body) = serde_json::from_value(value)
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(text)
+            && let Some(body) = read_whole_floats(value)
         {
             return Ok(Body(body));
         }
         Err(ApiError::BadRequest(format!("invalid JSON body: {error}")).into_response())
     }
+}
+
+/// Reads a JSON value already parsed (an MCP tool's arguments) as the API reads a
+/// request body: NUL refused, whole floats taken as integers; the error says what
+/// does not fit.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, String> {
+    if validate::has_nul(&value) {
+        return Err(validate::NUL_REFUSED.into());
+    }
+    match serde_json::from_value(value.clone()) {
+        Ok(read) => Ok(read),
+        Err(e) => read_whole_floats(value).ok_or_else(|| e.to_string()),
+    }
+}
+
+/// JSON Schema counts 3.0 as an integer, and so do some clients' encoders: `value`
+/// read with its whole floats as integers, when that makes it fit.
+fn read_whole_floats<T: DeserializeOwned>(mut value: serde_json::Value) -> Option<T> {
+    if !integralize(&mut value) {
+        return None;
+    }
+    serde_json::from_value(value).ok()
 }
 
 /// Turns every float with no fractional part into an integer; true if any changed.

@@ -8,6 +8,7 @@ mod dashboard;
 mod error;
 pub mod events;
 pub mod github;
+mod mcp;
 pub mod metrics;
 mod openapi;
 mod request_log;
@@ -55,7 +56,8 @@ pub struct AppState {
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    request_log::layer(routes::routes().merge(dashboard::routes()))
+    let mcp = mcp::routes(state.clone());
+    request_log::layer(routes::routes().merge(dashboard::routes()).merge(mcp))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(error::refuse_nul_in_uri))
         // A bug must cost one request a 500, never the connection or the process.

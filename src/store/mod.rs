@@ -95,6 +95,16 @@ pub struct ClaimRequest {
     pub workspace_id: Option<String>,
 }
 
+/// A task a claim took, with the worker that carries the attempt and that worker's
+/// token in plain text: the claim's answer shows it to the agent once, and the
+/// database keeps only its digest.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub worker: Worker,
+    pub task: Task,
+    pub token: String,
+}
+
 /// Row counts for the metrics endpoint.
 #[derive(Debug, Clone, Default)]
 pub struct Counts {
@@ -213,7 +223,7 @@ pub trait Store: Send + Sync + 'static {
         account: &Account,
         request: &ClaimRequest,
         now: Timestamp,
-    ) -> Result<Vec<(Worker, Task)>>;
+    ) -> Result<Vec<Claimed>>;
 
     /// What the queue holds for `account` (in `request`'s workspace, if it names one)
     /// as of `now`: why a claim that took nothing did ([`crate::core::claim::why_empty`]).
@@ -226,14 +236,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Claims the one task `task_id` for `account` under every rule of a claim
     /// ([`crate::core::claim::check_explicit`]).
-    async fn claim_task(
-        &self,
-        account: &Account,
-        task_id: &str,
-        now: Timestamp,
-    ) -> Result<(Worker, Task)>;
+    async fn claim_task(&self, account: &Account, task_id: &str, now: Timestamp)
+    -> Result<Claimed>;
 
     async fn get_worker(&self, id: &str) -> Result<Option<Worker>>;
+    /// The worker whose token hashes to `token_hash`, while it has not ended (a
+    /// worker's token is cleared when it ends).
+    async fn worker_by_token_hash(&self, token_hash: &str) -> Result<Option<Worker>>;
     async fn list_workers(&self, filter: &WorkerFilter) -> Result<Page<Worker>>;
 
     /// Locks the task (and its worker), applies [`crate::core::actions::apply`] and

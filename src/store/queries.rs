@@ -21,15 +21,14 @@ use tokio::sync::watch;
 use super::listing::{Conditions, Key, Order, contains_pattern};
 use super::sql::{Arg, Backend, FromCell, Reader, Tx, args};
 use super::{
-    Appended, Applied, ClaimRequest, Counts, Result, Store, StoreError, TaskFilter, TaskLinks,
-    Usage, WorkerFilter, by_status, status_list,
+    Appended, Applied, ClaimRequest, Claimed, Counts, Result, Store, StoreError, TaskFilter,
+    TaskLinks, Usage, WorkerFilter, by_status, status_list,
 };
 use crate::core::actions::{self, Action, Outcome, UsageChange};
 use crate::core::claim::{self, Backlog};
 use crate::core::diff::{Diff, NewDiff};
 use crate::core::events::{Event, StoredEvent};
 use crate::core::lease::Cutoffs;
-use crate::core::messages;
 use crate::core::model::{
     Account, Artifact, Attachment, Comment, Grant, Message, RecordedArtifact, Source, Task,
     TaskRef, TaskStatus, Worker, WorkerStatus, Workspace,
@@ -38,6 +37,7 @@ use crate::core::page::{Page, PageRequest, Position};
 use crate::core::plan::{self, Plan};
 use crate::core::time::{self, Timestamp};
 use crate::core::workflow::{self, Dependency};
+use crate::core::{keys, messages};
 
 /// Column lists, the same in both schemas, in the order the row readers read them.
 const ACCOUNT_COLUMNS: &str = "id, type, name, auth_type, max_concurrent_workers, \
@@ -46,13 +46,14 @@ const WORKSPACE_COLUMNS: &str = "id, name, repo_url, default_branch, created_at"
 const TASK_COLUMNS: &str = "id, workspace_id, title, description, runner_preference, \
      priority, status, attempts, max_attempts, max_cost_usd, claimed_by, worker_id, \
      created_at, claimed_at, completed_at, result, source_id, mode, depends_on, base_branch, \
-     parent_id, resume_session_id, preferred_account_id, preferred_until, error, feedback";
+     parent_id, resume_session_id, preferred_account_id, preferred_until, error, feedback, \
+     progress";
 const ATTACHMENT_COLUMNS: &str =
     "id, worker_id, task_id, message_seq, name, content_type, size, created_at";
 const SOURCE_COLUMNS: &str = "id, workspace_id, type, external_id, url, created_at";
 const WORKER_COLUMNS: &str = "id, task_id, workspace_id, account_id, status, cost_usd, \
      turns, session_id, branch, commit_sha, pr_url, question, error, pending_reply, \
-     started_at, heartbeat_at, finished_at, pending_instructions";
+     started_at, heartbeat_at, finished_at, pending_instructions, progress";
 const GRANT_COLUMNS: &str = "account_id, workspace_id, can_claim, can_create";
 const COMMENT_COLUMNS: &str = "id, task_id, author, body, created_at";
 const DIFF_COLUMNS: &str =
@@ -110,6 +111,7 @@ fn task_from_row(r: &mut Reader) -> Result<Task> {
         preferred_until: r.get()?,
         error: r.get()?,
         feedback: r.get()?,
+        progress: r.get()?,
     })
 }
 
@@ -141,6 +143,7 @@ fn task_args(t: &Task) -> Vec<Arg> {
         t.preferred_until,
         &t.error,
         &t.feedback,
+        &t.progress,
     ]
 }
 
@@ -164,6 +167,7 @@ fn worker_from_row(r: &mut Reader) -> Result<Worker> {
         heartbeat_at: r.get()?,
         finished_at: r.get()?,
         pending_instructions: r.list()?,
+        progress: r.get()?,
     })
 }
 
@@ -187,7 +191,16 @@ fn worker_args(w: &Worker) -> Vec<Arg> {
         w.heartbeat_at,
         w.finished_at,
         w.pending_instructions.as_slice(),
+        &w.progress,
     ]
+}
+
+/// Stores a worker a claim made, with the digest of its token.
+async fn insert_worker<T: Tx>(tx: &mut T, worker: &Worker, token: &str) -> Result<()> {
+    let mut values = worker_args(worker);
+    values.extend(args![keys::hash_key(token)]);
+    let columns = format!("{WORKER_COLUMNS}, token_hash");
+    tx.insert_many("workers", &columns, vec![values]).await
 }
 
 fn attachment_from_row(r: &mut Reader) -> Result<Attachment> {
@@ -280,7 +293,8 @@ async fn save_worker<T: Tx>(tx: &mut T, w: &Worker) -> Result<()> {
     let sql = "UPDATE workers SET status = $2, cost_usd = $3, turns = $4, session_id = $5, \
          branch = $6, commit_sha = $7, pr_url = $8, question = $9, error = $10, \
          pending_reply = $11, heartbeat_at = $12, finished_at = $13, \
-         pending_instructions = $14 WHERE id = $1";
+         pending_instructions = $14, progress = $15, \
+         token_hash = CASE WHEN $16 THEN NULL ELSE token_hash END WHERE id = $1";
     let values = args![
         &w.id,
         w.status.as_str(),
@@ -296,6 +310,9 @@ async fn save_worker<T: Tx>(tx: &mut T, w: &Worker) -> Result<()> {
         w.heartbeat_at,
         w.finished_at,
         w.pending_instructions.as_slice(),
+        &w.progress,
+        // A worker's token dies with it.
+        w.status.is_terminal(),
     ];
     tx.execute(sql, values).await.map(drop)
 }
@@ -304,7 +321,7 @@ async fn save_worker<T: Tx>(tx: &mut T, w: &Worker) -> Result<()> {
 async fn save_task<T: Tx>(tx: &mut T, t: &Task) -> Result<()> {
     let sql = "UPDATE tasks SET status = $2, attempts = $3, claimed_by = $4, worker_id = $5, \
          claimed_at = $6, completed_at = $7, result = $8, resume_session_id = $9, \
-         error = $10, feedback = $11 WHERE id = $1";
+         error = $10, feedback = $11, progress = $12 WHERE id = $1";
     let values = args![
         &t.id,
         t.status.as_str(),
@@ -317,6 +334,7 @@ async fn save_task<T: Tx>(tx: &mut T, t: &Task) -> Result<()> {
         &t.resume_session_id,
         &t.error,
         &t.feedback,
+        &t.progress,
     ];
     tx.execute(sql, values).await.map(drop)
 }
@@ -428,6 +446,7 @@ async fn create_task<T: Tx>(tx: &mut T, mut task: Task, source: Option<Source>) 
         task.source_id = Some(upsert_source(tx, src).await?);
     }
     let dependencies = lock_dependencies(tx, &task).await?;
+    check_parent(tx, &task).await?;
     let created_at = task.created_at;
     workflow::start(&mut task, &dependencies, created_at);
     tx.insert_many("tasks", TASK_COLUMNS, vec![task_args(&task)])
@@ -443,6 +462,24 @@ async fn create_task<T: Tx>(tx: &mut T, mut task: Task, source: Option<Source>) 
     }
     insert_events(tx, &[Event::task_created(&task)], task.created_at).await?;
     Ok(task)
+}
+
+/// The new task's parent, checked to be a task of its workspace (404 if not, which
+/// reveals nothing of other workspaces, as for a dependency).
+async fn check_parent<T: Tx>(tx: &mut T, task: &Task) -> Result<()> {
+    let Some(parent) = &task.parent_id else {
+        return Ok(());
+    };
+    let sql = "SELECT workspace_id FROM tasks WHERE id = $1";
+    let workspace: Option<String> = tx.query_optional(sql, args![parent], |r| r.get()).await?;
+    if workspace.as_deref() == Some(task.workspace_id.as_str()) {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound(format!(
+            "parentId: task {parent:?} in workspace {}",
+            task.workspace_id
+        )))
+    }
 }
 
 /// The new task's dependencies, each checked to exist in its workspace (404 if not) and locked
@@ -567,7 +604,7 @@ async fn claim_task<T: Tx>(
     task_id: &str,
     now: Timestamp,
     asked: std::time::Instant,
-) -> Result<(Worker, Task)> {
+) -> Result<Claimed> {
     let mut task = load_task(tx, task_id, true)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("task {task_id}")))?;
@@ -576,17 +613,20 @@ async fn claim_task<T: Tx>(
     // As in a claim: stamped as of when the task was ours to read.
     let now = now + elapsed(asked);
     claim::check_explicit(&task, &account, active, cost_today, now)?;
-    let (worker, events) = claim::assign(&mut task, &account, now);
+    let assigned = claim::assign(&mut task, &account, now);
     save_task(tx, &task).await?;
-    tx.insert_many("workers", WORKER_COLUMNS, vec![worker_args(&worker)])
-        .await?;
-    insert_events(tx, &events, now).await?;
+    insert_worker(tx, &assigned.worker, &assigned.token).await?;
+    insert_events(tx, &assigned.events, now).await?;
     let taken = UsageChange {
         active_workers: 1,
         ..UsageChange::default()
     };
     record_usage(tx, &account.id, &taken).await?;
-    Ok((worker, task))
+    Ok(Claimed {
+        worker: assigned.worker,
+        task,
+        token: assigned.token,
+    })
 }
 
 /// The account and its count of workers holding a slot, locked until commit: this
@@ -626,7 +666,7 @@ async fn claim<T: Tx>(
     request: &ClaimRequest,
     now: Timestamp,
     asked: std::time::Instant,
-) -> Result<Vec<(Worker, Task)>> {
+) -> Result<Vec<Claimed>> {
     let dialect = T::DIALECT;
     // The account's limits are re-read as they are now, under its lock.
     let (account, active) = lock_account(tx, account_id).await?;
@@ -669,12 +709,15 @@ async fn claim<T: Tx>(
     let mut claimed = Vec::with_capacity(picked.len());
     let mut events = Vec::new();
     for mut task in picked {
-        let (worker, task_events) = claim::assign(&mut task, &account, now);
+        let assigned = claim::assign(&mut task, &account, now);
         save_task(tx, &task).await?;
-        tx.insert_many("workers", WORKER_COLUMNS, vec![worker_args(&worker)])
-            .await?;
-        events.extend(task_events);
-        claimed.push((worker, task));
+        insert_worker(tx, &assigned.worker, &assigned.token).await?;
+        events.extend(assigned.events);
+        claimed.push(Claimed {
+            worker: assigned.worker,
+            task,
+            token: assigned.token,
+        });
     }
     insert_events(tx, &events, now).await?;
     let taken = UsageChange {
@@ -1118,7 +1161,7 @@ impl<B: Backend> Store for SqlStore<B> {
         account: &Account,
         task_id: &str,
         now: Timestamp,
-    ) -> Result<(Worker, Task)> {
+    ) -> Result<Claimed> {
         let (account_id, task_id) = (account.id.clone(), task_id.to_owned());
         let asked = std::time::Instant::now();
         let claimed = self
@@ -1137,7 +1180,7 @@ impl<B: Backend> Store for SqlStore<B> {
         account: &Account,
         request: &ClaimRequest,
         now: Timestamp,
-    ) -> Result<Vec<(Worker, Task)>> {
+    ) -> Result<Vec<Claimed>> {
         let (account_id, request) = (account.id.clone(), request.clone());
         let asked = std::time::Instant::now();
         let claimed = self
@@ -1215,6 +1258,12 @@ impl<B: Backend> Store for SqlStore<B> {
         self.backend
             .read(move |c| async move { load_worker(c, &id, false).await }.boxed())
             .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn worker_by_token_hash(&self, token_hash: &str) -> Result<Option<Worker>> {
+        let sql = format!("SELECT {WORKER_COLUMNS} FROM workers WHERE token_hash = $1");
+        self.first(sql, args![token_hash], worker_from_row).await
     }
 
     #[tracing::instrument(level = "debug", skip(self))]

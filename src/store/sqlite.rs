@@ -28,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0003_workflows.sql"),
     include_str!("../../migrations/sqlite/0004_history.sql"),
     include_str!("../../migrations/sqlite/0005_diffs_and_reviews.sql"),
+    include_str!("../../migrations/sqlite/0006_run_tokens.sql"),
 ];
 const READERS: usize = 4;
 

@@ -7,9 +7,10 @@
 mod accounts;
 mod events;
 mod ops;
-mod tasks;
-mod workers;
-mod workspaces;
+// The MCP tools call these handlers.
+pub(super) mod tasks;
+pub(super) mod workers;
+pub(super) mod workspaces;
 
 use std::sync::OnceLock;
 

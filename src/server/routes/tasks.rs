@@ -60,6 +60,7 @@ pub async fn create(
         mode: body.mode.unwrap_or(TaskMode::Run),
         depends_on,
         base_branch: body.base_branch,
+        parent_id: body.parent_id,
         ..Task::new(body.workspace_id, &body.title, time::now())
     };
     let source = body.source.map(|src| Source {

@@ -21,7 +21,7 @@ use crate::core::claim;
 use crate::core::diff::{self, Diff, NewDiff, ReviewBody};
 use crate::core::events::StoredEvent;
 use crate::core::ids::{IdKind, new_id};
-use crate::core::model::{Account, Attachment, Task, Worker};
+use crate::core::model::{Account, Attachment, Worker};
 use crate::core::page::{MAX_LIMIT, PageRequest, Position};
 use crate::core::policy::Deed;
 use crate::core::validate::{self, MAX_MESSAGES_PER_BATCH};
@@ -30,7 +30,7 @@ use crate::core::{time, workflow};
 use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult, Body, Params};
-use crate::store::{ClaimRequest, WorkerFilter};
+use crate::store::{ClaimRequest, Claimed, WorkerFilter};
 
 #[utoipa::path(post, path = "/api/workers/claim", tag = "workers", request_body = Option<ClaimBody>,
     responses((status = 200, description = "The claimed workers, each with its task; empty when nothing fits", body = ClaimAnswer), ApiError))]
@@ -62,7 +62,7 @@ pub async fn claim(
     };
     let workers = claimed
         .into_iter()
-        .map(|(worker, task)| ClaimEntry::Readable(Box::new(ClaimedWorker { worker, task })))
+        .map(|claimed| ClaimEntry::Readable(Box::new(ClaimedWorker::from(claimed))))
         .collect();
     // The lease tells agents how often to heartbeat: one that knows it can stay well
     // inside it whatever the server was started with.
@@ -108,12 +108,12 @@ pub async fn create(
         .may_in(&state, Deed::Claim, &task.workspace_id)
         .await?;
     let started = Instant::now();
-    let (worker, task) = state
+    let claimed = state
         .store
         .claim_task(&account, &body.task_id, time::now())
         .await?;
     state.metrics.claimed(started.elapsed(), 1);
-    let claimed = ClaimedWorker { worker, task };
+    let claimed = ClaimedWorker::from(claimed);
     Ok((
         StatusCode::CREATED,
         Json(ClaimAnswer {
@@ -148,6 +148,17 @@ pub async fn instruct(
         .ok_or_else(|| ApiError::NotFound(format!("worker {id} not found")))
 }
 
+/// A claimed task as its agent reads it, with the worker's token.
+impl From<Claimed> for ClaimedWorker {
+    fn from(claimed: Claimed) -> Self {
+        ClaimedWorker {
+            worker: claimed.worker,
+            task: claimed.task,
+            worker_token: claimed.token,
+        }
+    }
+}
+
 /// 426 for an agent too old for this server ([`version::refuse_agent`]), before it
 /// claims anything.
 fn refuse_old_agent(headers: &HeaderMap) -> ApiResult<()> {
@@ -165,7 +176,7 @@ async fn claim_now(
     state: &AppState,
     account: &Account,
     request: &ClaimRequest,
-) -> ApiResult<Vec<(Worker, Task)>> {
+) -> ApiResult<Vec<Claimed>> {
     let started = Instant::now();
     let claimed = state.store.claim(account, request, time::now()).await?;
     state.metrics.claimed(started.elapsed(), claimed.len());
@@ -179,7 +190,7 @@ async fn claim_waiting(
     account: &Account,
     request: &ClaimRequest,
     wait: Duration,
-) -> ApiResult<Vec<(Worker, Task)>> {
+) -> ApiResult<Vec<Claimed>> {
     let deadline = tokio::time::Instant::now() + wait;
     // Listen before looking, so a task created between the look and the wait still
     // wakes this claim.

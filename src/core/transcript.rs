@@ -1,4 +1,5 @@
-//! A run's messages as people read them, for `buildd task logs` and `task watch`.
+//! A run's messages as people read them: `buildd task logs` and `task watch`, and the
+//! `get_task_logs` tool of `/mcp`.
 //!
 //! Claude Code's stream-json is made for programs: a 2 KB `system/init` object, each
 //! tool call and its result a JSON object of their own. Here each becomes a line or
@@ -9,7 +10,8 @@
 
 use serde_json::Value;
 
-use crate::agent::runner::QUESTION_MARKER;
+use super::messages::QUESTION_MARKER;
+use super::model::Worker;
 
 /// Lines of a tool result shown before the rest is counted.
 const RESULT_LINES: usize = 3;
@@ -40,11 +42,13 @@ impl Style {
     }
 }
 
-/// Whether standard output should be coloured: a terminal, and `NO_COLOR` unset or
-/// empty (<https://no-color.org>).
-pub fn colour_wanted() -> bool {
-    use std::io::IsTerminal;
-    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+/// The line that opens one attempt's messages: which worker, which attempt, how it
+/// stands and what it cost.
+pub fn attempt_header(worker: &Worker, attempt: usize) -> String {
+    format!(
+        "── {} · attempt {attempt} · {} · ${:.2} ──",
+        worker.id, worker.status, worker.cost_usd
+    )
 }
 
 /// Renders one run's messages in order. It remembers the run's working directory (from
