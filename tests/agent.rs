@@ -1220,3 +1220,131 @@ async fn an_oversized_or_binary_change_is_recorded_bounded() {
     .await;
     assert_eq!(diff["files"][0]["path"], "half.txt", "{diff}");
 }
+
+/// A raw JSON-RPC `tools/list` at `/mcp` with `token`: the HTTP status and the tools'
+/// names (empty when refused).
+async fn mcp_tool_names(server: &Server, token: &str) -> (u16, Vec<String>) {
+    let answer = reqwest::Client::new()
+        .post(format!("{}/mcp", server.url))
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status().as_u16();
+    let body: Value = answer.json().await.unwrap_or(Value::Null);
+    let names = body["result"]["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    (status, names)
+}
+
+/// The real Claude Code, under `buildd agent`, calls buildd's MCP tools with its
+/// worker's token (never the agent's key): its progress line shows on the task, the
+/// subtask it creates has its task as parent, its link is recorded; the token opens
+/// only the run's own tools, and stops working once the worker has ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn claude_code_reports_progress_and_splits_work_through_buildds_mcp_tools() {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let ws = admin.workspace("widgets").await;
+    // Creating subtasks takes the account's canCreate, as creating any task does.
+    let (_, key) = admin
+        .account(json!({"type": "service", "name": "vm"}), &ws, true, true)
+        .await;
+    let anthropic = FakeAnthropic::start().await;
+    let repo = Repo::new();
+    let id = task(
+        &admin,
+        &ws,
+        "Write the notes",
+        "slow 1\n\
+         mcp report_progress {\"message\": \"Writing the notes\"}\n\
+         mcp create_subtask {\"title\": \"Translate the notes\", \"description\": \"Translate notes.txt into French.\"}\n\
+         mcp add_artifact {\"kind\": \"link\", \"value\": \"https://preview.example.com/notes\"}\n\
+         write notes.txt hello",
+    )
+    .await;
+    let agent = claude_agent(&server, &key, &repo, &anthropic);
+    wait_task(&admin, &id, "running").await;
+    let worker_id = worker_of(&admin, &id).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The run's MCP configuration: the worker's token, in a file only its owner reads.
+    let config_file = agent
+        .state_dir
+        .join("mcp")
+        .join(format!("{worker_id}.json"));
+    let config: Value = serde_json::from_slice(&std::fs::read(&config_file).unwrap()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&config_file)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let auth = config["mcpServers"]["buildd"]["headers"]["Authorization"]
+        .as_str()
+        .unwrap();
+    let token = auth.strip_prefix("Bearer ").unwrap().to_owned();
+    assert!(token.starts_with("buildd_worker_"), "{token}");
+    assert_ne!(token, key);
+    let (status, names) = mcp_tool_names(&server, &token).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        names,
+        [
+            "report_progress",
+            "add_artifact",
+            "create_subtask",
+            "get_task"
+        ]
+    );
+
+    let done = wait_task(&admin, &id, "completed").await;
+    assert_eq!(done["progress"], "Writing the notes", "{done}");
+    assert_eq!(repo.show(&format!("buildd/{id}"), "notes.txt"), "hello");
+    let (_, detail) = admin.get(&format!("/api/tasks/{id}")).await;
+    let children = detail["children"].as_array().unwrap();
+    assert_eq!(children.len(), 1, "{detail}");
+    let (_, subtask) = admin
+        .get(&format!(
+            "/api/tasks/{}",
+            children[0]["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(subtask["title"], "Translate the notes");
+    assert_eq!(subtask["parentId"], id.as_str());
+    assert_eq!(subtask["workspaceId"], ws.as_str());
+    let (_, artifacts) = admin.get(&format!("/api/tasks/{id}/artifacts")).await;
+    assert!(
+        artifacts["artifacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["kind"] == "link" && a["value"] == "https://preview.example.com/notes"),
+        "{artifacts}"
+    );
+    // The calls are in the run's transcript like any tool call.
+    let messages = admin.messages_of(&worker_id).await;
+    let called = |tool: &str| {
+        messages.iter().any(|m| {
+            m["type"] == "assistant"
+                && m["message"]["content"][0]["name"] == format!("mcp__buildd__{tool}")
+        })
+    };
+    assert!(called("report_progress") && called("create_subtask"));
+    assert!(
+        !messages.iter().any(|m| m.to_string().contains(&token)),
+        "the token is in no message"
+    );
+
+    // The worker has ended: its token opens nothing, and its file is gone.
+    assert_eq!(mcp_tool_names(&server, &token).await, (401, Vec::new()));
+    assert!(!config_file.exists());
+    drop(agent);
+}

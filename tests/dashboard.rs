@@ -81,6 +81,16 @@ async fn the_dashboard_works_in_a_real_browser() {
             ]}),
         )
         .await;
+    // What its run said of itself through buildd's MCP tools (the same update).
+    let (status, _) = agent
+        .patch(
+            &format!("/api/workers/{worker}"),
+            json!({"progress": "Reading the branches", "artifacts": [
+                {"kind": "link", "value": "https://ci.example.com/runs/7"},
+                {"kind": "file", "value": "docs/branches.md"}]}),
+        )
+        .await;
+    assert!(status.is_success());
     let (status, _) = agent
         .patch(
             &format!("/api/workers/{worker}"),

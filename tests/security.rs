@@ -592,8 +592,11 @@ async fn secrets_stay_out(url: &str, dir: &std::path::Path) {
         .task(&ws, json!({"title": "check the environment"}))
         .await;
     let repo = Repo::new();
-    let runner =
-        r#"test -n "$ANTHROPIC_API_KEY" && test -z "$BUILDD_API_KEY" && echo environment-ok"#;
+    // It gets its worker's token instead, which it hands on (out of the repository)
+    // for this test to look for.
+    let token_out = dir.join("worker-token");
+    let runner = r#"test -n "$ANTHROPIC_API_KEY" && test -z "$BUILDD_API_KEY" \
+        && printf %s "$BUILDD_WORKER_TOKEN" > "$TOKEN_OUT" && echo environment-ok"#;
     let mut agent = Agent::start(
         &server.url,
         &key,
@@ -602,6 +605,7 @@ async fn secrets_stay_out(url: &str, dir: &std::path::Path) {
         &[
             ("ANTHROPIC_API_KEY", anthropic_in_env),
             ("CLAUDE_CODE_OAUTH_TOKEN", oauth_in_env),
+            ("TOKEN_OUT", token_out.to_str().unwrap()),
         ],
     );
     let exit = agent.exit(Duration::from_secs(60)).await;
@@ -623,7 +627,10 @@ async fn secrets_stay_out(url: &str, dir: &std::path::Path) {
         "the runner saw the broker key or no Claude credentials: {messages}"
     );
 
+    let worker_token = std::fs::read_to_string(&token_out).unwrap();
+    assert!(worker_token.starts_with("buildd_worker_"), "{worker_token}");
     let secrets = [
+        ("the worker token", worker_token.as_str()),
         ("the first account key", first_key.as_str()),
         ("the account key", key.as_str()),
         ("the admin token", ADMIN),

@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use serde_json::Value;
 use tokio::process::Command;
 
-use super::runner::{Finish, LineReport, OutputParser, RunSpec, Runner, unattended_instructions};
+use super::runner::{
+    Finish, LineReport, OutputParser, RunSpec, Runner, TOOLS_SERVER, unattended_instructions,
+};
 
 /// The tools a run may use unless `--allowed-tools` says otherwise.
 pub const DEFAULT_ALLOWED_TOOLS: &str =
@@ -45,11 +47,17 @@ impl Runner for ClaudeRunner {
                 .arg(schema),
             None => command.args(["--permission-mode", "acceptEdits"]),
         };
+        let mut allowed = self.allowed_tools.clone();
+        if let Some(tools) = &spec.tools {
+            // The server's name alone allows all of its tools.
+            command.arg("--mcp-config").arg(&tools.config_file);
+            allowed = format!("{allowed},mcp__{TOOLS_SERVER}");
+        }
         command
             .arg("--allowedTools")
-            .arg(&self.allowed_tools)
+            .arg(allowed)
             .arg("--append-system-prompt")
-            .arg(unattended_instructions());
+            .arg(unattended_instructions(spec));
         if let Some(model) = &self.model {
             command.arg("--model").arg(model);
         }

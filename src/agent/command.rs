@@ -3,7 +3,9 @@
 //! The program finds the prompt in `BUILDD_PROMPT` and works in its current directory
 //! (the task's worktree); `BUILDD_TASK_ID` and `BUILDD_WORKER_ID` say which task.
 //! `BUILDD_RESUME` holds the session id it printed before, when a run carries on after
-//! a question or a pause. Each line it prints is a message of
+//! a question or a pause. `BUILDD_MCP_URL` and `BUILDD_WORKER_TOKEN` (and
+//! `BUILDD_MCP_CONFIG`, the same as an MCP client configuration file) reach buildd's
+//! tools for the run. Each line it prints is a message of
 //! the run. A line of Claude's stream-json (a JSON object with a `type`) is read like
 //! Claude's, so a program can report its session, cost and result that way; without
 //! a `result` line, the exit status decides and the last line is the result.
@@ -27,9 +29,18 @@ impl Runner for CommandRunner {
             .arg("-c")
             .arg(&self.command)
             .env("BUILDD_PROMPT", &spec.prompt)
-            .env("BUILDD_INSTRUCTIONS", unattended_instructions())
+            .env("BUILDD_INSTRUCTIONS", unattended_instructions(spec))
             .env_remove("BUILDD_RESUME")
+            .env_remove("BUILDD_MCP_URL")
+            .env_remove("BUILDD_WORKER_TOKEN")
+            .env_remove("BUILDD_MCP_CONFIG")
             .stdin(Stdio::null());
+        if let Some(tools) = &spec.tools {
+            command
+                .env("BUILDD_MCP_URL", &tools.url)
+                .env("BUILDD_WORKER_TOKEN", &tools.token)
+                .env("BUILDD_MCP_CONFIG", &tools.config_file);
+        }
         if let Some(session) = &spec.resume {
             command.env("BUILDD_RESUME", session);
         }

@@ -21,9 +21,11 @@ use super::github::{self, PullRequest};
 use super::output::{self, Outbox, RunOutput, shortened};
 use super::process::RunProcess;
 use super::prompt;
-use super::runner::{Finish, RunSpec, Runner, question_in};
+use super::runner::{Finish, RunSpec, RunTools, Runner, question_in};
 use super::spool::{Delivery, FinalReport, SHUTDOWN_DELIVERY_LIMIT, Spool};
-use crate::api::{Plan, RunControl, RunResult, Task, TaskMode, Worker, WorkerStatus, WorkerUpdate};
+use crate::api::{
+    ClaimedWorker, Plan, RunControl, RunResult, Task, TaskMode, Worker, WorkerStatus, WorkerUpdate,
+};
 use crate::client::{Client, ClientError};
 use crate::core::actions::MAX_TEXT_LEN;
 
@@ -50,6 +52,8 @@ pub struct JobContext {
     /// The user's checkout, which worktrees branch from.
     pub repo: PathBuf,
     pub worktrees: PathBuf,
+    /// Where runs' MCP configurations are written (they hold worker tokens).
+    pub tools_dir: PathBuf,
     pub spool: Arc<Spool>,
     pub push: bool,
     pub pr: Option<PrSettings>,
@@ -114,16 +118,24 @@ pub struct Job {
     plan: Option<Plan>,
     /// The commit the worktree started from: what the run's diff is taken against.
     base_sha: Option<String>,
+    /// The worker's token, which the run gets (through [`RunTools`]) instead of the
+    /// agent's key; `None` from a server without `/mcp`.
+    worker_token: Option<String>,
+    tools: Option<RunTools>,
 }
 
 impl Job {
     pub fn new(
         ctx: Arc<JobContext>,
-        worker: Worker,
-        task: Task,
+        claimed: ClaimedWorker,
         heartbeat_every: Duration,
         nudge: Arc<Notify>,
     ) -> Self {
+        let ClaimedWorker {
+            worker,
+            task,
+            worker_token,
+        } = claimed;
         let worktree = ctx.worktrees.join(&task.id);
         let branch = git::branch_for(&task.id);
         Job {
@@ -143,6 +155,8 @@ impl Job {
             instructions: Vec::new(),
             plan: None,
             base_sha: None,
+            worker_token,
+            tools: None,
         }
     }
 
@@ -187,6 +201,14 @@ impl Job {
             return End::Interrupted(format!("cannot create the worktree: {e}"));
         }
         self.base_sha = git::head(&self.worktree).await.ok();
+        self.tools = self.worker_token.take().and_then(|token| {
+            let url = format!("{}/mcp", self.ctx.client.server().trim_end_matches('/'));
+            RunTools::write(&self.ctx.tools_dir, &self.worker.id, url, token)
+                .inspect_err(|e| {
+                    warn!(worker = %self.worker.id, error = %e, "cannot write the run's MCP configuration; it runs without buildd's tools");
+                })
+                .ok()
+        });
         let mut prompt = first.prompt;
         loop {
             let running = WorkerUpdate {
@@ -264,6 +286,7 @@ impl Job {
             resume: self.session_id.clone(),
             budget_usd: budget,
             plan_schema: (self.task.mode == TaskMode::Plan).then(prompt::plan_schema),
+            tools: self.tools.clone(),
         };
         let mut command = self.ctx.runner.command(&spec);
         command.current_dir(&self.worktree);
@@ -564,6 +587,10 @@ impl Job {
     /// Commits what the run left, publishes it when asked, removes the worktree, and
     /// hands the final report to the spool. True when the task completed.
     async fn finish(self, end: End) -> bool {
+        // The token dies with the worker; its configuration goes now.
+        if let Some(tools) = &self.tools {
+            tools.remove();
+        }
         // A planning run changes nothing; whatever it left is not the plan.
         let commit = if self.worktree.exists() && self.task.mode != TaskMode::Plan {
             let message = match &end {

@@ -82,6 +82,9 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
     let _lock = lock_state_dir(&config.state_dir)?;
     let worktrees = config.state_dir.join("worktrees");
     clear_stale_worktrees(&repo, &worktrees).await;
+    // Configurations of runs a dead agent left: their tokens died with their workers.
+    let tools_dir = config.state_dir.join("mcp");
+    let _ = std::fs::remove_dir_all(&tools_dir);
     let spool = Spool::open(config.state_dir.join("spool"))?;
     tokio::spawn(spool.clone().run(config.client.clone()));
     let stopping = CancellationToken::new();
@@ -90,6 +93,7 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
         runner: config.runner.clone(),
         repo,
         worktrees,
+        tools_dir,
         spool: spool.clone(),
         push: config.push,
         pr: config.pr.clone(),
@@ -154,17 +158,17 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
                     let heartbeat_every =
                         lease::heartbeat_interval(Duration::from_secs_f64(answer.lease_ttl_secs));
                     for entry in answer.workers {
-                        let (worker, task) = match entry {
-                            ClaimEntry::Readable(claimed) => (claimed.worker, claimed.task),
+                        let claimed = match entry {
+                            ClaimEntry::Readable(claimed) => *claimed,
                             ClaimEntry::Unreadable { worker_id, error } => {
                                 release_unreadable(&config.client, worker_id, error);
                                 continue;
                             }
                         };
                         let nudge = Arc::new(Notify::new());
-                        nudges.insert(worker.id.clone(), (task.id.clone(), nudge.clone()));
-                        let worker_id = worker.id.clone();
-                        let job = Job::new(ctx.clone(), worker, task, heartbeat_every, nudge);
+                        let worker_id = claimed.worker.id.clone();
+                        nudges.insert(worker_id.clone(), (claimed.task.id.clone(), nudge.clone()));
+                        let job = Job::new(ctx.clone(), claimed, heartbeat_every, nudge);
                         jobs.spawn(async move { (worker_id, job.run().await) });
                     }
                     if config.once {

@@ -2,7 +2,7 @@
 //! tied to one vendor: Claude Code is the default, and [`super::command`] runs any
 //! program.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use tokio::process::Command;
@@ -23,6 +23,68 @@ pub struct RunSpec {
     /// For a planning run: the JSON Schema of the plan. The runner must not change
     /// files, and should return the plan as structured output where it can.
     pub plan_schema: Option<String>,
+    /// buildd's own tools for the run, when the server offers them.
+    pub tools: Option<RunTools>,
+}
+
+/// buildd's own tools for one run: the server's `/mcp` with the worker's token, which
+/// opens only the run's own tools (`report_progress`, `add_artifact`,
+/// `create_subtask`, `get_task`) and dies with the worker. The agent's account key is
+/// never handed to a run.
+#[derive(Debug, Clone)]
+pub struct RunTools {
+    /// The MCP endpoint, `…/mcp`.
+    pub url: String,
+    /// The worker's token.
+    pub token: String,
+    /// An MCP client configuration naming both (`{"mcpServers": {"buildd": …}}`),
+    /// mode 0600, for runners that read one: the token stays off command lines,
+    /// which other users of the machine can read.
+    pub config_file: PathBuf,
+}
+
+/// The name buildd's MCP server goes by in a run's configuration: Claude Code calls
+/// its tools `mcp__buildd__<tool>`.
+pub const TOOLS_SERVER: &str = "buildd";
+
+impl RunTools {
+    /// Writes the run's MCP configuration into `dir` (made 0700 if need be) and
+    /// returns the tools it names.
+    pub fn write(dir: &Path, worker_id: &str, url: String, token: String) -> std::io::Result<Self> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let config_file = dir.join(format!("{worker_id}.json"));
+        let config = serde_json::json!({
+            "mcpServers": {
+                TOOLS_SERVER: {
+                    "type": "http",
+                    "url": url,
+                    "headers": { "Authorization": format!("Bearer {token}") },
+                }
+            }
+        });
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&config_file)?;
+        file.write_all(config.to_string().as_bytes())?;
+        Ok(RunTools {
+            url,
+            token,
+            config_file,
+        })
+    }
+
+    /// Removes the configuration, once the run is over for good.
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(&self.config_file);
+    }
 }
 
 /// How one run ended, as its runner reported it.
@@ -81,14 +143,27 @@ pub trait Runner: Send + Sync {
 }
 
 /// What the agent tells a runner about working unattended, so that it knows how to
-/// ask a person something.
-pub fn unattended_instructions() -> String {
-    format!(
+/// ask a person something, and what buildd's tools are for when it has them.
+pub fn unattended_instructions(spec: &RunSpec) -> String {
+    let mut text = format!(
         "You are running unattended for buildd: nobody watches this session. If you \
          cannot go on without a decision or information from a person, stop and end \
          your final message with one line that starts with `{QUESTION_MARKER}` followed \
          by your question. The answer will come as the next message of this session."
-    )
+    );
+    if spec.tools.is_some() {
+        text += &format!(
+            "\n\nYou have buildd's tools (the MCP server `{TOOLS_SERVER}`). Use \
+             report_progress to tell the people watching what you are doing, in one \
+             short line, at milestones (not every step). Use add_artifact to record a \
+             link or a file people should find from the task (your branch and commits are \
+             recorded for you). Use create_subtask to queue a separate, independent piece \
+             of work for another agent, with a complete brief; not for your own next \
+             steps. Use get_task to read your task, the tasks it depends on, or your \
+             subtasks."
+        );
+    }
+    text
 }
 
 /// The question a run ended on: its final text's last non-empty line, when that line

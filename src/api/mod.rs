@@ -482,9 +482,10 @@ pub struct ClaimedWorker {
     /// The worker's own token (`buildd_worker_…`), shown this once: for the run, not
     /// the agent. It opens only the run's own tools at `/mcp` (`report_progress`,
     /// `add_artifact`, `create_subtask`, `get_task`) and stops working when the
-    /// worker ends.
+    /// worker ends. (Absent from servers older than `/mcp`.)
     #[schema(pattern = r"^buildd_worker_[0-9A-Za-z]+$")]
-    pub worker_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_token: Option<String>,
 }
 
 /// `GET /api/workers` query.

@@ -5,6 +5,7 @@
 mod account;
 mod agent;
 mod credentials;
+mod mcp;
 mod output;
 mod paths;
 mod review;
@@ -57,6 +58,12 @@ enum Command {
     },
     /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
     Completions { shell: clap_complete::Shell },
+    /// Serve buildd's MCP tools on stdio, for your own agent session:
+    /// `claude mcp add buildd -- buildd mcp`. Uses the key `buildd login` saved.
+    Mcp {
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Tasks: queue, follow, steer.
     Task {
         #[command(flatten)]
@@ -87,8 +94,14 @@ struct Connection {
 
 impl Connection {
     fn client(&self) -> Result<Client, String> {
-        let token = credentials::token(&self.server, self.api_key.clone())?;
+        let token = self.token()?;
         Client::new(&self.server, &token).map_err(|e| e.to_string())
+    }
+
+    /// The key to call with: `--api-key`, else the saved login, else the local
+    /// server's admin token.
+    fn token(&self) -> Result<String, String> {
+        credentials::token(&self.server, self.api_key.clone())
     }
 }
 
@@ -121,6 +134,7 @@ pub fn main() -> ExitCode {
                 command,
             } => task::run(&connection.client()?, connection.json, command).await,
             Command::Login { connection } => login(connection).await,
+            Command::Mcp { connection } => mcp::run(&connection.server, &connection.token()?).await,
             Command::Completions { shell } => {
                 let mut command = <Cli as clap::CommandFactory>::command();
                 clap_complete::generate(shell, &mut command, "buildd", &mut std::io::stdout());

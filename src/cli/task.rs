@@ -456,6 +456,9 @@ fn show(task: &Task, workers: &[Worker]) {
         task.created_at.to_rfc3339(),
         age(task)
     );
+    if let Some(progress) = &task.progress {
+        println!("  progress   {progress}");
+    }
     if let Some(result) = &task.result {
         println!("  result     {}", message_text(result));
     }
@@ -480,7 +483,12 @@ fn show(task: &Task, workers: &[Worker]) {
                 or_dash(w.branch.clone()),
                 or_dash(w.commit_sha.clone()),
                 or_dash(w.pr_url.clone()),
-                or_dash(w.question.clone().or(w.error.clone())),
+                or_dash(
+                    w.question
+                        .clone()
+                        .or(w.error.clone())
+                        .or(w.progress.clone()),
+                ),
             ]
         })
         .collect();

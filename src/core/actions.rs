@@ -420,14 +420,15 @@ fn check_field(name: &str, value: &Option<String>, max: usize) -> Result<(), Rul
     }
 }
 
-/// A progress line as kept: blanks (line breaks included) folded into single spaces,
-/// not empty, at most [`MAX_PROGRESS_LEN`] characters.
+/// A progress line as kept: at most [`MAX_PROGRESS_LEN`] characters as sent, not
+/// blank, with its blanks (line breaks included) folded into single spaces.
 pub fn progress_line(text: &str) -> Result<String, RuleError> {
     let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if line.is_empty() {
         return Err(RuleError::Invalid("progress must not be empty".into()));
     }
-    let length = line.chars().count();
+    // Counted as sent, which is what the description bounds.
+    let length = text.chars().count();
     if length > MAX_PROGRESS_LEN {
         return Err(RuleError::Invalid(format!(
             "progress is one short status line: at most {MAX_PROGRESS_LEN} characters, \

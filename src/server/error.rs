@@ -203,14 +203,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 
 /// Reads a JSON value already parsed (an MCP tool's arguments) as the API reads a
 /// request body: NUL refused, whole floats taken as integers; the error says what
-/// does not fit.
+/// does not fit, and where (`priority: invalid type…`).
 pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, String> {
     if validate::has_nul(&value) {
         return Err(validate::NUL_REFUSED.into());
     }
-    match serde_json::from_value(value.clone()) {
+    match serde_path_to_error::deserialize(value.clone()) {
         Ok(read) => Ok(read),
-        Err(e) => read_whole_floats(value).ok_or_else(|| e.to_string()),
+        Err(e) => read_whole_floats(value).ok_or_else(|| match e.path().to_string() {
+            path if path == "." => e.into_inner().to_string(),
+            path => format!("{path}: {}", e.into_inner()),
+        }),
     }
 }
 

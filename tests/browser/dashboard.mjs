@@ -63,6 +63,9 @@ try {
   await page.waitForSelector(".live.on");
   console.log(`PAGE_WEIGHT ${transferred}`);
 
+  // ---- A live run's progress line shows under its title.
+  check((await page.textContent(`tr[data-task="${TASK_WAITING}"] .progress`)) === "Reading the branches", "the progress line is listed");
+
   // ---- A title holding markup is shown as text, and nothing of it ran.
   const xssRow = page.locator(`tr[data-task="${TASK_XSS}"] td.title`);
   check((await xssRow.textContent()).includes("<script>"), "the <script> title is shown as text");
@@ -144,6 +147,9 @@ try {
   await page.waitForSelector(".question");
   check((await page.textContent(".question")).includes("Which branch?"), "the question is shown");
   await page.waitForSelector("#output >> text=Looking at the repository");
+  check((await page.textContent("#progress")) === "Reading the branches", "the progress line is on the task");
+  await page.waitForSelector('#artifacts a[href="https://ci.example.com/runs/7"]');
+  check((await page.textContent("#artifacts")).includes("docs/branches.md"), "the file the run recorded is listed");
   await page.screenshot({ path: `${OUT}/task-waiting.png`, fullPage: true });
   await page.fill("input[name=reply]", "use main");
   await page.click("form.row button[type=submit]");
@@ -157,6 +163,15 @@ try {
   });
   check(sent.ok, `messages → ${sent.status}`);
   await page.waitForSelector("#output >> text=streamed <b>live</b>");
+  // A new progress line replaces the old one live.
+  const progressed = await fetch(`${SERVER}/api/workers/${process.env.WORKER_WAITING}`, {
+    method: "PATCH",
+    headers: { Authorization: `Bearer ${process.env.ACCOUNT_KEY}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ progress: "Switching to main" }),
+  });
+  check(progressed.ok, `progress → ${progressed.status}`);
+  await page.waitForSelector("#progress >> text=Switching to main");
+  await page.waitForSelector('[data-worker] .progress >> text=Switching to main');
   // An instruction to the running worker lands in its output.
   await page.fill("input[name=instruct]", "also update the docs");
   await page.click("#instruct button[type=submit]");

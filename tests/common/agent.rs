@@ -358,8 +358,9 @@ pub fn process_gone(pid: i32) -> bool {
 /// A local stand-in for the Anthropic Messages API, enough for Claude Code to run a
 /// task offline. It plays the model by following lines of the task's prompt:
 /// `write PATH TEXT` (a `Write` tool call; `{answer}` in TEXT becomes the person's
-/// answer), `ask QUESTION` (ends the turn with a question, before any write), and
-/// `slow SECS` (waits that long before each answer). `write` lines in later user
+/// answer), `mcp TOOL JSON` (a call of buildd's MCP tool `mcp__buildd__TOOL` with JSON
+/// as its input), `ask QUESTION` (ends the turn with a question, before any write),
+/// and `slow SECS` (waits that long before each answer). `write` lines in later user
 /// messages of the conversation (an instruction, a follow-up) are done after the
 /// prompt's. Asked for structured output (Claude Code's `StructuredOutput` tool), it
 /// returns a plan of the conversation's `step REF | TITLE | DESCRIPTION | DEP,DEP`
@@ -525,14 +526,20 @@ async fn messages(State(state): State<FakeState>, Json(body): Json<Value>) -> Re
     if cwd.is_some() {
         state.conversations.lock().unwrap().push(texts.join("\n"));
     }
-    let mut writes = Vec::new();
+    // The tool calls the conversation asks for, in order: `write PATH TEXT` and
+    // `mcp TOOL JSON` (a call of buildd's MCP tool TOOL with JSON as its input).
+    let mut calls = Vec::new();
+    let mut writes = 0;
     for line in texts.iter().flat_map(|t| t.lines()) {
-        if let Some((path, text)) = line
-            .trim()
-            .strip_prefix("write ")
-            .and_then(|r| r.split_once(' '))
+        let line = line.trim();
+        if let Some((path, text)) = line.strip_prefix("write ").and_then(|r| r.split_once(' ')) {
+            writes += 1;
+            calls.push(Call::Write(path.to_owned(), text.to_owned()));
+        } else if let Some((tool, input)) =
+            line.strip_prefix("mcp ").and_then(|r| r.split_once(' '))
         {
-            writes.push((path.to_owned(), text.to_owned()));
+            let input = serde_json::from_str(input).expect("an mcp line's input is JSON");
+            calls.push(Call::Mcp(tool.to_owned(), input));
         }
     }
     let wants_plan = body["tools"]
@@ -573,8 +580,8 @@ async fn messages(State(state): State<FakeState>, Json(body): Json<Value>) -> Re
         (Some(_), Some(q), None) => {
             Reply::Text(format!("I need to know one thing first.\nQUESTION: {q}"))
         }
-        (Some(cwd), _, _) => match writes.get(tool_results) {
-            Some((path, text)) => Reply::Tool {
+        (Some(cwd), _, _) => match calls.get(tool_results) {
+            Some(Call::Write(path, text)) => Reply::Tool {
                 name: "Write".into(),
                 input: json!({
                     "file_path": format!("{cwd}/{path}"),
@@ -582,7 +589,12 @@ async fn messages(State(state): State<FakeState>, Json(body): Json<Value>) -> Re
                 }),
                 id: format!("toolu_{tool_results}"),
             },
-            None => Reply::Text(format!("Done: wrote {} file(s).", writes.len())),
+            Some(Call::Mcp(tool, input)) => Reply::Tool {
+                name: format!("mcp__buildd__{tool}"),
+                input: input.clone(),
+                id: format!("toolu_{tool_results}"),
+            },
+            None => Reply::Text(format!("Done: wrote {writes} file(s).")),
         },
     };
     if body["stream"] == true {
@@ -595,6 +607,12 @@ async fn messages(State(state): State<FakeState>, Json(body): Json<Value>) -> Re
     } else {
         Json(reply.message(&model)).into_response()
     }
+}
+
+/// A tool call a conversation asks the stand-in to make.
+enum Call {
+    Write(String, String),
+    Mcp(String, Value),
 }
 
 enum Reply {

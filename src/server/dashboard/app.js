@@ -5,6 +5,8 @@
 
 const TOKEN_KEY = "buildd.token";
 const STATUSES = ["blocked", "pending", "assigned", "running", "waiting_input", "planned", "completed", "failed", "cancelled"];
+// Statuses in which a task has a live run, whose progress line is news.
+const ACTIVE = ["assigned", "running", "waiting_input"];
 
 const state = {
   token: null,
@@ -362,7 +364,8 @@ function tasksView() {
       table.replaceChildren(h("table", {},
         h("thead", {}, h("tr", {}, ["Title", "Status", "Workspace", "Runner", "Priority", "Age", "Attempts"].map((c, i) => h("th", { class: i >= 4 && i !== 5 ? "num" : "" }, c)))),
         h("tbody", {}, rows.map((t) => h("tr", { "data-task": t.id },
-          h("td", { class: "title", "data-label": "Title" }, h("a", { href: `#/tasks/${encodeURIComponent(t.id)}` }, t.title)),
+          h("td", { class: "title", "data-label": "Title" }, h("a", { href: `#/tasks/${encodeURIComponent(t.id)}` }, t.title),
+            t.progress && ACTIVE.includes(t.status) ? h("div", { class: "muted progress" }, t.progress) : null),
           h("td", { "data-label": "Status" }, badge(t.status)),
           h("td", { "data-label": "Workspace" }, workspaceName(t.workspaceId)),
           h("td", { "data-label": "Runner" }, t.runnerPreference),
@@ -443,8 +446,9 @@ function taskView(id) {
   const outputTitle = h("h2", {}, "Output");
   const output = h("pre", { class: "output", id: "output" });
   const workflowEl = h("div", { id: "workflow" });
+  const artifactsEl = h("div", { id: "artifacts" });
   const changeEl = h("div", { id: "change" });
-  $("main").replaceChildren(h("p", {}, h("a", { href: "#/" }, "← Tasks")), head, err, workflowEl, workersEl, changeEl, outputTitle, output);
+  $("main").replaceChildren(h("p", {}, h("a", { href: "#/" }, "← Tasks")), head, err, workflowEl, workersEl, artifactsEl, changeEl, outputTitle, output);
   // The task's workers, every attempt (the event stream keeps them current after).
   everyPage(`/api/workers?taskId=${encodeURIComponent(id)}&limit=1000`, "workers").then((ws) => {
     for (const w of ws) if (!state.workers.has(w.id)) state.workers.set(w.id, w);
@@ -468,6 +472,22 @@ function taskView(id) {
       const detail = await api("GET", `/api/tasks/${encodeURIComponent(id)}`);
       links = { dependencies: detail.dependencies || [], children: detail.children || [] };
       renderWorkflow(state.tasks.get(id) || detail);
+    } catch (e) { err.textContent = e.message; }
+  }
+
+  // What the task's runs produced (links and files they recorded, branches, commits,
+  // pull requests): read again when one of its workers reports.
+  let artifactsSeen = null;
+  async function refreshArtifacts(workers) {
+    const seen = JSON.stringify(workers.map((w) => [w.id, w.heartbeatAt, w.status]));
+    if (seen === artifactsSeen) return;
+    artifactsSeen = seen;
+    try {
+      const list = await everyPage(`/api/tasks/${encodeURIComponent(id)}/artifacts?limit=1000`, "artifacts");
+      const shown = list.filter((a) => a.kind === "link" || a.kind === "file");
+      artifactsEl.replaceChildren(...(shown.length ? [h("h2", {}, "Artifacts"), h("ul", { class: "links" },
+        shown.map((a) => h("li", { "data-artifact": a.kind }, h("span", { class: "muted" }, `${a.kind} `),
+          a.kind === "link" ? safeLink(a.value) : a.value))) ] : []));
     } catch (e) { err.textContent = e.message; }
   }
 
@@ -542,6 +562,7 @@ function taskView(id) {
       renderWorkflow(task);
       refreshLinks(task);
       const workers = workersOf(id);
+      refreshArtifacts(workers);
       const current = workers.find((w) => w.id === task.workerId) || workers[workers.length - 1];
       const waiting = current && current.status === "waiting_input";
       const ended = ["completed", "failed", "cancelled"].includes(task.status);
@@ -557,6 +578,7 @@ function taskView(id) {
             h("dt", {}, "Cost"), h("dd", {}, money(taskCost(id)), task.maxCostUsd ? ` (cap ${money(task.maxCostUsd)})` : ""),
             h("dt", {}, "Created"), h("dd", { title: task.createdAt }, ago(task.createdAt)),
             task.baseBranch ? [h("dt", {}, "Base branch"), h("dd", {}, task.baseBranch)] : null,
+            task.progress ? [h("dt", {}, "Progress"), h("dd", { id: "progress" }, task.progress)] : null,
             task.error ? [h("dt", {}, "Error"), h("dd", {}, task.error)] : null,
             task.description ? [h("dt", {}, "Description"), h("dd", { style: "white-space: pre-wrap" }, task.description)] : null,
             task.result ? [h("dt", {}, "Result"), h("dd", { style: "white-space: pre-wrap" }, typeof task.result.text === "string" ? task.result.text : JSON.stringify(task.result))] : null,
@@ -578,7 +600,8 @@ function taskView(id) {
           h("thead", {}, h("tr", {}, ["Worker", "Status", "Branch", "Commit", "PR", "Turns", "Cost", "Started", ""].map((c) => h("th", {}, c)))),
           h("tbody", {}, workers.map((w) => h("tr", { "data-worker": w.id },
             h("td", { "data-label": "Worker" }, h("button", { class: "link", onclick: () => { showOutput(w.id); review.show(w, true); } }, w.id)),
-            h("td", { "data-label": "Status" }, badge(w.status), w.error ? h("div", { class: "muted" }, w.error) : null),
+            h("td", { "data-label": "Status" }, badge(w.status), w.error ? h("div", { class: "muted" }, w.error) : null,
+              w.progress ? h("div", { class: "muted progress" }, w.progress) : null),
             h("td", { "data-label": "Branch" }, w.branch || ""),
             h("td", { "data-label": "Commit" }, w.commitSha ? w.commitSha.slice(0, 10) : ""),
             h("td", { "data-label": "PR" }, w.prUrl ? safeLink(w.prUrl, "pull request") : ""),

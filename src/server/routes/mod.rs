@@ -107,7 +107,9 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 mod tests {
     use serde_json::{Value, json};
 
-    use crate::core::actions::{MAX_ARTIFACTS_PER_UPDATE, MAX_FIELD_LEN, MAX_TEXT_LEN};
+    use crate::core::actions::{
+        MAX_ARTIFACTS_PER_UPDATE, MAX_FIELD_LEN, MAX_PROGRESS_LEN, MAX_TEXT_LEN,
+    };
     use crate::core::claim::{MAX_TASKS_PER_CLAIM, MAX_WAIT_SECS};
     use crate::core::diff::{MAX_FILES, MAX_PATCH_BYTES, MAX_REVIEW_COMMENTS};
     use crate::core::plan::MAX_STEPS;
@@ -217,6 +219,12 @@ mod tests {
             ("WorkerUpdate", "prUrl", "maxLength", json!(MAX_FIELD_LEN)),
             ("WorkerUpdate", "question", "maxLength", json!(MAX_TEXT_LEN)),
             ("WorkerUpdate", "error", "maxLength", json!(MAX_TEXT_LEN)),
+            (
+                "WorkerUpdate",
+                "progress",
+                "maxLength",
+                json!(MAX_PROGRESS_LEN),
+            ),
             (
                 "WorkerUpdate",
                 "artifacts",

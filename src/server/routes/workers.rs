@@ -154,7 +154,7 @@ impl From<Claimed> for ClaimedWorker {
         ClaimedWorker {
             worker: claimed.worker,
             task: claimed.task,
-            worker_token: claimed.token,
+            worker_token: Some(claimed.token),
         }
     }
 }
