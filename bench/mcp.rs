@@ -1,7 +1,8 @@
 //! Tool-call latency over `/mcp` beside the same call over the REST API: `get_task`
-//! against `GET /api/tasks/:id`, `create_task` against `POST /api/tasks`, one call at
-//! a time from one client, on the real release binary (SQLite, and Postgres when
-//! `BUILDD_TEST_DATABASE_URL` is set).
+//! against `GET /api/tasks/:id` (and against the three requests that read what it
+//! answers: the task, its workers, its artifacts), `create_task` against
+//! `POST /api/tasks`, one call at a time from one client, on the real release binary
+//! (SQLite, and Postgres when `BUILDD_TEST_DATABASE_URL` is set).
 //!
 //! `cargo bench --bench mcp` — prints p50 and p99 of each. The MCP client is the
 //! official Rust SDK's (Streamable HTTP), as `buildd mcp` uses it; the REST client is
@@ -74,6 +75,17 @@ async fn report(backend: &str, server: &Server, calls: usize) {
         assert!(status.is_success());
     })
     .await;
+    let rest_get_whole = time(calls, || async {
+        for path in [
+            format!("/api/tasks/{id}"),
+            format!("/api/workers?taskId={id}"),
+            format!("/api/tasks/{id}/artifacts"),
+        ] {
+            let (status, _) = admin.get(&path).await;
+            assert!(status.is_success());
+        }
+    })
+    .await;
     let mcp_create = time(calls, || tool("create_task", create.clone())).await;
     let rest_create = time(calls, || async {
         admin.task(&ws, json!({"title": "Made over REST"})).await;
@@ -82,13 +94,14 @@ async fn report(backend: &str, server: &Server, calls: usize) {
     for (label, mut latencies) in [
         ("get_task over /mcp", mcp_get),
         ("GET /api/tasks/:id", rest_get),
+        ("the same in 3 GETs", rest_get_whole),
         ("create_task over /mcp", mcp_create),
         ("POST /api/tasks", rest_create),
     ] {
         latencies.sort();
         let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
         println!(
-            "{backend:<9} {label:<24} p50 {:>6.2} ms   p99 {:>6.2} ms",
+            "{backend:<9} {label:<22} p50 {:>6.2} ms   p99 {:>6.2} ms",
             ms(pct(0.50)),
             ms(pct(0.99)),
         );

@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::{ADMIN, Server};
@@ -13,24 +12,15 @@ use serde_json::{Value, json};
 /// Runs `buildd ARGS` against `server` with the admin token unless `key` says otherwise.
 fn buildd(server: &Server, key: &str, args: &[&str], stdin: Option<&str>) -> Output {
     let home = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_buildd"))
-        .args(args)
-        .env("BUILDD_SERVER", &server.url)
-        .env("BUILDD_API_KEY", key)
-        .env("HOME", home.path())
-        .env("XDG_DATA_HOME", home.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.unwrap_or("").as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    common::output_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_buildd"))
+            .args(args)
+            .env("BUILDD_SERVER", &server.url)
+            .env("BUILDD_API_KEY", key)
+            .env("HOME", home.path())
+            .env("XDG_DATA_HOME", home.path()),
+        stdin.unwrap_or("").as_bytes(),
+    )
 }
 
 fn ok_text(output: &Output) -> String {

@@ -54,23 +54,10 @@ fn python() -> PathBuf {
 async fn drive(args: Vec<String>, steps: Value, env: Vec<(String, String)>) -> Value {
     tokio::task::spawn_blocking(move || {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/drive.py");
-        let mut child = Command::new(python())
-            .arg(script)
-            .args(&args)
-            .envs(env)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(steps.to_string().as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = common::output_with_stdin(
+            Command::new(python()).arg(script).args(&args).envs(env),
+            steps.to_string().as_bytes(),
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         serde_json::from_str(&stdout).unwrap_or_else(|_| {
             panic!(

@@ -202,7 +202,7 @@ impl Job {
         }
         self.base_sha = git::head(&self.worktree).await.ok();
         self.tools = self.worker_token.take().and_then(|token| {
-            let url = format!("{}/mcp", self.ctx.client.server().trim_end_matches('/'));
+            let url = self.ctx.client.mcp_url();
             RunTools::write(&self.ctx.tools_dir, &self.worker.id, url, token)
                 .inspect_err(|e| {
                     warn!(worker = %self.worker.id, error = %e, "cannot write the run's MCP configuration; it runs without buildd's tools");

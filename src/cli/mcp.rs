@@ -26,7 +26,7 @@ pub async fn run(server: &str, token: &str) -> Result<(), String> {
     // rather than as a session that cannot list its tools.
     let client = Client::new(server, token).map_err(|e| e.to_string())?;
     client.me().await.map_err(|e| e.to_string())?;
-    let url = format!("{}/mcp", client.server().trim_end_matches('/'));
+    let url = client.mcp_url();
     let http = reqwest::Client::builder()
         .user_agent(format!("buildd/{VERSION}"))
         .connect_timeout(Duration::from_secs(10))

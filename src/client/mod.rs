@@ -128,6 +128,11 @@ impl Client {
         &self.base
     }
 
+    /// The server's MCP endpoint.
+    pub fn mcp_url(&self) -> String {
+        format!("{}/mcp", self.base)
+    }
+
     fn unreachable(&self, e: &reqwest::Error, limit: Duration) -> ClientError {
         let reason = if e.is_timeout() {
             silent(limit)

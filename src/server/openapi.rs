@@ -15,7 +15,7 @@ use super::error::ErrorBody;
 #[openapi(
     info(
         title = "buildd",
-        description = "A task broker for AI coding agents. Every request but /healthz, /readyz and /api/openapi.json takes `Authorization: Bearer TOKEN`: the admin token or an account key (`buildd_<type>_…`). Every error is `{\"error\": \"…\"}`."
+        description = "A task broker for AI coding agents. Every request but /healthz, /readyz and /api/openapi.json takes `Authorization: Bearer TOKEN`: the admin token or an account key (`buildd_<type>_…`). Every error is `{\"error\": \"…\"}`. A claim's `workerToken` (`buildd_worker_…`) opens only its run's own tools at `/mcp`, buildd's Model Context Protocol endpoint (Streamable HTTP, JSON-RPC; described in the README, not here), and is refused here with 403."
     ),
     security(("bearer" = [])),
     components(schemas(ErrorBody)),

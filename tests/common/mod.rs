@@ -96,6 +96,20 @@ pub fn npm_ci(dir: &Path, package: &str) {
     assert!(status.success(), "npm ci in {} failed", dir.display());
 }
 
+/// Runs `command` with `stdin` written to its standard input and waits for its
+/// output.
+pub fn output_with_stdin(command: &mut Command, stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the command");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn rand_suffix() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
     let nanos = SystemTime::now()
