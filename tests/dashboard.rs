@@ -176,6 +176,18 @@ async fn the_dashboard_works_in_a_real_browser() {
     assert!(status.is_success(), "{diff}");
     agent.move_worker(&review_worker, &["completed"]).await;
 
+    // A schedule, to be seen and paused from the page.
+    let schedule = admin
+        .ok(
+            "/api/schedules",
+            json!({"workspaceId": ws, "cron": "0 9 * * 1-5", "timezone": "Europe/Paris",
+                   "task": {"title": "Weekday standup notes"}}),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
     let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .unwrap()
@@ -193,6 +205,7 @@ async fn the_dashboard_works_in_a_real_browser() {
         .env("TASK_PLAN", &plan_task)
         .env("TASK_BLOCKED", &blocked)
         .env("TASK_REVIEWED", &reviewed)
+        .env("SCHEDULE", &schedule)
         .env("TASKS", "126")
         .env("CHROMIUM", &chromium)
         .env("OUT", &out)
@@ -239,6 +252,7 @@ async fn the_dashboard_works_in_a_real_browser() {
         "task-plan",
         "accounts",
         "review",
+        "schedules",
         "phone",
     ] {
         assert!(out.join(format!("{shot}.png")).exists(), "{shot}.png");
@@ -297,6 +311,9 @@ async fn the_dashboard_works_in_a_real_browser() {
             .unwrap()
             .contains("src/app.js:3")
     );
+    // The schedule was paused from the page.
+    let (_, paused) = admin.get(&format!("/api/schedules/{schedule}")).await;
+    assert_eq!(paused["paused"], true, "{paused}");
     // The blocked task failed when the task it waited for was cancelled.
     let (_, failed) = admin.get(&format!("/api/tasks/{blocked}")).await;
     assert_eq!(failed["status"], "failed", "{failed}");

@@ -98,6 +98,8 @@ struct Theirs {
     source: String,
     attachment: String,
     other_account: String,
+    schedule: String,
+    trigger: String,
 }
 
 async fn their_workspace(server: &Server, admin: &Api) -> Theirs {
@@ -154,7 +156,23 @@ async fn their_workspace(server: &Server, admin: &Api) -> Theirs {
     let pending_task = admin
         .task(&workspace, json!({"title": "their queue"}))
         .await;
+    let schedule = admin
+        .ok(
+            "/api/schedules",
+            json!({"workspaceId": workspace, "cron": "0 9 * * *",
+                   "task": {"title": "their secret plan, nightly"}}),
+        )
+        .await;
+    let trigger = admin
+        .ok(
+            "/api/triggers",
+            json!({"workspaceId": workspace, "name": "theirs",
+                   "task": {"title": "their secret plan, triggered"}}),
+        )
+        .await;
     Theirs {
+        schedule: schedule["id"].as_str().unwrap().to_owned(),
+        trigger: trigger["id"].as_str().unwrap().to_owned(),
         workspace,
         task: task["id"].as_str().unwrap().to_owned(),
         pending_task: pending_task["id"].as_str().unwrap().to_owned(),
@@ -425,6 +443,73 @@ async fn no_account_reaches_another_workspace() {
             format!("/api/tasks/counts?workspaceId={}", theirs.workspace),
             json!({}),
         ),
+        (
+            Method::POST,
+            "/api/schedules",
+            "/api/schedules".into(),
+            json!({"workspaceId": theirs.workspace, "cron": "0 9 * * *", "task": {"title": "x"}}),
+        ),
+        (
+            Method::GET,
+            "/api/schedules",
+            format!("/api/schedules?workspaceId={}", theirs.workspace),
+            json!({}),
+        ),
+        (
+            Method::GET,
+            "/api/schedules/{id}",
+            format!("/api/schedules/{}", theirs.schedule),
+            json!({}),
+        ),
+        (
+            Method::POST,
+            "/api/schedules/{id}/pause",
+            format!("/api/schedules/{}/pause", theirs.schedule),
+            json!({}),
+        ),
+        (
+            Method::POST,
+            "/api/schedules/{id}/resume",
+            format!("/api/schedules/{}/resume", theirs.schedule),
+            json!({}),
+        ),
+        (
+            Method::DELETE,
+            "/api/schedules/{id}",
+            format!("/api/schedules/{}", theirs.schedule),
+            json!({}),
+        ),
+        (
+            Method::POST,
+            "/api/triggers",
+            "/api/triggers".into(),
+            json!({"workspaceId": theirs.workspace, "name": "x", "task": {"title": "x"}}),
+        ),
+        (
+            Method::GET,
+            "/api/triggers",
+            format!("/api/triggers?workspaceId={}", theirs.workspace),
+            json!({}),
+        ),
+        (
+            Method::GET,
+            "/api/triggers/{id}",
+            format!("/api/triggers/{}", theirs.trigger),
+            json!({}),
+        ),
+        (
+            Method::DELETE,
+            "/api/triggers/{id}",
+            format!("/api/triggers/{}", theirs.trigger),
+            json!({}),
+        ),
+        // An account key never fires a trigger, whoever's.
+        (
+            Method::POST,
+            "/api/triggers/{id}/fire",
+            format!("/api/triggers/{}/fire", theirs.trigger),
+            json!({}),
+        ),
     ];
     let mut tried = BTreeSet::new();
     for (method, template, path, body) in &attempts {
@@ -458,6 +543,10 @@ async fn no_account_reaches_another_workspace() {
     );
     let (_, counts) = me.get("/api/tasks/counts").await;
     assert_eq!(counts["total"], 0, "counted their tasks: {counts}");
+    let (_, schedules) = me.get("/api/schedules").await;
+    assert_eq!(schedules["schedules"], json!([]));
+    let (_, triggers) = me.get("/api/triggers").await;
+    assert_eq!(triggers["triggers"], json!([]));
     for listing in ["/api/tasks", "/api/workers", "/api/workspaces"] {
         tried.insert(("GET".to_owned(), listing.to_owned()));
     }

@@ -17,8 +17,8 @@ pub use crate::core::claim::EmptyClaim;
 pub use crate::core::diff::{Diff, FileChange, NewDiff, ReviewBody, ReviewComment};
 pub use crate::core::model::{
     Account, AccountType, Artifact, Attachment, AuthType, Comment, Grant, Message,
-    RecordedArtifact, RunnerPreference, Source, Task, TaskMode, TaskRef, TaskStatus, Worker,
-    WorkerStatus, Workspace,
+    RecordedArtifact, RunnerPreference, Schedule, Source, Task, TaskMode, TaskRef, TaskStatus,
+    TaskTemplate, Trigger, Worker, WorkerStatus, Workspace,
 };
 pub use crate::core::plan::{Plan, PlanStep};
 
@@ -386,6 +386,86 @@ pub struct CommentList {
     pub comments: Vec<Comment>,
     /// Send as `cursor=` for the next page; null on the last page.
     pub next_cursor: Option<String>,
+}
+
+// ---- schedules and triggers ----
+
+/// `POST /api/schedules`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NewSchedule {
+    pub workspace_id: String,
+    /// 5 fields (minute hour day-of-month month day-of-week, e.g. `0 9 * * 1-5`), or 6
+    /// with seconds first; numbers, names (`MON`, `JAN`), `*`, lists, ranges, `*/N`
+    /// and `A-B/N` steps, `L`, `W` and `#`, as Vixie cron and croner read them.
+    #[schema(
+        max_length = 200,
+        pattern = r"^\s*[0-9A-Za-z*?,/#-]+(\s+[0-9A-Za-z*?,/#-]+){4,5}\s*$"
+    )]
+    pub cron: String,
+    /// The IANA time zone the cron is read in; default `UTC`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = timezone_schema)]
+    pub timezone: Option<String>,
+    pub task: TaskTemplate,
+    /// Failed tasks in a row that pause the schedule, 1–100; default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
+    pub max_failures: Option<i32>,
+}
+
+/// Every IANA time zone name the server knows, as the description's enum.
+fn timezone_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name())))
+        .build()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleList {
+    pub schedules: Vec<Schedule>,
+}
+
+/// `GET /api/schedules` and `GET /api/triggers` query.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct WorkspaceQuery {
+    /// Only this workspace's; default: every workspace the caller may see.
+    pub workspace_id: Option<String>,
+}
+
+/// `POST /api/triggers`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NewTrigger {
+    pub workspace_id: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00]*[^\s\x00][^\x00]*$"
+    )]
+    pub name: String,
+    /// `{{payload.PATH}}` in the title and description is filled from the body each
+    /// firing sends.
+    pub task: TaskTemplate,
+}
+
+/// A new trigger: its token is shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedTrigger {
+    #[serde(flatten)]
+    pub trigger: Trigger,
+    /// `buildd_trigger_…`: fires this trigger (`POST /api/triggers/:id/fire`), nothing
+    /// else.
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TriggerList {
+    pub triggers: Vec<Trigger>,
 }
 
 // ---- workers ----

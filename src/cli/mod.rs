@@ -9,6 +9,7 @@ mod mcp;
 mod output;
 mod paths;
 mod review;
+mod schedule;
 mod serve;
 mod task;
 mod workspace;
@@ -63,6 +64,13 @@ enum Command {
     Mcp {
         #[command(flatten)]
         connection: Connection,
+    },
+    /// Schedules: tasks made on a cron cadence.
+    Schedule {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        command: schedule::ScheduleCommand,
     },
     /// Tasks: queue, follow, steer.
     Task {
@@ -133,6 +141,10 @@ pub fn main() -> ExitCode {
                 connection,
                 command,
             } => task::run(&connection.client()?, connection.json, command).await,
+            Command::Schedule {
+                connection,
+                command,
+            } => schedule::run(&connection.client()?, connection.json, command).await,
             Command::Login { connection } => login(connection).await,
             Command::Mcp { connection } => mcp::run(&connection.server, &connection.token()?).await,
             Command::Completions { shell } => {

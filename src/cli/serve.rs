@@ -125,6 +125,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         admin_token: Arc::from(admin_token),
         lease_ttl: Duration::from_secs(args.lease_ttl),
         new_work: Arc::new(Notify::new()),
+        schedules_changed: Arc::new(Notify::new()),
         shutdown,
         github,
         metrics,

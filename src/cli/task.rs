@@ -118,7 +118,7 @@ pub enum TaskCommand {
     },
 }
 
-fn parse_runner(s: &str) -> Result<RunnerPreference, String> {
+pub(super) fn parse_runner(s: &str) -> Result<RunnerPreference, String> {
     s.parse()
 }
 
@@ -154,14 +154,10 @@ pub async fn run(client: &Client, json: bool, command: TaskCommand) -> Result<()
             base_branch,
             plan,
         } => {
-            let description = match description.as_deref() {
-                Some("-") => Some(read_stdin("the description")?),
-                _ => description,
-            };
             let body = NewTask {
                 workspace_id: workspace,
                 title,
-                description: description.unwrap_or_default(),
+                description: read_description(description)?,
                 runner_preference: runner,
                 priority: priority.unwrap_or(0),
                 max_attempts,
@@ -355,6 +351,14 @@ fn done(json: bool, task: &Task, sentence: &str) {
         output::json(task);
     } else {
         println!("{sentence}");
+    }
+}
+
+/// A `--description` as given, read from standard input when it is `-`.
+pub(super) fn read_description(given: Option<String>) -> Result<String, String> {
+    match given.as_deref() {
+        Some("-") => read_stdin("the description"),
+        _ => Ok(given.unwrap_or_default()),
     }
 }
 

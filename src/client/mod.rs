@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::api::{
     Account, AccountList, AccountUsage, Appended, ApproveBody, Approved, ClaimAnswer, ClaimBody,
     CreatedAccount, Diff, Grant, HeartbeatAnswer, Me, MessageBody, MessageList, NewAccount,
-    NewDiff, NewGrant, NewTask, NewWorker, NewWorkspace, ReviewBody, Reviewed, ReviseBody, Task,
-    TaskCounts, TaskDetail, TaskList, TaskQuery, Worker, WorkerList, WorkerUpdate, Workspace,
-    WorkspaceList,
+    NewDiff, NewGrant, NewSchedule, NewTask, NewWorker, NewWorkspace, ReviewBody, Reviewed,
+    ReviseBody, Schedule, ScheduleList, Task, TaskCounts, TaskDetail, TaskList, TaskQuery, Worker,
+    WorkerList, WorkerUpdate, Workspace, WorkspaceList,
 };
 
 pub use crate::core::backoff::backoff;
@@ -199,7 +199,9 @@ impl Client {
             .await
             .map_err(|e| self.unreachable(&e, limit))?;
         if status.is_success() {
-            return serde_json::from_str(&text).map_err(|e| {
+            // A 204 has no body: it reads as `null`, which `()` takes.
+            let text = if text.is_empty() { "null" } else { &text };
+            return serde_json::from_str(text).map_err(|e| {
                 ClientError::Protocol(format!("HTTP {status} with an unexpected body: {e}"))
             });
         }
@@ -293,6 +295,31 @@ impl Client {
             ("cursor", filter.cursor.as_deref()),
         ]);
         self.get(&format!("/api/tasks{q}")).await
+    }
+
+    pub async fn create_schedule(&self, body: &NewSchedule) -> Result<Schedule> {
+        self.send(Method::POST, "/api/schedules", body).await
+    }
+
+    pub async fn list_schedules(&self, workspace_id: Option<&str>) -> Result<ScheduleList> {
+        let q = query(&[("workspaceId", workspace_id)]);
+        self.get(&format!("/api/schedules{q}")).await
+    }
+
+    /// Pauses the schedule (`pause`) or resumes it.
+    pub async fn pause_schedule(&self, id: &str, pause: bool) -> Result<Schedule> {
+        let verb = if pause { "pause" } else { "resume" };
+        let path = format!("/api/schedules/{}/{verb}", encode(id));
+        self.send(Method::POST, &path, &serde_json::json!({})).await
+    }
+
+    pub async fn delete_schedule(&self, id: &str) -> Result<()> {
+        let path = format!("/api/schedules/{}", encode(id));
+        self.answer(
+            self.request(Method::DELETE, &path, REQUEST_TIMEOUT),
+            REQUEST_TIMEOUT,
+        )
+        .await
     }
 
     pub async fn task_counts(&self, workspace_id: Option<&str>) -> Result<TaskCounts> {

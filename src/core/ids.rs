@@ -14,6 +14,8 @@ pub enum IdKind {
     Worker,
     Source,
     Attachment,
+    Schedule,
+    Trigger,
 }
 
 impl IdKind {
@@ -25,6 +27,8 @@ impl IdKind {
             IdKind::Worker => "wrk",
             IdKind::Source => "src",
             IdKind::Attachment => "att",
+            IdKind::Schedule => "sch",
+            IdKind::Trigger => "trg",
         }
     }
 }

@@ -44,6 +44,16 @@ pub fn looks_like_worker_token(token: &str) -> bool {
     token.starts_with("buildd_worker_")
 }
 
+/// A new trigger token, `buildd_trigger_<random>`: it fires one trigger, nothing else.
+pub fn new_trigger_token() -> String {
+    format!("buildd_trigger_{}", random_secret())
+}
+
+/// Whether `token` has the shape of a trigger token.
+pub fn looks_like_trigger_token(token: &str) -> bool {
+    token.starts_with("buildd_trigger_")
+}
+
 /// Whether `token` has the shape of an account key (any other bearer token can only
 /// be the admin token).
 pub fn looks_like_account_key(token: &str) -> bool {
@@ -82,6 +92,9 @@ mod tests {
         assert!(looks_like_worker_token(&token));
         assert!(!looks_like_account_key(&token));
         assert!(!looks_like_worker_token(&key));
+        let trigger = new_trigger_token();
+        assert!(looks_like_trigger_token(&trigger));
+        assert!(!looks_like_account_key(&trigger) && !looks_like_worker_token(&trigger));
         assert_ne!(token, new_worker_token());
     }
 

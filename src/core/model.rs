@@ -247,6 +247,94 @@ pub struct Task {
     pub progress: Option<String>,
 }
 
+/// What each task of a schedule or a trigger is made of: the fields of
+/// `POST /api/tasks` that describe the work. A trigger's title and description may
+/// hold `{{payload.path}}` placeholders, filled from the body it is fired with.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskTemplate {
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\x00]*[^\s\x00][^\x00]*$"
+    )]
+    pub title: String,
+    #[serde(default)]
+    #[schema(max_length = 262144)]
+    pub description: String,
+    /// Default `any`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_preference: Option<RunnerPreference>,
+    #[serde(default)]
+    pub priority: i32,
+    /// Default 3.
+    #[schema(minimum = 1, maximum = 100)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<i32>,
+    #[schema(minimum = 0)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        max_length = 200,
+        pattern = r"^[A-Za-z0-9_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*(/[A-Za-z0-9_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*)*$"
+    )]
+    pub base_branch: Option<String>,
+    /// Default `run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<TaskMode>,
+}
+
+/// A task made on a cron cadence ([`super::schedule`]): each due run makes one task
+/// from `task`, unless the previous run's task has not ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Schedule {
+    pub id: String,
+    pub workspace_id: String,
+    /// 5 fields (minute hour day-of-month month day-of-week), or 6 with seconds first.
+    pub cron: String,
+    /// The IANA time zone the cron is read in.
+    pub timezone: String,
+    pub task: TaskTemplate,
+    pub paused: bool,
+    /// Why the schedule paused itself; `null` when a person paused it.
+    pub paused_reason: Option<String>,
+    /// Failed tasks in a row that pause the schedule.
+    pub max_failures: i32,
+    /// How many of its tasks have failed in a row so far.
+    pub consecutive_failures: i32,
+    /// `null` while paused.
+    pub next_run_at: Option<DateTime<Utc>>,
+    pub last_run_at: Option<DateTime<Utc>>,
+    /// The task of the last run that made one.
+    pub last_task_id: Option<String>,
+    /// Runs that made a task.
+    pub runs: i64,
+    /// Runs skipped because the previous run's task had not ended.
+    pub skipped: i64,
+    /// The account id that made it, or `admin`.
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A way for another system to make a task: `POST /api/triggers/:id/fire` with the
+/// trigger's own token, which can do nothing else.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Trigger {
+    pub id: String,
+    pub workspace_id: String,
+    pub name: String,
+    pub task: TaskTemplate,
+    /// Tasks it has made.
+    pub fired: i64,
+    pub last_fired_at: Option<DateTime<Utc>>,
+    /// The account id that made it, or `admin`.
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+}
+
 /// Another task as a task's page names it: a dependency or a child.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -396,6 +484,34 @@ impl Task {
             feedback: None,
             progress: None,
         }
+    }
+}
+
+impl TaskTemplate {
+    /// A new task of `workspace_id` made from the template, its fields checked as
+    /// `POST /api/tasks` checks them.
+    pub fn task(&self, workspace_id: String, now: DateTime<Utc>) -> Result<Task, super::RuleError> {
+        use super::validate;
+        validate::text("title", &self.title, validate::MAX_TITLE_LEN)?;
+        validate::optional_text(
+            "description",
+            Some(&self.description),
+            validate::MAX_DESCRIPTION_LEN,
+        )?;
+        validate::money("maxCostUsd", self.max_cost_usd)?;
+        if let Some(branch) = &self.base_branch {
+            validate::branch_name("baseBranch", branch)?;
+        }
+        Ok(Task {
+            description: self.description.clone(),
+            runner_preference: self.runner_preference.unwrap_or(RunnerPreference::Any),
+            priority: self.priority,
+            max_attempts: validate::max_attempts(self.max_attempts)?,
+            max_cost_usd: self.max_cost_usd,
+            mode: self.mode.unwrap_or(TaskMode::Run),
+            base_branch: self.base_branch.clone(),
+            ..Task::new(workspace_id, &self.title, now)
+        })
     }
 }
 

@@ -8,7 +8,7 @@ use axum::http::request::Parts;
 use super::AppState;
 use super::error::ApiError;
 use crate::core::keys;
-use crate::core::model::{Account, Grant, Worker, Workspace};
+use crate::core::model::{Account, Grant, Trigger, Worker, Workspace};
 use crate::core::policy::{self, Actor, Deed, Target};
 
 /// The authenticated caller of a request. Extracting it answers 401 for a missing or
@@ -28,6 +28,7 @@ impl FromRequestParts<AppState> for Caller {
             Bearer::Worker(_) => Err(ApiError::Forbidden(
                 "a worker token opens only its run's own tools at /mcp, not the HTTP API".into(),
             )),
+            Bearer::Trigger(trigger) => Err(trigger_only(&trigger)),
         }
     }
 }
@@ -38,6 +39,16 @@ pub enum Bearer {
     Caller(Caller),
     /// A run: the worker its token was issued to, which has not ended.
     Worker(Box<Worker>),
+    /// Another system, by a trigger's token: it may fire that trigger, nothing else.
+    Trigger(Box<Trigger>),
+}
+
+/// The refusal of a trigger's token anywhere but its own `fire`.
+pub fn trigger_only(trigger: &Trigger) -> ApiError {
+    ApiError::Forbidden(format!(
+        "a trigger token only fires its trigger: POST /api/triggers/{}/fire",
+        trigger.id
+    ))
 }
 
 /// Whom `token` stands for; 401 when nobody (an unknown token, or the token of a
@@ -62,6 +73,14 @@ pub async fn identify(state: &AppState, token: &str) -> Result<Bearer, ApiError>
             .filter(|w| !w.status.is_terminal())
     {
         return Ok(Bearer::Worker(Box::new(worker)));
+    }
+    if keys::looks_like_trigger_token(token)
+        && let Some(trigger) = state
+            .store
+            .trigger_by_token_hash(&keys::hash_key(token))
+            .await?
+    {
+        return Ok(Bearer::Trigger(Box::new(trigger)));
     }
     Err(ApiError::Unauthorized("unknown token".into()))
 }

@@ -14,6 +14,7 @@ mod openapi;
 mod request_log;
 pub mod retention;
 mod routes;
+mod scheduler;
 mod sweeper;
 
 use std::net::SocketAddr;
@@ -45,6 +46,8 @@ pub struct AppState {
     /// Woken when a change that writes no event (a new grant) may let a waiting claim
     /// succeed.
     pub new_work: Arc<Notify>,
+    /// Woken when a schedule is made or resumed here, so the scheduler looks again.
+    pub schedules_changed: Arc<Notify>,
     /// Cancelled at shutdown: waiting claims return and the sweeper stops.
     pub shutdown: CancellationToken,
     /// Wakes GitHub Actions workflows for action tasks, when a token was given.
@@ -76,10 +79,21 @@ async fn name_version(mut response: axum::response::Response) -> axum::response:
     response
 }
 
+impl AppState {
+    /// What follows a new task, however it was made: an action task wakes the GitHub
+    /// workflows that run it.
+    pub fn task_created(&self, task: &crate::core::model::Task) {
+        if let Some(github) = &self.github {
+            github.task_created(self.store.clone(), task.clone());
+        }
+    }
+}
+
 /// Serves on `listener` until `state.shutdown` is cancelled, then stops accepting,
 /// lets in-flight requests finish and returns.
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
     let sweeper = tokio::spawn(sweeper::run(state.clone()));
+    let scheduler = tokio::spawn(scheduler::run(state.clone()));
     let retention = tokio::spawn(retention::run(state.clone()));
     let shutdown = state.shutdown.clone();
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
@@ -87,6 +101,7 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
     sweeper.abort();
+    scheduler.abort();
     retention.abort();
     served
 }

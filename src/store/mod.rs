@@ -25,8 +25,8 @@ use crate::core::diff::Diff;
 use crate::core::events::StoredEvent;
 use crate::core::lease::Cutoffs;
 use crate::core::model::{
-    Account, Attachment, Comment, Grant, Message, RecordedArtifact, Source, Task, TaskRef,
-    TaskStatus, Worker, WorkerStatus, Workspace,
+    Account, Attachment, Comment, Grant, Message, RecordedArtifact, Schedule, Source, Task,
+    TaskRef, TaskStatus, Trigger, Worker, WorkerStatus, Workspace,
 };
 use crate::core::page::{Page, PageRequest};
 use crate::core::plan::Plan;
@@ -291,6 +291,51 @@ pub trait Store: Send + Sync + 'static {
     async fn list_attachments(&self, worker_id: &str) -> Result<Vec<Attachment>>;
     /// One attachment and its bytes.
     async fn get_attachment(&self, id: &str) -> Result<Option<(Attachment, Vec<u8>)>>;
+
+    async fn create_schedule(&self, schedule: &Schedule) -> Result<()>;
+    async fn get_schedule(&self, id: &str) -> Result<Option<Schedule>>;
+    /// Schedules, oldest first: of one workspace or all, and only of workspaces
+    /// granted to `visible_to`.
+    async fn list_schedules(
+        &self,
+        workspace_id: Option<&str>,
+        visible_to: Option<&str>,
+    ) -> Result<Vec<Schedule>>;
+    /// Pauses ([`crate::core::schedule::pause`]) or resumes
+    /// ([`crate::core::schedule::resume`], the next run counted from `now`) the
+    /// schedule, and returns it.
+    async fn set_schedule_paused(&self, id: &str, paused: bool, now: Timestamp)
+    -> Result<Schedule>;
+    /// Whether there was a schedule to delete. Its tasks stay.
+    async fn delete_schedule(&self, id: &str) -> Result<bool>;
+    /// When the first schedule that is not paused is due.
+    async fn next_schedule_due(&self) -> Result<Option<Timestamp>>;
+    /// Runs every schedule due at `now` ([`crate::core::schedule::run`]), each once
+    /// across a cluster, and returns them after their runs with the tasks they made.
+    async fn run_due_schedules(&self, now: Timestamp) -> Result<Vec<(Schedule, Option<Task>)>>;
+
+    async fn create_trigger(&self, trigger: &Trigger, token_hash: &str) -> Result<()>;
+    async fn get_trigger(&self, id: &str) -> Result<Option<Trigger>>;
+    /// The trigger whose token hashes to `token_hash`.
+    async fn trigger_by_token_hash(&self, token_hash: &str) -> Result<Option<Trigger>>;
+    /// Triggers, oldest first, as [`Store::list_schedules`] lists schedules.
+    async fn list_triggers(
+        &self,
+        workspace_id: Option<&str>,
+        visible_to: Option<&str>,
+    ) -> Result<Vec<Trigger>>;
+    /// Whether there was a trigger to delete. Its tasks stay.
+    async fn delete_trigger(&self, id: &str) -> Result<bool>;
+    /// Fires the trigger `id` whose token hashes to `token_hash` (else `NotFound`):
+    /// makes its task with `payload` ([`crate::core::trigger::task`]) and counts the
+    /// firing, in one transaction.
+    async fn fire_trigger(
+        &self,
+        id: &str,
+        token_hash: &str,
+        payload: &Value,
+        now: Timestamp,
+    ) -> Result<Task>;
 
     /// Retention: deletes up to `limit` events older than `before`, oldest first, but
     /// never the newest event (ids go on from it), and records the newest id deleted.

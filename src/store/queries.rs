@@ -28,16 +28,17 @@ use crate::core::actions::{self, Action, Outcome, UsageChange};
 use crate::core::claim::{self, Backlog};
 use crate::core::diff::{Diff, NewDiff};
 use crate::core::events::{Event, StoredEvent};
+use crate::core::ids::{IdKind, new_id};
 use crate::core::lease::Cutoffs;
 use crate::core::model::{
-    Account, Artifact, Attachment, Comment, Grant, Message, RecordedArtifact, Source, Task,
-    TaskRef, TaskStatus, Worker, WorkerStatus, Workspace,
+    Account, Artifact, Attachment, Comment, Grant, Message, RecordedArtifact, Schedule, Source,
+    Task, TaskRef, TaskStatus, TaskTemplate, Trigger, Worker, WorkerStatus, Workspace,
 };
 use crate::core::page::{Page, PageRequest, Position};
 use crate::core::plan::{self, Plan};
 use crate::core::time::{self, Timestamp};
 use crate::core::workflow::{self, Dependency};
-use crate::core::{keys, messages};
+use crate::core::{keys, messages, schedule, trigger};
 
 /// Column lists, the same in both schemas, in the order the row readers read them.
 const ACCOUNT_COLUMNS: &str = "id, type, name, auth_type, max_concurrent_workers, \
@@ -56,6 +57,16 @@ const WORKER_COLUMNS: &str = "id, task_id, workspace_id, account_id, status, cos
      started_at, heartbeat_at, finished_at, pending_instructions, progress";
 const GRANT_COLUMNS: &str = "account_id, workspace_id, can_claim, can_create";
 const COMMENT_COLUMNS: &str = "id, task_id, author, body, created_at";
+const SCHEDULE_COLUMNS: &str = "id, workspace_id, cron, timezone, task, paused, paused_reason, \
+     max_failures, consecutive_failures, next_run_at, last_run_at, last_task_id, runs, skipped, \
+     created_by, created_at";
+const TRIGGER_COLUMNS: &str =
+    "id, workspace_id, name, task, fired, last_fired_at, created_by, created_at";
+/// The condition of a listing of one workspace's rows (`$1`, or all when null) among
+/// those granted to an account (`$2`, or all when null).
+const VISIBLE_IN_WORKSPACE: &str = "(CAST($1 AS TEXT) IS NULL OR workspace_id = $1) \
+     AND (CAST($2 AS TEXT) IS NULL OR workspace_id IN \
+          (SELECT workspace_id FROM account_workspaces WHERE account_id = $2))";
 const DIFF_COLUMNS: &str =
     "worker_id, task_id, base_sha, head_sha, files, patch, truncated, created_at";
 
@@ -193,6 +204,178 @@ fn worker_args(w: &Worker) -> Vec<Arg> {
         w.pending_instructions.as_slice(),
         &w.progress,
     ]
+}
+
+/// A task template, stored as the JSON text serde wrote.
+fn template_from(text: &str) -> Result<TaskTemplate> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Backend(format!("stored task template unreadable: {e}")))
+}
+
+fn template_arg(template: &TaskTemplate) -> Arg {
+    Arg::Text(Some(
+        serde_json::to_string(template).unwrap_or_else(|_| "{}".into()),
+    ))
+}
+
+fn schedule_from_row(r: &mut Reader) -> Result<Schedule> {
+    Ok(Schedule {
+        id: r.get()?,
+        workspace_id: r.get()?,
+        cron: r.get()?,
+        timezone: r.get()?,
+        task: template_from(&r.get::<String>()?)?,
+        paused: r.get()?,
+        paused_reason: r.get()?,
+        max_failures: r.get()?,
+        consecutive_failures: r.get()?,
+        next_run_at: r.get()?,
+        last_run_at: r.get()?,
+        last_task_id: r.get()?,
+        runs: r.get()?,
+        skipped: r.get()?,
+        created_by: r.get()?,
+        created_at: r.get()?,
+    })
+}
+
+fn schedule_args(s: &Schedule) -> Vec<Arg> {
+    let mut values = args![&s.id, &s.workspace_id, &s.cron, &s.timezone];
+    values.push(template_arg(&s.task));
+    values.extend(args![
+        s.paused,
+        &s.paused_reason,
+        s.max_failures,
+        s.consecutive_failures,
+        s.next_run_at,
+        s.last_run_at,
+        &s.last_task_id,
+        s.runs,
+        s.skipped,
+        &s.created_by,
+        s.created_at,
+    ]);
+    values
+}
+
+fn trigger_from_row(r: &mut Reader) -> Result<Trigger> {
+    Ok(Trigger {
+        id: r.get()?,
+        workspace_id: r.get()?,
+        name: r.get()?,
+        task: template_from(&r.get::<String>()?)?,
+        fired: r.get()?,
+        last_fired_at: r.get()?,
+        created_by: r.get()?,
+        created_at: r.get()?,
+    })
+}
+
+/// Writes back every field of a schedule that can change after it was created.
+async fn save_schedule<T: Tx>(tx: &mut T, s: &Schedule) -> Result<()> {
+    let sql = "UPDATE schedules SET paused = $2, paused_reason = $3, consecutive_failures = $4, \
+         next_run_at = $5, last_run_at = $6, last_task_id = $7, runs = $8, skipped = $9 \
+         WHERE id = $1";
+    let values = args![
+        &s.id,
+        s.paused,
+        &s.paused_reason,
+        s.consecutive_failures,
+        s.next_run_at,
+        s.last_run_at,
+        &s.last_task_id,
+        s.runs,
+        s.skipped,
+    ];
+    tx.execute(sql, values).await.map(drop)
+}
+
+/// The schedule `id`, locked until commit.
+async fn lock_schedule<T: Tx>(tx: &mut T, id: &str) -> Result<Schedule> {
+    let sql = format!(
+        "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE id = $1{}",
+        T::DIALECT.for_update
+    );
+    tx.query_optional(&sql, args![id], schedule_from_row)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("schedule {id}")))
+}
+
+/// Where a schedule's or a trigger's tasks come from: one source per schedule or
+/// trigger, so `GET /api/tasks?sourceId=` lists them.
+fn source_of(source_type: &str, owner_id: &str, task: &Task) -> Source {
+    Source {
+        id: new_id(IdKind::Source),
+        workspace_id: task.workspace_id.clone(),
+        source_type: source_type.to_owned(),
+        external_id: Some(owner_id.to_owned()),
+        url: None,
+        created_at: task.created_at,
+    }
+}
+
+/// See [`Store::run_due_schedules`]. Each due schedule is locked (passed over when
+/// another server holds it) and its next run moved on in the same transaction as the
+/// task it makes, so a run happens once across a cluster.
+async fn run_due_schedules<T: Tx>(
+    tx: &mut T,
+    now: Timestamp,
+) -> Result<Vec<(Schedule, Option<Task>)>> {
+    let sql = format!(
+        "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE NOT paused AND next_run_at <= $1 \
+         ORDER BY next_run_at LIMIT 100{}",
+        T::DIALECT.skip_locked
+    );
+    let due = tx.query(&sql, args![now], schedule_from_row).await?;
+    let mut ran = Vec::with_capacity(due.len());
+    for mut due_schedule in due {
+        let previous = match &due_schedule.last_task_id {
+            Some(id) => load_task(tx, id, false).await?.map(|t| t.status),
+            None => None,
+        };
+        let made = match schedule::run(&mut due_schedule, previous, now) {
+            Ok(Some(task)) => {
+                let source = source_of("schedule", &due_schedule.id, &task);
+                Some(create_task(tx, task, Some(source)).await?)
+            }
+            Ok(None) => None,
+            // A schedule whose template no longer makes a task pauses, saying why,
+            // rather than failing every run of every schedule after it.
+            Err(e) => {
+                due_schedule.paused = true;
+                due_schedule.paused_reason = Some(format!("paused: {e}"));
+                due_schedule.next_run_at = None;
+                None
+            }
+        };
+        save_schedule(tx, &due_schedule).await?;
+        ran.push((due_schedule, made));
+    }
+    Ok(ran)
+}
+
+/// See [`Store::fire_trigger`].
+async fn fire_trigger<T: Tx>(
+    tx: &mut T,
+    id: &str,
+    token_hash: &str,
+    payload: &Value,
+    now: Timestamp,
+) -> Result<Task> {
+    let sql = format!(
+        "SELECT {TRIGGER_COLUMNS} FROM triggers WHERE id = $1 AND token_hash = $2{}",
+        T::DIALECT.for_update
+    );
+    let trigger = tx
+        .query_optional(&sql, args![id, token_hash], trigger_from_row)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("trigger {id}")))?;
+    let task = trigger::task(&trigger.task, trigger.workspace_id.clone(), payload, now)?;
+    let source = source_of("trigger", &trigger.id, &task);
+    let task = create_task(tx, task, Some(source)).await?;
+    let sql = "UPDATE triggers SET fired = fired + 1, last_fired_at = $2 WHERE id = $1";
+    tx.execute(sql, args![id, now]).await?;
+    Ok(task)
 }
 
 /// Stores a worker a claim made, with the digest of its token.
@@ -1412,6 +1595,156 @@ impl<B: Backend> Store for SqlStore<B> {
                 .collect(),
             page,
         ))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(schedule = %schedule.id))]
+    async fn create_schedule(&self, schedule: &Schedule) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO schedules ({SCHEDULE_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+        );
+        self.execute(sql, schedule_args(schedule)).await.map(drop)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn get_schedule(&self, id: &str) -> Result<Option<Schedule>> {
+        let sql = format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE id = $1");
+        self.first(sql, args![id], schedule_from_row).await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn list_schedules(
+        &self,
+        workspace_id: Option<&str>,
+        visible_to: Option<&str>,
+    ) -> Result<Vec<Schedule>> {
+        let sql = format!(
+            "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE {VISIBLE_IN_WORKSPACE} \
+             ORDER BY created_at, id"
+        );
+        self.all(sql, args![workspace_id, visible_to], schedule_from_row)
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn set_schedule_paused(
+        &self,
+        id: &str,
+        paused: bool,
+        now: Timestamp,
+    ) -> Result<Schedule> {
+        let id = id.to_owned();
+        self.backend
+            .write(move |tx| {
+                async move {
+                    let mut s = lock_schedule(tx, &id).await?;
+                    if paused {
+                        schedule::pause(&mut s);
+                    } else {
+                        schedule::resume(&mut s, now)?;
+                    }
+                    save_schedule(tx, &s).await?;
+                    Ok(s)
+                }
+                .boxed()
+            })
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn delete_schedule(&self, id: &str) -> Result<bool> {
+        let sql = "DELETE FROM schedules WHERE id = $1";
+        Ok(self.execute(sql.to_owned(), args![id]).await? > 0)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn next_schedule_due(&self) -> Result<Option<Timestamp>> {
+        let sql = "SELECT next_run_at FROM schedules WHERE NOT paused \
+                   AND next_run_at IS NOT NULL ORDER BY next_run_at LIMIT 1";
+        self.first(sql.to_owned(), Vec::new(), |r| r.get()).await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn run_due_schedules(&self, now: Timestamp) -> Result<Vec<(Schedule, Option<Task>)>> {
+        let ran = self
+            .backend
+            .write(move |tx| async move { run_due_schedules(tx, now).await }.boxed())
+            .await?;
+        if ran.iter().any(|(_, task)| task.is_some()) {
+            self.backend.events_written();
+        }
+        Ok(ran)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(trigger = %trigger.id))]
+    async fn create_trigger(&self, trigger: &Trigger, token_hash: &str) -> Result<()> {
+        let t = trigger;
+        let sql = format!(
+            "INSERT INTO triggers ({TRIGGER_COLUMNS}, token_hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        );
+        let mut values = args![&t.id, &t.workspace_id, &t.name];
+        values.push(template_arg(&t.task));
+        values.extend(args![
+            t.fired,
+            t.last_fired_at,
+            &t.created_by,
+            t.created_at,
+            token_hash
+        ]);
+        self.execute(sql, values).await.map(drop)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn get_trigger(&self, id: &str) -> Result<Option<Trigger>> {
+        let sql = format!("SELECT {TRIGGER_COLUMNS} FROM triggers WHERE id = $1");
+        self.first(sql, args![id], trigger_from_row).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn trigger_by_token_hash(&self, token_hash: &str) -> Result<Option<Trigger>> {
+        let sql = format!("SELECT {TRIGGER_COLUMNS} FROM triggers WHERE token_hash = $1");
+        self.first(sql, args![token_hash], trigger_from_row).await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn list_triggers(
+        &self,
+        workspace_id: Option<&str>,
+        visible_to: Option<&str>,
+    ) -> Result<Vec<Trigger>> {
+        let sql = format!(
+            "SELECT {TRIGGER_COLUMNS} FROM triggers WHERE {VISIBLE_IN_WORKSPACE} \
+             ORDER BY created_at, id"
+        );
+        self.all(sql, args![workspace_id, visible_to], trigger_from_row)
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn delete_trigger(&self, id: &str) -> Result<bool> {
+        let sql = "DELETE FROM triggers WHERE id = $1";
+        Ok(self.execute(sql.to_owned(), args![id]).await? > 0)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, token_hash, payload))]
+    async fn fire_trigger(
+        &self,
+        id: &str,
+        token_hash: &str,
+        payload: &Value,
+        now: Timestamp,
+    ) -> Result<Task> {
+        let (id, token_hash) = (id.to_owned(), token_hash.to_owned());
+        let payload = payload.clone();
+        let task = self
+            .backend
+            .write(move |tx| {
+                async move { fire_trigger(tx, &id, &token_hash, &payload, now).await }.boxed()
+            })
+            .await?;
+        self.backend.events_written();
+        Ok(task)
     }
 
     #[tracing::instrument(level = "debug", skip(self, body))]

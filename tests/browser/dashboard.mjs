@@ -142,6 +142,17 @@ try {
   await page.click("#review button.primary");
   await page.waitForSelector("h1 >> text=Follow-up");
 
+  // ---- Schedules: the next run in its zone, paused from the page.
+  await page.goto(`${SERVER}/#/schedules`);
+  await page.waitForSelector(`tr[data-schedule="${process.env.SCHEDULE}"]`);
+  const row = `tr[data-schedule="${process.env.SCHEDULE}"]`;
+  check((await page.textContent(`${row} td[data-label="Cadence"]`)).includes("Europe/Paris"), "the zone is shown");
+  check((await page.getAttribute(`${row} .next span`, "title")) !== null, "the next run is shown");
+  await page.screenshot({ path: `${OUT}/schedules.png`, fullPage: true });
+  await page.click(`${row} button`);
+  await page.waitForSelector(`${row} >> text=Resume`);
+  check((await page.textContent(`${row} .next`)).includes("paused"), "paused, with no next run");
+
   // ---- Answer a waiting task from the page; its output is on screen.
   await page.goto(`${SERVER}/#/tasks/${TASK_WAITING}`);
   await page.waitForSelector(".question");

@@ -290,6 +290,7 @@ function route() {
   if ((m = hash.match(/^#\/tasks\/(.+)$/))) view = taskView(decodeURIComponent(m[1]));
   else if (hash === "#/new") view = newTaskView();
   else if (hash === "#/accounts") view = accountsView();
+  else if (hash === "#/schedules") view = schedulesView();
   else view = tasksView();
   renderData();
 }
@@ -844,6 +845,54 @@ function accountsView() {
             h("td", { "data-label": "Repo" }, a.githubRepo || ""),
           );
         })),
+      ));
+    },
+  };
+}
+
+// Schedules: their cadence, next and last runs, skips, and a pause or resume button.
+// Read when the view opens, again when a task is created (a run), and after a button.
+function schedulesView() {
+  const body = h("div", {});
+  const err = h("p", { class: "error", role: "alert" });
+  $("main").replaceChildren(h("h1", {}, "Schedules"), err, body);
+  let schedules = null;
+  let seenTasks = null;
+  async function refresh() {
+    try {
+      schedules = (await api("GET", "/api/schedules")).schedules;
+      scheduleRender();
+    } catch (e) { err.textContent = e.message; }
+  }
+  const when = (iso) => (iso ? h("span", { title: iso }, new Date(iso).toLocaleString()) : h("span", { class: "muted" }, "—"));
+  return {
+    data() {
+      const tasks = state.tasks.size;
+      if (tasks !== seenTasks) { seenTasks = tasks; refresh(); }
+      if (schedules === null) { body.replaceChildren(h("p", { class: "muted" }, "Loading…")); return; }
+      if (!schedules.length) {
+        body.replaceChildren(h("p", { class: "muted panel" }, "No schedules yet. Make one with ",
+          h("code", {}, "buildd schedule create"), " or POST /api/schedules."));
+        return;
+      }
+      body.replaceChildren(h("table", {},
+        h("thead", {}, h("tr", {}, ["Task", "Cadence", "Workspace", "Next run", "Last run", "Runs", "Skipped", ""].map((c) => h("th", {}, c)))),
+        h("tbody", {}, schedules.map((s) => h("tr", { "data-schedule": s.id },
+          h("td", { "data-label": "Task" }, s.task.title, h("div", { class: "muted" }, s.id)),
+          h("td", { "data-label": "Cadence" }, h("code", {}, s.cron), h("div", { class: "muted" }, s.timezone)),
+          h("td", { "data-label": "Workspace" }, workspaceName(s.workspaceId)),
+          h("td", { "data-label": "Next run", class: "next" }, s.paused
+            ? h("span", { class: "muted" }, s.pausedReason || "paused")
+            : when(s.nextRunAt)),
+          h("td", { "data-label": "Last run" }, when(s.lastRunAt),
+            s.lastTaskId ? h("div", {}, h("a", { href: `#/tasks/${encodeURIComponent(s.lastTaskId)}` }, "its task")) : null),
+          h("td", { class: "num", "data-label": "Runs" }, s.runs),
+          h("td", { class: "num", "data-label": "Skipped", title: "runs skipped while the previous task had not ended" }, s.skipped),
+          h("td", {}, action(s.paused ? "Resume" : "Pause", "", async () => {
+            await api("POST", `/api/schedules/${encodeURIComponent(s.id)}/${s.paused ? "resume" : "pause"}`, {});
+            await refresh();
+          }, err)),
+        ))),
       ));
     },
   };

@@ -33,7 +33,7 @@ use rmcp::transport::streamable_http_server::session::never::NeverSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{RoleServer, ServerHandler};
 
-use super::auth::{Bearer, Caller, bearer_token, identify};
+use super::auth::{Bearer, Caller, bearer_token, identify, trigger_only};
 use super::error::{ApiError, ErrorBody};
 use super::{AppState, MAX_BODY_BYTES};
 use crate::core::model::{Account, Worker};
@@ -110,6 +110,7 @@ async fn caller_of(state: &AppState, headers: &HeaderMap) -> Result<McpCaller, A
                 .ok_or_else(|| ApiError::Unauthorized("unknown token".into()))?;
             Ok(McpCaller::Run { worker, account })
         }
+        Bearer::Trigger(trigger) => Err(trigger_only(&trigger)),
     }
 }
 

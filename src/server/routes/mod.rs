@@ -7,6 +7,7 @@
 mod accounts;
 mod events;
 mod ops;
+mod schedules;
 // The MCP tools call these handlers.
 pub(super) mod tasks;
 pub(super) mod workers;
@@ -69,6 +70,13 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::artifacts))
         .routes(routes!(tasks::comment, tasks::comments))
         .routes(routes!(tasks::source))
+        .routes(routes!(schedules::create, schedules::list))
+        .routes(routes!(schedules::show, schedules::delete))
+        .routes(routes!(schedules::pause))
+        .routes(routes!(schedules::resume))
+        .routes(routes!(schedules::create_trigger, schedules::list_triggers))
+        .routes(routes!(schedules::show_trigger, schedules::delete_trigger))
+        .routes(routes!(schedules::fire))
         .routes(routes!(workers::list, workers::create))
         .routes(routes!(workers::instruct))
         .routes(routes!(workers::claim))
@@ -113,6 +121,7 @@ mod tests {
     use crate::core::claim::{MAX_TASKS_PER_CLAIM, MAX_WAIT_SECS};
     use crate::core::diff::{MAX_FILES, MAX_PATCH_BYTES, MAX_REVIEW_COMMENTS};
     use crate::core::plan::MAX_STEPS;
+    use crate::core::schedule::{MAX_CRON_LEN, MAX_FAILURES_LIMIT};
     use crate::core::validate::{
         MAX_ATTEMPTS_LIMIT, MAX_COMMENT_LEN, MAX_DESCRIPTION_LEN, MAX_MESSAGES_PER_BATCH,
         MAX_NAME_LEN, MAX_TITLE_LEN, MAX_URL_LEN,
@@ -237,6 +246,33 @@ mod tests {
             ("Plan", "steps", "maxItems", json!(MAX_STEPS)),
             ("ReviseBody", "feedback", "maxLength", json!(MAX_TEXT_LEN)),
             ("MessageBody", "message", "maxLength", json!(MAX_TEXT_LEN)),
+            ("NewSchedule", "cron", "maxLength", json!(MAX_CRON_LEN)),
+            (
+                "NewSchedule",
+                "maxFailures",
+                "maximum",
+                json!(MAX_FAILURES_LIMIT),
+            ),
+            ("TaskTemplate", "title", "maxLength", json!(MAX_TITLE_LEN)),
+            (
+                "TaskTemplate",
+                "description",
+                "maxLength",
+                json!(MAX_DESCRIPTION_LEN),
+            ),
+            (
+                "TaskTemplate",
+                "maxAttempts",
+                "maximum",
+                json!(MAX_ATTEMPTS_LIMIT),
+            ),
+            (
+                "TaskTemplate",
+                "baseBranch",
+                "maxLength",
+                json!(MAX_NAME_LEN),
+            ),
+            ("NewTrigger", "name", "maxLength", json!(MAX_NAME_LEN)),
         ] {
             assert_eq!(bound(schema, field, key), rule, "{schema}.{field} {key}");
         }

@@ -11,7 +11,7 @@ use crate::api::{
 };
 use crate::core::actions::{Action, MAX_TEXT_LEN};
 use crate::core::ids::{IdKind, new_id};
-use crate::core::model::{Comment, RunnerPreference, Source, Task, TaskMode, TaskStatus};
+use crate::core::model::{Comment, Source, Task, TaskStatus, TaskTemplate};
 use crate::core::page::PageRequest;
 use crate::core::policy::Deed;
 use crate::core::{time, validate, workflow};
@@ -27,18 +27,18 @@ pub async fn create(
     caller: Caller,
     Body(body): Body<NewTask>,
 ) -> ApiResult<(StatusCode, Json<Task>)> {
-    validate::text("title", &body.title, validate::MAX_TITLE_LEN)?;
-    validate::optional_text(
-        "description",
-        Some(&body.description),
-        validate::MAX_DESCRIPTION_LEN,
-    )?;
-    validate::money("maxCostUsd", body.max_cost_usd)?;
-    let max_attempts = validate::max_attempts(body.max_attempts)?;
+    let template = TaskTemplate {
+        title: body.title,
+        description: body.description,
+        runner_preference: body.runner_preference,
+        priority: body.priority,
+        max_attempts: body.max_attempts,
+        max_cost_usd: body.max_cost_usd,
+        base_branch: body.base_branch,
+        mode: body.mode,
+    };
+    let task = template.task(body.workspace_id, time::now())?;
     let depends_on = workflow::requested(&body.depends_on)?;
-    if let Some(branch) = &body.base_branch {
-        validate::branch_name("baseBranch", branch)?;
-    }
     if let Some(src) = &body.source {
         validate::source_type(&src.source_type)?;
         validate::optional_text(
@@ -49,19 +49,12 @@ pub async fn create(
         validate::optional_text("source.url", src.url.as_deref(), validate::MAX_URL_LEN)?;
     }
     caller
-        .may_in_named(&state, Deed::Create, &body.workspace_id)
+        .may_in_named(&state, Deed::Create, &task.workspace_id)
         .await?;
     let task = Task {
-        description: body.description,
-        runner_preference: body.runner_preference.unwrap_or(RunnerPreference::Any),
-        priority: body.priority,
-        max_attempts,
-        max_cost_usd: body.max_cost_usd,
-        mode: body.mode.unwrap_or(TaskMode::Run),
         depends_on,
-        base_branch: body.base_branch,
         parent_id: body.parent_id,
-        ..Task::new(body.workspace_id, &body.title, time::now())
+        ..task
     };
     let source = body.source.map(|src| Source {
         id: new_id(IdKind::Source),
@@ -72,9 +65,7 @@ pub async fn create(
         created_at: task.created_at,
     });
     let task = state.store.create_task(&task, source.as_ref()).await?;
-    if let Some(github) = &state.github {
-        github.task_created(state.store.clone(), task.clone());
-    }
+    state.task_created(&task);
     Ok((StatusCode::CREATED, Json(task)))
 }
 
