@@ -100,6 +100,7 @@ struct Theirs {
     other_account: String,
     schedule: String,
     trigger: String,
+    webhook: String,
 }
 
 async fn their_workspace(server: &Server, admin: &Api) -> Theirs {
@@ -170,7 +171,15 @@ async fn their_workspace(server: &Server, admin: &Api) -> Theirs {
                    "task": {"title": "their secret plan, triggered"}}),
         )
         .await;
+    let webhook = admin
+        .ok(
+            "/api/webhooks",
+            json!({"url": "https://hooks.example.com/theirs", "events": ["task.completed"],
+                   "workspaceId": workspace}),
+        )
+        .await;
     Theirs {
+        webhook: webhook["id"].as_str().unwrap().to_owned(),
         schedule: schedule["id"].as_str().unwrap().to_owned(),
         trigger: trigger["id"].as_str().unwrap().to_owned(),
         workspace,
@@ -503,6 +512,37 @@ async fn no_account_reaches_another_workspace() {
             format!("/api/triggers/{}", theirs.trigger),
             json!({}),
         ),
+        // Webhooks are the admin's alone.
+        (
+            Method::POST,
+            "/api/webhooks",
+            "/api/webhooks".into(),
+            json!({"url": "https://hooks.example.com/x", "events": ["task.failed"]}),
+        ),
+        (
+            Method::GET,
+            "/api/webhooks",
+            "/api/webhooks".into(),
+            json!({}),
+        ),
+        (
+            Method::GET,
+            "/api/webhooks/{id}",
+            format!("/api/webhooks/{}", theirs.webhook),
+            json!({}),
+        ),
+        (
+            Method::DELETE,
+            "/api/webhooks/{id}",
+            format!("/api/webhooks/{}", theirs.webhook),
+            json!({}),
+        ),
+        (
+            Method::GET,
+            "/api/webhooks/{id}/deliveries",
+            format!("/api/webhooks/{}/deliveries", theirs.webhook),
+            json!({}),
+        ),
         // An account key never fires a trigger, whoever's.
         (
             Method::POST,
@@ -667,6 +707,15 @@ async fn secrets_stay_out(url: &str, dir: &std::path::Path) {
             json!({"workspaceId": ws, "canClaim": true, "canCreate": true}),
         )
         .await;
+    // A webhook's signing secret must be kept to sign with: sealed, never in plain text.
+    let webhook_secret = "whsec-kept-sealed-0123456789";
+    admin
+        .ok(
+            "/api/webhooks",
+            json!({"url": "https://hooks.example.com/x", "events": ["task.completed"],
+                   "secret": webhook_secret}),
+        )
+        .await;
     let (_, listed) = admin.get("/api/accounts").await;
     let (_, me) = server.client(&key).get("/api/me").await;
     for answer in [&listed, &me] {
@@ -720,6 +769,7 @@ async fn secrets_stay_out(url: &str, dir: &std::path::Path) {
     assert!(worker_token.starts_with("buildd_worker_"), "{worker_token}");
     let secrets = [
         ("the worker token", worker_token.as_str()),
+        ("a webhook's secret", webhook_secret),
         ("the first account key", first_key.as_str()),
         ("the account key", key.as_str()),
         ("the admin token", ADMIN),

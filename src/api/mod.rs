@@ -16,9 +16,9 @@ pub use crate::core::actions::{HeartbeatAnswer, RunControl, WorkerUpdate};
 pub use crate::core::claim::EmptyClaim;
 pub use crate::core::diff::{Diff, FileChange, NewDiff, ReviewBody, ReviewComment};
 pub use crate::core::model::{
-    Account, AccountType, Artifact, Attachment, AuthType, Comment, Grant, Message,
-    RecordedArtifact, RunnerPreference, Schedule, Source, Task, TaskMode, TaskRef, TaskStatus,
-    TaskTemplate, Trigger, Worker, WorkerStatus, Workspace,
+    Account, AccountType, Artifact, Attachment, AuthType, Comment, Delivery, DeliveryState, Grant,
+    Message, NotifyEvent, RecordedArtifact, RunnerPreference, Schedule, Source, Task, TaskMode,
+    TaskRef, TaskStatus, TaskTemplate, Trigger, Webhook, Worker, WorkerStatus, Workspace,
 };
 pub use crate::core::plan::{Plan, PlanStep};
 
@@ -466,6 +466,52 @@ pub struct CreatedTrigger {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TriggerList {
     pub triggers: Vec<Trigger>,
+}
+
+// ---- notifications ----
+
+/// `POST /api/webhooks` (admin).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NewWebhook {
+    /// Where deliveries are POSTed: an `http(s)` URL (a Slack or Discord incoming
+    /// webhook shows the `text` line as it is).
+    #[schema(max_length = 2048)]
+    pub url: String,
+    /// The task events it is told of, at least one.
+    #[schema(min_items = 1)]
+    pub events: Vec<NotifyEvent>,
+    /// Signs each delivery (`X-Buildd-Signature-256: sha256=HMAC-SHA256(secret,
+    /// body)`); stored sealed, never shown again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00]*[^\s\x00][^\x00]*$"
+    )]
+    pub secret: Option<String>,
+    /// Only this workspace's tasks; default: every workspace's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WebhookList {
+    pub webhooks: Vec<Webhook>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryList {
+    pub deliveries: Vec<Delivery>,
+}
+
+/// `GET /api/webhooks/:id/deliveries` query.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveryQuery {
+    /// The newest this many, 1–1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
 }
 
 // ---- workers ----

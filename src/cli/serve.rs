@@ -126,6 +126,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         lease_ttl: Duration::from_secs(args.lease_ttl),
         new_work: Arc::new(Notify::new()),
         schedules_changed: Arc::new(Notify::new()),
+        deliveries_queued: Arc::new(Notify::new()),
         shutdown,
         github,
         metrics,

@@ -438,13 +438,6 @@ pub fn progress_line(text: &str) -> Result<String, RuleError> {
     Ok(line)
 }
 
-/// Whether `value` is an absolute `http(s)` URL with a host, the only links buildd
-/// records (a dashboard makes them clickable).
-fn is_web_link(value: &str) -> bool {
-    url::Url::parse(value)
-        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
-}
-
 fn update_worker(
     task: &mut Task,
     worker: &mut Worker,
@@ -477,11 +470,8 @@ fn update_worker(
                 "an artifact's value must be 1 to {MAX_FIELD_LEN} characters"
             )));
         }
-        if a.kind == ArtifactKind::Link && !is_web_link(&a.value) {
-            return Err(RuleError::Invalid(format!(
-                "a link artifact must be an http:// or https:// URL, not {:?}",
-                a.value
-            )));
+        if a.kind == ArtifactKind::Link {
+            super::validate::web_url("a link artifact", &a.value)?;
         }
     }
     let progress = match update.progress {

@@ -16,6 +16,8 @@ pub enum IdKind {
     Attachment,
     Schedule,
     Trigger,
+    Webhook,
+    Delivery,
 }
 
 impl IdKind {
@@ -29,6 +31,8 @@ impl IdKind {
             IdKind::Attachment => "att",
             IdKind::Schedule => "sch",
             IdKind::Trigger => "trg",
+            IdKind::Webhook => "whk",
+            IdKind::Delivery => "dlv",
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod lease;
 pub mod messages;
 pub mod model;
+pub mod notify;
 pub mod page;
 pub mod plan;
 pub mod policy;

@@ -136,6 +136,24 @@ string_enum!(
     }
 );
 
+string_enum!(
+    /// A task's status a webhook can follow: the task was queued, or reached it.
+    NotifyEvent {
+        Created = "task.created",
+        Running = "task.running",
+        WaitingInput = "task.waiting_input",
+        Planned = "task.planned",
+        Completed = "task.completed",
+        Failed = "task.failed",
+        Cancelled = "task.cancelled",
+    }
+);
+
+string_enum!(
+    /// Where a webhook delivery stands: waiting to go (again), taken, or given up.
+    DeliveryState { Pending = "pending", Delivered = "delivered", Failed = "failed" }
+);
+
 impl TaskStatus {
     /// Completed, failed and cancelled tasks never change again.
     pub fn is_terminal(self) -> bool {
@@ -316,6 +334,43 @@ pub struct Schedule {
     /// The account id that made it, or `admin`.
     pub created_by: String,
     pub created_at: DateTime<Utc>,
+}
+
+/// Where notifications go: an URL told of the task events it follows (signed with its
+/// secret, when it has one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Webhook {
+    pub id: String,
+    /// Only this workspace's tasks; `null`: every workspace's.
+    pub workspace_id: Option<String>,
+    pub url: String,
+    pub events: Vec<NotifyEvent>,
+    /// Whether deliveries are signed (`X-Buildd-Signature-256`); the secret itself is
+    /// never shown again.
+    pub has_secret: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One notification to one webhook, stored before it is sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    pub id: String,
+    pub webhook_id: String,
+    pub event: NotifyEvent,
+    pub task_id: String,
+    pub state: DeliveryState,
+    /// Tries so far.
+    pub attempts: i32,
+    /// The HTTP status of the last try, if it got one.
+    pub last_status: Option<i32>,
+    /// Why the last try failed.
+    pub last_error: Option<String>,
+    /// When it is tried next, while `pending`.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
 }
 
 /// A way for another system to make a task: `POST /api/triggers/:id/fire` with the

@@ -57,6 +57,21 @@ pub fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<(),
 /// `_`, `-` and single inner dots, none starting with `-` or `.` (the OpenAPI pattern
 /// of `baseBranch` says the same). Git accepts more, but every name this accepts is
 /// one git accepts, or no branch can have it.
+/// An absolute `http(s)` URL with a host, at most [`MAX_URL_LEN`] characters.
+pub fn web_url(field: &str, value: &str) -> Result<(), RuleError> {
+    let ok = value.chars().count() <= MAX_URL_LEN
+        && url::Url::parse(value)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{field} must be an http:// or https:// URL of at most {MAX_URL_LEN} characters, \
+             not {value:?}"
+        )))
+    }
+}
+
 pub fn branch_name(field: &str, name: &str) -> Result<(), RuleError> {
     let word = |w: &str| {
         !w.is_empty()

@@ -10,6 +10,7 @@ pub mod events;
 pub mod github;
 mod mcp;
 pub mod metrics;
+mod notifier;
 mod openapi;
 mod request_log;
 pub mod retention;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub new_work: Arc<Notify>,
     /// Woken when a schedule is made or resumed here, so the scheduler looks again.
     pub schedules_changed: Arc<Notify>,
+    /// Woken when notifications were queued, so the sender looks again.
+    pub deliveries_queued: Arc<Notify>,
     /// Cancelled at shutdown: waiting claims return and the sweeper stops.
     pub shutdown: CancellationToken,
     /// Wakes GitHub Actions workflows for action tasks, when a token was given.
@@ -94,6 +97,7 @@ impl AppState {
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
     let sweeper = tokio::spawn(sweeper::run(state.clone()));
     let scheduler = tokio::spawn(scheduler::run(state.clone()));
+    let notifier = tokio::spawn(notifier::run(state.clone()));
     let retention = tokio::spawn(retention::run(state.clone()));
     let shutdown = state.shutdown.clone();
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
@@ -102,6 +106,7 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         .await;
     sweeper.abort();
     scheduler.abort();
+    notifier.abort();
     retention.abort();
     served
 }

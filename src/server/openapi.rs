@@ -26,6 +26,7 @@ use super::error::ErrorBody;
         (name = "tasks", description = "Queued work and what became of it"),
         (name = "workers", description = "One attempt of one task by one account"),
         (name = "schedules", description = "Tasks made on a cron cadence, or by another system through a trigger"),
+        (name = "webhooks", description = "Notifications of task events, and how each delivery went"),
         (name = "events", description = "The live event stream"),
         (name = "operations", description = "Health, readiness, metrics and this description"),
     )

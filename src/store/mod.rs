@@ -25,8 +25,8 @@ use crate::core::diff::Diff;
 use crate::core::events::StoredEvent;
 use crate::core::lease::Cutoffs;
 use crate::core::model::{
-    Account, Attachment, Comment, Grant, Message, RecordedArtifact, Schedule, Source, Task,
-    TaskRef, TaskStatus, Trigger, Worker, WorkerStatus, Workspace,
+    Account, Attachment, Comment, Delivery, Grant, Message, RecordedArtifact, Schedule, Source,
+    Task, TaskRef, TaskStatus, Trigger, Webhook, Worker, WorkerStatus, Workspace,
 };
 use crate::core::page::{Page, PageRequest};
 use crate::core::plan::Plan;
@@ -103,6 +103,23 @@ pub struct Claimed {
     pub worker: Worker,
     pub task: Task,
     pub token: String,
+}
+
+/// What one reading of the events into deliveries did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Queued {
+    pub deliveries: usize,
+    /// It read a full batch: more task events may wait.
+    pub more: bool,
+}
+
+/// A delivery taken to be sent: what to send, where, and the webhook's sealed secret.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub delivery: Delivery,
+    pub body: String,
+    pub url: String,
+    pub sealed_secret: Option<String>,
 }
 
 /// Row counts for the metrics endpoint.
@@ -336,6 +353,38 @@ pub trait Store: Send + Sync + 'static {
         payload: &Value,
         now: Timestamp,
     ) -> Result<Task>;
+
+    /// Stores a webhook (its secret sealed, if it has one); it is told of events from
+    /// the newest one on.
+    async fn create_webhook(&self, webhook: &Webhook, sealed_secret: Option<&str>) -> Result<()>;
+    async fn get_webhook(&self, id: &str) -> Result<Option<Webhook>>;
+    async fn list_webhooks(&self) -> Result<Vec<Webhook>>;
+    /// Whether there was a webhook to delete; its deliveries go with it.
+    async fn delete_webhook(&self, id: &str) -> Result<bool>;
+    /// The webhook's newest `limit` deliveries, newest first.
+    async fn list_deliveries(&self, webhook_id: &str, limit: u32) -> Result<Vec<Delivery>>;
+    /// Reads the events after the cluster's notification cursor (at most 500) into
+    /// deliveries ([`crate::core::notify`]) and moves the cursor past them, in one
+    /// transaction; `None` when another server of the cluster is reading them at that
+    /// moment.
+    async fn queue_deliveries(&self, now: Timestamp) -> Result<Option<Queued>>;
+    /// Takes up to `limit` deliveries due at `now` to send, hiding each from the other
+    /// servers for `lease`.
+    async fn take_deliveries(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        lease: chrono::Duration,
+    ) -> Result<Vec<Outgoing>>;
+    /// Records how a try of the delivery `id` went ([`crate::core::notify::after_attempt`]).
+    async fn record_attempt(
+        &self,
+        id: &str,
+        attempt: crate::core::notify::Attempt,
+        now: Timestamp,
+    ) -> Result<Delivery>;
+    /// When the first pending delivery is due.
+    async fn next_delivery_due(&self) -> Result<Option<Timestamp>>;
 
     /// Retention: deletes up to `limit` events older than `before`, oldest first, but
     /// never the newest event (ids go on from it), and records the newest id deleted.

@@ -21,24 +21,25 @@ use tokio::sync::watch;
 use super::listing::{Conditions, Key, Order, contains_pattern};
 use super::sql::{Arg, Backend, FromCell, Reader, Tx, args};
 use super::{
-    Appended, Applied, ClaimRequest, Claimed, Counts, Result, Store, StoreError, TaskFilter,
-    TaskLinks, Usage, WorkerFilter, by_status, status_list,
+    Appended, Applied, ClaimRequest, Claimed, Counts, Outgoing, Queued, Result, Store, StoreError,
+    TaskFilter, TaskLinks, Usage, WorkerFilter, by_status, status_list,
 };
 use crate::core::actions::{self, Action, Outcome, UsageChange};
 use crate::core::claim::{self, Backlog};
 use crate::core::diff::{Diff, NewDiff};
-use crate::core::events::{Event, StoredEvent};
+use crate::core::events::{Event, EventData, StoredEvent};
 use crate::core::ids::{IdKind, new_id};
 use crate::core::lease::Cutoffs;
 use crate::core::model::{
-    Account, Artifact, Attachment, Comment, Grant, Message, RecordedArtifact, Schedule, Source,
-    Task, TaskRef, TaskStatus, TaskTemplate, Trigger, Worker, WorkerStatus, Workspace,
+    Account, Artifact, Attachment, Comment, Delivery, Grant, Message, RecordedArtifact, Schedule,
+    Source, Task, TaskRef, TaskStatus, TaskTemplate, Trigger, Webhook, Worker, WorkerStatus,
+    Workspace,
 };
 use crate::core::page::{Page, PageRequest, Position};
 use crate::core::plan::{self, Plan};
 use crate::core::time::{self, Timestamp};
 use crate::core::workflow::{self, Dependency};
-use crate::core::{keys, messages, schedule, trigger};
+use crate::core::{keys, messages, notify, schedule, trigger};
 
 /// Column lists, the same in both schemas, in the order the row readers read them.
 const ACCOUNT_COLUMNS: &str = "id, type, name, auth_type, max_concurrent_workers, \
@@ -376,6 +377,215 @@ async fn fire_trigger<T: Tx>(
     let sql = "UPDATE triggers SET fired = fired + 1, last_fired_at = $2 WHERE id = $1";
     tx.execute(sql, args![id, now]).await?;
     Ok(task)
+}
+
+const WEBHOOK_COLUMNS: &str = "id, workspace_id, url, events, sealed_secret, created_at";
+const DELIVERY_COLUMNS: &str = "id, webhook_id, event, task_id, state, attempts, last_status, \
+     last_error, next_attempt_at, created_at, delivered_at";
+
+fn webhook_from_row(r: &mut Reader) -> Result<Webhook> {
+    let id = r.get()?;
+    let workspace_id = r.get()?;
+    let url = r.get()?;
+    let events = r
+        .list()?
+        .iter()
+        .map(|e| e.parse())
+        .collect::<std::result::Result<_, String>>()
+        .map_err(StoreError::Backend)?;
+    let sealed: Option<String> = r.get()?;
+    Ok(Webhook {
+        id,
+        workspace_id,
+        url,
+        events,
+        has_secret: sealed.is_some(),
+        created_at: r.get()?,
+    })
+}
+
+fn delivery_from_row(r: &mut Reader) -> Result<Delivery> {
+    Ok(Delivery {
+        id: r.get()?,
+        webhook_id: r.get()?,
+        event: r.parse()?,
+        task_id: r.get()?,
+        state: r.parse()?,
+        attempts: r.get()?,
+        last_status: r.get::<Option<i64>>()?.map(|s| s as i32),
+        last_error: r.get()?,
+        next_attempt_at: r.get()?,
+        created_at: r.get()?,
+        delivered_at: r.get()?,
+    })
+}
+
+/// Writes back what a try changed.
+async fn save_delivery<T: Tx>(tx: &mut T, d: &Delivery) -> Result<()> {
+    let sql = "UPDATE webhook_deliveries SET state = $2, attempts = $3, last_status = $4, \
+         last_error = $5, next_attempt_at = $6, delivered_at = $7 WHERE id = $1";
+    let values = args![
+        &d.id,
+        d.state.as_str(),
+        d.attempts,
+        d.last_status.map(i64::from),
+        &d.last_error,
+        d.next_attempt_at,
+        d.delivered_at,
+    ];
+    tx.execute(sql, values).await.map(drop)
+}
+
+/// See [`Store::queue_deliveries`]. The cursor's row is the cluster's one reader of
+/// the events into deliveries; a server that finds it held by another passes.
+/// Task events read into deliveries by one transaction, at most.
+const QUEUE_BATCH: u32 = 500;
+
+async fn queue_deliveries<T: Tx>(
+    tx: &mut T,
+    id_column: &str,
+    now: Timestamp,
+) -> Result<Option<Queued>> {
+    let sql = format!(
+        "SELECT last_event_id FROM notify_cursor WHERE id = 1{}",
+        T::DIALECT.skip_locked
+    );
+    let Some(cursor) = tx
+        .query_optional(&sql, Vec::new(), |r| r.get::<i64>())
+        .await?
+    else {
+        return Ok(None);
+    };
+    let sql = format!("SELECT {WEBHOOK_COLUMNS}, from_event_id FROM webhooks");
+    let webhooks = tx
+        .query(&sql, Vec::new(), |r| {
+            Ok((webhook_from_row(r)?, r.get::<i64>()?))
+        })
+        .await?;
+    let sql = format!(
+        "SELECT {id_column}, name, workspace_id, data FROM events WHERE {id_column} > $1 \
+         AND name IN ('task.created', 'task.updated') ORDER BY {id_column} LIMIT $2"
+    );
+    let events = tx
+        .query(&sql, args![cursor, QUEUE_BATCH], event_from_row)
+        .await?;
+    let Some(last) = events.last().map(|e| e.id) else {
+        return Ok(Some(Queued::default()));
+    };
+    let mut queued = 0;
+    for event in &events {
+        let following: Vec<&Webhook> = webhooks
+            .iter()
+            .filter(|(_, from)| event.id > *from)
+            .map(|(w, _)| w)
+            .collect();
+        if following.is_empty() {
+            continue;
+        }
+        let Some(task) = serde_json::from_str::<EventData>(&event.data)
+            .ok()
+            .and_then(|data| data.task)
+        else {
+            continue;
+        };
+        let Some(kind) = notify::event_of(&event.name, &task) else {
+            continue;
+        };
+        for webhook in following {
+            if !notify::follows(webhook, kind, &task.workspace_id) {
+                continue;
+            }
+            let delivery = notify::delivery(&webhook.id, kind, &task, now);
+            let body = notify::body(kind, &task, &delivery.id).to_string();
+            let sql = format!(
+                "INSERT INTO webhook_deliveries ({DELIVERY_COLUMNS}, dedupe_key, body) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 ON CONFLICT (webhook_id, dedupe_key) DO NOTHING"
+            );
+            let d = &delivery;
+            let values = args![
+                &d.id,
+                &d.webhook_id,
+                d.event.as_str(),
+                &d.task_id,
+                d.state.as_str(),
+                d.attempts,
+                d.last_status.map(i64::from),
+                &d.last_error,
+                d.next_attempt_at,
+                d.created_at,
+                d.delivered_at,
+                notify::dedupe_key(kind, &task),
+                body,
+            ];
+            queued += tx.execute(&sql, values).await? as usize;
+        }
+    }
+    let sql = "UPDATE notify_cursor SET last_event_id = $1 WHERE id = 1";
+    tx.execute(sql, args![last]).await?;
+    Ok(Some(Queued {
+        deliveries: queued,
+        more: events.len() == QUEUE_BATCH as usize,
+    }))
+}
+
+/// See [`Store::take_deliveries`].
+async fn take_deliveries<T: Tx>(
+    tx: &mut T,
+    now: Timestamp,
+    limit: u32,
+    lease: chrono::Duration,
+) -> Result<Vec<Outgoing>> {
+    let columns = DELIVERY_COLUMNS
+        .split(", ")
+        .map(|c| format!("d.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT {columns}, d.body, w.url, w.sealed_secret FROM webhook_deliveries d \
+         JOIN webhooks w ON w.id = d.webhook_id \
+         WHERE d.state = 'pending' AND d.next_attempt_at <= $1 \
+         ORDER BY d.next_attempt_at LIMIT $2{}",
+        T::DIALECT.skip_locked
+    );
+    let taken = tx
+        .query(&sql, args![now, limit], |r| {
+            Ok(Outgoing {
+                delivery: delivery_from_row(r)?,
+                body: r.get()?,
+                url: r.get()?,
+                sealed_secret: r.get()?,
+            })
+        })
+        .await?;
+    // Hidden from the other servers while this one tries; should it die trying, the
+    // delivery comes due again when the lease is over.
+    for out in &taken {
+        let sql = "UPDATE webhook_deliveries SET next_attempt_at = $2 WHERE id = $1";
+        tx.execute(sql, args![&out.delivery.id, now + lease])
+            .await?;
+    }
+    Ok(taken)
+}
+
+/// See [`Store::record_attempt`].
+async fn record_attempt<T: Tx>(
+    tx: &mut T,
+    id: &str,
+    attempt: notify::Attempt,
+    now: Timestamp,
+) -> Result<Delivery> {
+    let sql = format!(
+        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = $1{}",
+        T::DIALECT.for_update
+    );
+    let mut delivery = tx
+        .query_optional(&sql, args![id], delivery_from_row)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("delivery {id}")))?;
+    notify::after_attempt(&mut delivery, attempt, now);
+    save_delivery(tx, &delivery).await?;
+    Ok(delivery)
 }
 
 /// Stores a worker a claim made, with the digest of its token.
@@ -1745,6 +1955,95 @@ impl<B: Backend> Store for SqlStore<B> {
             .await?;
         self.backend.events_written();
         Ok(task)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(webhook = %webhook.id))]
+    async fn create_webhook(&self, webhook: &Webhook, sealed_secret: Option<&str>) -> Result<()> {
+        let w = webhook;
+        let id = Self::event_id();
+        let events: Vec<String> = w.events.iter().map(|e| e.as_str().to_owned()).collect();
+        // Told only of what happens from now on.
+        let sql = format!(
+            "INSERT INTO webhooks ({WEBHOOK_COLUMNS}, from_event_id) \
+             SELECT $1, $2, $3, $4, $5, $6, COALESCE(MAX({id}), 0) FROM events"
+        );
+        let values = args![
+            &w.id,
+            &w.workspace_id,
+            &w.url,
+            events.as_slice(),
+            sealed_secret,
+            w.created_at,
+        ];
+        self.execute(sql, values).await.map(drop)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn get_webhook(&self, id: &str) -> Result<Option<Webhook>> {
+        let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1");
+        self.first(sql, args![id], webhook_from_row).await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn list_webhooks(&self) -> Result<Vec<Webhook>> {
+        let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks ORDER BY created_at, id");
+        self.all(sql, Vec::new(), webhook_from_row).await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn delete_webhook(&self, id: &str) -> Result<bool> {
+        let sql = "DELETE FROM webhooks WHERE id = $1";
+        Ok(self.execute(sql.to_owned(), args![id]).await? > 0)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn list_deliveries(&self, webhook_id: &str, limit: u32) -> Result<Vec<Delivery>> {
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE webhook_id = $1 \
+             ORDER BY created_at DESC, id DESC LIMIT $2"
+        );
+        self.all(sql, args![webhook_id, limit], delivery_from_row)
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn queue_deliveries(&self, now: Timestamp) -> Result<Option<Queued>> {
+        let id = Self::event_id();
+        self.backend
+            .write(move |tx| async move { queue_deliveries(tx, id, now).await }.boxed())
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn take_deliveries(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        lease: chrono::Duration,
+    ) -> Result<Vec<Outgoing>> {
+        self.backend
+            .write(move |tx| async move { take_deliveries(tx, now, limit, lease).await }.boxed())
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, attempt))]
+    async fn record_attempt(
+        &self,
+        id: &str,
+        attempt: notify::Attempt,
+        now: Timestamp,
+    ) -> Result<Delivery> {
+        let id = id.to_owned();
+        self.backend
+            .write(move |tx| async move { record_attempt(tx, &id, attempt, now).await }.boxed())
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn next_delivery_due(&self) -> Result<Option<Timestamp>> {
+        let sql = "SELECT next_attempt_at FROM webhook_deliveries WHERE state = 'pending' \
+                   ORDER BY next_attempt_at LIMIT 1";
+        self.first(sql.to_owned(), Vec::new(), |r| r.get()).await
     }
 
     #[tracing::instrument(level = "debug", skip(self, body))]

@@ -30,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0005_diffs_and_reviews.sql"),
     include_str!("../../migrations/sqlite/0006_run_tokens.sql"),
     include_str!("../../migrations/sqlite/0007_schedules_and_triggers.sql"),
+    include_str!("../../migrations/sqlite/0008_notifications.sql"),
 ];
 const READERS: usize = 4;
 

@@ -8,6 +8,7 @@ mod accounts;
 mod events;
 mod ops;
 mod schedules;
+mod webhooks;
 // The MCP tools call these handlers.
 pub(super) mod tasks;
 pub(super) mod workers;
@@ -77,6 +78,9 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(schedules::create_trigger, schedules::list_triggers))
         .routes(routes!(schedules::show_trigger, schedules::delete_trigger))
         .routes(routes!(schedules::fire))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::show, webhooks::delete))
+        .routes(routes!(webhooks::deliveries))
         .routes(routes!(workers::list, workers::create))
         .routes(routes!(workers::instruct))
         .routes(routes!(workers::claim))
