@@ -24,6 +24,8 @@ use crate::store::Outgoing;
 const LOOK_AGAIN: Duration = Duration::from_secs(30);
 /// How soon to read the events again when another server was reading them.
 const BUSY_ELSEWHERE: Duration = Duration::from_millis(200);
+/// How long the reader waits after a task changes, for the changes that follow it.
+const GATHER: Duration = Duration::from_millis(200);
 /// How long a delivery being tried is hidden from the other servers.
 const LEASE_SECS: i64 = 60;
 /// How long a receiver has to answer.
@@ -59,7 +61,11 @@ async fn queue(state: AppState) {
         };
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
-            _ = task_changed(&mut events), if !wait.is_zero() => {}
+            _ = task_changed(&mut events), if !wait.is_zero() => {
+                // Gather what a burst of changes (claims under load) brings into one
+                // reading, rather than a transaction per change.
+                tokio::time::sleep(GATHER).await;
+            }
             _ = tokio::time::sleep(wait) => {}
         }
     }
