@@ -8,6 +8,7 @@ mod accounts;
 mod events;
 mod ops;
 mod schedules;
+mod triggers;
 mod webhooks;
 // The MCP tools call these handlers.
 pub(super) mod tasks;
@@ -75,9 +76,9 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(schedules::show, schedules::delete))
         .routes(routes!(schedules::pause))
         .routes(routes!(schedules::resume))
-        .routes(routes!(schedules::create_trigger, schedules::list_triggers))
-        .routes(routes!(schedules::show_trigger, schedules::delete_trigger))
-        .routes(routes!(schedules::fire))
+        .routes(routes!(triggers::create, triggers::list))
+        .routes(routes!(triggers::show, triggers::delete))
+        .routes(routes!(triggers::fire))
         .routes(routes!(webhooks::create, webhooks::list))
         .routes(routes!(webhooks::show, webhooks::delete))
         .routes(routes!(webhooks::deliveries))
