@@ -2,6 +2,7 @@
 //! official Python SDK (`tests/mcp/drive.py`), against the real binary on SQLite and
 //! Postgres.
 
+#[macro_use]
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -149,31 +150,6 @@ async fn post_raw(server: &Server, token: Option<&str>, body: &str) -> (u16, Str
         challenge,
         answer.json().await.unwrap_or(Value::Null),
     )
-}
-
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread")]
-                async fn $name() {
-                    super::$name(super::Server::sqlite(&[])).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread")]
-                async fn $name() {
-                    let Some(url) = super::common::pg_database().await else {
-                        return;
-                    };
-                    let dir = tempfile::tempdir().unwrap();
-                    super::$name(super::Server::start(&url, dir.path(), &[])).await;
-                }
-            )*
-        }
-    };
 }
 
 both_backends!(

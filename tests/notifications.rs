@@ -2,6 +2,7 @@
 //! notification signed and once, after failing twice; deliveries survive a restart;
 //! two servers on one Postgres send each once.
 
+#[macro_use]
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -76,31 +77,6 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: String) ->
     };
     r.got.lock().unwrap().push((headers, body, status));
     StatusCode::from_u16(status).unwrap()
-}
-
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread")]
-                async fn $name() {
-                    super::$name(super::Server::sqlite(&[])).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread")]
-                async fn $name() {
-                    let Some(url) = super::common::pg_database().await else {
-                        return;
-                    };
-                    let dir = tempfile::tempdir().unwrap();
-                    super::$name(super::Server::start(&url, dir.path(), &[])).await;
-                }
-            )*
-        }
-    };
 }
 
 both_backends!(

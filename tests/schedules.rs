@@ -3,6 +3,7 @@
 //! fires once per run across two servers, and triggers that open nothing but their own
 //! firing.
 
+#[macro_use]
 mod common;
 
 use std::process::Command;
@@ -12,31 +13,6 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use common::{Api, Server};
-
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread")]
-                async fn $name() {
-                    super::$name(super::Server::sqlite(&[])).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread")]
-                async fn $name() {
-                    let Some(url) = super::common::pg_database().await else {
-                        return;
-                    };
-                    let dir = tempfile::tempdir().unwrap();
-                    super::$name(super::Server::start(&url, dir.path(), &[])).await;
-                }
-            )*
-        }
-    };
-}
 
 both_backends!(
     a_schedule_runs_skips_while_its_task_is_unfinished_and_pauses_after_failures,

@@ -13,6 +13,36 @@ pub mod agent;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+/// Runs each named test, `async fn NAME(server: Server)`, twice: against a server on a
+/// new SQLite file, and on a fresh Postgres database (said and skipped when
+/// `BUILDD_TEST_DATABASE_URL` is not set). The test file imports `Server` and declares
+/// `#[macro_use] mod common;`.
+#[allow(unused_macros)]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    super::$name(super::Server::sqlite(&[])).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    let Some(url) = super::common::pg_database().await else {
+                        return;
+                    };
+                    let dir = tempfile::tempdir().unwrap();
+                    super::$name(super::Server::start(&url, dir.path(), &[])).await;
+                }
+            )*
+        }
+    };
+}
+
 pub const ADMIN: &str = "buildd_admin_test-token";
 
 /// A benchmark's setting from the environment, or `default`.
