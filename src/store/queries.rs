@@ -462,6 +462,16 @@ async fn queue_deliveries<T: Tx>(
             Ok((webhook_from_row(r)?, r.get::<i64>()?))
         })
         .await?;
+    if webhooks.is_empty() {
+        // Nobody to tell: the cursor passes every event there is, unread. A webhook
+        // made meanwhile waits for this cursor's lock, and starts after it.
+        let sql = format!(
+            "UPDATE notify_cursor SET last_event_id = \
+             COALESCE((SELECT MAX({id_column}) FROM events), last_event_id) WHERE id = 1"
+        );
+        tx.execute(&sql, Vec::new()).await?;
+        return Ok(Some(Queued::default()));
+    }
     let sql = format!(
         "SELECT {id_column}, name, workspace_id, data FROM events WHERE {id_column} > $1 \
          AND name IN ('task.created', 'task.updated') ORDER BY {id_column} LIMIT $2"
@@ -527,6 +537,40 @@ async fn queue_deliveries<T: Tx>(
         deliveries: queued,
         more: events.len() == QUEUE_BATCH as usize,
     }))
+}
+
+/// See [`Store::create_webhook`]. The webhook is told of events after the newest one,
+/// and after what the notification cursor has passed: the cursor's lock is taken
+/// first, so a reading that saw no webhook (and so moved the cursor past everything)
+/// has finished.
+async fn create_webhook<T: Tx>(
+    tx: &mut T,
+    id_column: &str,
+    w: &Webhook,
+    sealed_secret: Option<&str>,
+) -> Result<()> {
+    let sql = format!(
+        "SELECT last_event_id FROM notify_cursor WHERE id = 1{}",
+        T::DIALECT.for_update
+    );
+    let passed: i64 = tx.scalar(&sql, Vec::new()).await?;
+    let sql = format!("SELECT COALESCE(MAX({id_column}), 0) FROM events");
+    let newest: i64 = tx.scalar(&sql, Vec::new()).await?;
+    let events: Vec<String> = w.events.iter().map(|e| e.as_str().to_owned()).collect();
+    let sql = format!(
+        "INSERT INTO webhooks ({WEBHOOK_COLUMNS}, from_event_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    );
+    let values = args![
+        &w.id,
+        &w.workspace_id,
+        &w.url,
+        events.as_slice(),
+        sealed_secret,
+        w.created_at,
+        passed.max(newest),
+    ];
+    tx.execute(&sql, values).await.map(drop)
 }
 
 /// See [`Store::take_deliveries`].
@@ -1959,23 +2003,13 @@ impl<B: Backend> Store for SqlStore<B> {
 
     #[tracing::instrument(level = "debug", skip_all, fields(webhook = %webhook.id))]
     async fn create_webhook(&self, webhook: &Webhook, sealed_secret: Option<&str>) -> Result<()> {
-        let w = webhook;
+        let (webhook, sealed) = (webhook.clone(), sealed_secret.map(str::to_owned));
         let id = Self::event_id();
-        let events: Vec<String> = w.events.iter().map(|e| e.as_str().to_owned()).collect();
-        // Told only of what happens from now on.
-        let sql = format!(
-            "INSERT INTO webhooks ({WEBHOOK_COLUMNS}, from_event_id) \
-             SELECT $1, $2, $3, $4, $5, $6, COALESCE(MAX({id}), 0) FROM events"
-        );
-        let values = args![
-            &w.id,
-            &w.workspace_id,
-            &w.url,
-            events.as_slice(),
-            sealed_secret,
-            w.created_at,
-        ];
-        self.execute(sql, values).await.map(drop)
+        self.backend
+            .write(move |tx| {
+                async move { create_webhook(tx, id, &webhook, sealed.as_deref()).await }.boxed()
+            })
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
