@@ -5,7 +5,7 @@
 //! task, status and attempt, so a task's progress lines (which change the task but not
 //! its status) or a dispatcher passing over the same events twice queue it once. A
 //! delivery is retried with growing pauses until it is taken or it has been tried for
-//! [`GIVE_UP_AFTER`].
+//! [`GIVE_UP_AFTER_HOURS`].
 
 use chrono::Duration;
 use serde_json::{Value, json};
@@ -14,12 +14,8 @@ use super::RuleError;
 use super::model::{Delivery, DeliveryState, NotifyEvent, Task, TaskStatus, Webhook};
 use super::time::Timestamp;
 
-/// How long a delivery is retried before it is given up.
-pub fn give_up_after() -> Duration {
-    Duration::hours(24)
-}
-/// [`give_up_after`], for documentation.
-pub const GIVE_UP_AFTER: &str = "24 hours";
+/// How long a delivery is retried before it is given up, in hours.
+pub const GIVE_UP_AFTER_HOURS: i64 = 24;
 /// The most a delivery is tried.
 pub const MAX_ATTEMPTS: i32 = 20;
 
@@ -103,7 +99,7 @@ pub fn body(event: NotifyEvent, task: &Task, delivery_id: &str) -> Value {
 /// When a delivery that failed its `attempts`-th try is tried again, or `None` when it
 /// is given up: doubling pauses from 1 s, at most 10 minutes apart.
 pub fn retry_at(attempts: i32, created_at: Timestamp, now: Timestamp) -> Option<Timestamp> {
-    if attempts >= MAX_ATTEMPTS || now - created_at >= give_up_after() {
+    if attempts >= MAX_ATTEMPTS || now - created_at >= Duration::hours(GIVE_UP_AFTER_HOURS) {
         return None;
     }
     let pause = Duration::seconds(1i64 << attempts.clamp(0, 10)).min(Duration::minutes(10));
