@@ -17,7 +17,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use buildd::core::ids::{IdKind, new_id};
 use buildd::core::model::{Task, TaskStatus, Workspace};
 use buildd::core::time;
 use common::{Api, Server};
@@ -50,13 +49,7 @@ fn main() {
 /// Writes `n` tasks: 90% completed, the rest spread over the other statuses.
 async fn seed(url: &str, n: usize) -> String {
     let store = buildd::store::open(url).await.unwrap();
-    let workspace = Workspace {
-        id: new_id(IdKind::Workspace),
-        name: "history".into(),
-        repo_url: None,
-        default_branch: "main".into(),
-        created_at: time::now(),
-    };
+    let workspace = Workspace::new("history", None, time::now());
     store.create_workspace(&workspace).await.unwrap();
     let started = Instant::now();
     let others = [

@@ -98,13 +98,11 @@ async fn new_account(db: &Db, a: &Account) -> String {
 }
 
 async fn new_workspace(db: &Db) -> Workspace {
-    let ws = Workspace {
-        id: new_id(IdKind::Workspace),
-        name: "ws".into(),
-        repo_url: Some("https://example.invalid/repo.git".into()),
-        default_branch: "main".into(),
-        created_at: time::now(),
-    };
+    let ws = Workspace::new(
+        "ws",
+        Some("https://example.invalid/repo.git".into()),
+        time::now(),
+    );
     db.create_workspace(&ws).await.unwrap();
     ws
 }

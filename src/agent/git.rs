@@ -7,11 +7,6 @@ use tokio::process::Command;
 
 use crate::core::diff::{self, NewDiff};
 
-/// The branch a task's work goes on.
-pub fn branch_for(task_id: &str) -> String {
-    format!("buildd/{task_id}")
-}
-
 /// Runs `git` in `dir` and returns its trimmed stdout, or its stderr as the error.
 async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
     let output = Command::new("git")
@@ -115,6 +110,12 @@ pub async fn add_worktree(
     abandoned: fn(&Path) -> bool,
 ) -> Result<(), String> {
     let start = match base {
+        // A run carrying on a branch it pushes (a CI fix, a review's follow-up) starts
+        // where the pull request is: origin's branch, which may be ahead of ours.
+        Some(base) if base == branch => match fetch_origin(repo, base).await {
+            Ok(sha) => sha,
+            Err(_) => resolve_base(repo, base).await?,
+        },
         Some(base) => resolve_base(repo, base).await?,
         None => "HEAD".to_owned(),
     };
@@ -139,12 +140,15 @@ async fn resolve_base(repo: &Path, base: &str) -> Result<String, String> {
     if let Ok(sha) = git(repo, &["rev-parse", "--verify", "--quiet", &local]).await {
         return Ok(sha.trim().to_owned());
     }
-    let refspec = format!("refs/heads/{base}");
-    git(repo, &["fetch", "--quiet", "origin", &refspec])
-        .await
-        .map_err(|e| {
-            format!("the base branch {base} is neither in the checkout nor on origin: {e}")
-        })?;
+    fetch_origin(repo, base).await.map_err(|e| {
+        format!("the base branch {base} is neither in the checkout nor on origin: {e}")
+    })
+}
+
+/// The commit of `origin`'s branch `branch`, fetched now.
+async fn fetch_origin(repo: &Path, branch: &str) -> Result<String, String> {
+    let refspec = format!("refs/heads/{branch}");
+    git(repo, &["fetch", "--quiet", "origin", &refspec]).await?;
     let sha = git(repo, &["rev-parse", "--verify", "FETCH_HEAD^{commit}"]).await?;
     Ok(sha.trim().to_owned())
 }

@@ -4,25 +4,6 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-/// `owner/repo` from a GitHub remote or web URL: `https://github.com/o/r(.git)`,
-/// `git@github.com:o/r.git`, `ssh://git@github.com/o/r`.
-pub fn repo_from_url(url: &str) -> Option<String> {
-    let url = url.trim().trim_end_matches('/');
-    let rest = url
-        .split_once("github.com/")
-        .or_else(|| url.split_once("github.com:"))?
-        .1;
-    let rest = rest.strip_suffix(".git").unwrap_or(rest);
-    let mut parts = rest.split('/');
-    let (owner, repo) = (parts.next()?, parts.next()?);
-    let plain = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    };
-    (plain(owner) && plain(repo) && parts.next().is_none()).then(|| format!("{owner}/{repo}"))
-}
-
 pub struct PullRequest<'a> {
     pub api_url: &'a str,
     pub token: &'a str,
@@ -81,24 +62,4 @@ pub async fn open_pull_request(pr: &PullRequest<'_>) -> Result<String, String> {
     Err(format!(
         "GitHub refused the pull request (HTTP {status}): {message}"
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn repos_from_github_urls() {
-        for url in [
-            "https://github.com/acme/widgets",
-            "https://github.com/acme/widgets.git",
-            "git@github.com:acme/widgets.git",
-            "ssh://git@github.com/acme/widgets/",
-        ] {
-            assert_eq!(repo_from_url(url).as_deref(), Some("acme/widgets"), "{url}");
-        }
-        assert_eq!(repo_from_url("https://gitlab.com/acme/widgets"), None);
-        assert_eq!(repo_from_url("https://github.com/acme"), None);
-        assert_eq!(repo_from_url("/srv/git/widgets.git"), None);
-    }
 }

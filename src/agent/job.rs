@@ -137,7 +137,7 @@ impl Job {
             worker_token,
         } = claimed;
         let worktree = ctx.worktrees.join(&task.id);
-        let branch = git::branch_for(&task.id);
+        let branch = crate::core::github::branch_of(&task);
         Job {
             ctx,
             worker,
@@ -708,9 +708,12 @@ impl Job {
             Some(url) => Some(url),
             None => git::origin_url(&self.ctx.repo).await,
         };
-        let repo = repo_url.as_deref().and_then(github::repo_from_url).ok_or(
-            "no GitHub repository to open the pull request in (set the workspace's repoUrl)",
-        )?;
+        let repo = repo_url
+            .as_deref()
+            .and_then(crate::core::github::repo_from_url)
+            .ok_or(
+                "no GitHub repository to open the pull request in (set the workspace's repoUrl)",
+            )?;
         let base = workspace
             .as_ref()
             .map_or_else(|| "main".to_owned(), |w| w.default_branch.clone());

@@ -16,9 +16,10 @@ pub use crate::core::actions::{HeartbeatAnswer, RunControl, WorkerUpdate};
 pub use crate::core::claim::EmptyClaim;
 pub use crate::core::diff::{Diff, FileChange, NewDiff, ReviewBody, ReviewComment};
 pub use crate::core::model::{
-    Account, AccountType, Artifact, Attachment, AuthType, Comment, Delivery, DeliveryState, Grant,
-    Message, NotifyEvent, RecordedArtifact, RunnerPreference, Schedule, Source, Task, TaskMode,
-    TaskRef, TaskStatus, TaskTemplate, Trigger, Webhook, Worker, WorkerStatus, Workspace,
+    Account, AccountType, Artifact, Attachment, AuthType, Comment, Delivery, DeliveryState,
+    GithubAction, GithubOutcome, GithubReaction, Grant, Message, NotifyEvent, RecordedArtifact,
+    RunnerPreference, Schedule, Source, Task, TaskMode, TaskRef, TaskStatus, TaskTemplate, Trigger,
+    Webhook, Worker, WorkerStatus, Workspace,
 };
 pub use crate::core::plan::{Plan, PlanStep};
 
@@ -157,6 +158,18 @@ pub struct NewWorkspace {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_branch: Option<String>,
+    /// The GitHub label that makes an issue a task (default `buildd`).
+    #[schema(
+        min_length = 1,
+        max_length = 50,
+        pattern = r"^[^\x00]*[^\s\x00][^\x00]*$"
+    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github_label: Option<String>,
+    /// Fix tasks one task's failing CI may make (default 3; 0: none).
+    #[schema(minimum = 0, maximum = 20)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ci_retries: Option<i32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -738,4 +751,19 @@ pub struct EventsQuery {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Status {
     pub status: String,
+}
+
+// ---- GitHub ----
+
+/// `POST /api/github/webhook`'s answer: what buildd made of the delivery.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GithubDeliveryAnswer {
+    /// `X-GitHub-Delivery`.
+    pub delivery: String,
+    /// `X-GitHub-Event`.
+    pub event: String,
+    pub outcome: GithubOutcome,
+    /// What was done in each workspace whose `repoUrl` names the repository.
+    pub reactions: Vec<GithubReaction>,
 }

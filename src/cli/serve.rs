@@ -37,9 +37,14 @@ pub struct ServeArgs {
     #[arg(long, env = "BUILDD_LEASE_TTL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     lease_ttl: u64,
     /// A GitHub token: action tasks then wake the workflows of action accounts with a
-    /// githubRepo (repository_dispatch) [env: BUILDD_GITHUB_TOKEN, then GITHUB_TOKEN]
+    /// githubRepo (repository_dispatch), and a review's follow-up gets the review's
+    /// line comments [env: BUILDD_GITHUB_TOKEN, then GITHUB_TOKEN]
     #[arg(long)]
     github_token: Option<String>,
+    /// The secret of the repositories' webhooks: `POST /api/github/webhook` takes
+    /// deliveries signed with it (and is off without it)
+    #[arg(long, env = "BUILDD_GITHUB_WEBHOOK_SECRET", hide_env_values = true)]
+    github_webhook_secret: Option<String>,
     /// The GitHub REST API.
     #[arg(
         long,
@@ -105,7 +110,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     let github = match github_token {
         Some(token) => {
             info!(api = %args.github_api_url, "GitHub Actions dispatch on");
-            Some(server::github::Dispatcher::new(
+            Some(server::github::GithubApi::new(
                 &args.github_api_url,
                 &token,
             )?)
@@ -129,6 +134,10 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         deliveries_queued: Arc::new(Notify::new()),
         shutdown,
         github,
+        github_webhook_secret: args
+            .github_webhook_secret
+            .filter(|s| !s.is_empty())
+            .map(Arc::from),
         metrics,
         retention: server::retention::Retention {
             events: keep_for(args.retention),

@@ -16,6 +16,12 @@ pub enum WorkspaceCommand {
         repo: Option<String>,
         #[arg(long)]
         default_branch: Option<String>,
+        /// The GitHub label that makes an issue of the repository a task [default: buildd].
+        #[arg(long)]
+        github_label: Option<String>,
+        /// Fix tasks one task's failing CI may make [default: 3].
+        #[arg(long)]
+        max_ci_retries: Option<i32>,
     },
     /// List the workspaces you can see.
     List,
@@ -27,11 +33,15 @@ pub async fn run(client: &Client, json: bool, command: WorkspaceCommand) -> Resu
             name,
             repo,
             default_branch,
+            github_label,
+            max_ci_retries,
         } => {
             let body = NewWorkspace {
                 name,
                 repo_url: repo,
                 default_branch,
+                github_label,
+                max_ci_retries,
             };
             let ws = client
                 .create_workspace(&body)

@@ -10,6 +10,7 @@ pub mod claim;
 pub mod diff;
 pub mod error;
 pub mod events;
+pub mod github;
 pub mod ids;
 pub mod keys;
 pub mod lease;

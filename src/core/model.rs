@@ -126,13 +126,43 @@ string_enum!(
 );
 
 string_enum!(
-    /// What a worker produced.
+    /// What a worker produced, or (`merged`, the pull request's URL) what became of it.
     ArtifactKind {
         Branch = "branch",
         Commit = "commit",
         Pr = "pr",
         File = "file",
         Link = "link",
+        Merged = "merged",
+    }
+);
+
+string_enum!(
+    /// `acted`: read and acted on (see the reactions); `ignored`: an event or action
+    /// buildd does nothing about; `duplicate`: this delivery id was acted on before;
+    /// `unknown_repository`: no workspace's `repoUrl` names the repository.
+    GithubOutcome {
+        Acted = "acted",
+        Ignored = "ignored",
+        Duplicate = "duplicate",
+        UnknownRepository = "unknown_repository",
+    }
+);
+
+string_enum!(
+    /// What buildd did about a GitHub delivery in one workspace.
+    GithubAction {
+        Created = "created",
+        Cancelled = "cancelled",
+        Retried = "retried",
+        FollowedUp = "followed_up",
+        Replied = "replied",
+        Instructed = "instructed",
+        FixCreated = "fix_created",
+        FixExtended = "fix_extended",
+        GaveUp = "gave_up",
+        Merged = "merged",
+        Nothing = "nothing",
     }
 );
 
@@ -210,6 +240,10 @@ pub struct Workspace {
     pub name: String,
     pub repo_url: Option<String>,
     pub default_branch: String,
+    /// The GitHub label that makes an issue of `repoUrl` a task.
+    pub github_label: String,
+    /// Fix tasks one task's failing CI may make before buildd gives up on it.
+    pub max_ci_retries: i32,
     pub created_at: DateTime<Utc>,
 }
 
@@ -249,6 +283,9 @@ pub struct Task {
     pub depends_on: Vec<String>,
     /// The branch the run starts from; the checkout's current commit when `None`.
     pub base_branch: Option<String>,
+    /// The branch the run commits to and pushes; `buildd/<id>` when `None`. A CI fix
+    /// or a review's follow-up carries on the branch of its pull request.
+    pub branch: Option<String>,
     /// The plan this task is a step of, or the task this one follows up.
     pub parent_id: Option<String>,
     /// The runner session to carry on (a follow-up's parent's, a revised plan's own).
@@ -388,6 +425,19 @@ pub struct Trigger {
     /// The account id that made it, or `admin`.
     pub created_by: String,
     pub created_at: DateTime<Utc>,
+}
+
+/// What buildd did about a GitHub delivery in one workspace whose `repoUrl` names the
+/// delivery's repository.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GithubReaction {
+    pub workspace_id: String,
+    pub action: GithubAction,
+    /// The task made, changed or found.
+    pub task_id: Option<String>,
+    /// Why, in words: what was made, or why nothing was.
+    pub detail: String,
 }
 
 /// Another task as a task's page names it: a dependency or a child.
@@ -531,6 +581,7 @@ impl Task {
             mode: TaskMode::Run,
             depends_on: Vec::new(),
             base_branch: None,
+            branch: None,
             parent_id: None,
             resume_session_id: None,
             preferred_account_id: None,
@@ -538,6 +589,21 @@ impl Task {
             error: None,
             feedback: None,
             progress: None,
+        }
+    }
+}
+
+impl Workspace {
+    /// A new workspace with the defaults of `POST /api/workspaces`.
+    pub fn new(name: &str, repo_url: Option<String>, now: DateTime<Utc>) -> Workspace {
+        Workspace {
+            id: super::ids::new_id(super::ids::IdKind::Workspace),
+            name: name.trim().to_owned(),
+            repo_url,
+            default_branch: super::validate::DEFAULT_BRANCH.to_owned(),
+            github_label: super::github::DEFAULT_LABEL.to_owned(),
+            max_ci_retries: super::github::DEFAULT_MAX_CI_RETRIES,
+            created_at: now,
         }
     }
 }

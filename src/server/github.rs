@@ -1,8 +1,11 @@
+//! The server's GitHub REST client, when it has a token.
+//!
 //! GitHub Actions dispatch: a new `action` task wakes the workflows of the action
 //! accounts that may claim it, with `POST /repos/{owner}/{repo}/dispatches`.
-//!
 //! Dispatching happens after the task is stored and the creation has answered: a
 //! GitHub outage delays the wake-up (retried with backoff, logged), never the task.
+//!
+//! Reads for the webhook: a review's line comments, which its event leaves out.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::core::backoff::backoff;
 use crate::core::claim::dispatch_repo;
+use crate::core::github::ReviewComment;
 use crate::core::model::{Account, RunnerPreference, Task};
 use crate::core::page::{MAX_LIMIT, PageRequest};
 use crate::store::Store;
@@ -21,20 +25,23 @@ pub const EVENT_TYPE: &str = "buildd-task";
 /// Tries per repository before giving up: about half a minute of backoff in all.
 const ATTEMPTS: u32 = 8;
 
-pub struct Dispatcher {
+/// A review's line comments, as the REST API lists them.
+const REVIEW_COMMENTS_PAGE: usize = 100;
+
+pub struct GithubApi {
     http: reqwest::Client,
     api_url: String,
     token: String,
 }
 
-impl Dispatcher {
+impl GithubApi {
     pub fn new(api_url: &str, token: &str) -> Result<Arc<Self>, String> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(20))
             .user_agent(concat!("buildd/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(Arc::new(Dispatcher {
+        Ok(Arc::new(GithubApi {
             http,
             api_url: api_url.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
@@ -77,6 +84,33 @@ impl Dispatcher {
                 tokio::spawn(async move { dispatcher.dispatch(&repo, &task_id).await });
             }
         });
+    }
+
+    /// The line comments of review `review_id` of pull request `number` of `repo`
+    /// (`owner/name`): the first page, which is all a follow-up's prompt needs.
+    pub async fn review_comments(
+        &self,
+        repo: &str,
+        number: i64,
+        review_id: i64,
+    ) -> Result<Vec<ReviewComment>, String> {
+        let url = format!(
+            "{}/repos/{repo}/pulls/{number}/reviews/{review_id}/comments?per_page={REVIEW_COMMENTS_PAGE}",
+            self.api_url
+        );
+        let response = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .header("Accept", "application/vnd.github+json")
+            .header("X-GitHub-Api-Version", "2022-11-28")
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("HTTP {}", response.status()));
+        }
+        response.json().await.map_err(|e| e.to_string())
     }
 
     async fn dispatch(&self, repo: &str, task_id: &str) {

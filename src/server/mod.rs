@@ -53,8 +53,12 @@ pub struct AppState {
     pub deliveries_queued: Arc<Notify>,
     /// Cancelled at shutdown: waiting claims return and the sweeper stops.
     pub shutdown: CancellationToken,
-    /// Wakes GitHub Actions workflows for action tasks, when a token was given.
-    pub github: Option<Arc<github::Dispatcher>>,
+    /// Wakes GitHub Actions workflows for action tasks, and reads what webhooks leave
+    /// out, when a token was given.
+    pub github: Option<Arc<github::GithubApi>>,
+    /// The secret GitHub signs its webhooks with; `POST /api/github/webhook` is off
+    /// without one.
+    pub github_webhook_secret: Option<Arc<str>>,
     pub metrics: Arc<metrics::Metrics>,
     /// How long events and finished workers' output are kept.
     pub retention: retention::Retention,

@@ -15,7 +15,7 @@ use super::error::ErrorBody;
 #[openapi(
     info(
         title = "buildd",
-        description = "A task broker for AI coding agents. Every request but /healthz, /readyz and /api/openapi.json takes `Authorization: Bearer TOKEN`: the admin token or an account key (`buildd_<type>_…`). Every error is `{\"error\": \"…\"}`. A claim's `workerToken` (`buildd_worker_…`) opens only its run's own tools at `/mcp`, buildd's Model Context Protocol endpoint (Streamable HTTP, JSON-RPC; described in the README, not here), and is refused here with 403."
+        description = "A task broker for AI coding agents. Every request but /healthz, /readyz, /api/openapi.json and /api/github/webhook (signed by GitHub instead) takes `Authorization: Bearer TOKEN`: the admin token or an account key (`buildd_<type>_…`). Every error is `{\"error\": \"…\"}`. A claim's `workerToken` (`buildd_worker_…`) opens only its run's own tools at `/mcp`, buildd's Model Context Protocol endpoint (Streamable HTTP, JSON-RPC; described in the README, not here), and is refused here with 403."
     ),
     security(("bearer" = [])),
     components(schemas(ErrorBody)),
@@ -28,6 +28,7 @@ use super::error::ErrorBody;
         (name = "schedules", description = "Tasks made on a cron cadence"),
         (name = "triggers", description = "Tasks made by another system, with a trigger's own token"),
         (name = "webhooks", description = "Notifications of task events, and how each delivery went"),
+        (name = "github", description = "GitHub's webhook deliveries: issues, comments, CI, reviews, merges"),
         (name = "events", description = "The live event stream"),
         (name = "operations", description = "Health, readiness, metrics and this description"),
     )

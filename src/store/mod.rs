@@ -23,10 +23,11 @@ use crate::core::actions::{Action, Outcome};
 use crate::core::claim::Backlog;
 use crate::core::diff::Diff;
 use crate::core::events::StoredEvent;
+use crate::core::github;
 use crate::core::lease::Cutoffs;
 use crate::core::model::{
-    Account, Attachment, Comment, Delivery, Grant, Message, RecordedArtifact, Schedule, Source,
-    Task, TaskRef, TaskStatus, Trigger, Webhook, Worker, WorkerStatus, Workspace,
+    Account, Attachment, Comment, Delivery, GithubReaction, Grant, Message, RecordedArtifact,
+    Schedule, Source, Task, TaskRef, TaskStatus, Trigger, Webhook, Worker, WorkerStatus, Workspace,
 };
 use crate::core::page::{Page, PageRequest};
 use crate::core::plan::Plan;
@@ -93,6 +94,14 @@ pub struct WorkerFilter {
 pub struct ClaimRequest {
     pub max_tasks: u32,
     pub workspace_id: Option<String>,
+}
+
+/// What a GitHub delivery did: in each workspace, what and why; and the tasks it
+/// made, for the server to announce.
+#[derive(Debug, Clone, Default)]
+pub struct Received {
+    pub reactions: Vec<GithubReaction>,
+    pub created: Vec<Task>,
 }
 
 /// A task a claim took, with the worker that carries the attempt and that worker's
@@ -325,6 +334,19 @@ pub trait Store: Send + Sync + 'static {
     -> Result<Schedule>;
     /// Whether there was a schedule to delete. Its tasks stay.
     async fn delete_schedule(&self, id: &str) -> Result<bool>;
+    /// Acts on a GitHub delivery (its id, its event) in `workspaces`, those whose
+    /// repository it names, in one transaction with the id: `None` when that id was
+    /// received before, and nothing is done again.
+    async fn receive_github(
+        &self,
+        delivery_id: &str,
+        event: &str,
+        workspaces: Vec<Workspace>,
+        delivery: github::Delivery,
+        now: Timestamp,
+    ) -> Result<Option<Received>>;
+    /// Whether the GitHub delivery `id` was acted on already.
+    async fn github_delivery_seen(&self, id: &str) -> Result<bool>;
     /// When the first schedule that is not paused is due.
     async fn next_schedule_due(&self) -> Result<Option<Timestamp>>;
     /// Runs every schedule due at `now` ([`crate::core::schedule::run`]), each once

@@ -11,6 +11,8 @@
 //! a task (`SKIP LOCKED`), so no two transactions wait for each other in a cycle. On
 //! SQLite the locks are no-ops: a write transaction holds the file's write lock.
 
+mod github;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -21,8 +23,8 @@ use tokio::sync::watch;
 use super::listing::{Conditions, Key, Order, contains_pattern};
 use super::sql::{Arg, Backend, FromCell, Reader, Tx, args};
 use super::{
-    Appended, Applied, ClaimRequest, Claimed, Counts, Outgoing, Queued, Result, Store, StoreError,
-    TaskFilter, TaskLinks, Usage, WorkerFilter, by_status, status_list,
+    Appended, Applied, ClaimRequest, Claimed, Counts, Outgoing, Queued, Received, Result, Store,
+    StoreError, TaskFilter, TaskLinks, Usage, WorkerFilter, by_status, status_list,
 };
 use crate::core::actions::{self, Action, Outcome, UsageChange};
 use crate::core::claim::{self, Backlog};
@@ -44,12 +46,13 @@ use crate::core::{keys, messages, notify, schedule, trigger};
 /// Column lists, the same in both schemas, in the order the row readers read them.
 const ACCOUNT_COLUMNS: &str = "id, type, name, auth_type, max_concurrent_workers, \
      max_concurrent_sessions, max_cost_per_day, github_repo, created_at";
-const WORKSPACE_COLUMNS: &str = "id, name, repo_url, default_branch, created_at";
+const WORKSPACE_COLUMNS: &str =
+    "id, name, repo_url, default_branch, github_label, max_ci_retries, created_at";
 const TASK_COLUMNS: &str = "id, workspace_id, title, description, runner_preference, \
      priority, status, attempts, max_attempts, max_cost_usd, claimed_by, worker_id, \
      created_at, claimed_at, completed_at, result, source_id, mode, depends_on, base_branch, \
      parent_id, resume_session_id, preferred_account_id, preferred_until, error, feedback, \
-     progress";
+     progress, branch";
 const ATTACHMENT_COLUMNS: &str =
     "id, worker_id, task_id, message_seq, name, content_type, size, created_at";
 const SOURCE_COLUMNS: &str = "id, workspace_id, type, external_id, url, created_at";
@@ -91,6 +94,8 @@ fn workspace_from_row(r: &mut Reader) -> Result<Workspace> {
         name: r.get()?,
         repo_url: r.get()?,
         default_branch: r.get()?,
+        github_label: r.get()?,
+        max_ci_retries: r.get()?,
         created_at: r.get()?,
     })
 }
@@ -124,6 +129,7 @@ fn task_from_row(r: &mut Reader) -> Result<Task> {
         error: r.get()?,
         feedback: r.get()?,
         progress: r.get()?,
+        branch: r.get()?,
     })
 }
 
@@ -156,6 +162,7 @@ fn task_args(t: &Task) -> Vec<Arg> {
         &t.error,
         &t.feedback,
         &t.progress,
+        &t.branch,
     ]
 }
 
@@ -1421,9 +1428,18 @@ impl<B: Backend> Store for SqlStore<B> {
     #[tracing::instrument(level = "debug", skip_all, fields(workspace = %workspace.id))]
     async fn create_workspace(&self, workspace: &Workspace) -> Result<()> {
         let w = workspace;
-        let sql =
-            format!("INSERT INTO workspaces ({WORKSPACE_COLUMNS}) VALUES ($1, $2, $3, $4, $5)");
-        let values = args![&w.id, &w.name, &w.repo_url, &w.default_branch, w.created_at];
+        let sql = format!(
+            "INSERT INTO workspaces ({WORKSPACE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        );
+        let values = args![
+            &w.id,
+            &w.name,
+            &w.repo_url,
+            &w.default_branch,
+            &w.github_label,
+            w.max_ci_retries,
+            w.created_at
+        ];
         self.execute(sql, values).await.map(drop)
     }
 
@@ -1909,6 +1925,36 @@ impl<B: Backend> Store for SqlStore<B> {
     async fn delete_schedule(&self, id: &str) -> Result<bool> {
         let sql = "DELETE FROM schedules WHERE id = $1";
         Ok(self.execute(sql.to_owned(), args![id]).await? > 0)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, workspaces, delivery))]
+    async fn receive_github(
+        &self,
+        delivery_id: &str,
+        event: &str,
+        workspaces: Vec<Workspace>,
+        delivery: crate::core::github::Delivery,
+        now: Timestamp,
+    ) -> Result<Option<Received>> {
+        let (id, event) = (delivery_id.to_owned(), event.to_owned());
+        let received = self
+            .backend
+            .write(move |tx| {
+                async move { github::receive(tx, &id, &event, &workspaces, &delivery, now).await }
+                    .boxed()
+            })
+            .await?;
+        if received.is_some() {
+            self.backend.events_written();
+        }
+        Ok(received)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn github_delivery_seen(&self, id: &str) -> Result<bool> {
+        let sql = "SELECT id FROM github_deliveries WHERE id = $1";
+        let seen: Option<String> = self.first(sql.to_owned(), args![id], |r| r.get()).await?;
+        Ok(seen.is_some())
     }
 
     #[tracing::instrument(level = "debug", skip(self))]

@@ -31,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0006_run_tokens.sql"),
     include_str!("../../migrations/sqlite/0007_schedules_and_triggers.sql"),
     include_str!("../../migrations/sqlite/0008_notifications.sql"),
+    include_str!("../../migrations/sqlite/0009_github.sql"),
 ];
 const READERS: usize = 4;
 

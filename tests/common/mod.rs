@@ -19,6 +19,27 @@ use serde_json::{Value, json};
 /// `#[macro_use] mod common;`.
 #[allow(unused_macros)]
 macro_rules! both_backends {
+    (database: $($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    super::$name(super::common::Database::sqlite()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    let Some(url) = super::common::pg_database().await else {
+                        return;
+                    };
+                    super::$name(super::common::Database::postgres(url)).await;
+                }
+            )*
+        }
+    };
     ($($name:ident),* $(,)?) => {
         mod sqlite {
             $(
@@ -41,6 +62,30 @@ macro_rules! both_backends {
             )*
         }
     };
+}
+
+/// A database for a test to start servers on (with the flags it needs), for
+/// `both_backends!(database: …)`, whose tests take one instead of a started server.
+pub struct Database {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Database {
+    pub fn sqlite() -> Database {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("buildd.db").display());
+        Database { url, dir }
+    }
+
+    pub fn postgres(url: String) -> Database {
+        let dir = tempfile::tempdir().unwrap();
+        Database { url, dir }
+    }
+
+    pub fn serve(&self, extra: &[&str]) -> Server {
+        Server::start(&self.url, self.dir.path(), extra)
+    }
 }
 
 pub const ADMIN: &str = "buildd_admin_test-token";

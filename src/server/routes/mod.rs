@@ -6,6 +6,7 @@
 
 mod accounts;
 mod events;
+mod github;
 mod ops;
 mod schedules;
 mod triggers;
@@ -43,6 +44,15 @@ fn api() -> OpenApiRouter<AppState> {
         schemas,
         paths,
         attachments.layer(DefaultBodyLimit::max(validate::MAX_ATTACHMENT_BYTES)),
+    );
+    let (schemas, paths, github_webhook) = routes!(github::webhook);
+    // GitHub sends payloads of up to 25 MB.
+    let github_webhook = (
+        schemas,
+        paths,
+        github_webhook.layer(DefaultBodyLimit::max(
+            crate::core::github::MAX_PAYLOAD_BYTES,
+        )),
     );
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(ops::healthz))
@@ -82,6 +92,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::create, webhooks::list))
         .routes(routes!(webhooks::show, webhooks::delete))
         .routes(routes!(webhooks::deliveries))
+        .routes(github_webhook)
         .routes(routes!(workers::list, workers::create))
         .routes(routes!(workers::instruct))
         .routes(routes!(workers::claim))

@@ -5,10 +5,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 
 use crate::api::{NewWorkspace, WorkspaceList};
-use crate::core::ids::{IdKind, new_id};
 use crate::core::model::Workspace;
 use crate::core::policy::Deed;
-use crate::core::{time, validate};
+use crate::core::{github, time, validate};
 use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult, Body};
@@ -26,15 +25,15 @@ pub async fn create(
     if let Some(branch) = &body.default_branch {
         validate::text("defaultBranch", branch, validate::MAX_NAME_LEN)?;
     }
-    let workspace = Workspace {
-        id: new_id(IdKind::Workspace),
-        name: body.name.trim().to_owned(),
-        repo_url: body.repo_url.filter(|u| !u.trim().is_empty()),
-        default_branch: body
-            .default_branch
-            .unwrap_or_else(|| validate::DEFAULT_BRANCH.to_owned()),
-        created_at: time::now(),
-    };
+    let github_label = github::label(body.github_label.as_deref())?;
+    let max_ci_retries = github::max_ci_retries(body.max_ci_retries)?;
+    let repo_url = body.repo_url.filter(|u| !u.trim().is_empty());
+    let mut workspace = Workspace::new(&body.name, repo_url, time::now());
+    if let Some(branch) = body.default_branch {
+        workspace.default_branch = branch;
+    }
+    workspace.github_label = github_label;
+    workspace.max_ci_retries = max_ci_retries;
     state.store.create_workspace(&workspace).await?;
     Ok((StatusCode::CREATED, Json(workspace)))
 }

@@ -1,0 +1,700 @@
+//! GitHub's webhooks through the real binary, with GitHub's documented payloads
+//! (`tests/fixtures/github/`) signed as GitHub signs them: each mapping, bad
+//! signatures, repeated deliveries, unknown repositories, the CI retry cap, and a
+//! stand-in GitHub API on loopback that serves a review's comments.
+
+#[macro_use]
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use common::{Api, Database, Server};
+
+const SECRET: &str = "it's-a-secret-to-everybody";
+/// The repository of every documented example.
+const REPO: &str = "https://github.com/Codertocat/Hello-World";
+const PR_URL: &str = "https://github.com/Codertocat/Hello-World/pull/2";
+
+both_backends!(database:
+    issues_become_tasks_and_follow_the_issue,
+    ci_failures_make_fixes_on_the_branch_up_to_the_cap,
+    reviews_comments_and_merges_reach_the_task,
+);
+
+/// A documented payload with `edit` applied.
+fn payload(name: &str, edit: impl FnOnce(&mut Value)) -> Value {
+    let path = format!(
+        "{}/tests/fixtures/github/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut value: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    edit(&mut value);
+    value
+}
+
+/// The HMAC-SHA256 GitHub sends, computed here independently of buildd's code.
+fn sign(secret: &str, body: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256={hex}")
+}
+
+/// Sends a delivery as GitHub does; `signature` overrides (or, `Some("")`, leaves out)
+/// the right one.
+async fn deliver_as(
+    server: &Server,
+    event: &str,
+    id: &str,
+    body: &Value,
+    signature: Option<&str>,
+) -> (StatusCode, Value) {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/api/github/webhook", server.url))
+        .header("X-GitHub-Event", event)
+        .header("X-GitHub-Delivery", id)
+        .header("Content-Type", "application/json")
+        .header("User-Agent", "GitHub-Hookshot/test");
+    match signature {
+        None => request = request.header("X-Hub-Signature-256", sign(SECRET, &bytes)),
+        Some("") => {}
+        Some(other) => request = request.header("X-Hub-Signature-256", other),
+    }
+    let response = request.body(bytes).send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+async fn deliver(server: &Server, event: &str, id: &str, body: &Value) -> Value {
+    let (status, answer) = deliver_as(server, event, id, body, None).await;
+    assert_eq!(status, StatusCode::OK, "{event} {id}: {answer}");
+    answer
+}
+
+/// The one reaction of an answer in `workspace`: its action and task.
+fn reaction(answer: &Value, workspace: &str) -> (String, Option<String>, String) {
+    let all: Vec<&Value> = answer["reactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["workspaceId"] == workspace)
+        .collect();
+    assert_eq!(all.len(), 1, "one reaction in {workspace}: {answer}");
+    let r = all[0];
+    (
+        r["action"].as_str().unwrap().to_owned(),
+        r["taskId"].as_str().map(str::to_owned),
+        r["detail"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn tasks_of(admin: &Api, workspace: &str) -> Vec<Value> {
+    let (_, list) = admin
+        .get(&format!("/api/tasks?workspaceId={workspace}&limit=100"))
+        .await;
+    list["tasks"].as_array().unwrap().clone()
+}
+
+async fn task(admin: &Api, id: &str) -> Value {
+    let (status, task) = admin.get(&format!("/api/tasks/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{task}");
+    task
+}
+
+/// Runs `task` to completion as `agent`, on `buildd/<task>` (or `branch`), having
+/// opened `pr_url` when given.
+async fn complete(agent: &Api, task: &str, branch: Option<&str>, pr_url: Option<&str>) {
+    let claimed = agent.ok("/api/workers", json!({"taskId": task})).await;
+    let worker = claimed["workers"][0]["id"].as_str().unwrap().to_owned();
+    let branch = branch.map_or_else(|| format!("buildd/{task}"), str::to_owned);
+    agent.move_worker(&worker, &["starting", "running"]).await;
+    let (status, body) = agent
+        .patch(
+            &format!("/api/workers/{worker}"),
+            json!({"status": "completed", "branch": branch, "prUrl": pr_url, "result": {"text": "done"}}),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+}
+
+async fn workspace(admin: &Api, repo: &str, extra: Value) -> String {
+    let mut body = json!({"name": "hello", "repoUrl": repo});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    admin.ok("/api/workspaces", body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn issues_become_tasks_and_follow_the_issue(db: Database) {
+    let server = db.serve(&["--github-webhook-secret", SECRET]);
+    let admin = server.admin();
+    // Two spellings of the same repository, and another repository.
+    let ws = workspace(&admin, &format!("{REPO}.git"), json!({})).await;
+    let ws_ssh = workspace(
+        &admin,
+        "git@github.com:codertocat/hello-world.git",
+        json!({"githubLabel": "agents"}),
+    )
+    .await;
+    let other = workspace(&admin, "https://github.com/Codertocat/Other", json!({})).await;
+    let (_, key) = admin
+        .account(json!({"type": "service", "name": "agent"}), &ws, true, true)
+        .await;
+    let agent = server.client(&key);
+
+    // Signatures: missing, of another secret, of another body: 401, nothing read.
+    let labeled = payload("issues.labeled", |v| v["label"]["name"] = "buildd".into());
+    for signature in ["", "sha256=00", &sign("another secret", b"{}")] {
+        let (status, body) =
+            deliver_as(&server, "issues", "d-bad", &labeled, Some(signature)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("X-Hub-Signature-256"),
+            "{body}"
+        );
+    }
+    assert!(tasks_of(&admin, &ws).await.is_empty());
+
+    // Opened with only `bug`: not buildd's.
+    let opened = payload("issues.opened", |_| {});
+    let answer = deliver(&server, "issues", "d-1", &opened).await;
+    assert_eq!(answer["outcome"], "acted");
+    assert_eq!(reaction(&answer, &ws).0, "nothing");
+    assert!(tasks_of(&admin, &ws).await.is_empty());
+
+    // Labelled `buildd`: a task in the workspace whose label that is, and only there.
+    let answer = deliver(&server, "issues", "d-2", &labeled).await;
+    let (action, task_id, _) = reaction(&answer, &ws);
+    assert_eq!(action, "created");
+    let task_id = task_id.unwrap();
+    assert_eq!(reaction(&answer, &ws_ssh).0, "nothing");
+    assert!(tasks_of(&admin, &other).await.is_empty());
+    let created = task(&admin, &task_id).await;
+    assert_eq!(created["title"], "Spelling error in the README file");
+    let description = created["description"].as_str().unwrap();
+    assert!(
+        description.contains("accidently spelled 'commit'"),
+        "{description}"
+    );
+    assert!(description.contains("https://github.com/Codertocat/Hello-World/issues/1"));
+    assert_eq!(created["status"], "pending");
+    let (_, source) = admin
+        .get(&format!(
+            "/api/sources/{}",
+            created["sourceId"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(source["type"], "github_issue");
+    assert_eq!(source["externalId"], "codertocat/hello-world#1");
+
+    // The same delivery again: acted on once. The issue opened again with the label
+    // (another delivery): still one task.
+    let answer = deliver(&server, "issues", "d-2", &labeled).await;
+    assert_eq!(answer["outcome"], "duplicate");
+    let relabelled = payload("issues.opened", |v| {
+        v["issue"]["labels"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "buildd"}))
+    });
+    let answer = deliver(&server, "issues", "d-3", &relabelled).await;
+    assert_eq!(
+        reaction(&answer, &ws),
+        (
+            "nothing".into(),
+            Some(task_id.clone()),
+            format!("the issue is task {task_id} already")
+        )
+    );
+    assert_eq!(tasks_of(&admin, &ws).await.len(), 1);
+
+    // The other workspace's label makes its own task there.
+    let agents = payload("issues.labeled", |v| v["label"]["name"] = "Agents".into());
+    let answer = deliver(&server, "issues", "d-4", &agents).await;
+    assert_eq!(reaction(&answer, &ws_ssh).0, "created");
+    assert_eq!(reaction(&answer, &ws).0, "nothing");
+
+    // A repository no workspace names: 202, nothing made.
+    let elsewhere = payload("issues.labeled", |v| {
+        v["label"]["name"] = "buildd".into();
+        v["repository"]["full_name"] = "someone/else".into();
+    });
+    let (status, answer) = deliver_as(&server, "issues", "d-5", &elsewhere, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer["outcome"], "unknown_repository");
+    assert!(server.log.lock().unwrap().contains("no workspace names"));
+
+    // Events and actions buildd leaves alone, and a body that is not the event's.
+    let answer = deliver(
+        &server,
+        "ping",
+        "d-6",
+        &json!({"zen": "Design for failure."}),
+    )
+    .await;
+    assert_eq!(answer["outcome"], "ignored");
+    let (status, answer) =
+        deliver_as(&server, "issues", "d-7", &json!({"action": "opened"}), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("issues"),
+        "{answer}"
+    );
+
+    // Closed: the unfinished task is cancelled. Reopened: it is retried.
+    let closed = payload("issues.reopened", |v| {
+        v["action"] = "closed".into();
+        v["issue"]["state"] = "closed".into();
+    });
+    let answer = deliver(&server, "issues", "d-8", &closed).await;
+    assert_eq!(reaction(&answer, &ws).0, "cancelled");
+    assert_eq!(task(&admin, &task_id).await["status"], "cancelled");
+    let reopened = payload("issues.reopened", |_| {});
+    let answer = deliver(&server, "issues", "d-9", &reopened).await;
+    assert_eq!(reaction(&answer, &ws).0, "retried");
+    assert_eq!(task(&admin, &task_id).await["status"], "pending");
+
+    // `/buildd` on the issue while the task waits: kept as a comment on it. After the
+    // task has ended: a follow-up with the comment, under the same issue.
+    let command = |id: i64, text: &str| {
+        payload("issue_comment.created", |v| {
+            v["comment"]["id"] = id.into();
+            v["comment"]["body"] = text.into();
+        })
+    };
+    let answer = deliver(
+        &server,
+        "issue_comment",
+        "d-10",
+        &command(1, "/buildd also fix the typo in CONTRIBUTING"),
+    )
+    .await;
+    assert_eq!(reaction(&answer, &ws).0, "nothing");
+    let (_, comments) = admin.get(&format!("/api/tasks/{task_id}/comments")).await;
+    assert!(
+        comments["comments"][0]["body"]
+            .as_str()
+            .unwrap()
+            .contains("also fix the typo"),
+        "{comments}"
+    );
+    complete(&agent, &task_id, None, None).await;
+    let answer = deliver(
+        &server,
+        "issue_comment",
+        "d-11",
+        &command(2, "/buildd also fix the typo in CONTRIBUTING"),
+    )
+    .await;
+    let (action, followup, _) = reaction(&answer, &ws);
+    assert_eq!(action, "followed_up");
+    let followup = task(&admin, &followup.unwrap()).await;
+    assert_eq!(followup["parentId"], task_id.as_str());
+    assert_eq!(followup["sourceId"], created["sourceId"]);
+    let description = followup["description"].as_str().unwrap();
+    assert!(
+        description.contains("@Codertocat asked on"),
+        "{description}"
+    );
+    assert!(
+        description.ends_with("also fix the typo in CONTRIBUTING"),
+        "{description}"
+    );
+    // Its run made no pull request: the follow-up gets a branch of its own.
+    assert!(followup["branch"].is_null(), "{followup}");
+    // A comment that is no command does nothing.
+    let answer = deliver(&server, "issue_comment", "d-12", &command(3, "thanks!")).await;
+    assert_eq!(answer["outcome"], "ignored");
+}
+
+async fn ci_failures_make_fixes_on_the_branch_up_to_the_cap(db: Database) {
+    let server = db.serve(&["--github-webhook-secret", SECRET]);
+    let admin = server.admin();
+    let ws = workspace(&admin, REPO, json!({"maxCiRetries": 2})).await;
+    let (_, key) = admin
+        .account(json!({"type": "service", "name": "agent"}), &ws, true, true)
+        .await;
+    let agent = server.client(&key);
+    let original = admin.task(&ws, json!({"title": "Add the widget"})).await;
+    let original = original["id"].as_str().unwrap().to_owned();
+    complete(&agent, &original, None, Some(PR_URL)).await;
+    let branch = format!("buildd/{original}");
+
+    let failed_run = |name: &str, sha: &str, summary: &str| {
+        payload("check_run.completed", |v| {
+            let run = &mut v["check_run"];
+            run["name"] = name.into();
+            run["head_sha"] = sha.into();
+            run["conclusion"] = "failure".into();
+            run["output"]["title"] = summary.into();
+            run["check_suite"]["head_branch"] = branch.clone().into();
+            run["check_suite"]["head_sha"] = sha.into();
+        })
+    };
+    // Passing checks, and failures on a branch that is no task's: nothing.
+    let passed = payload("check_run.completed", |v| {
+        v["check_run"]["check_suite"]["head_branch"] = branch.clone().into()
+    });
+    assert_eq!(
+        deliver(&server, "check_run", "c-0", &passed).await["outcome"],
+        "ignored"
+    );
+    let theirs = payload("check_suite.completed", |v| {
+        v["check_suite"]["conclusion"] = "failure".into()
+    });
+    let answer = deliver(&server, "check_suite", "c-1", &theirs).await;
+    assert_eq!(reaction(&answer, &ws).0, "nothing");
+
+    // The first failure of a commit: a fix on the same branch.
+    let answer = deliver(
+        &server,
+        "check_run",
+        "c-2",
+        &failed_run("test", "sha-1", "2 tests failed"),
+    )
+    .await;
+    let (action, fix, _) = reaction(&answer, &ws);
+    assert_eq!(action, "fix_created");
+    let fix = fix.unwrap();
+    let fixed = task(&admin, &fix).await;
+    assert_eq!(fixed["branch"], branch.as_str());
+    assert_eq!(fixed["baseBranch"], branch.as_str());
+    assert_eq!(fixed["parentId"], original.as_str());
+    assert!(
+        fixed["title"]
+            .as_str()
+            .unwrap()
+            .starts_with("Fix CI (test)"),
+        "{fixed}"
+    );
+    // More of that commit's failures join the fix while nobody has claimed it; the
+    // suite's failure too. A repeat of a delivery changes nothing.
+    let answer = deliver(
+        &server,
+        "check_run",
+        "c-3",
+        &failed_run("lint", "sha-1", "unused import"),
+    )
+    .await;
+    assert_eq!(
+        reaction(&answer, &ws),
+        (
+            "fix_extended".into(),
+            Some(fix.clone()),
+            "the failures are added to the fix of this commit, not yet claimed".into()
+        )
+    );
+    assert_eq!(
+        deliver(
+            &server,
+            "check_run",
+            "c-3",
+            &failed_run("lint", "sha-1", "unused import")
+        )
+        .await["outcome"],
+        "duplicate"
+    );
+    let suite = payload("check_suite.completed", |v| {
+        v["check_suite"]["conclusion"] = "failure".into();
+        v["check_suite"]["head_branch"] = branch.clone().into();
+        v["check_suite"]["head_sha"] = "sha-1".into();
+    });
+    assert_eq!(
+        reaction(&deliver(&server, "check_suite", "c-4", &suite).await, &ws).0,
+        "fix_extended"
+    );
+    let description = task(&admin, &fix).await["description"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(description.contains("- test: 2 tests failed\n- lint: unused import\n- octocoders-linter: the check suite concluded failure"), "{description}");
+    assert!(description.contains("fix attempt 1 of 2"), "{description}");
+
+    // Once claimed, that commit's failures make nothing more.
+    complete(&agent, &fix, Some(&branch), Some(PR_URL)).await;
+    let answer = deliver(
+        &server,
+        "check_run",
+        "c-5",
+        &failed_run("e2e", "sha-1", "timeout"),
+    )
+    .await;
+    assert_eq!(reaction(&answer, &ws).0, "nothing");
+
+    // The next commit fails: the second fix, the last one allowed.
+    let answer = deliver(
+        &server,
+        "check_run",
+        "c-6",
+        &failed_run("test", "sha-2", "1 test failed"),
+    )
+    .await;
+    let (action, second, _) = reaction(&answer, &ws);
+    assert_eq!(action, "fix_created");
+    let second = second.unwrap();
+    assert!(
+        task(&admin, &second).await["description"]
+            .as_str()
+            .unwrap()
+            .contains("fix attempt 2 of 2")
+    );
+    complete(&agent, &second, Some(&branch), Some(PR_URL)).await;
+
+    // A third failing commit: buildd gives up and says so on the task, once.
+    let answer = deliver(
+        &server,
+        "check_run",
+        "c-7",
+        &failed_run("test", "sha-3", "still failing"),
+    )
+    .await;
+    assert_eq!(reaction(&answer, &ws).0, "gave_up");
+    let marked = task(&admin, &original).await;
+    let error = marked["error"].as_str().unwrap();
+    assert!(error.contains("after 2 fix attempts"), "{marked}");
+    assert_eq!(marked["status"], "completed");
+    let answer = deliver(
+        &server,
+        "check_run",
+        "c-8",
+        &failed_run("test", "sha-4", "still failing"),
+    )
+    .await;
+    assert_eq!(reaction(&answer, &ws).0, "gave_up");
+    let all = tasks_of(&admin, &ws).await;
+    assert_eq!(all.len(), 3, "the task and its two fixes: {all:?}");
+    let (_, comments) = admin.get(&format!("/api/tasks/{original}/comments")).await;
+    assert_eq!(
+        comments["comments"].as_array().unwrap().len(),
+        2,
+        "{comments}"
+    );
+}
+
+/// A stand-in of GitHub's REST API: the line comments of any review, and who asked.
+#[derive(Clone, Default)]
+struct GithubStandIn {
+    asked: Arc<Mutex<Vec<(String, String)>>>,
+    calls: Arc<AtomicUsize>,
+}
+
+async fn review_comments(
+    State(api): State<GithubStandIn>,
+    Path((owner, repo, number, review)): Path<(String, String, i64, i64)>,
+    headers: HeaderMap,
+) -> axum::Json<Value> {
+    api.calls.fetch_add(1, Ordering::SeqCst);
+    let auth = headers
+        .get("authorization")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    api.asked
+        .lock()
+        .unwrap()
+        .push((format!("{owner}/{repo}#{number} review {review}"), auth));
+    axum::Json(json!([
+        {"id": 1, "path": "src/widget.rs", "line": 3, "body": "Rename this to `Gadget`.", "user": {"login": "Codertocat"}},
+        {"id": 2, "path": "README.md", "line": null, "body": "Mention it here.", "user": {"login": "Codertocat"}}
+    ]))
+}
+
+async fn reviews_comments_and_merges_reach_the_task(db: Database) {
+    let github = GithubStandIn::default();
+    let app = axum::Router::new()
+        .route(
+            "/repos/{owner}/{repo}/pulls/{number}/reviews/{review}/comments",
+            axum::routing::get(review_comments),
+        )
+        .with_state(github.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = db.serve(&[
+        "--github-webhook-secret",
+        SECRET,
+        "--github-token",
+        "ghs_standin",
+        "--github-api-url",
+        &api_url,
+    ]);
+    let admin = server.admin();
+    let ws = workspace(&admin, REPO, json!({})).await;
+    let (_, key) = admin
+        .account(json!({"type": "service", "name": "agent"}), &ws, true, true)
+        .await;
+    let agent = server.client(&key);
+    let original = admin.task(&ws, json!({"title": "Add the widget"})).await;
+    let original = original["id"].as_str().unwrap().to_owned();
+    complete(&agent, &original, None, Some(PR_URL)).await;
+    let branch = format!("buildd/{original}");
+
+    // Changes requested: a follow-up on the pull request's branch, with the review's
+    // body and its line comments read from the API.
+    let review = payload("pull_request_review.submitted", |v| {
+        v["review"]["state"] = "changes_requested".into();
+        v["review"]["body"] = "Close, but not quite.".into();
+        v["pull_request"]["head"]["ref"] = branch.clone().into();
+    });
+    let answer = deliver(&server, "pull_request_review", "r-1", &review).await;
+    let (action, followup, _) = reaction(&answer, &ws);
+    assert_eq!(action, "followed_up");
+    let followup = task(&admin, &followup.unwrap()).await;
+    assert_eq!(followup["parentId"], original.as_str());
+    assert_eq!(followup["branch"], branch.as_str());
+    assert_eq!(followup["baseBranch"], branch.as_str());
+    let description = followup["description"].as_str().unwrap();
+    assert!(
+        description.starts_with(
+            "@Codertocat reviewed the pull request and asked for changes.\n\nClose, but not quite."
+        ),
+        "{description}"
+    );
+    assert!(
+        description
+            .contains("src/widget.rs:3: Rename this to `Gadget`.\nREADME.md: Mention it here."),
+        "{description}"
+    );
+    assert_eq!(
+        github.asked.lock().unwrap().clone(),
+        [(
+            "Codertocat/Hello-World#2 review 237895671".to_owned(),
+            "Bearer ghs_standin".to_owned()
+        )]
+    );
+    // A review that only comments, or a repeat: nothing more.
+    let commented = payload("pull_request_review.submitted", |v| {
+        v["pull_request"]["head"]["ref"] = branch.clone().into();
+    });
+    assert_eq!(
+        deliver(&server, "pull_request_review", "r-2", &commented).await["outcome"],
+        "ignored"
+    );
+    assert_eq!(
+        deliver(&server, "pull_request_review", "r-1", &review).await["outcome"],
+        "duplicate"
+    );
+    assert_eq!(github.calls.load(Ordering::SeqCst), 1);
+
+    // `/buildd` on the pull request reaches the newest task on its branch: while the
+    // follow-up runs, its run is told; once it has ended, a follow-up of it, on the
+    // same branch and session.
+    let on_pr = |id: &str, text: &str| {
+        payload("issue_comment.created", |v| {
+            v["issue"]["number"] = 2.into();
+            v["issue"]["html_url"] = PR_URL.into();
+            v["issue"]["pull_request"] = json!({"url": "https://api.github.com/repos/Codertocat/Hello-World/pulls/2", "html_url": PR_URL});
+            v["comment"]["body"] = text.into();
+            v["comment"]["id"] = id.len().into();
+        })
+    };
+    let fid = followup["id"].as_str().unwrap().to_owned();
+    let claimed = agent.ok("/api/workers", json!({"taskId": fid})).await;
+    let worker = claimed["workers"][0]["id"].as_str().unwrap().to_owned();
+    agent.move_worker(&worker, &["starting", "running"]).await;
+    let answer = deliver(
+        &server,
+        "issue_comment",
+        "r-3",
+        &on_pr("r-3", "/buildd keep the old name as an alias"),
+    )
+    .await;
+    assert_eq!(
+        reaction(&answer, &ws),
+        (
+            "instructed".into(),
+            Some(fid.clone()),
+            "sent to its running worker".into()
+        )
+    );
+    let (_, beat) = agent
+        .post(&format!("/api/workers/{worker}/heartbeat"), json!({}))
+        .await;
+    assert!(
+        beat.to_string().contains("keep the old name as an alias"),
+        "{beat}"
+    );
+    agent
+        .patch(
+            &format!("/api/workers/{worker}"),
+            json!({"status": "completed", "branch": branch, "sessionId": "session-2"}),
+        )
+        .await;
+    let answer = deliver(
+        &server,
+        "issue_comment",
+        "r-4",
+        &on_pr("r-4-", "/buildd and add a changelog line"),
+    )
+    .await;
+    let (action, next, _) = reaction(&answer, &ws);
+    assert_eq!(action, "followed_up");
+    let next = task(&admin, &next.unwrap()).await;
+    assert_eq!(next["parentId"], fid.as_str());
+    assert_eq!(next["branch"], branch.as_str());
+    assert_eq!(next["resumeSessionId"], "session-2");
+
+    // Merged: the task records it; closed unmerged (the documented example) does not.
+    let closed = payload("pull_request.closed", |v| {
+        v["pull_request"]["head"]["ref"] = branch.clone().into();
+    });
+    assert_eq!(
+        deliver(&server, "pull_request", "m-1", &closed).await["outcome"],
+        "ignored"
+    );
+    let merged = payload("pull_request.closed", |v| {
+        v["pull_request"]["head"]["ref"] = branch.clone().into();
+        v["pull_request"]["merged"] = true.into();
+        v["pull_request"]["html_url"] = PR_URL.into();
+    });
+    assert_eq!(
+        reaction(&deliver(&server, "pull_request", "m-2", &merged).await, &ws).0,
+        "merged"
+    );
+    assert_eq!(
+        reaction(&deliver(&server, "pull_request", "m-3", &merged).await, &ws).0,
+        "merged"
+    );
+    let (_, artifacts) = admin.get(&format!("/api/tasks/{original}/artifacts")).await;
+    let merged: Vec<&Value> = artifacts["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == "merged")
+        .collect();
+    assert_eq!(merged.len(), 1, "{artifacts}");
+    assert_eq!(merged[0]["value"], PR_URL);
+}
+
+/// Without a secret the endpoint is off, and says how to turn it on.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_secret_the_webhook_is_off() {
+    let server = Server::sqlite(&[]);
+    let (status, body) = deliver_as(&server, "issues", "x", &json!({}), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("--github-webhook-secret"),
+        "{body}"
+    );
+}
