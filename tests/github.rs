@@ -25,6 +25,7 @@ both_backends!(database:
     issues_become_tasks_and_follow_the_issue,
     ci_failures_make_fixes_on_the_branch_up_to_the_cap,
     reviews_comments_and_merges_reach_the_task,
+    an_issue_hears_of_its_task_in_one_comment_edited,
 );
 
 /// A documented payload with `edit` applied.
@@ -490,11 +491,83 @@ async fn ci_failures_make_fixes_on_the_branch_up_to_the_cap(db: Database) {
     );
 }
 
-/// A stand-in of GitHub's REST API: the line comments of any review, and who asked.
+/// A stand-in of GitHub's REST API: the line comments of any review, and issue
+/// comments written and edited; it keeps every call (what, and the token), and fails
+/// the first `failures` comment writes with a 500.
 #[derive(Clone, Default)]
 struct GithubStandIn {
-    asked: Arc<Mutex<Vec<(String, String)>>>,
-    calls: Arc<AtomicUsize>,
+    url: String,
+    calls: Arc<Mutex<Vec<Call>>>,
+    failures: Arc<AtomicUsize>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Call {
+    what: String,
+    auth: String,
+    body: Value,
+    status: u16,
+}
+
+impl GithubStandIn {
+    async fn start(failures: usize) -> GithubStandIn {
+        let api = GithubStandIn {
+            failures: Arc::new(AtomicUsize::new(failures)),
+            ..GithubStandIn::default()
+        };
+        let app = axum::Router::new()
+            .route(
+                "/repos/{owner}/{repo}/pulls/{number}/reviews/{review}/comments",
+                axum::routing::get(review_comments),
+            )
+            .route(
+                "/repos/{owner}/{repo}/issues/{number}/comments",
+                axum::routing::post(write_comment),
+            )
+            .route(
+                "/repos/{owner}/{repo}/issues/comments/{id}",
+                axum::routing::patch(write_comment),
+            )
+            .with_state(api.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        GithubStandIn { url, ..api }
+    }
+
+    fn record(&self, what: String, headers: &HeaderMap, body: Value, status: u16) {
+        let auth = headers
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        self.calls.lock().unwrap().push(Call {
+            what,
+            auth,
+            body,
+            status,
+        });
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// The calls so far, once there are at least `n` that succeeded.
+    async fn until_succeeded(&self, n: usize) -> Vec<Call> {
+        for _ in 0..300 {
+            let calls = self.calls();
+            if calls
+                .iter()
+                .filter(|c| c.status == 200 || c.status == 201)
+                .count()
+                >= n
+            {
+                return calls;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("GitHub got {:?}", self.calls());
+    }
 }
 
 async fn review_comments(
@@ -502,40 +575,69 @@ async fn review_comments(
     Path((owner, repo, number, review)): Path<(String, String, i64, i64)>,
     headers: HeaderMap,
 ) -> axum::Json<Value> {
-    api.calls.fetch_add(1, Ordering::SeqCst);
-    let auth = headers
-        .get("authorization")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    api.asked
-        .lock()
-        .unwrap()
-        .push((format!("{owner}/{repo}#{number} review {review}"), auth));
+    let what = format!("{owner}/{repo}#{number} review {review}");
+    api.record(what, &headers, Value::Null, 200);
     axum::Json(json!([
         {"id": 1, "path": "src/widget.rs", "line": 3, "body": "Rename this to `Gadget`.", "user": {"login": "Codertocat"}},
         {"id": 2, "path": "README.md", "line": null, "body": "Mention it here.", "user": {"login": "Codertocat"}}
     ]))
 }
 
-async fn reviews_comments_and_merges_reach_the_task(db: Database) {
-    let github = GithubStandIn::default();
-    let app = axum::Router::new()
-        .route(
-            "/repos/{owner}/{repo}/pulls/{number}/reviews/{review}/comments",
-            axum::routing::get(review_comments),
-        )
-        .with_state(github.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api_url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let server = db.serve(&[
+/// `POST …/issues/N/comments` (a new comment, id 7000 + N) and `PATCH
+/// …/issues/comments/ID` (an edit).
+async fn write_comment(
+    State(api): State<GithubStandIn>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> (axum::http::StatusCode, axum::Json<Value>) {
+    let what = format!("{method} {}", uri.path());
+    if api
+        .failures
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |f| f.checked_sub(1))
+        .is_ok()
+    {
+        api.record(what, &headers, body, 500);
+        let error = json!({"message": "Server Error"});
+        return (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(error),
+        );
+    }
+    let last = uri.path().rsplit('/').nth(1).unwrap();
+    let id = if method == axum::http::Method::POST {
+        7000 + last.parse::<i64>().unwrap_or(0)
+    } else {
+        uri.path().rsplit('/').next().unwrap().parse().unwrap()
+    };
+    let status = if method == axum::http::Method::POST {
+        201
+    } else {
+        200
+    };
+    api.record(what, &headers, body.clone(), status);
+    (
+        axum::http::StatusCode::from_u16(status).unwrap(),
+        axum::Json(json!({"id": id, "body": body["body"]})),
+    )
+}
+
+/// A server that takes webhooks and talks to `github` with a token.
+fn serve_with_api(db: &Database, github: &GithubStandIn) -> Server {
+    db.serve(&[
         "--github-webhook-secret",
         SECRET,
         "--github-token",
         "ghs_standin",
         "--github-api-url",
-        &api_url,
-    ]);
+        &github.url,
+    ])
+}
+
+async fn reviews_comments_and_merges_reach_the_task(db: Database) {
+    let github = GithubStandIn::start(0).await;
+    let server = serve_with_api(&db, &github);
     let admin = server.admin();
     let ws = workspace(&admin, REPO, json!({})).await;
     let (_, key) = admin
@@ -573,8 +675,13 @@ async fn reviews_comments_and_merges_reach_the_task(db: Database) {
             .contains("src/widget.rs:3: Rename this to `Gadget`.\nREADME.md: Mention it here."),
         "{description}"
     );
+    let asked: Vec<(String, String)> = github
+        .calls()
+        .into_iter()
+        .map(|c| (c.what, c.auth))
+        .collect();
     assert_eq!(
-        github.asked.lock().unwrap().clone(),
+        asked,
         [(
             "Codertocat/Hello-World#2 review 237895671".to_owned(),
             "Bearer ghs_standin".to_owned()
@@ -592,7 +699,7 @@ async fn reviews_comments_and_merges_reach_the_task(db: Database) {
         deliver(&server, "pull_request_review", "r-1", &review).await["outcome"],
         "duplicate"
     );
-    assert_eq!(github.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(github.calls().len(), 1);
 
     // `/buildd` on the pull request reaches the newest task on its branch: while the
     // follow-up runs, its run is told; once it has ended, a follow-up of it, on the
@@ -697,4 +804,62 @@ async fn without_a_secret_the_webhook_is_off() {
             .contains("--github-webhook-secret"),
         "{body}"
     );
+}
+
+async fn an_issue_hears_of_its_task_in_one_comment_edited(db: Database) {
+    // GitHub fails the first write: the comment is retried, and still made once.
+    let github = GithubStandIn::start(1).await;
+    let server = serve_with_api(&db, &github);
+    let admin = server.admin();
+    let ws = workspace(&admin, REPO, json!({})).await;
+    let (_, key) = admin
+        .account(json!({"type": "service", "name": "agent"}), &ws, true, true)
+        .await;
+    let agent = server.client(&key);
+    let labeled = payload("issues.labeled", |v| v["label"]["name"] = "buildd".into());
+    let answer = deliver(&server, "issues", "i-1", &labeled).await;
+    let task_id = reaction(&answer, &ws).1.unwrap();
+
+    // Queued says nothing; running is the first comment.
+    let claimed = agent.ok("/api/workers", json!({"taskId": task_id})).await;
+    let worker = claimed["workers"][0]["id"].as_str().unwrap().to_owned();
+    agent.move_worker(&worker, &["starting", "running"]).await;
+    let calls = github.until_succeeded(1).await;
+    // GitHub reads owners and names in any case; the issue is keyed in lower case.
+    let posts = "POST /repos/codertocat/hello-world/issues/1/comments";
+    assert_eq!(calls[0].what, posts);
+    assert_eq!(calls[0].status, 500);
+    assert_eq!(calls[1].what, posts);
+    assert_eq!(calls[1].auth, "Bearer ghs_standin");
+    let first = calls[1].body["body"].as_str().unwrap();
+    assert!(first.contains(&format!("task `{task_id}`")), "{first}");
+    assert!(first.contains("working on this"), "{first}");
+
+    // Its end edits that comment: the result and the pull request.
+    agent
+        .patch(
+            &format!("/api/workers/{worker}"),
+            json!({"status": "completed", "prUrl": PR_URL, "result": {"text": "Fixed the spelling.", "prUrl": PR_URL}}),
+        )
+        .await;
+    let calls = github.until_succeeded(2).await;
+    let edit = calls.last().unwrap();
+    assert_eq!(
+        edit.what,
+        "PATCH /repos/codertocat/hello-world/issues/comments/7001"
+    );
+    let last = edit.body["body"].as_str().unwrap();
+    assert!(
+        last.contains(&format!("✅ Done. Pull request: {PR_URL}")),
+        "{last}"
+    );
+    assert!(last.contains("> Fixed the spelling."), "{last}");
+    // Nothing more is sent: the comment shows the task's last state.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(github.calls().len(), calls.len(), "{:?}", github.calls());
+    // A task that came from no issue is never reported.
+    let plain = admin.task(&ws, json!({"title": "not from GitHub"})).await;
+    complete(&agent, plain["id"].as_str().unwrap(), None, None).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(github.calls().len(), calls.len(), "{:?}", github.calls());
 }

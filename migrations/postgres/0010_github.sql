@@ -13,3 +13,19 @@ CREATE TABLE github_deliveries (
     received_at TIMESTAMPTZ NOT NULL
 );
 CREATE INDEX github_deliveries_received ON github_deliveries (received_at);
+-- The one comment buildd keeps on each issue it works on: the text it should show,
+-- what GitHub shows, and when it is sent next (null: GitHub shows the latest text).
+CREATE TABLE issue_reports (
+    source_id       TEXT PRIMARY KEY REFERENCES sources (id),
+    repo            TEXT NOT NULL,
+    issue_number    BIGINT NOT NULL,
+    comment_id      BIGINT,
+    body            TEXT NOT NULL,
+    sent_body       TEXT,
+    attempts        INTEGER NOT NULL,
+    last_error      TEXT,
+    -- Since when the latest text waits: retries stop a bounded time after it.
+    queued_at       TIMESTAMPTZ NOT NULL,
+    next_attempt_at TIMESTAMPTZ
+);
+CREATE INDEX issue_reports_due ON issue_reports (next_attempt_at) WHERE next_attempt_at IS NOT NULL;

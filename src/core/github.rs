@@ -6,7 +6,7 @@
 
 use serde::Deserialize;
 
-use super::model::{Task, TaskMode, Worker};
+use super::model::{NotifyEvent, Task, TaskMode, Worker};
 use super::time::Timestamp;
 use super::{RuleError, keys, validate};
 
@@ -608,6 +608,65 @@ pub fn branch_of(task: &Task) -> String {
         .unwrap_or_else(|| format!("{BRANCH_PREFIX}{}", task.id))
 }
 
+/// The issue an issue task's source names: (`owner/repo`, number).
+pub fn issue_of_key(key: &str) -> Option<(&str, i64)> {
+    let (repo, number) = key.rsplit_once('#')?;
+    Some((repo, number.parse().ok()?))
+}
+
+/// The longest result text quoted in an issue's comment.
+const MAX_REPORTED_RESULT: usize = 3000;
+
+/// The comment buildd keeps on an issue (one, edited as its task moves on) when the
+/// issue's newest task reaches `event`; `None` for the events it does not report.
+pub fn issue_report(event: NotifyEvent, task: &Task) -> Option<String> {
+    let head = format!("**buildd** · task `{}` · {}", task.id, task.title);
+    let field = |name: &str| {
+        task.result
+            .as_ref()
+            .and_then(|r| r.get(name))
+            .and_then(serde_json::Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+    };
+    let body = match event {
+        NotifyEvent::Created => return None,
+        NotifyEvent::Running => "🛠️ An agent is working on this.".to_owned(),
+        NotifyEvent::WaitingInput => {
+            "❓ The agent has a question: answer it on the dashboard, or comment              `/buildd <answer>` here."
+                .to_owned()
+        }
+        NotifyEvent::Planned => "📋 The agent has a plan for a person to approve.".to_owned(),
+        NotifyEvent::Completed => {
+            let mut body = "✅ Done.".to_owned();
+            if let Some(pr) = field("prUrl") {
+                body.push_str(&format!(" Pull request: {pr}"));
+            }
+            if let Some(text) = field("text") {
+                let mut quoted: String = text.chars().take(MAX_REPORTED_RESULT).collect();
+                if quoted.len() < text.len() {
+                    quoted.push('…');
+                }
+                body.push_str(&format!("\n\n{}", quote(&quoted)));
+            }
+            body
+        }
+        NotifyEvent::Failed => match task.error.as_deref() {
+            Some(error) => format!("❌ It failed: {error}"),
+            None => "❌ It failed.".to_owned(),
+        },
+        NotifyEvent::Cancelled => "⏹️ The task was cancelled.".to_owned(),
+    };
+    Some(format!("{head}\n\n{body}"))
+}
+
+fn quote(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("> {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -813,5 +872,27 @@ mod tests {
             "Steps\n\nGitHub issue #7: https://github.com/o/r/issues/7"
         );
         assert_eq!(issue_key("Octo/Repo", 7), "octo/repo#7");
+    }
+
+    #[test]
+    fn an_issue_is_told_of_its_task_in_one_comment() {
+        let mut task = Task::new("ws".into(), "Fix the typo", crate::core::time::now());
+        assert_eq!(issue_report(NotifyEvent::Created, &task), None);
+        let running = issue_report(NotifyEvent::Running, &task).unwrap();
+        assert!(running.starts_with(&format!("**buildd** · task `{}` · Fix the typo", task.id)));
+        assert!(running.contains("working on this"));
+        task.result = Some(
+            serde_json::json!({"text": "Fixed it.\nAll tests pass.", "prUrl": "https://github.com/o/r/pull/3"}),
+        );
+        let done = issue_report(NotifyEvent::Completed, &task).unwrap();
+        assert!(done.contains("✅ Done. Pull request: https://github.com/o/r/pull/3\n\n> Fixed it.\n> All tests pass."), "{done}");
+        task.error = Some("the run crashed".into());
+        assert!(
+            issue_report(NotifyEvent::Failed, &task)
+                .unwrap()
+                .contains("❌ It failed: the run crashed")
+        );
+        assert_eq!(issue_of_key("octo/repo#12"), Some(("octo/repo", 12)));
+        assert_eq!(issue_of_key("octo/repo"), None);
     }
 }

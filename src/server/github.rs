@@ -5,7 +5,8 @@
 //! Dispatching happens after the task is stored and the creation has answered: a
 //! GitHub outage delays the wake-up (retried with backoff, logged), never the task.
 //!
-//! Reads for the webhook: a review's line comments, which its event leaves out.
+//! Reads for the webhook: a review's line comments, which its event leaves out. And
+//! the one comment buildd keeps on each issue it works on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,6 +112,53 @@ impl GithubApi {
             return Err(format!("HTTP {}", response.status()));
         }
         response.json().await.map_err(|e| e.to_string())
+    }
+
+    /// Writes `body` as comment `comment_id` of issue `number` of `repo`, or as a new
+    /// comment when there is none yet (or it was deleted); returns the comment's id.
+    pub async fn comment_on_issue(
+        &self,
+        repo: &str,
+        number: i64,
+        comment_id: Option<i64>,
+        body: &str,
+    ) -> Result<i64, String> {
+        #[derive(serde::Deserialize)]
+        struct Written {
+            id: i64,
+        }
+        let edit = comment_id.map(|id| {
+            let url = format!("{}/repos/{repo}/issues/comments/{id}", self.api_url);
+            self.http.patch(url)
+        });
+        let post = || {
+            let url = format!("{}/repos/{repo}/issues/{number}/comments", self.api_url);
+            self.http.post(url)
+        };
+        let mut response = self.send(edit.unwrap_or_else(post), body).await?;
+        if comment_id.is_some() && response.status() == reqwest::StatusCode::NOT_FOUND {
+            response = self.send(post(), body).await?;
+        }
+        if !response.status().is_success() {
+            return Err(format!("HTTP {}", response.status()));
+        }
+        let written: Written = response.json().await.map_err(|e| e.to_string())?;
+        Ok(written.id)
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        body: &str,
+    ) -> Result<reqwest::Response, String> {
+        request
+            .bearer_auth(&self.token)
+            .header("Accept", "application/vnd.github+json")
+            .header("X-GitHub-Api-Version", "2022-11-28")
+            .json(&json!({ "body": body }))
+            .send()
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn dispatch(&self, repo: &str, task_id: &str) {

@@ -1,6 +1,7 @@
 //! Notifications on their way: task events read into stored deliveries, and the
 //! deliveries sent, signed, and retried until they are taken or given up
-//! ([`crate::core::notify`]).
+//! ([`crate::core::notify`]). With a GitHub token, the issues tasks were made from
+//! are told too, in one comment per issue that is edited as its task moves on.
 //!
 //! Every server of a cluster runs both halves. The events are read by whichever server
 //! holds the cluster's cursor at that moment; a due delivery is taken by one server
@@ -14,10 +15,11 @@ use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 use super::AppState;
+use super::github::GithubApi;
 use crate::core::events::StoredEvent;
 use crate::core::version::VERSION;
 use crate::core::{keys, time};
-use crate::store::Outgoing;
+use crate::store::{IssueReport, Outgoing};
 
 /// The longest either half sleeps without looking (events another server queued,
 /// deliveries due after a server died).
@@ -41,7 +43,12 @@ pub async fn run(state: AppState) {
 async fn queue(state: AppState) {
     let mut events = state.events.subscribe();
     loop {
-        let wait = match state.store.queue_deliveries(time::now()).await {
+        let report_issues = state.github.is_some();
+        let wait = match state
+            .store
+            .queue_deliveries(report_issues, time::now())
+            .await
+        {
             Ok(Some(queued)) => {
                 if queued.deliveries > 0 {
                     state.deliveries_queued.notify_one();
@@ -111,6 +118,21 @@ async fn send(state: AppState) {
             Ok(_) => {}
             Err(e) => warn!(error = %e, "taking deliveries failed; trying again"),
         }
+        if let Some(github) = &state.github {
+            match state
+                .store
+                .take_issue_reports(time::now(), BATCH, lease)
+                .await
+            {
+                Ok(batch) if !batch.is_empty() => {
+                    let sends = batch.into_iter().map(|r| report(&state, github, r));
+                    futures::future::join_all(sends).await;
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "taking issue comments failed; trying again"),
+            }
+        }
         let wait = match state.store.next_delivery_due().await {
             Ok(Some(at)) => (at - time::now()).to_std().unwrap_or(BUSY_ELSEWHERE),
             Ok(None) => LOOK_AGAIN,
@@ -137,6 +159,33 @@ async fn deliver(state: &AppState, http: &reqwest::Client, key: &[u8; 32], out: 
             "notification tried"
         ),
         Err(e) => warn!(delivery = %id, error = %e, "cannot record a notification's try"),
+    }
+}
+
+/// One try of one issue's comment, and its outcome recorded.
+async fn report(state: &AppState, github: &GithubApi, report: IssueReport) {
+    let sent = github
+        .comment_on_issue(
+            &report.repo,
+            report.issue_number,
+            report.comment_id,
+            &report.body,
+        )
+        .await;
+    match &sent {
+        Ok(comment) => {
+            info!(repo = %report.repo, issue = report.issue_number, comment, "issue comment sent")
+        }
+        Err(e) => {
+            warn!(repo = %report.repo, issue = report.issue_number, error = %e, "issue comment failed")
+        }
+    }
+    if let Err(e) = state
+        .store
+        .record_issue_report(&report, sent, time::now())
+        .await
+    {
+        warn!(error = %e, "cannot record an issue comment's try");
     }
 }
 

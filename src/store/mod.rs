@@ -122,6 +122,18 @@ pub struct Queued {
     pub more: bool,
 }
 
+/// An issue's comment taken to be sent: posted when it has no `comment_id` yet,
+/// else edited.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IssueReport {
+    pub source_id: String,
+    /// `owner/name`.
+    pub repo: String,
+    pub issue_number: i64,
+    pub comment_id: Option<i64>,
+    pub body: String,
+}
+
 /// A delivery taken to be sent: what to send, where, and the webhook's sealed secret.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
@@ -388,8 +400,10 @@ pub trait Store: Send + Sync + 'static {
     /// Reads the events after the cluster's notification cursor (at most 500) into
     /// deliveries ([`crate::core::notify`]) and moves the cursor past them, in one
     /// transaction; `None` when another server of the cluster is reading them at that
-    /// moment.
-    async fn queue_deliveries(&self, now: Timestamp) -> Result<Option<Queued>>;
+    /// moment. With `report_issues`, the comments of the issues whose tasks moved on
+    /// are queued too ([`crate::core::github::issue_report`]).
+    async fn queue_deliveries(&self, report_issues: bool, now: Timestamp)
+    -> Result<Option<Queued>>;
     /// Takes up to `limit` deliveries due at `now` to send, hiding each from the other
     /// servers for `lease`.
     async fn take_deliveries(
@@ -405,8 +419,23 @@ pub trait Store: Send + Sync + 'static {
         attempt: crate::core::notify::Attempt,
         now: Timestamp,
     ) -> Result<Delivery>;
-    /// When the first pending delivery is due.
+    /// When the first pending delivery (or issue comment) is due.
     async fn next_delivery_due(&self) -> Result<Option<Timestamp>>;
+    /// Takes up to `limit` issue comments due at `now` to send, hiding each from the
+    /// other servers for `lease`.
+    async fn take_issue_reports(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        lease: chrono::Duration,
+    ) -> Result<Vec<IssueReport>>;
+    /// Records how sending `report` went: the comment's id, or why it failed.
+    async fn record_issue_report(
+        &self,
+        report: &IssueReport,
+        sent: std::result::Result<i64, String>,
+        now: Timestamp,
+    ) -> Result<()>;
 
     /// Retention: deletes up to `limit` events older than `before`, oldest first, but
     /// never the newest event (ids go on from it), and records the newest id deleted.

@@ -23,8 +23,8 @@ use tokio::sync::watch;
 use super::listing::{Conditions, Key, Order, contains_pattern};
 use super::sql::{Arg, Backend, FromCell, Reader, Tx, args};
 use super::{
-    Appended, Applied, ClaimRequest, Claimed, Counts, Outgoing, Queued, Received, Result, Store,
-    StoreError, TaskFilter, TaskLinks, Usage, WorkerFilter, by_status, status_list,
+    Appended, Applied, ClaimRequest, Claimed, Counts, IssueReport, Outgoing, Queued, Received,
+    Result, Store, StoreError, TaskFilter, TaskLinks, Usage, WorkerFilter, by_status, status_list,
 };
 use crate::core::actions::{self, Action, Outcome, UsageChange};
 use crate::core::claim::{self, Backlog};
@@ -451,6 +451,7 @@ const QUEUE_BATCH: u32 = 500;
 async fn queue_deliveries<T: Tx>(
     tx: &mut T,
     id_column: &str,
+    report_issues: bool,
     now: Timestamp,
 ) -> Result<Option<Queued>> {
     let sql = format!(
@@ -469,7 +470,7 @@ async fn queue_deliveries<T: Tx>(
             Ok((webhook_from_row(r)?, r.get::<i64>()?))
         })
         .await?;
-    if webhooks.is_empty() {
+    if webhooks.is_empty() && !report_issues {
         // Nobody to tell: the cursor passes every event there is, unread. A webhook
         // made meanwhile waits for this cursor's lock, and starts after it.
         let sql = format!(
@@ -496,7 +497,7 @@ async fn queue_deliveries<T: Tx>(
             .filter(|(_, from)| event.id > *from)
             .map(|(w, _)| w)
             .collect();
-        if following.is_empty() {
+        if following.is_empty() && !report_issues {
             continue;
         }
         let Some(task) = serde_json::from_str::<EventData>(&event.data)
@@ -508,6 +509,9 @@ async fn queue_deliveries<T: Tx>(
         let Some(kind) = notify::event_of(&event.name, &task) else {
             continue;
         };
+        if report_issues {
+            queued += github::queue_issue_report(tx, &task, kind, now).await?;
+        }
         for webhook in following {
             if !notify::follows(webhook, kind, &task.workspace_id) {
                 continue;
@@ -1274,6 +1278,10 @@ async fn append_messages<T: Tx>(
 /// See [`Store::purge_events`]. Works on the id subscribers see; on Postgres, events
 /// the sequencer has not numbered yet are never deleted.
 async fn purge_events<T: Tx>(tx: &mut T, before: Timestamp, limit: u32) -> Result<u64> {
+    // The ids of GitHub's deliveries (which it redelivers for days at most) are kept
+    // as long as the events.
+    let sql = "DELETE FROM github_deliveries WHERE received_at < $1";
+    tx.execute(sql, args![before]).await?;
     let id = T::DIALECT.event_id;
     let sql = format!(
         "SELECT MAX({id}) FROM (SELECT {id} FROM events WHERE {id} IS NOT NULL \
@@ -2087,10 +2095,16 @@ impl<B: Backend> Store for SqlStore<B> {
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
-    async fn queue_deliveries(&self, now: Timestamp) -> Result<Option<Queued>> {
+    async fn queue_deliveries(
+        &self,
+        report_issues: bool,
+        now: Timestamp,
+    ) -> Result<Option<Queued>> {
         let id = Self::event_id();
         self.backend
-            .write(move |tx| async move { queue_deliveries(tx, id, now).await }.boxed())
+            .write(move |tx| {
+                async move { queue_deliveries(tx, id, report_issues, now).await }.boxed()
+            })
             .await
     }
 
@@ -2122,8 +2136,38 @@ impl<B: Backend> Store for SqlStore<B> {
     #[tracing::instrument(level = "debug", skip(self))]
     async fn next_delivery_due(&self) -> Result<Option<Timestamp>> {
         let sql = "SELECT next_attempt_at FROM webhook_deliveries WHERE state = 'pending' \
-                   ORDER BY next_attempt_at LIMIT 1";
+                   UNION ALL SELECT next_attempt_at FROM issue_reports \
+                   WHERE next_attempt_at IS NOT NULL ORDER BY 1 LIMIT 1";
         self.first(sql.to_owned(), Vec::new(), |r| r.get()).await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn take_issue_reports(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        lease: chrono::Duration,
+    ) -> Result<Vec<IssueReport>> {
+        self.backend
+            .write(move |tx| {
+                async move { github::take_issue_reports(tx, now, limit, lease).await }.boxed()
+            })
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, report), fields(source = %report.source_id))]
+    async fn record_issue_report(
+        &self,
+        report: &IssueReport,
+        sent: std::result::Result<i64, String>,
+        now: Timestamp,
+    ) -> Result<()> {
+        let report = report.clone();
+        self.backend
+            .write(move |tx| {
+                async move { github::record_issue_report(tx, &report, sent, now).await }.boxed()
+            })
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip(self, body))]

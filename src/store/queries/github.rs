@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::core::github::{self, CiFailure, Delivery, FailedCheck, Happening};
-use crate::core::model::{ArtifactKind, GithubAction, GithubReaction};
+use crate::core::model::{ArtifactKind, GithubAction, GithubReaction, NotifyEvent};
 
 /// See [`crate::store::Store::receive_github`].
 pub(super) async fn receive<T: Tx>(
@@ -451,4 +451,113 @@ async fn insert_comment<T: Tx>(
     tx.execute(sql, args![task_id, author, body, now])
         .await
         .map(drop)
+}
+
+/// Queues the comment of the issue `task` is about (if it is about one) as the task
+/// reaches `event`; the count queued (0 or 1). The comment's latest text replaces any
+/// text still waiting, so GitHub is told the newest state once, not every step.
+pub(super) async fn queue_issue_report<T: Tx>(
+    tx: &mut T,
+    task: &Task,
+    event: NotifyEvent,
+    now: Timestamp,
+) -> Result<usize> {
+    let Some(source_id) = &task.source_id else {
+        return Ok(0);
+    };
+    let Some(body) = github::issue_report(event, task) else {
+        return Ok(0);
+    };
+    let sql = "SELECT external_id FROM sources WHERE id = $1 AND type = $2";
+    let key: Option<Option<String>> = tx
+        .query_optional(sql, args![source_id, github::ISSUE_SOURCE], |r| r.get())
+        .await?;
+    let Some((repo, number)) = key
+        .flatten()
+        .as_deref()
+        .and_then(github::issue_of_key)
+        .map(|(r, n)| (r.to_owned(), n))
+    else {
+        return Ok(0);
+    };
+    let sql = "INSERT INTO issue_reports (source_id, repo, issue_number, body, attempts, \
+               queued_at, next_attempt_at) VALUES ($1, $2, $3, $4, 0, $5, $5) \
+               ON CONFLICT (source_id) DO UPDATE SET body = excluded.body, attempts = 0, \
+               last_error = NULL, queued_at = excluded.queued_at, \
+               next_attempt_at = excluded.next_attempt_at";
+    tx.execute(sql, args![source_id, &repo, number, &body, now])
+        .await?;
+    Ok(1)
+}
+
+/// See [`crate::store::Store::take_issue_reports`].
+pub(super) async fn take_issue_reports<T: Tx>(
+    tx: &mut T,
+    now: Timestamp,
+    limit: u32,
+    lease: chrono::Duration,
+) -> Result<Vec<IssueReport>> {
+    let sql = format!(
+        "SELECT source_id, repo, issue_number, comment_id, body FROM issue_reports \
+         WHERE next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2{}",
+        T::DIALECT.skip_locked
+    );
+    let taken = tx
+        .query(&sql, args![now, limit], |r| {
+            Ok(IssueReport {
+                source_id: r.get()?,
+                repo: r.get()?,
+                issue_number: r.get()?,
+                comment_id: r.get()?,
+                body: r.get()?,
+            })
+        })
+        .await?;
+    for report in &taken {
+        let sql = "UPDATE issue_reports SET next_attempt_at = $2 WHERE source_id = $1";
+        tx.execute(sql, args![&report.source_id, now + lease])
+            .await?;
+    }
+    Ok(taken)
+}
+
+/// See [`crate::store::Store::record_issue_report`]. A text that changed while this
+/// one was on its way is due at once; a failure is retried as notifications are
+/// ([`notify::retry_at`]), then given up with its reason kept.
+pub(super) async fn record_issue_report<T: Tx>(
+    tx: &mut T,
+    report: &IssueReport,
+    sent: std::result::Result<i64, String>,
+    now: Timestamp,
+) -> Result<()> {
+    let sql = format!(
+        "SELECT body, attempts, queued_at FROM issue_reports WHERE source_id = $1{}",
+        T::DIALECT.for_update
+    );
+    let Some((body, attempts, queued_at)) = tx
+        .query_optional(&sql, args![&report.source_id], |r| {
+            Ok((r.get::<String>()?, r.get::<i32>()?, r.get::<Timestamp>()?))
+        })
+        .await?
+    else {
+        return Ok(());
+    };
+    match sent {
+        Ok(comment_id) => {
+            let next = (body != report.body).then_some(now);
+            let sql = "UPDATE issue_reports SET comment_id = $2, sent_body = $3, attempts = 0, \
+                       last_error = NULL, next_attempt_at = $4 WHERE source_id = $1";
+            let values = args![&report.source_id, comment_id, &report.body, next];
+            tx.execute(sql, values).await?;
+        }
+        Err(error) => {
+            let attempts = attempts + 1;
+            let next = notify::retry_at(attempts, queued_at, now);
+            let sql = "UPDATE issue_reports SET attempts = $2, last_error = $3, \
+                       next_attempt_at = $4 WHERE source_id = $1";
+            let values = args![&report.source_id, attempts, &error, next];
+            tx.execute(sql, values).await?;
+        }
+    }
+    Ok(())
 }
