@@ -61,7 +61,8 @@ fuzz_backend() {
     label=$1
     database=$2
     "$buildd" serve --listen 127.0.0.1:0 --database-url "$database" \
-        --admin-token "$admin" 2>"$work/$label-server.log" &
+        --admin-token "$admin" --github-webhook-secret fuzz-webhook-secret \
+        2>"$work/$label-server.log" &
     server=$!
     base=
     for _ in $(seq 100); do

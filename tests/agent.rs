@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use common::Server;
 use common::agent::{
     Agent, FAKE_CREDENTIALS, FakeAnthropic, FakeGitHub, LONG, Repo, claude_code, process_gone,
     scripted_agent, task, wait_task, wait_until, worker_of, workspace_and_key,
 };
+use common::{Server, github};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_tasks_run_at_once_in_worktrees_with_claude_code_and_their_results_are_committed() {
@@ -672,6 +672,91 @@ async fn pr_pushes_the_branch_and_reports_the_pull_request() {
         t["result"]["prUrl"],
         "https://github.com/acme/widgets/pull/1"
     );
+}
+
+/// CI failing on a task's pull request makes a fix that carries on that branch: the
+/// fix's commit lands on origin on top of the task's, and the pull request stays the
+/// one it was. (The stand-in runner does what the failing check's summary says.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ci_fix_commits_on_the_pull_requests_branch() {
+    let server = Server::sqlite(&["--github-webhook-secret", github::SECRET]);
+    let admin = server.admin();
+    let (ws, key) = workspace_and_key(&admin, Some("https://github.com/acme/widgets")).await;
+    let fake = FakeGitHub::start(0).await;
+    let repo = Repo::new();
+    let origin = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("git")
+        .args(["init", "-q", "--bare"])
+        .arg(origin.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    repo.git(&["remote", "add", "origin", origin.path().to_str().unwrap()]);
+    let on_origin = |rev: &str| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(origin.path())
+            .args(["rev-parse", rev])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let run_once = || {
+        scripted_agent(
+            &server.url,
+            &key,
+            &repo,
+            &["--pr", "--once", "--github-api-url", &fake.url],
+            &[("GITHUB_TOKEN", "ghp_test")],
+        )
+    };
+    let id = task(
+        &admin,
+        &ws,
+        "Add a changelog",
+        "run: echo '# Changes' > CHANGELOG.md",
+    )
+    .await;
+    let mut agent = run_once();
+    assert!(agent.exit(LONG).await.success(), "{}", agent.log());
+    let branch = format!("buildd/{id}");
+    let first = on_origin(&branch);
+
+    let failed = github::payload("check_run.completed", |v| {
+        v["repository"]["full_name"] = "acme/widgets".into();
+        let run = &mut v["check_run"];
+        run["name"] = "changelog".into();
+        run["conclusion"] = "failure".into();
+        run["head_sha"] = first.clone().into();
+        run["output"]["title"] = "The changelog has no entry".into();
+        run["output"]["summary"] = "run: echo '- Added widgets' >> CHANGELOG.md".into();
+        run["check_suite"]["head_branch"] = branch.clone().into();
+    });
+    let answer = github::deliver(&server, "check_run", "ci-1", &failed).await;
+    assert_eq!(answer["reactions"][0]["action"], "fix_created", "{answer}");
+    let fix = answer["reactions"][0]["taskId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let mut agent = run_once();
+    assert!(agent.exit(LONG).await.success(), "{}", agent.log());
+    let (_, fixed) = admin.get(&format!("/api/tasks/{fix}")).await;
+    assert_eq!(fixed["status"], "completed", "{fixed}");
+    let fixed_at = on_origin(&branch);
+    assert_eq!(
+        on_origin(&format!("{fixed_at}^")),
+        first,
+        "the fix is one commit on top of the task's"
+    );
+    assert_eq!(
+        repo.show(&branch, "CHANGELOG.md"),
+        "# Changes\n- Added widgets"
+    );
+    let worker = worker_of(&admin, &fix).await;
+    assert_eq!(worker["branch"], branch.as_str());
+    assert_eq!(worker["prUrl"], "https://github.com/acme/widgets/pull/1");
+    assert_eq!(fake.pulls.lock().unwrap().len(), 1, "one pull request");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -712,7 +712,7 @@ impl FakeGitHub {
         let app = axum::Router::new()
             .route(
                 "/repos/{owner}/{repo}/pulls",
-                axum::routing::post(open_pull),
+                axum::routing::post(open_pull).get(list_pulls),
             )
             .route(
                 "/repos/{owner}/{repo}/dispatches",
@@ -753,6 +753,18 @@ async fn open_pull(
             .into_response();
     }
     let mut pulls = state.pulls.lock().unwrap();
+    // As GitHub does: one open pull request per head branch.
+    if pulls
+        .iter()
+        .any(|(_, _, open)| open["head"] == body["head"])
+    {
+        let message = "Validation Failed: A pull request already exists";
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "message": message })),
+        )
+            .into_response();
+    }
     pulls.push((format!("{owner}/{repo}"), auth, body));
     let number = pulls.len();
     (
@@ -760,6 +772,25 @@ async fn open_pull(
         Json(json!({ "number": number, "html_url": format!("https://github.com/{owner}/{repo}/pull/{number}") })),
     )
         .into_response()
+}
+
+/// `GET /repos/{owner}/{repo}/pulls?head=OWNER:BRANCH`: the open pull request of a
+/// branch.
+async fn list_pulls(
+    State(state): State<GitHubState>,
+    axum::extract::Path((owner, repo)): axum::extract::Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Json<Value> {
+    let head = query.get("head").cloned().unwrap_or_default();
+    let branch = head.split_once(':').map_or(head.as_str(), |(_, b)| b);
+    let pulls = state.pulls.lock().unwrap();
+    let found: Vec<Value> = pulls
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, _, open))| open["head"] == branch)
+        .map(|(i, _)| json!({ "number": i + 1, "html_url": format!("https://github.com/{owner}/{repo}/pull/{}", i + 1) }))
+        .collect();
+    Json(Value::Array(found))
 }
 
 async fn dispatch(

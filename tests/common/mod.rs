@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 pub mod agent;
+pub mod github;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

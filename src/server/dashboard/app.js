@@ -485,10 +485,10 @@ function taskView(id) {
     artifactsSeen = seen;
     try {
       const list = await everyPage(`/api/tasks/${encodeURIComponent(id)}/artifacts?limit=1000`, "artifacts");
-      const shown = list.filter((a) => a.kind === "link" || a.kind === "file");
+      const shown = list.filter((a) => ["link", "file", "merged"].includes(a.kind));
       artifactsEl.replaceChildren(...(shown.length ? [h("h2", {}, "Artifacts"), h("ul", { class: "links" },
         shown.map((a) => h("li", { "data-artifact": a.kind }, h("span", { class: "muted" }, `${a.kind} `),
-          a.kind === "link" ? safeLink(a.value) : a.value))) ] : []));
+          a.kind === "link" || a.kind === "merged" ? safeLink(a.value) : a.value))) ] : []));
     } catch (e) { err.textContent = e.message; }
   }
 
@@ -579,6 +579,7 @@ function taskView(id) {
             h("dt", {}, "Cost"), h("dd", {}, money(taskCost(id)), task.maxCostUsd ? ` (cap ${money(task.maxCostUsd)})` : ""),
             h("dt", {}, "Created"), h("dd", { title: task.createdAt }, ago(task.createdAt)),
             task.baseBranch ? [h("dt", {}, "Base branch"), h("dd", {}, task.baseBranch)] : null,
+            task.branch ? [h("dt", {}, "Works on"), h("dd", {}, task.branch)] : null,
             task.progress ? [h("dt", {}, "Progress"), h("dd", { id: "progress" }, task.progress)] : null,
             task.error ? [h("dt", {}, "Error"), h("dd", {}, task.error)] : null,
             task.description ? [h("dt", {}, "Description"), h("dd", { style: "white-space: pre-wrap" }, task.description)] : null,
