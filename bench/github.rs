@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use common::Server;
-use common::github::{SECRET, deliver, payload};
+use common::github::{SECRET, Sender, payload};
 
 fn main() {
     let calls: usize = common::env_or("BUILDD_BENCH_CALLS", 300);
@@ -58,6 +58,7 @@ async fn report(backend: &str, server: &Server, calls: usize) {
         )
         .await;
     let agent = server.client(&key);
+    let hooks = Sender::to(server);
     let mut answered = Vec::with_capacity(calls);
     let mut claimed = Vec::with_capacity(calls);
     for issue in 1..=calls {
@@ -72,7 +73,9 @@ async fn report(backend: &str, server: &Server, calls: usize) {
             v["issue"]["number"] = issue.into();
         });
         let started = Instant::now();
-        let answer = deliver(server, "issues", &format!("bench-{issue}"), &delivery).await;
+        let answer = hooks
+            .deliver("issues", &format!("bench-{issue}"), &delivery)
+            .await;
         answered.push(started.elapsed());
         let got = waiting.await.unwrap();
         claimed.push(started.elapsed());

@@ -623,14 +623,7 @@ async fn pr_pushes_the_branch_and_reports_the_pull_request() {
     let (ws, key) = workspace_and_key(&admin, Some("https://github.com/acme/widgets")).await;
     let github = FakeGitHub::start(0).await;
     let repo = Repo::new();
-    let origin = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new("git")
-        .args(["init", "-q", "--bare"])
-        .arg(origin.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    repo.git(&["remote", "add", "origin", origin.path().to_str().unwrap()]);
+    let origin = repo.with_origin();
     let id = task(
         &admin,
         &ws,
@@ -680,18 +673,12 @@ async fn pr_pushes_the_branch_and_reports_the_pull_request() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ci_fix_commits_on_the_pull_requests_branch() {
     let server = Server::sqlite(&["--github-webhook-secret", github::SECRET]);
+    let hooks = github::Sender::to(&server);
     let admin = server.admin();
     let (ws, key) = workspace_and_key(&admin, Some("https://github.com/acme/widgets")).await;
     let fake = FakeGitHub::start(0).await;
     let repo = Repo::new();
-    let origin = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new("git")
-        .args(["init", "-q", "--bare"])
-        .arg(origin.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    repo.git(&["remote", "add", "origin", origin.path().to_str().unwrap()]);
+    let origin = repo.with_origin();
     let on_origin = |rev: &str| {
         let out = std::process::Command::new("git")
             .arg("-C")
@@ -732,7 +719,7 @@ async fn a_ci_fix_commits_on_the_pull_requests_branch() {
         run["output"]["summary"] = "run: echo '- Added widgets' >> CHANGELOG.md".into();
         run["check_suite"]["head_branch"] = branch.clone().into();
     });
-    let answer = github::deliver(&server, "check_run", "ci-1", &failed).await;
+    let answer = hooks.deliver("check_run", "ci-1", &failed).await;
     assert_eq!(answer["reactions"][0]["action"], "fix_created", "{answer}");
     let fix = answer["reactions"][0]["taskId"]
         .as_str()

@@ -14,7 +14,7 @@ use axum::http::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use common::github::{SECRET, deliver, deliver_as, payload, sign};
+use common::github::{SECRET, Sender, payload, sign};
 use common::{Api, Database, Server};
 
 /// The repository of every documented example.
@@ -87,6 +87,7 @@ async fn workspace(admin: &Api, repo: &str, extra: Value) -> String {
 
 async fn issues_become_tasks_and_follow_the_issue(db: Database) {
     let server = db.serve(&["--github-webhook-secret", SECRET]);
+    let hooks = Sender::to(&server);
     let admin = server.admin();
     // Two spellings of the same repository, and another repository.
     let ws = workspace(&admin, &format!("{REPO}.git"), json!({})).await;
@@ -105,8 +106,9 @@ async fn issues_become_tasks_and_follow_the_issue(db: Database) {
     // Signatures: missing, of another secret, of another body: 401, nothing read.
     let labeled = payload("issues.labeled", |v| v["label"]["name"] = "buildd".into());
     for signature in ["", "sha256=00", &sign("another secret", b"{}")] {
-        let (status, body) =
-            deliver_as(&server, "issues", "d-bad", &labeled, Some(signature)).await;
+        let (status, body) = hooks
+            .deliver_as("issues", "d-bad", &labeled, Some(signature))
+            .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
         assert!(
             body["error"]
@@ -120,13 +122,13 @@ async fn issues_become_tasks_and_follow_the_issue(db: Database) {
 
     // Opened with only `bug`: not buildd's.
     let opened = payload("issues.opened", |_| {});
-    let answer = deliver(&server, "issues", "d-1", &opened).await;
+    let answer = hooks.deliver("issues", "d-1", &opened).await;
     assert_eq!(answer["outcome"], "acted");
     assert_eq!(reaction(&answer, &ws).0, "nothing");
     assert!(tasks_of(&admin, &ws).await.is_empty());
 
     // Labelled `buildd`: a task in the workspace whose label that is, and only there.
-    let answer = deliver(&server, "issues", "d-2", &labeled).await;
+    let answer = hooks.deliver("issues", "d-2", &labeled).await;
     let (action, task_id, _) = reaction(&answer, &ws);
     assert_eq!(action, "created");
     let task_id = task_id.unwrap();
@@ -152,7 +154,7 @@ async fn issues_become_tasks_and_follow_the_issue(db: Database) {
 
     // The same delivery again: acted on once. The issue opened again with the label
     // (another delivery): still one task.
-    let answer = deliver(&server, "issues", "d-2", &labeled).await;
+    let answer = hooks.deliver("issues", "d-2", &labeled).await;
     assert_eq!(answer["outcome"], "duplicate");
     let relabelled = payload("issues.opened", |v| {
         v["issue"]["labels"]
@@ -160,7 +162,7 @@ async fn issues_become_tasks_and_follow_the_issue(db: Database) {
             .unwrap()
             .push(json!({"name": "buildd"}))
     });
-    let answer = deliver(&server, "issues", "d-3", &relabelled).await;
+    let answer = hooks.deliver("issues", "d-3", &relabelled).await;
     assert_eq!(
         reaction(&answer, &ws),
         (
@@ -173,7 +175,7 @@ async fn issues_become_tasks_and_follow_the_issue(db: Database) {
 
     // The other workspace's label makes its own task there.
     let agents = payload("issues.labeled", |v| v["label"]["name"] = "Agents".into());
-    let answer = deliver(&server, "issues", "d-4", &agents).await;
+    let answer = hooks.deliver("issues", "d-4", &agents).await;
     assert_eq!(reaction(&answer, &ws_ssh).0, "created");
     assert_eq!(reaction(&answer, &ws).0, "nothing");
 
@@ -182,7 +184,7 @@ async fn issues_become_tasks_and_follow_the_issue(db: Database) {
         v["label"]["name"] = "buildd".into();
         v["repository"]["full_name"] = "someone/else".into();
     });
-    let (status, answer) = deliver_as(&server, "issues", "d-5", &elsewhere, None).await;
+    let (status, answer) = hooks.deliver_as("issues", "d-5", &elsewhere, None).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
     assert_eq!(answer["outcome"], "unknown_repository");
     // The log is read from the server's stderr as it comes.
@@ -197,16 +199,13 @@ async fn issues_become_tasks_and_follow_the_issue(db: Database) {
     assert!(logged, "the unknown repository is logged");
 
     // Events and actions buildd leaves alone, and a body that is not the event's.
-    let answer = deliver(
-        &server,
-        "ping",
-        "d-6",
-        &json!({"zen": "Design for failure."}),
-    )
-    .await;
+    let answer = hooks
+        .deliver("ping", "d-6", &json!({"zen": "Design for failure."}))
+        .await;
     assert_eq!(answer["outcome"], "ignored");
-    let (status, answer) =
-        deliver_as(&server, "issues", "d-7", &json!({"action": "opened"}), None).await;
+    let (status, answer) = hooks
+        .deliver_as("issues", "d-7", &json!({"action": "opened"}), None)
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert!(
         answer["error"].as_str().unwrap().contains("issues"),
@@ -218,11 +217,11 @@ async fn issues_become_tasks_and_follow_the_issue(db: Database) {
         v["action"] = "closed".into();
         v["issue"]["state"] = "closed".into();
     });
-    let answer = deliver(&server, "issues", "d-8", &closed).await;
+    let answer = hooks.deliver("issues", "d-8", &closed).await;
     assert_eq!(reaction(&answer, &ws).0, "cancelled");
     assert_eq!(task(&admin, &task_id).await["status"], "cancelled");
     let reopened = payload("issues.reopened", |_| {});
-    let answer = deliver(&server, "issues", "d-9", &reopened).await;
+    let answer = hooks.deliver("issues", "d-9", &reopened).await;
     assert_eq!(reaction(&answer, &ws).0, "retried");
     assert_eq!(task(&admin, &task_id).await["status"], "pending");
 
@@ -234,13 +233,13 @@ async fn issues_become_tasks_and_follow_the_issue(db: Database) {
             v["comment"]["body"] = text.into();
         })
     };
-    let answer = deliver(
-        &server,
-        "issue_comment",
-        "d-10",
-        &command(1, "/buildd also fix the typo in CONTRIBUTING"),
-    )
-    .await;
+    let answer = hooks
+        .deliver(
+            "issue_comment",
+            "d-10",
+            &command(1, "/buildd also fix the typo in CONTRIBUTING"),
+        )
+        .await;
     assert_eq!(reaction(&answer, &ws).0, "nothing");
     let (_, comments) = admin.get(&format!("/api/tasks/{task_id}/comments")).await;
     assert!(
@@ -251,13 +250,13 @@ async fn issues_become_tasks_and_follow_the_issue(db: Database) {
         "{comments}"
     );
     complete(&agent, &task_id, None, None).await;
-    let answer = deliver(
-        &server,
-        "issue_comment",
-        "d-11",
-        &command(2, "/buildd also fix the typo in CONTRIBUTING"),
-    )
-    .await;
+    let answer = hooks
+        .deliver(
+            "issue_comment",
+            "d-11",
+            &command(2, "/buildd also fix the typo in CONTRIBUTING"),
+        )
+        .await;
     let (action, followup, _) = reaction(&answer, &ws);
     assert_eq!(action, "followed_up");
     let followup = task(&admin, &followup.unwrap()).await;
@@ -275,12 +274,15 @@ async fn issues_become_tasks_and_follow_the_issue(db: Database) {
     // Its run made no pull request: the follow-up gets a branch of its own.
     assert!(followup["branch"].is_null(), "{followup}");
     // A comment that is no command does nothing.
-    let answer = deliver(&server, "issue_comment", "d-12", &command(3, "thanks!")).await;
+    let answer = hooks
+        .deliver("issue_comment", "d-12", &command(3, "thanks!"))
+        .await;
     assert_eq!(answer["outcome"], "ignored");
 }
 
 async fn ci_failures_make_fixes_on_the_branch_up_to_the_cap(db: Database) {
     let server = db.serve(&["--github-webhook-secret", SECRET]);
+    let hooks = Sender::to(&server);
     let admin = server.admin();
     let ws = workspace(&admin, REPO, json!({"maxCiRetries": 2})).await;
     let (_, key) = admin
@@ -308,23 +310,23 @@ async fn ci_failures_make_fixes_on_the_branch_up_to_the_cap(db: Database) {
         v["check_run"]["check_suite"]["head_branch"] = branch.clone().into()
     });
     assert_eq!(
-        deliver(&server, "check_run", "c-0", &passed).await["outcome"],
+        hooks.deliver("check_run", "c-0", &passed).await["outcome"],
         "ignored"
     );
     let theirs = payload("check_suite.completed", |v| {
         v["check_suite"]["conclusion"] = "failure".into()
     });
-    let answer = deliver(&server, "check_suite", "c-1", &theirs).await;
+    let answer = hooks.deliver("check_suite", "c-1", &theirs).await;
     assert_eq!(reaction(&answer, &ws).0, "nothing");
 
     // The first failure of a commit: a fix on the same branch.
-    let answer = deliver(
-        &server,
-        "check_run",
-        "c-2",
-        &failed_run("test", "sha-1", "2 tests failed"),
-    )
-    .await;
+    let answer = hooks
+        .deliver(
+            "check_run",
+            "c-2",
+            &failed_run("test", "sha-1", "2 tests failed"),
+        )
+        .await;
     let (action, fix, _) = reaction(&answer, &ws);
     assert_eq!(action, "fix_created");
     let fix = fix.unwrap();
@@ -341,13 +343,13 @@ async fn ci_failures_make_fixes_on_the_branch_up_to_the_cap(db: Database) {
     );
     // More of that commit's failures join the fix while nobody has claimed it; the
     // suite's failure too. A repeat of a delivery changes nothing.
-    let answer = deliver(
-        &server,
-        "check_run",
-        "c-3",
-        &failed_run("lint", "sha-1", "unused import"),
-    )
-    .await;
+    let answer = hooks
+        .deliver(
+            "check_run",
+            "c-3",
+            &failed_run("lint", "sha-1", "unused import"),
+        )
+        .await;
     assert_eq!(
         reaction(&answer, &ws),
         (
@@ -357,13 +359,13 @@ async fn ci_failures_make_fixes_on_the_branch_up_to_the_cap(db: Database) {
         )
     );
     assert_eq!(
-        deliver(
-            &server,
-            "check_run",
-            "c-3",
-            &failed_run("lint", "sha-1", "unused import")
-        )
-        .await["outcome"],
+        hooks
+            .deliver(
+                "check_run",
+                "c-3",
+                &failed_run("lint", "sha-1", "unused import")
+            )
+            .await["outcome"],
         "duplicate"
     );
     let suite = payload("check_suite.completed", |v| {
@@ -372,7 +374,7 @@ async fn ci_failures_make_fixes_on_the_branch_up_to_the_cap(db: Database) {
         v["check_suite"]["head_sha"] = "sha-1".into();
     });
     assert_eq!(
-        reaction(&deliver(&server, "check_suite", "c-4", &suite).await, &ws).0,
+        reaction(&hooks.deliver("check_suite", "c-4", &suite).await, &ws).0,
         "fix_extended"
     );
     let description = task(&admin, &fix).await["description"]
@@ -384,23 +386,19 @@ async fn ci_failures_make_fixes_on_the_branch_up_to_the_cap(db: Database) {
 
     // Once claimed, that commit's failures make nothing more.
     complete(&agent, &fix, Some(&branch), Some(PR_URL)).await;
-    let answer = deliver(
-        &server,
-        "check_run",
-        "c-5",
-        &failed_run("e2e", "sha-1", "timeout"),
-    )
-    .await;
+    let answer = hooks
+        .deliver("check_run", "c-5", &failed_run("e2e", "sha-1", "timeout"))
+        .await;
     assert_eq!(reaction(&answer, &ws).0, "nothing");
 
     // The next commit fails: the second fix, the last one allowed.
-    let answer = deliver(
-        &server,
-        "check_run",
-        "c-6",
-        &failed_run("test", "sha-2", "1 test failed"),
-    )
-    .await;
+    let answer = hooks
+        .deliver(
+            "check_run",
+            "c-6",
+            &failed_run("test", "sha-2", "1 test failed"),
+        )
+        .await;
     let (action, second, _) = reaction(&answer, &ws);
     assert_eq!(action, "fix_created");
     let second = second.unwrap();
@@ -413,25 +411,25 @@ async fn ci_failures_make_fixes_on_the_branch_up_to_the_cap(db: Database) {
     complete(&agent, &second, Some(&branch), Some(PR_URL)).await;
 
     // A third failing commit: buildd gives up and says so on the task, once.
-    let answer = deliver(
-        &server,
-        "check_run",
-        "c-7",
-        &failed_run("test", "sha-3", "still failing"),
-    )
-    .await;
+    let answer = hooks
+        .deliver(
+            "check_run",
+            "c-7",
+            &failed_run("test", "sha-3", "still failing"),
+        )
+        .await;
     assert_eq!(reaction(&answer, &ws).0, "gave_up");
     let marked = task(&admin, &original).await;
     let error = marked["error"].as_str().unwrap();
     assert!(error.contains("after 2 fix attempts"), "{marked}");
     assert_eq!(marked["status"], "completed");
-    let answer = deliver(
-        &server,
-        "check_run",
-        "c-8",
-        &failed_run("test", "sha-4", "still failing"),
-    )
-    .await;
+    let answer = hooks
+        .deliver(
+            "check_run",
+            "c-8",
+            &failed_run("test", "sha-4", "still failing"),
+        )
+        .await;
     assert_eq!(reaction(&answer, &ws).0, "gave_up");
     let all = tasks_of(&admin, &ws).await;
     assert_eq!(all.len(), 3, "the task and its two fixes: {all:?}");
@@ -590,6 +588,7 @@ fn serve_with_api(db: &Database, github: &GithubStandIn) -> Server {
 async fn reviews_comments_and_merges_reach_the_task(db: Database) {
     let github = GithubStandIn::start(0).await;
     let server = serve_with_api(&db, &github);
+    let hooks = Sender::to(&server);
     let admin = server.admin();
     let ws = workspace(&admin, REPO, json!({})).await;
     let (_, key) = admin
@@ -608,7 +607,7 @@ async fn reviews_comments_and_merges_reach_the_task(db: Database) {
         v["review"]["body"] = "Close, but not quite.".into();
         v["pull_request"]["head"]["ref"] = branch.clone().into();
     });
-    let answer = deliver(&server, "pull_request_review", "r-1", &review).await;
+    let answer = hooks.deliver("pull_request_review", "r-1", &review).await;
     let (action, followup, _) = reaction(&answer, &ws);
     assert_eq!(action, "followed_up");
     let followup = task(&admin, &followup.unwrap()).await;
@@ -644,11 +643,13 @@ async fn reviews_comments_and_merges_reach_the_task(db: Database) {
         v["pull_request"]["head"]["ref"] = branch.clone().into();
     });
     assert_eq!(
-        deliver(&server, "pull_request_review", "r-2", &commented).await["outcome"],
+        hooks
+            .deliver("pull_request_review", "r-2", &commented)
+            .await["outcome"],
         "ignored"
     );
     assert_eq!(
-        deliver(&server, "pull_request_review", "r-1", &review).await["outcome"],
+        hooks.deliver("pull_request_review", "r-1", &review).await["outcome"],
         "duplicate"
     );
     assert_eq!(github.calls().len(), 1);
@@ -669,13 +670,13 @@ async fn reviews_comments_and_merges_reach_the_task(db: Database) {
     let claimed = agent.ok("/api/workers", json!({"taskId": fid})).await;
     let worker = claimed["workers"][0]["id"].as_str().unwrap().to_owned();
     agent.move_worker(&worker, &["starting", "running"]).await;
-    let answer = deliver(
-        &server,
-        "issue_comment",
-        "r-3",
-        &on_pr("r-3", "/buildd keep the old name as an alias"),
-    )
-    .await;
+    let answer = hooks
+        .deliver(
+            "issue_comment",
+            "r-3",
+            &on_pr("r-3", "/buildd keep the old name as an alias"),
+        )
+        .await;
     assert_eq!(
         reaction(&answer, &ws),
         (
@@ -697,13 +698,13 @@ async fn reviews_comments_and_merges_reach_the_task(db: Database) {
             json!({"status": "completed", "branch": branch, "sessionId": "session-2"}),
         )
         .await;
-    let answer = deliver(
-        &server,
-        "issue_comment",
-        "r-4",
-        &on_pr("r-4-", "/buildd and add a changelog line"),
-    )
-    .await;
+    let answer = hooks
+        .deliver(
+            "issue_comment",
+            "r-4",
+            &on_pr("r-4-", "/buildd and add a changelog line"),
+        )
+        .await;
     let (action, next, _) = reaction(&answer, &ws);
     assert_eq!(action, "followed_up");
     let next = task(&admin, &next.unwrap()).await;
@@ -716,7 +717,7 @@ async fn reviews_comments_and_merges_reach_the_task(db: Database) {
         v["pull_request"]["head"]["ref"] = branch.clone().into();
     });
     assert_eq!(
-        deliver(&server, "pull_request", "m-1", &closed).await["outcome"],
+        hooks.deliver("pull_request", "m-1", &closed).await["outcome"],
         "ignored"
     );
     let merged = payload("pull_request.closed", |v| {
@@ -725,11 +726,11 @@ async fn reviews_comments_and_merges_reach_the_task(db: Database) {
         v["pull_request"]["html_url"] = PR_URL.into();
     });
     assert_eq!(
-        reaction(&deliver(&server, "pull_request", "m-2", &merged).await, &ws).0,
+        reaction(&hooks.deliver("pull_request", "m-2", &merged).await, &ws).0,
         "merged"
     );
     assert_eq!(
-        reaction(&deliver(&server, "pull_request", "m-3", &merged).await, &ws).0,
+        reaction(&hooks.deliver("pull_request", "m-3", &merged).await, &ws).0,
         "merged"
     );
     let (_, artifacts) = admin.get(&format!("/api/tasks/{original}/artifacts")).await;
@@ -747,7 +748,8 @@ async fn reviews_comments_and_merges_reach_the_task(db: Database) {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_a_secret_the_webhook_is_off() {
     let server = Server::sqlite(&[]);
-    let (status, body) = deliver_as(&server, "issues", "x", &json!({}), None).await;
+    let hooks = Sender::to(&server);
+    let (status, body) = hooks.deliver_as("issues", "x", &json!({}), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(
         body["error"]
@@ -762,6 +764,7 @@ async fn an_issue_hears_of_its_task_in_one_comment_edited(db: Database) {
     // GitHub fails the first write: the comment is retried, and still made once.
     let github = GithubStandIn::start(1).await;
     let server = serve_with_api(&db, &github);
+    let hooks = Sender::to(&server);
     let admin = server.admin();
     let ws = workspace(&admin, REPO, json!({})).await;
     let (_, key) = admin
@@ -769,7 +772,7 @@ async fn an_issue_hears_of_its_task_in_one_comment_edited(db: Database) {
         .await;
     let agent = server.client(&key);
     let labeled = payload("issues.labeled", |v| v["label"]["name"] = "buildd".into());
-    let answer = deliver(&server, "issues", "i-1", &labeled).await;
+    let answer = hooks.deliver("issues", "i-1", &labeled).await;
     let task_id = reaction(&answer, &ws).1.unwrap();
 
     // Queued says nothing; running is the first comment.

@@ -160,6 +160,20 @@ impl Repo {
     pub fn show(&self, branch: &str, file: &str) -> String {
         self.git(&["show", &format!("{branch}:{file}")])
     }
+
+    /// Gives the checkout an `origin`: a bare repository in a temporary directory,
+    /// which the returned value keeps.
+    pub fn with_origin(&self) -> tempfile::TempDir {
+        let origin = tempfile::tempdir().unwrap();
+        let out = Command::new("git")
+            .args(["init", "-q", "--bare"])
+            .arg(origin.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        self.git(&["remote", "add", "origin", origin.path().to_str().unwrap()]);
+        origin
+    }
 }
 
 /// A running `buildd agent`, killed when dropped.

@@ -34,35 +34,52 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
     format!("sha256={hex}")
 }
 
-/// Sends a delivery as GitHub does; `signature` overrides (or, `Some("")`, leaves out)
-/// the right one.
-pub async fn deliver_as(
-    server: &Server,
-    event: &str,
-    id: &str,
-    body: &Value,
-    signature: Option<&str>,
-) -> (StatusCode, Value) {
-    let bytes = serde_json::to_vec(body).unwrap();
-    let mut request = reqwest::Client::new()
-        .post(format!("{}/api/github/webhook", server.url))
-        .header("X-GitHub-Event", event)
-        .header("X-GitHub-Delivery", id)
-        .header("Content-Type", "application/json")
-        .header("User-Agent", "GitHub-Hookshot/test");
-    match signature {
-        None => request = request.header("X-Hub-Signature-256", sign(SECRET, &bytes)),
-        Some("") => {}
-        Some(other) => request = request.header("X-Hub-Signature-256", other),
-    }
-    let response = request.body(bytes).send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap())
+/// GitHub sending deliveries to one server, over one HTTP client (GitHub keeps its
+/// connections too: a new client per delivery costs more than the server's work).
+pub struct Sender {
+    http: reqwest::Client,
+    url: String,
 }
 
-/// [`deliver_as`], signed, which must be answered 200.
-pub async fn deliver(server: &Server, event: &str, id: &str, body: &Value) -> Value {
-    let (status, answer) = deliver_as(server, event, id, body, None).await;
-    assert_eq!(status, StatusCode::OK, "{event} {id}: {answer}");
-    answer
+impl Sender {
+    pub fn to(server: &Server) -> Sender {
+        Sender {
+            http: reqwest::Client::new(),
+            url: format!("{}/api/github/webhook", server.url),
+        }
+    }
+
+    /// Sends a delivery as GitHub does; `signature` overrides (or, `Some("")`, leaves
+    /// out) the right one.
+    pub async fn deliver_as(
+        &self,
+        event: &str,
+        id: &str,
+        body: &Value,
+        signature: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let bytes = serde_json::to_vec(body).unwrap();
+        let mut request = self
+            .http
+            .post(&self.url)
+            .header("X-GitHub-Event", event)
+            .header("X-GitHub-Delivery", id)
+            .header("Content-Type", "application/json")
+            .header("User-Agent", "GitHub-Hookshot/test");
+        match signature {
+            None => request = request.header("X-Hub-Signature-256", sign(SECRET, &bytes)),
+            Some("") => {}
+            Some(other) => request = request.header("X-Hub-Signature-256", other),
+        }
+        let response = request.body(bytes).send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap())
+    }
+
+    /// [`Sender::deliver_as`], signed, which must be answered 200.
+    pub async fn deliver(&self, event: &str, id: &str, body: &Value) -> Value {
+        let (status, answer) = self.deliver_as(event, id, body, None).await;
+        assert_eq!(status, StatusCode::OK, "{event} {id}: {answer}");
+        answer
+    }
 }
