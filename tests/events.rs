@@ -252,3 +252,55 @@ async fn idle_streams_get_keep_alive_comments() {
     );
     assert!(stream.keep_alives() >= 1, "no keep-alive within 17 s");
 }
+
+/// One caller's streams are bounded per server (`--max-streams-per-caller`): past the
+/// bound a stream is refused with 429 and says which flag sets it; other callers are
+/// not counted against it, and a closed stream frees its slot.
+#[tokio::test]
+async fn a_callers_streams_are_bounded_by_the_flag() {
+    let server = Server::sqlite(&["--max-streams-per-caller", "2"]);
+    let admin = server.admin();
+    let ws = admin.workspace("w").await;
+    let (_, key) = admin
+        .account(
+            json!({"type": "service", "name": "fleet"}),
+            &ws,
+            true,
+            false,
+        )
+        .await;
+    let fleet = server.client(&key);
+    let (first, one) = fleet.events("", None).await;
+    let (second, _two) = fleet.events("", None).await;
+    assert_eq!((first, second), (StatusCode::OK, StatusCode::OK));
+    let refused = fleet
+        .http
+        .get(format!("{}/api/events", server.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("2 event streams") && error.contains("--max-streams-per-caller"),
+        "{error}"
+    );
+    // The admin is another caller.
+    let (status, _admin_stream) = admin.events("", None).await;
+    assert_eq!(status, StatusCode::OK);
+    // A closed stream frees its slot (the server notices the disconnect).
+    drop(one);
+    let mut reopened = StatusCode::TOO_MANY_REQUESTS;
+    for _ in 0..50 {
+        let (status, reader) = fleet.events("", None).await;
+        reopened = status;
+        if status == StatusCode::OK {
+            drop(reader);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(reopened, StatusCode::OK);
+}

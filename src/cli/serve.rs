@@ -52,6 +52,13 @@ pub struct ServeArgs {
         default_value = "https://api.github.com"
     )]
     github_api_url: String,
+    /// Event streams (`/api/events`) one account, or the admin token, may hold open on
+    /// this server at once: one per agent, so at least the largest fleet sharing one
+    /// account; past it a stream is refused with 429
+    #[arg(long, env = "BUILDD_MAX_STREAMS_PER_CALLER",
+        default_value_t = crate::core::events::DEFAULT_MAX_STREAMS_PER_CALLER as u64,
+        value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_streams_per_caller: u64,
     /// Days events of the stream are kept (fractions allowed; 0 keeps them for good).
     /// A client resuming from a deleted event is told to reload (`stream.reset`).
     #[arg(long, env = "BUILDD_RETENTION", default_value_t = 7.0, value_parser = days)]
@@ -121,9 +128,14 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let metrics = Arc::new(server::metrics::Metrics::default());
-    let events = EventHub::start(store.clone(), metrics.clone(), shutdown.clone())
-        .await
-        .map_err(|e| format!("cannot read the event log: {e}"))?;
+    let events = EventHub::start(
+        store.clone(),
+        metrics.clone(),
+        args.max_streams_per_caller as usize,
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|e| format!("cannot read the event log: {e}"))?;
     let state = AppState {
         store,
         events,

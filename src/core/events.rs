@@ -46,9 +46,13 @@ pub const STREAM_IDLE_LIMIT: std::time::Duration = KEEP_ALIVE.saturating_mul(3);
 pub const STREAM_RESET: &str = "stream.reset";
 
 /// How many `/api/events` streams one caller (an account, or the admin token) may
-/// hold open on one server. Agents need one each and a person a few dashboard tabs;
-/// more is a leak.
-pub const MAX_STREAMS_PER_CALLER: usize = 64;
+/// hold open on one server by default (`--max-streams-per-caller`). Every agent holds
+/// one, and a fleet often shares an account: 500 CI jobs of one action account, each
+/// running `buildd agent --once`, are 500 streams. An idle stream costs the server
+/// about 26 KiB (`bench/idle_fleet.rs`: 1,000 streams, 33 MiB against 7 MiB without),
+/// so a runaway client that opens all 4,096 holds about 100 MiB before it is refused
+/// with 429: bounded, while any real fleet of one account fits.
+pub const DEFAULT_MAX_STREAMS_PER_CALLER: usize = 4096;
 
 /// Whether an event named `name` carrying `data` may make a claim succeed: a new task,
 /// or one back in the queue. Waiting claims on the server and idle agents both wake on

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::metrics::Metrics;
-use crate::core::events::{MAX_STREAMS_PER_CALLER, StoredEvent};
+use crate::core::events::StoredEvent;
 use crate::store::{Store, StoreError};
 
 /// Events kept for subscribers that are momentarily slow; beyond this they catch up
@@ -31,6 +31,8 @@ pub struct EventHub {
     last_id: AtomicI64,
     /// Open streams per caller (an account id, or `admin`).
     streams: Mutex<HashMap<String, CallerStreams>>,
+    /// Streams one caller may hold open here at once.
+    max_streams_per_caller: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -67,12 +69,14 @@ impl EventHub {
     pub async fn start(
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
+        max_streams_per_caller: usize,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, StoreError> {
         let hub = Arc::new(EventHub {
             live: broadcast::Sender::new(BROADCAST_CAPACITY),
             last_id: AtomicI64::new(store.last_event_id().await?),
             streams: Mutex::default(),
+            max_streams_per_caller,
             metrics,
         });
         tokio::spawn(pump(store, hub.clone(), shutdown));
@@ -88,18 +92,17 @@ impl EventHub {
         self.last_id.load(Ordering::Acquire)
     }
 
-    /// A slot for one more stream of `caller`, or `None` when it already has
-    /// [`MAX_STREAMS_PER_CALLER`] open here: a leaking client must not exhaust the
-    /// server's memory and tasks.
-    pub fn open_stream(self: &Arc<Self>, caller: &str) -> Option<StreamSlot> {
+    /// A slot for one more stream of `caller`, or the bound when it already has that
+    /// many open here: a leaking client must not exhaust the server's memory and tasks.
+    pub fn open_stream(self: &Arc<Self>, caller: &str) -> Result<StreamSlot, usize> {
         let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
         let entry = streams.entry(caller.to_owned()).or_default();
-        if entry.open >= MAX_STREAMS_PER_CALLER {
-            return None;
+        if entry.open >= self.max_streams_per_caller {
+            return Err(self.max_streams_per_caller);
         }
         entry.open += 1;
         self.metrics.stream_opened();
-        Some(StreamSlot {
+        Ok(StreamSlot {
             hub: self.clone(),
             caller: caller.to_owned(),
             revoked: entry.revoked.clone(),

@@ -12,9 +12,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::api::EventsQuery;
-use crate::core::events::{
-    EventData, KEEP_ALIVE, MAX_STREAMS_PER_CALLER, STREAM_RESET, StoredEvent,
-};
+use crate::core::events::{EventData, KEEP_ALIVE, STREAM_RESET, StoredEvent};
 use crate::core::keys;
 use crate::core::policy::Deed;
 use crate::server::AppState;
@@ -58,9 +56,10 @@ pub async fn stream(
     }
     .map(|id| id.max(0));
 
-    let slot = state.events.open_stream(caller.name()).ok_or_else(|| {
+    let slot = state.events.open_stream(caller.name()).map_err(|max| {
         ApiError::TooManyRequests(format!(
-            "this caller already has {MAX_STREAMS_PER_CALLER} event streams open; close one first"
+            "this caller already has {max} event streams open on this server (its \
+             --max-streams-per-caller); close one first"
         ))
     })?;
     let key_hash = match &caller {
