@@ -3,7 +3,10 @@
 //! wait on the event stream and for agents that hold waiting claims.
 //!
 //! `cargo bench --bench idle-fleet` (needs `BUILDD_TEST_DATABASE_URL`, to count the
-//! database's transactions); `BUILDD_BENCH_AGENTS` (default 1000).
+//! database's transactions); `BUILDD_BENCH_AGENTS` (default 1000) spread over
+//! `BUILDD_BENCH_ACCOUNTS` (default 20, as a team's fleet shares its accounts). Each
+//! agent is a connection at both ends, so the benchmark raises its open-file limit
+//! to the hard limit (`setrlimit`; the server it starts inherits it) and says so.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -16,26 +19,30 @@ use common::{Api, Server};
 use serde_json::json;
 use sqlx::Connection;
 
-const ACCOUNTS: usize = 100;
 const WINDOW: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_secs(12);
 const CLAIM_WINDOW: Duration = Duration::from_secs(35);
 
 fn main() {
     let agents: usize = common::env_or("BUILDD_BENCH_AGENTS", 1000);
+    let accounts: usize = common::env_or("BUILDD_BENCH_ACCOUNTS", 20);
+    let files = raise_open_file_limit();
     let Some(base) = common::pg_base_url() else {
         println!("idle-fleet: skipped (BUILDD_TEST_DATABASE_URL is not set)");
         return;
     };
     common::block_on(async {
-        println!("idle fleet: {agents} agents over {ACCOUNTS} accounts, one server on Postgres");
+        println!(
+            "idle fleet: {agents} agents over {accounts} accounts, one server on Postgres \
+             (open files: {files})"
+        );
         let url = common::fresh_pg_database(&base).await;
         let dir = tempfile::tempdir().unwrap();
         let server = Server::start(&url, dir.path(), &[]);
         let admin = server.admin();
         let ws = admin.workspace("fleet").await;
         let mut clients = Vec::new();
-        for n in 0..ACCOUNTS {
+        for n in 0..accounts {
             let (_, key) = admin
                 .account(
                     json!({"type": "service", "name": format!("fleet {n}")}),
@@ -55,7 +62,7 @@ fn main() {
         // Agents that wait on their event stream.
         let mut streams = Vec::new();
         for i in 0..agents {
-            let (status, reader) = clients[i % ACCOUNTS].events("", None).await;
+            let (status, reader) = clients[i % accounts].events("", None).await;
             assert!(status.is_success());
             streams.push(reader);
         }
@@ -72,7 +79,7 @@ fn main() {
         let stop = Arc::new(AtomicBool::new(false));
         let mut waiting = Vec::new();
         for i in 0..agents {
-            let api: Api = clients[i % ACCOUNTS].clone();
+            let api: Api = clients[i % accounts].clone();
             let stop = stop.clone();
             waiting.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
@@ -135,4 +142,27 @@ fn rss_mib(pid: u32) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     kib / 1024.0
+}
+
+/// Raises this process's soft limit on open files to its hard limit (children inherit
+/// it) and returns the limit now in force.
+fn raise_open_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            limit = raised;
+        }
+    }
+    limit.rlim_cur
 }
