@@ -226,21 +226,36 @@ async fn a_rotated_key_stops_at_once_and_its_streams_end() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// One caller's streams are bounded per server (`--max-streams-per-caller`): past the
+/// bound a stream is refused with 429 naming the flag; other callers are not counted
+/// against it, and a closed stream frees its slot.
 #[tokio::test]
 async fn event_streams_per_caller_are_bounded() {
-    let server = Server::sqlite(&[]);
+    let server = Server::sqlite(&["--max-streams-per-caller", "3"]);
     let admin = server.admin();
     let (_, _, key) = admin.workspace_with_claimer().await;
     let agent = server.client(&key);
 
     let mut open = Vec::new();
-    for _ in 0..64 {
+    for _ in 0..3 {
         let (status, stream) = agent.events("", None).await;
         assert_eq!(status, StatusCode::OK);
         open.push(stream);
     }
-    let (status, _) = agent.events("", None).await;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let refused = agent
+        .http
+        .get(format!("{}/api/events", server.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("3 event streams") && error.contains("--max-streams-per-caller"),
+        "{error}"
+    );
     // Other callers are not affected.
     let (status, _admin_stream) = admin.events("", None).await;
     assert_eq!(status, StatusCode::OK);
