@@ -378,27 +378,14 @@ async fn locked_source<T: Tx>(tx: &mut T, source: &Source) -> Result<String> {
     Ok(id)
 }
 
-/// The first task made for a source, not counting follow-ups.
+/// The first task made for a source: the issue's own task (its follow-ups come
+/// after it), or a commit's fix.
 async fn first_task_of<T: Tx>(tx: &mut T, source_id: &str) -> Result<Option<Task>> {
     let sql = format!(
-        "SELECT {TASK_COLUMNS} FROM tasks WHERE source_id = $1 AND parent_id IS NULL \
-         ORDER BY created_at, id LIMIT 1"
+        "SELECT {TASK_COLUMNS} FROM tasks WHERE source_id = $1 ORDER BY created_at, id LIMIT 1"
     );
-    let first = tx
-        .query_optional(&sql, args![source_id], task_from_row)
-        .await?;
-    match first {
-        Some(task) => Ok(Some(task)),
-        // A CI fix has its task as parent.
-        None => {
-            let sql = format!(
-                "SELECT {TASK_COLUMNS} FROM tasks WHERE source_id = $1 \
-                 ORDER BY created_at, id LIMIT 1"
-            );
-            tx.query_optional(&sql, args![source_id], task_from_row)
-                .await
-        }
-    }
+    tx.query_optional(&sql, args![source_id], task_from_row)
+        .await
 }
 
 /// The newest task of a source: the follow-up that carries on its latest work.
