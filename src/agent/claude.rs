@@ -29,6 +29,10 @@ pub struct ClaudeRunner {
 }
 
 impl Runner for ClaudeRunner {
+    fn name(&self) -> &'static str {
+        "claude"
+    }
+
     fn command(&self, spec: &RunSpec) -> Command {
         let mut command = Command::new(&self.bin);
         // The prompt goes in on stdin as the first stream-json message, and a person's

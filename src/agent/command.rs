@@ -23,6 +23,10 @@ pub struct CommandRunner {
 }
 
 impl Runner for CommandRunner {
+    fn name(&self) -> &'static str {
+        "command"
+    }
+
     fn command(&self, spec: &RunSpec) -> Command {
         let mut command = Command::new("sh");
         command

@@ -9,13 +9,20 @@
 //! Shutdown has two steps. SIGTERM or SIGINT stops claiming and lets runs finish for
 //! the grace period; then runs still going are stopped and reported, and the agent
 //! exits 0. Results the server could not take wait in the spool for the next start.
+//!
+//! It claims only when its [`availability::Availability`] allows (`--hours`,
+//! `--when-idle`); when that closes, runs finish, or with `--yield` are paused until
+//! it opens again. What it is doing is reported to the server ([`presence`]).
 
+pub mod availability;
 pub mod claude;
 pub mod command;
 mod git;
 mod github;
+pub mod idle;
 mod job;
 mod output;
+mod presence;
 mod process;
 mod prompt;
 pub mod runner;
@@ -31,12 +38,16 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::api::{ClaimBody, ClaimEntry, EmptyClaim, Me, TaskStatus, WorkerStatus, WorkerUpdate};
+use crate::api::{
+    AgentReport, AgentState, ClaimBody, ClaimEntry, EmptyClaim, Me, TaskStatus, WorkerStatus,
+    WorkerUpdate,
+};
 use crate::client::{Client, StreamedEvent, backoff};
 use crate::core::events::offers_work;
-use crate::core::lease;
+use crate::core::{agents, lease, version};
 use crate::core::messages::{is_instruction, is_user_reply};
 
+use availability::Availability;
 pub use job::PrSettings;
 use job::{Job, JobContext};
 use runner::Runner;
@@ -60,6 +71,13 @@ pub struct Config {
     pub grace: Duration,
     pub push: bool,
     pub pr: Option<PrSettings>,
+    /// When it may claim (`--hours`, `--when-idle`).
+    pub availability: Availability,
+    /// Pause runs when it may no longer claim, and start them again when it may
+    /// (`--yield`).
+    pub yield_runs: bool,
+    /// Exit 0 after this long with nothing to run (`--exit-when-idle`).
+    pub exit_when_idle: Option<Duration>,
 }
 
 /// What the event follower tells the agent.
@@ -80,6 +98,7 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
     };
     let repo = git::checkout_root(&config.dir).await?;
     let _lock = lock_state_dir(&config.state_dir)?;
+    let agent_id = presence::agent_id(&config.state_dir)?;
     let worktrees = config.state_dir.join("worktrees");
     clear_stale_worktrees(&repo, &worktrees).await;
     // Configurations of runs a dead agent left: their tokens died with their workers.
@@ -100,18 +119,37 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
         draining: draining.clone(),
         stopping: stopping.clone(),
     });
+    let mut blocked = config.availability.blocked();
     info!(
         account = %me.id,
+        agent = %agent_id,
         server = config.client.server(),
         max_tasks = config.max_tasks,
+        state = %agents::state_of(blocked, 0),
         "agent ready"
     );
+    let describe = |running: Vec<String>, blocked: Option<AgentState>| AgentReport {
+        hostname: presence::hostname(),
+        version: version::VERSION.to_owned(),
+        runners: vec![config.runner.name().to_owned()],
+        state: agents::state_of(blocked, running.len()),
+        running,
+    };
+    let (reports, latest_report) = tokio::sync::watch::channel(describe(Vec::new(), blocked));
+    let connected = Arc::new(Notify::new());
+    tokio::spawn(presence::report(
+        config.client.clone(),
+        agent_id.clone(),
+        latest_report,
+        connected.clone(),
+    ));
 
     // Even with --once: the stream is how a cancel or an answer reaches the run at once.
     let (signals_tx, mut signals) = mpsc::channel(1024);
     tokio::spawn(follow_events(
         config.client.clone(),
         config.workspace_id.clone(),
+        (agent_id, connected),
         signals_tx,
     ));
 
@@ -125,11 +163,20 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
     let mut grace_started = false;
     // Why the last claim took nothing, logged when it changes (not at every poll).
     let mut last_empty: Option<EmptyClaim> = None;
+    // Workers this agent paused when it stopped being available (`--yield`).
+    let mut yielded: Vec<String> = Vec::new();
+    // Since when it has had nothing to run, for --exit-when-idle.
+    let mut idle_since = Some(tokio::time::Instant::now());
+    let mut idle_exit = false;
+    let mut recheck_at = config
+        .availability
+        .next_check()
+        .map(|after| tokio::time::Instant::now() + after);
 
     loop {
         let free = config.max_tasks as usize - jobs.len();
         let claiming_over = draining.is_cancelled() || (config.once && once_outcome.is_some());
-        if want_claim && free > 0 && !claiming_over && retry_at.is_none() {
+        if want_claim && free > 0 && !claiming_over && retry_at.is_none() && blocked.is_none() {
             want_claim = false;
             let claim = ClaimBody {
                 max_tasks: Some(free as u32),
@@ -187,9 +234,33 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
                 Err(e) => return Err(format!("the server refused the claim: {e}")),
             }
         }
-        if (draining.is_cancelled() || once_outcome.is_some()) && jobs.is_empty() {
+        if (draining.is_cancelled() || once_outcome.is_some() || idle_exit) && jobs.is_empty() {
             break;
         }
+        let running: Vec<String> = nudges.values().map(|(task, _)| task.clone()).collect();
+        idle_since = match (running.is_empty(), idle_since) {
+            (true, None) => Some(tokio::time::Instant::now()),
+            (true, since) => since,
+            (false, _) => None,
+        };
+        reports.send_if_modified(|sent| {
+            let now = describe(running, blocked);
+            let changed = *sent != now;
+            *sent = now;
+            changed
+        });
+        let recheck = async {
+            match recheck_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let idle_limit = async {
+            match (config.exit_when_idle, idle_since) {
+                (Some(limit), Some(since)) => tokio::time::sleep_until(since + limit).await,
+                _ => std::future::pending().await,
+            }
+        };
         let retry = async {
             match retry_at {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -219,6 +290,28 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
                 want_claim = true;
             }
             _ = safety.tick() => want_claim = true,
+            _ = recheck => {
+                recheck_at = config
+                    .availability
+                    .next_check()
+                    .map(|after| tokio::time::Instant::now() + after);
+                let now = config.availability.blocked();
+                if now != blocked {
+                    info!(state = %agents::state_of(now, nudges.len()), "availability changed");
+                    if now.is_none() {
+                        want_claim = true;
+                        steer_yielded(&config.client, std::mem::take(&mut yielded), false);
+                    } else if config.yield_runs {
+                        yielded = nudges.keys().cloned().collect();
+                        steer_yielded(&config.client, yielded.clone(), true);
+                    }
+                    blocked = now;
+                }
+            }
+            _ = idle_limit, if !idle_exit => {
+                info!("nothing to run for the --exit-when-idle time; exiting");
+                idle_exit = true;
+            }
             _ = retry => {
                 retry_at = None;
                 want_claim = true;
@@ -252,6 +345,20 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
     }
     info!("agent stopped");
     Ok(once_outcome.unwrap_or(true))
+}
+
+/// Pauses (`pause`) or starts again the workers this agent yielded with `--yield`:
+/// their jobs see it at their next heartbeat, stopping the run or carrying its
+/// session on.
+fn steer_yielded(client: &Client, workers: Vec<String>, pause: bool) {
+    for worker_id in workers {
+        let client = client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = client.pause_worker(&worker_id, pause).await {
+                warn!(worker = %worker_id, error = %e, pause, "cannot pause or start a yielded run");
+            }
+        });
+    }
 }
 
 /// Gives back a claimed worker whose entry this agent cannot read (a server newer than
@@ -358,11 +465,15 @@ fn nudge_jobs(nudges: &HashMap<String, (String, Arc<Notify>)>, event: &StreamedE
 async fn follow_events(
     client: Client,
     workspace_id: Option<String>,
+    (agent_id, connected): (String, Arc<Notify>),
     signals: mpsc::Sender<Signal>,
 ) {
     let mut attempt = 0;
     loop {
-        match client.events(workspace_id.as_deref(), None).await {
+        let opened = client
+            .agent_events(workspace_id.as_deref(), &agent_id, connected.clone())
+            .await;
+        match opened {
             Ok(mut stream) => {
                 attempt = 0;
                 if signals.send(Signal::Connected).await.is_err() {

@@ -118,6 +118,8 @@ pub trait OutputParser: Send {
 }
 
 pub trait Runner: Send + Sync {
+    /// What the agent advertises it runs tasks with (`claude`, `command`).
+    fn name(&self) -> &'static str;
     /// The process for one run, not yet started; the agent sets its working directory,
     /// process group and pipes.
     fn command(&self, spec: &RunSpec) -> Command;

@@ -16,7 +16,7 @@ pub use crate::core::actions::{HeartbeatAnswer, RunControl, WorkerUpdate};
 pub use crate::core::claim::EmptyClaim;
 pub use crate::core::diff::{Diff, FileChange, NewDiff, ReviewBody, ReviewComment};
 pub use crate::core::model::{
-    Account, AccountType, Artifact, Attachment, AuthType, Comment, Delivery, DeliveryState,
+    Agent, AgentState, Account, AccountType, Artifact, Attachment, AuthType, Comment, Delivery, DeliveryState,
     GithubAction, GithubOutcome, GithubReaction, Grant, Message, NotifyEvent, RecordedArtifact,
     RunnerPreference, Schedule, Source, Task, TaskMode, TaskRef, TaskStatus, TaskTemplate, Trigger,
     Webhook, Worker, WorkerStatus, Workspace,
@@ -745,12 +745,42 @@ pub struct EventsQuery {
     /// Resume after this event id (the `Last-Event-ID` header wins); 0 or below
     /// replays all.
     pub last_event_id: Option<i64>,
+    /// The id of the agent following the stream (`PUT /api/agents/:id`): while the
+    /// stream is open, the agent stays in `GET /api/agents`.
+    pub agent_id: Option<String>,
 }
 
 /// `{"status": …}`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Status {
     pub status: String,
+}
+
+// ---- agents ----
+
+/// `PUT /api/agents/:id`: an agent's account of itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentReport {
+    #[schema(min_length = 1, max_length = 255)]
+    pub hostname: String,
+    #[schema(min_length = 1, max_length = 100)]
+    pub version: String,
+    /// The runners it can run tasks with.
+    #[schema(max_items = 16)]
+    #[serde(default)]
+    pub runners: Vec<String>,
+    pub state: AgentState,
+    /// The ids of the tasks it is running.
+    #[schema(max_items = 50)]
+    #[serde(default)]
+    pub running: Vec<String>,
+}
+
+/// `GET /api/agents`: the connected agents the caller may see, by account and host.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentList {
+    pub agents: Vec<Agent>,
 }
 
 // ---- GitHub ----

@@ -12,9 +12,13 @@ use crate::agent::claude::{ClaudeRunner, DEFAULT_ALLOWED_TOOLS};
 use crate::agent::command::CommandRunner;
 use crate::agent::runner::Runner;
 use crate::agent::{self, PrSettings};
+use crate::agent::availability::Availability;
+use crate::agent::idle;
 use crate::core::claim::MAX_TASKS_PER_CLAIM;
+use crate::core::hours::Hours;
 
 #[derive(Args)]
+#[command(group = clap::ArgGroup::new("availability").args(["hours", "when_idle"]).multiple(true))]
 pub struct AgentArgs {
     #[command(flatten)]
     logging: super::LogArgs,
@@ -70,6 +74,27 @@ pub struct AgentArgs {
         default_value = "https://api.github.com"
     )]
     github_api_url: String,
+    /// Claim only inside these local-time windows, e.g. 'Mon-Fri 19:00-08:00,Sat-Sun'
+    /// (days a window starts on, then HH:MM-HH:MM; an end before the start runs past
+    /// midnight).
+    #[arg(long, value_name = "SPEC", value_parser = parse_hours)]
+    hours: Option<Hours>,
+    /// Claim only once the person at this machine has been idle this many minutes
+    /// (logind's idle hint on Linux, HID idle time on macOS).
+    #[arg(long, value_name = "MINUTES", value_parser = clap::value_parser!(u64).range(1..=10_080))]
+    when_idle: Option<u64>,
+    /// When --hours or --when-idle stop claims, pause running tasks too (they carry
+    /// on when the agent may work again) instead of letting them finish.
+    #[arg(long = "yield", requires = "availability")]
+    yield_runs: bool,
+    /// Exit 0 after this many minutes with no task to run (lets a Coder workspace or
+    /// a VM stop when there is nothing to do).
+    #[arg(long, value_name = "MINUTES", value_parser = clap::value_parser!(u64).range(1..=10_080))]
+    exit_when_idle: Option<u64>,
+}
+
+fn parse_hours(spec: &str) -> Result<Hours, String> {
+    spec.parse()
 }
 
 /// The environment variables that authenticate Claude Code (a seat, API billing, a
@@ -136,6 +161,13 @@ pub async fn run(args: AgentArgs) -> Result<(), String> {
     } else {
         None
     };
+    let availability = Availability {
+        hours: args.hours,
+        when_idle: match args.when_idle {
+            Some(minutes) => Some((Duration::from_secs(minutes * 60), idle::system_clock()?)),
+            None => None,
+        },
+    };
     let state_dir = match args.state_dir {
         Some(dir) => dir,
         None => paths::data_dir()?.join("agent"),
@@ -156,6 +188,9 @@ pub async fn run(args: AgentArgs) -> Result<(), String> {
         grace: Duration::from_secs(args.grace),
         push: args.push || args.pr,
         pr,
+        availability,
+        yield_runs: args.yield_runs,
+        exit_when_idle: args.exit_when_idle.map(|m| Duration::from_secs(m * 60)),
     };
     let draining = CancellationToken::new();
     tokio::spawn(drain_on_signal(draining.clone()));

@@ -155,6 +155,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
             events: keep_for(args.retention),
             worker_output: args.message_retention.and_then(keep_for),
         },
+        presence: Arc::default(),
     };
     info!(
         lease_ttl_secs = args.lease_ttl,

@@ -38,6 +38,8 @@ type Parsed = std::result::Result<Event, EventStreamError<reqwest::Error>>;
 pub struct EventStream {
     client: Client,
     workspace_id: Option<String>,
+    /// The agent following the stream, if one is ([`Client::agent_events`]).
+    agent: Option<AgentFollowing>,
     /// The id of the last event delivered, to resume after.
     last_id: Option<i64>,
     events: Option<Pin<Box<dyn Stream<Item = Parsed> + Send>>>,
@@ -45,6 +47,14 @@ pub struct EventStream {
     /// comments over, so only the bytes tell that the connection lives).
     last_seen: Arc<Mutex<Instant>>,
     idle_limit: Duration,
+}
+
+/// An agent's stream: its id goes with each connection, and each (re)connection is
+/// told, because the server may have forgotten an agent that was away for a lease.
+#[derive(Clone)]
+pub(super) struct AgentFollowing {
+    pub id: String,
+    pub connected: Arc<tokio::sync::Notify>,
 }
 
 /// What ended one wait on the stream.
@@ -58,13 +68,21 @@ impl EventStream {
     pub(super) async fn open(
         client: Client,
         workspace_id: Option<String>,
+        agent: Option<AgentFollowing>,
         last_id: Option<i64>,
     ) -> Result<Self> {
-        let response = client.open_events(workspace_id.as_deref(), last_id).await?;
+        let agent_id = agent.as_ref().map(|a| a.id.as_str());
+        let response = client
+            .open_events(workspace_id.as_deref(), agent_id, last_id)
+            .await?;
+        if let Some(agent) = &agent {
+            agent.connected.notify_one();
+        }
         let last_seen = Arc::new(Mutex::new(Instant::now()));
         Ok(EventStream {
             client,
             workspace_id,
+            agent,
             last_id,
             events: Some(parse_stream(response.bytes_stream(), last_seen.clone())),
             last_seen,
@@ -122,12 +140,16 @@ impl EventStream {
         loop {
             tokio::time::sleep(backoff(attempt)).await;
             attempt += 1;
+            let agent_id = self.agent.as_ref().map(|a| a.id.as_str());
             match self
                 .client
-                .open_events(self.workspace_id.as_deref(), self.last_id)
+                .open_events(self.workspace_id.as_deref(), agent_id, self.last_id)
                 .await
             {
                 Ok(response) => {
+                    if let Some(agent) = &self.agent {
+                        agent.connected.notify_one();
+                    }
                     *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
                     let bytes = response.bytes_stream();
                     self.events = Some(parse_stream(bytes, self.last_seen.clone()));

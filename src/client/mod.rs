@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{
-    Account, AccountList, AccountUsage, Appended, ApproveBody, Approved, ClaimAnswer, ClaimBody,
+    Account, AccountList, Agent, AgentList, AgentReport, AccountUsage, Appended, ApproveBody, Approved, ClaimAnswer, ClaimBody,
     CreatedAccount, Diff, Grant, HeartbeatAnswer, Me, MessageBody, MessageList, NewAccount,
     NewDiff, NewGrant, NewSchedule, NewTask, NewWorker, NewWorkspace, ReviewBody, Reviewed,
     ReviseBody, Schedule, ScheduleList, Task, TaskCounts, TaskDetail, TaskList, TaskQuery, Worker,
@@ -443,16 +443,62 @@ impl Client {
         workspace_id: Option<&str>,
         last_event_id: Option<i64>,
     ) -> Result<EventStream> {
-        EventStream::open(self.clone(), workspace_id.map(str::to_owned), last_event_id).await
+        EventStream::open(
+            self.clone(),
+            workspace_id.map(str::to_owned),
+            None,
+            last_event_id,
+        )
+        .await
+    }
+
+    /// Follows `GET /api/events` as the agent `agent_id`, which keeps it listed in
+    /// `GET /api/agents` while the stream is open. `connected` is notified at each
+    /// (re)connection: the moment for the agent to report itself again.
+    pub async fn agent_events(
+        &self,
+        workspace_id: Option<&str>,
+        agent_id: &str,
+        connected: std::sync::Arc<tokio::sync::Notify>,
+    ) -> Result<EventStream> {
+        let agent = events::AgentFollowing {
+            id: agent_id.to_owned(),
+            connected,
+        };
+        EventStream::open(
+            self.clone(),
+            workspace_id.map(str::to_owned),
+            Some(agent),
+            None,
+        )
+        .await
+    }
+
+    /// `PUT /api/agents/:id`: the agent's account of itself.
+    pub async fn report_agent(&self, id: &str, report: &AgentReport) -> Result<Agent> {
+        let path = format!("/api/agents/{}", encode(id));
+        self.send(Method::PUT, &path, report).await
+    }
+
+    pub async fn list_agents(&self) -> Result<AgentList> {
+        self.get("/api/agents").await
+    }
+
+    /// `POST /api/workers/:id/pause` or `…/start`.
+    pub async fn pause_worker(&self, id: &str, pause: bool) -> Result<Worker> {
+        let verb = if pause { "pause" } else { "start" };
+        let path = format!("/api/workers/{}/{verb}", encode(id));
+        self.send(Method::POST, &path, &NoBody {}).await
     }
 
     /// One connection to the event stream.
     async fn open_events(
         &self,
         workspace_id: Option<&str>,
+        agent_id: Option<&str>,
         last_event_id: Option<i64>,
     ) -> Result<reqwest::Response> {
-        let q = query(&[("workspaceId", workspace_id)]);
+        let q = query(&[("workspaceId", workspace_id), ("agentId", agent_id)]);
         let mut request = self
             .http
             .get(format!("{}/api/events{q}", self.base))

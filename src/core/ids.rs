@@ -18,6 +18,7 @@ pub enum IdKind {
     Trigger,
     Webhook,
     Delivery,
+    Agent,
 }
 
 impl IdKind {
@@ -33,6 +34,7 @@ impl IdKind {
             IdKind::Trigger => "trg",
             IdKind::Webhook => "whk",
             IdKind::Delivery => "dlv",
+            IdKind::Agent => "agt",
         }
     }
 }

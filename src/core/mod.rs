@@ -5,12 +5,14 @@
 //! task whose worker is lost) is written exactly once, whichever database is behind it.
 
 pub mod actions;
+pub mod agents;
 pub mod backoff;
 pub mod claim;
 pub mod diff;
 pub mod error;
 pub mod events;
 pub mod github;
+pub mod hours;
 pub mod ids;
 pub mod keys;
 pub mod lease;

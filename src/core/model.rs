@@ -410,6 +410,41 @@ pub struct Delivery {
     pub delivered_at: Option<DateTime<Utc>>,
 }
 
+string_enum!(
+    /// What a connected agent is doing: running tasks, waiting for one, or not
+    /// claiming because it is outside its `--hours` or its person is at the machine
+    /// (`--when-idle`).
+    AgentState {
+        Working = "working",
+        Waiting = "waiting",
+        OutsideHours = "outside_hours",
+        PersonActive = "person_active"
+    }
+);
+
+/// A `buildd agent` connected to the cluster, as it last reported itself
+/// ([`super::agents`]). Kept while its event stream is open, forgotten a lease after
+/// it goes away.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Agent {
+    /// Chosen by the agent and kept in its state directory, so a restarted agent
+    /// stays the same one.
+    pub id: String,
+    pub account_id: String,
+    pub hostname: String,
+    /// The buildd version the agent runs.
+    pub version: String,
+    /// The runners it can run tasks with (`claude`, `command`).
+    pub runners: Vec<String>,
+    pub state: AgentState,
+    /// The tasks it is running now.
+    pub running: Vec<String>,
+    /// When it connected (its first report since it was last forgotten).
+    pub connected_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+}
+
 /// A way for another system to make a task: `POST /api/triggers/:id/fire` with the
 /// trigger's own token, which can do nothing else.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

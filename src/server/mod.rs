@@ -12,6 +12,7 @@ mod mcp;
 pub mod metrics;
 mod notifier;
 mod openapi;
+pub mod presence;
 mod request_log;
 pub mod retention;
 mod routes;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// How long events and finished workers' output are kept.
     pub retention: retention::Retention,
+    /// The agents whose event streams this server holds.
+    pub presence: Arc<presence::Presence>,
 }
 
 /// The whole API.
@@ -103,6 +106,7 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
     let scheduler = tokio::spawn(scheduler::run(state.clone()));
     let notifier = tokio::spawn(notifier::run(state.clone()));
     let retention = tokio::spawn(retention::run(state.clone()));
+    let presence = tokio::spawn(presence::run(state.clone()));
     let shutdown = state.shutdown.clone();
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let served = axum::serve(listener, app)
@@ -112,5 +116,6 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
     scheduler.abort();
     notifier.abort();
     retention.abort();
+    presence.abort();
     served
 }

@@ -29,6 +29,7 @@ use super::error::ErrorBody;
         (name = "triggers", description = "Tasks made by another system, with a trigger's own token"),
         (name = "webhooks", description = "Notifications of task events, and how each delivery went"),
         (name = "github", description = "GitHub's webhook deliveries: issues, comments, CI, reviews, merges"),
+        (name = "agents", description = "The agents connected now: where, what they run, whether they work"),
         (name = "events", description = "The live event stream"),
         (name = "operations", description = "Health, readiness, metrics and this description"),
     )

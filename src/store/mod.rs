@@ -26,7 +26,7 @@ use crate::core::events::StoredEvent;
 use crate::core::github;
 use crate::core::lease::Cutoffs;
 use crate::core::model::{
-    Account, Attachment, Comment, Delivery, GithubReaction, Grant, Message, RecordedArtifact,
+    Account, Agent, Attachment, Comment, Delivery, GithubReaction, Grant, Message, RecordedArtifact,
     Schedule, Source, Task, TaskRef, TaskStatus, Trigger, Webhook, Worker, WorkerStatus, Workspace,
 };
 use crate::core::page::{Page, PageRequest};
@@ -471,6 +471,22 @@ pub trait Store: Send + Sync + 'static {
     /// [`Action::Expire`], which re-checks under lock, so two servers sweeping at once
     /// act on a worker only once.
     async fn stale_workers(&self, cutoffs: Cutoffs) -> Result<Vec<String>>;
+
+    /// Records an agent's report of itself, seen at `agent.last_seen_at`. An agent
+    /// that was gone (not seen since `seen_after`) or new starts a new connection; an
+    /// id that an agent of another account still holds is refused.
+    async fn report_agent(&self, agent: &Agent, seen_after: Timestamp) -> Result<Agent>;
+    /// Marks the agents `(id, account)` seen at `now`, in one transaction: those whose
+    /// event streams a server holds. Returns how many rows it found.
+    async fn touch_agents(&self, agents: Vec<(String, String)>, now: Timestamp) -> Result<u64>;
+    /// The agents seen since `seen_after`, all or one account's, by account and host.
+    async fn list_agents(
+        &self,
+        account_id: Option<&str>,
+        seen_after: Timestamp,
+    ) -> Result<Vec<Agent>>;
+    /// Deletes the agents not seen since `seen_after`; returns how many.
+    async fn forget_agents(&self, seen_after: Timestamp) -> Result<u64>;
 }
 
 /// Opens the database `url` names (`sqlite:PATH` or `postgres://…`) and brings its

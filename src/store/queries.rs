@@ -11,6 +11,7 @@
 //! a task (`SKIP LOCKED`), so no two transactions wait for each other in a cycle. On
 //! SQLite the locks are no-ops: a write transaction holds the file's write lock.
 
+mod agents;
 mod github;
 
 use std::sync::Arc;
@@ -33,7 +34,7 @@ use crate::core::events::{Event, EventData, StoredEvent};
 use crate::core::ids::{IdKind, new_id};
 use crate::core::lease::Cutoffs;
 use crate::core::model::{
-    Account, Artifact, Attachment, Comment, Delivery, Grant, Message, RecordedArtifact, Schedule,
+    Account, Agent, Artifact, Attachment, Comment, Delivery, Grant, Message, RecordedArtifact, Schedule,
     Source, Task, TaskRef, TaskStatus, TaskTemplate, Trigger, Webhook, Worker, WorkerStatus,
     Workspace,
 };
@@ -2324,6 +2325,42 @@ impl<B: Backend> Store for SqlStore<B> {
         );
         self.all(sql, args![cutoffs.leased, cutoffs.paused], |r| r.get())
             .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(agent = %agent.id))]
+    async fn report_agent(&self, agent: &Agent, seen_after: Timestamp) -> Result<Agent> {
+        let agent = agent.clone();
+        self.backend
+            .write(move |tx| {
+                async move { agents::report(tx, &agent, seen_after).await }.boxed()
+            })
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(agents = agents.len()))]
+    async fn touch_agents(&self, agents: Vec<(String, String)>, now: Timestamp) -> Result<u64> {
+        if agents.is_empty() {
+            return Ok(0);
+        }
+        self.backend
+            .write(move |tx| async move { agents::touch(tx, &agents, now).await }.boxed())
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn list_agents(
+        &self,
+        account_id: Option<&str>,
+        seen_after: Timestamp,
+    ) -> Result<Vec<Agent>> {
+        self.all(agents::list_sql(), args![seen_after, account_id], agents::read)
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn forget_agents(&self, seen_after: Timestamp) -> Result<u64> {
+        let sql = "DELETE FROM agents WHERE last_seen_at < $1";
+        self.execute(sql.to_owned(), args![seen_after]).await
     }
 }
 

@@ -32,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0007_schedules_and_triggers.sql"),
     include_str!("../../migrations/sqlite/0008_notifications.sql"),
     include_str!("../../migrations/sqlite/0009_github.sql"),
+    include_str!("../../migrations/sqlite/0010_agents.sql"),
 ];
 const READERS: usize = 4;
 

@@ -13,12 +13,13 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::api::EventsQuery;
 use crate::core::events::{EventData, KEEP_ALIVE, STREAM_RESET, StoredEvent};
-use crate::core::keys;
+use crate::core::{agents, keys};
 use crate::core::policy::Deed;
 use crate::server::AppState;
 use crate::server::auth::{Caller, bearer_token};
 use crate::server::error::{ApiError, ApiResult, Params};
 use crate::server::events::{READ_BATCH, StreamSlot};
+use crate::server::presence::Held;
 
 /// How long an account's key and list of granted workspaces are trusted before they
 /// are read again, so that a revoked grant, or a key rotated through another server of
@@ -66,6 +67,15 @@ pub async fn stream(
         Caller::Admin => None,
         Caller::Account(_) => Some(keys::hash_key(bearer_token(&headers)?)),
     };
+    // An agent following the stream stays listed as connected for as long as it does.
+    let presence = match query.agent_id {
+        Some(agent_id) => {
+            let account = caller.require_account()?;
+            agents::check_id(&agent_id)?;
+            Some(state.presence.hold(agent_id, account.id.clone()))
+        }
+        None => None,
+    };
 
     // Subscribe before reading the backlog, so nothing falls between the two.
     let live = state.events.subscribe();
@@ -78,7 +88,7 @@ pub async fn stream(
         checked: None,
     };
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(follow(state, slot, view, start, live, tx));
+    tokio::spawn(follow(state, (slot, presence), view, start, live, tx));
     Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
@@ -145,9 +155,12 @@ fn to_sse(event: &StoredEvent) -> SseEvent {
 }
 
 /// Sends everything after `last` the view allows: first from the database, then live.
+///
+/// `held` lives as long as the stream: its slot among the caller's streams, and the
+/// presence of the agent following it, if one is.
 async fn follow(
     state: AppState,
-    slot: StreamSlot,
+    held: (StreamSlot, Option<Held>),
     mut view: View,
     mut last: i64,
     mut live: broadcast::Receiver<Arc<StoredEvent>>,
@@ -159,7 +172,7 @@ async fn follow(
     loop {
         let received = tokio::select! {
             _ = state.shutdown.cancelled() => return,
-            _ = slot.revoked.cancelled() => return,
+            _ = held.0.revoked.cancelled() => return,
             _ = tx.closed() => return,
             received = live.recv() => received,
         };

@@ -5,6 +5,7 @@
 //! `GET /api/openapi.json`, nor be described there without existing.
 
 mod accounts;
+mod agents;
 mod events;
 mod github;
 mod ops;
@@ -61,6 +62,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::openapi))
         .routes(routes!(accounts::me))
         .routes(routes!(events::stream))
+        .routes(routes!(agents::list))
+        .routes(routes!(agents::report))
         .routes(routes!(accounts::create, accounts::list))
         .routes(routes!(accounts::show))
         .routes(routes!(accounts::usage))
