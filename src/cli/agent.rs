@@ -4,10 +4,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use super::{Connection, paths};
+use super::service::{self, ServiceCommand};
+use super::{Connection, output, paths};
 use crate::agent::claude::{ClaudeRunner, DEFAULT_ALLOWED_TOOLS};
 use crate::agent::command::CommandRunner;
 use crate::agent::runner::Runner;
@@ -17,8 +18,81 @@ use crate::agent::idle;
 use crate::core::claim::MAX_TASKS_PER_CLAIM;
 use crate::core::hours::Hours;
 
+/// `buildd agent`: runs the agent, or, with a subcommand, looks after agents.
 #[derive(Args)]
-#[command(group = clap::ArgGroup::new("availability").args(["hours", "when_idle"]).multiple(true))]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct AgentCommand {
+    #[command(subcommand)]
+    command: Option<AgentSubcommand>,
+    #[command(flatten)]
+    run: AgentArgs,
+}
+
+#[derive(Subcommand)]
+enum AgentSubcommand {
+    /// The agents connected now: account, host, version, runners, state, tasks.
+    List,
+    /// Run the agent as a service of the current user (a systemd user unit on Linux,
+    /// a launchd agent on macOS).
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+}
+
+pub async fn main(command: AgentCommand) -> Result<(), String> {
+    match command.command {
+        None => run(command.run).await,
+        Some(AgentSubcommand::List) => list(&command.run.connection).await,
+        Some(AgentSubcommand::Service { command: service }) => {
+            let connection = &command.run.connection;
+            if connection.api_key.is_some() {
+                return Err("a service does not take --api-key or BUILDD_API_KEY: it reads the key 'buildd login' saved (log in with that key first, then leave it out)".into());
+            }
+            service::run(service, &connection.server)
+        }
+    }
+}
+
+/// `buildd agent list`.
+async fn list(connection: &Connection) -> Result<(), String> {
+    let agents = connection
+        .client()?
+        .list_agents()
+        .await
+        .map_err(|e| e.to_string())?
+        .agents;
+    if connection.json {
+        output::json(&agents);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = agents
+        .into_iter()
+        .map(|a| {
+            vec![
+                a.id,
+                a.account_id,
+                a.hostname,
+                a.version,
+                a.runners.join(","),
+                a.state.to_string(),
+                if a.running.is_empty() {
+                    "-".to_owned()
+                } else {
+                    a.running.join(",")
+                },
+                format!("{} ago", output::ago(a.last_seen_at)),
+            ]
+        })
+        .collect();
+    output::table(
+        &["ID", "ACCOUNT", "HOST", "VERSION", "RUNNERS", "STATE", "RUNNING", "SEEN"],
+        &rows,
+    );
+    Ok(())
+}
+
+#[derive(Args)]
 pub struct AgentArgs {
     #[command(flatten)]
     logging: super::LogArgs,
@@ -85,12 +159,34 @@ pub struct AgentArgs {
     when_idle: Option<u64>,
     /// When --hours or --when-idle stop claims, pause running tasks too (they carry
     /// on when the agent may work again) instead of letting them finish.
-    #[arg(long = "yield", requires = "availability")]
+    #[arg(long = "yield")]
     yield_runs: bool,
     /// Exit 0 after this many minutes with no task to run (lets a Coder workspace or
-    /// a VM stop when there is nothing to do).
-    #[arg(long, value_name = "MINUTES", value_parser = clap::value_parser!(u64).range(1..=10_080))]
-    exit_when_idle: Option<u64>,
+    /// a VM stop when there is nothing to do); fractions count (0.5 is 30 seconds).
+    #[arg(long, value_name = "MINUTES", value_parser = parse_minutes)]
+    exit_when_idle: Option<Duration>,
+}
+
+/// Minutes, whole or not, from 1 second to a week.
+fn parse_minutes(text: &str) -> Result<Duration, String> {
+    let minutes: f64 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of minutes"))?;
+    if !(1.0 / 60.0..=10_080.0).contains(&minutes) {
+        return Err("must be from 1 second (0.017) to a week (10080) in minutes".into());
+    }
+    Ok(Duration::from_secs_f64(minutes * 60.0))
+}
+
+impl AgentArgs {
+    /// The server the agent would connect to.
+    pub fn server(&self) -> &str {
+        &self.connection.server
+    }
+
+    pub fn grace_secs(&self) -> u64 {
+        self.grace
+    }
 }
 
 fn parse_hours(spec: &str) -> Result<Hours, String> {
@@ -161,6 +257,9 @@ pub async fn run(args: AgentArgs) -> Result<(), String> {
     } else {
         None
     };
+    if args.yield_runs && args.hours.is_none() && args.when_idle.is_none() {
+        return Err("--yield pauses runs when --hours or --when-idle stop claims; give one of them".into());
+    }
     let availability = Availability {
         hours: args.hours,
         when_idle: match args.when_idle {
@@ -190,7 +289,7 @@ pub async fn run(args: AgentArgs) -> Result<(), String> {
         pr,
         availability,
         yield_runs: args.yield_runs,
-        exit_when_idle: args.exit_when_idle.map(|m| Duration::from_secs(m * 60)),
+        exit_when_idle: args.exit_when_idle,
     };
     let draining = CancellationToken::new();
     tokio::spawn(drain_on_signal(draining.clone()));

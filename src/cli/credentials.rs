@@ -69,6 +69,21 @@ pub fn save(server: &str, key: &str) -> Result<Saved, String> {
     {
         return Ok(Saved::Keyring);
     }
+    write_file(server, key).map(Saved::File)
+}
+
+/// Puts `key` for `server` in the credentials file unless it is there already, for a
+/// process the OS keyring does not reach (a service). Returns the file if it wrote.
+pub fn keep_in_file(server: &str, key: &str) -> Result<Option<PathBuf>, String> {
+    let server = normalise(server);
+    if read_file().get(&server).is_some_and(|k| k == key) {
+        return Ok(None);
+    }
+    write_file(server, key).map(Some)
+}
+
+/// Writes `key` for `server` into the 0600 credentials file, keeping the others.
+fn write_file(server: String, key: &str) -> Result<PathBuf, String> {
     let file = credentials_file()?;
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir)
@@ -90,5 +105,5 @@ pub fn save(server: &str, key: &str) -> Result<Saved, String> {
         .and_then(|()| out.sync_all())
         .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, &file).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
-    Ok(Saved::File(file))
+    Ok(file)
 }

@@ -34,6 +34,17 @@ fn table_text(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// Prints JSON for scripts: compact, one document per line.
+/// How long ago, for people: `45s`, `12m`, `3h`, `2d`.
+pub fn ago(at: chrono::DateTime<chrono::Utc>) -> String {
+    let secs = (chrono::Utc::now() - at).num_seconds().max(0);
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
 pub fn json(value: &impl serde::Serialize) {
     match serde_json::to_string(value) {
         Ok(text) => println!("{text}"),

@@ -2,7 +2,6 @@
 
 use std::io::Read;
 
-use chrono::Utc;
 use clap::Subcommand;
 use serde::Serialize;
 
@@ -130,17 +129,6 @@ fn fail(e: impl ToString) -> String {
     e.to_string()
 }
 
-/// How long ago, for people: `45s`, `12m`, `3h`, `2d`.
-fn age(task: &Task) -> String {
-    let secs = (Utc::now() - task.created_at).num_seconds().max(0);
-    match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m", s / 60),
-        s if s < 86_400 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
-    }
-}
-
 pub async fn run(client: &Client, json: bool, command: TaskCommand) -> Result<(), String> {
     match command {
         TaskCommand::Create {
@@ -214,7 +202,7 @@ pub async fn run(client: &Client, json: bool, command: TaskCommand) -> Result<()
                             t.priority.to_string(),
                             t.runner_preference.to_string(),
                             format!("{}/{}", t.attempts, t.max_attempts),
-                            age(t),
+                            output::ago(t.created_at),
                             t.title.clone(),
                         ]
                     })
@@ -458,7 +446,7 @@ fn show(task: &Task, workers: &[Worker]) {
     println!(
         "  created    {} ({} ago)",
         task.created_at.to_rfc3339(),
-        age(task)
+        output::ago(task.created_at)
     );
     if let Some(progress) = &task.progress {
         println!("  progress   {progress}");
