@@ -282,8 +282,12 @@ function scheduleRender() {
 // `data` part that is rebuilt on every change.
 let view = { data: () => {} };
 
+// Views whose data comes without events (agents) poll; a new route stops them.
+let polling = null;
+
 function route() {
   if (!state.token) return;
+  clearInterval(polling);
   const hash = location.hash || "#/";
   state.output = { workerId: null, seq: 0, el: null };
   let m;
@@ -291,6 +295,7 @@ function route() {
   else if (hash === "#/new") view = newTaskView();
   else if (hash === "#/accounts") view = accountsView();
   else if (hash === "#/schedules") view = schedulesView();
+  else if (hash === "#/agents") view = agentsView();
   else view = tasksView();
   renderData();
 }
@@ -893,6 +898,55 @@ function schedulesView() {
             await api("POST", `/api/schedules/${encodeURIComponent(s.id)}/${s.paused ? "resume" : "pause"}`, {});
             await refresh();
           }, err)),
+        ))),
+      ));
+    },
+  };
+}
+
+const AGENT_STATES = {
+  working: "working",
+  waiting: "waiting for a task",
+  outside_hours: "outside its hours",
+  person_active: "its person is at the machine",
+};
+
+function agentsView() {
+  const body = h("div", {});
+  const err = h("p", { class: "error", role: "alert" });
+  $("main").replaceChildren(h("h1", {}, "Agents"), err, body);
+  let agents = null;
+  async function refresh() {
+    try {
+      agents = (await api("GET", "/api/agents")).agents;
+      err.textContent = "";
+      scheduleRender();
+    } catch (e) { err.textContent = e.message; }
+  }
+  refresh();
+  // Agents report without events: look again every few seconds.
+  polling = setInterval(refresh, 5000);
+  return {
+    data() {
+      if (agents === null) { body.replaceChildren(h("p", { class: "muted" }, "Loading…")); return; }
+      if (!agents.length) {
+        body.replaceChildren(h("p", { class: "muted panel" }, "No agent is connected. Start one with ",
+          h("code", {}, "buildd agent"), " or ", h("code", {}, "buildd agent service install"), "."));
+        return;
+      }
+      body.replaceChildren(h("table", {},
+        h("thead", {}, h("tr", {}, ["Host", "Account", "State", "Running", "Runners", "Version", "Connected", "Seen"].map((c) => h("th", {}, c)))),
+        h("tbody", {}, agents.map((a) => h("tr", { "data-agent": a.id },
+          h("td", { "data-label": "Host" }, a.hostname, h("div", { class: "muted" }, a.id)),
+          h("td", { "data-label": "Account" }, a.accountId),
+          h("td", { "data-label": "State" }, h("span", { class: `badge agent-${a.state}` }, AGENT_STATES[a.state] || a.state)),
+          h("td", { "data-label": "Running" }, a.running.length
+            ? a.running.map((id) => h("div", {}, h("a", { href: `#/tasks/${encodeURIComponent(id)}` }, state.tasks.get(id)?.title || id)))
+            : h("span", { class: "muted" }, "—")),
+          h("td", { "data-label": "Runners" }, a.runners.join(", ")),
+          h("td", { "data-label": "Version" }, a.version),
+          h("td", { "data-label": "Connected" }, ago(a.connectedAt)),
+          h("td", { "data-label": "Seen" }, ago(a.lastSeenAt)),
         ))),
       ));
     },
