@@ -99,7 +99,10 @@ mod tests {
                 Box::new(FakeClock(Mutex::new(idle))),
             )),
         };
-        assert_eq!(make(Ok(Duration::from_secs(300))).blocked_at(wednesday(12)), None);
+        assert_eq!(
+            make(Ok(Duration::from_secs(300))).blocked_at(wednesday(12)),
+            None
+        );
         assert_eq!(
             make(Ok(Duration::from_secs(299))).blocked_at(wednesday(12)),
             Some(AgentState::PersonActive)

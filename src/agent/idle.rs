@@ -33,7 +33,11 @@ pub struct Logind;
 impl IdleClock for Logind {
     fn idle_for(&self) -> Result<Duration, String> {
         let out = Command::new("loginctl")
-            .args(["show-session", "--property=IdleHint", "--property=IdleSinceHint"])
+            .args([
+                "show-session",
+                "--property=IdleHint",
+                "--property=IdleSinceHint",
+            ])
             .output()
             .map_err(|e| format!("cannot run loginctl (logind's client): {e}"))?;
         if !out.status.success() {

@@ -44,8 +44,8 @@ use crate::api::{
 };
 use crate::client::{Client, StreamedEvent, backoff};
 use crate::core::events::offers_work;
-use crate::core::{agents, lease, version};
 use crate::core::messages::{is_instruction, is_user_reply};
+use crate::core::{agents, lease, version};
 
 use availability::Availability;
 pub use job::PrSettings;

@@ -16,10 +16,10 @@ pub use crate::core::actions::{HeartbeatAnswer, RunControl, WorkerUpdate};
 pub use crate::core::claim::EmptyClaim;
 pub use crate::core::diff::{Diff, FileChange, NewDiff, ReviewBody, ReviewComment};
 pub use crate::core::model::{
-    Agent, AgentState, Account, AccountType, Artifact, Attachment, AuthType, Comment, Delivery, DeliveryState,
-    GithubAction, GithubOutcome, GithubReaction, Grant, Message, NotifyEvent, RecordedArtifact,
-    RunnerPreference, Schedule, Source, Task, TaskMode, TaskRef, TaskStatus, TaskTemplate, Trigger,
-    Webhook, Worker, WorkerStatus, Workspace,
+    Account, AccountType, Agent, AgentState, Artifact, Attachment, AuthType, Comment, Delivery,
+    DeliveryState, GithubAction, GithubOutcome, GithubReaction, Grant, Message, NotifyEvent,
+    RecordedArtifact, RunnerPreference, Schedule, Source, Task, TaskMode, TaskRef, TaskStatus,
+    TaskTemplate, Trigger, Webhook, Worker, WorkerStatus, Workspace,
 };
 pub use crate::core::plan::{Plan, PlanStep};
 

@@ -9,12 +9,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::service::{self, ServiceCommand};
 use super::{Connection, output, paths};
+use crate::agent::availability::Availability;
 use crate::agent::claude::{ClaudeRunner, DEFAULT_ALLOWED_TOOLS};
 use crate::agent::command::CommandRunner;
+use crate::agent::idle;
 use crate::agent::runner::Runner;
 use crate::agent::{self, PrSettings};
-use crate::agent::availability::Availability;
-use crate::agent::idle;
 use crate::core::claim::MAX_TASKS_PER_CLAIM;
 use crate::core::hours::Hours;
 
@@ -86,7 +86,9 @@ async fn list(connection: &Connection) -> Result<(), String> {
         })
         .collect();
     output::table(
-        &["ID", "ACCOUNT", "HOST", "VERSION", "RUNNERS", "STATE", "RUNNING", "SEEN"],
+        &[
+            "ID", "ACCOUNT", "HOST", "VERSION", "RUNNERS", "STATE", "RUNNING", "SEEN",
+        ],
         &rows,
     );
     Ok(())
@@ -258,7 +260,9 @@ pub async fn run(args: AgentArgs) -> Result<(), String> {
         None
     };
     if args.yield_runs && args.hours.is_none() && args.when_idle.is_none() {
-        return Err("--yield pauses runs when --hours or --when-idle stop claims; give one of them".into());
+        return Err(
+            "--yield pauses runs when --hours or --when-idle stop claims; give one of them".into(),
+        );
     }
     let availability = Availability {
         hours: args.hours,

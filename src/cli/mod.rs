@@ -38,7 +38,7 @@ enum Command {
     /// Run the broker: REST API, event stream and lease sweeper, on SQLite or Postgres.
     Serve(serve::ServeArgs),
     /// Claim tasks and run Claude Code (or another runner) on them in git worktrees.
-    Agent(agent::AgentCommand),
+    Agent(Box<agent::AgentCommand>),
     /// Workspaces: the repositories agents work on.
     Workspace {
         #[command(flatten)]
@@ -129,7 +129,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
-            Command::Agent(command) => agent::main(command).await,
+            Command::Agent(command) => agent::main(*command).await,
             Command::Workspace {
                 connection,
                 command,

@@ -32,7 +32,11 @@ pub enum ServiceCommand {
         #[arg(long, value_enum)]
         manager: Option<Manager>,
         /// `buildd agent`'s flags.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "AGENT FLAGS")]
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "AGENT FLAGS"
+        )]
         flags: Vec<String>,
     },
     /// Whether the service runs, as the service manager tells.
@@ -137,14 +141,23 @@ fn install(
             ));
         }
     }
-    let parsed = AgentFlags::try_parse_from(std::iter::once("buildd agent".to_owned()).chain(flags.iter().cloned()))
-        .map_err(|e| {
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid flags").to_owned();
-            format!("the agent's flags: {}", first.trim_start_matches("error: "))
-        })?;
+    let parsed = AgentFlags::try_parse_from(
+        std::iter::once("buildd agent".to_owned()).chain(flags.iter().cloned()),
+    )
+    .map_err(|e| {
+        let rendered = e.render().to_string();
+        let first = rendered
+            .lines()
+            .next()
+            .unwrap_or("invalid flags")
+            .to_owned();
+        format!("the agent's flags: {}", first.trim_start_matches("error: "))
+    })?;
     // A --server among the agent's flags wins, as it would when the agent runs.
-    let server = if flags.iter().any(|f| f == "--server" || f.starts_with("--server=")) {
+    let server = if flags
+        .iter()
+        .any(|f| f == "--server" || f.starts_with("--server="))
+    {
         parsed.args.server().to_owned()
     } else {
         server.to_owned()
@@ -158,7 +171,8 @@ fn install(
         exe: std::env::current_exe()
             .and_then(|p| p.canonicalize())
             .map_err(|e| format!("cannot find the buildd executable: {e}"))?,
-        dir: std::env::current_dir().map_err(|e| format!("cannot read the current directory: {e}"))?,
+        dir: std::env::current_dir()
+            .map_err(|e| format!("cannot read the current directory: {e}"))?,
         server: server.clone(),
         path: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
         flags: flags.to_vec(),
@@ -176,7 +190,11 @@ fn install(
         Manager::Launchd => (
             launchd_plist_path()?,
             service.launchd_plist(&launchd_log()?),
-            vec![format!("launchctl bootstrap {} {}", launchd_domain(), launchd_plist_path()?.display())],
+            vec![format!(
+                "launchctl bootstrap {} {}",
+                launchd_domain(),
+                launchd_plist_path()?.display()
+            )],
         ),
     };
     if dry_run {
@@ -193,11 +211,15 @@ fn install(
             format!("systemd's user manager is not reachable here ({why}); run 'buildd agent' under your own supervisor instead (see examples/systemd)")
         })?;
         if let Some(saved) = credentials::keep_in_file(&server, &key)? {
-            println!("The key for {server} is now also in {} (readable only by you): the kernel keyring does not reach services.", saved.display());
+            println!(
+                "The key for {server} is now also in {} (readable only by you): the kernel keyring does not reach services.",
+                saved.display()
+            );
         }
     }
     if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     std::fs::write(&file, &text).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
     match manager {
@@ -205,13 +227,19 @@ fn install(
             systemctl(&["daemon-reload"])?;
             systemctl(&["enable", "--now", UNIT_NAME])?;
             println!("Installed and started {UNIT_NAME} ({}).", file.display());
-            println!("It runs while you are logged in. To run it from boot and after you log out: sudo loginctl enable-linger {}", user_name());
+            println!(
+                "It runs while you are logged in. To run it from boot and after you log out: sudo loginctl enable-linger {}",
+                user_name()
+            );
             println!("See it with 'buildd agent service status' and 'buildd agent service logs'.");
         }
         Manager::Launchd => {
             let _ = launchctl(&["bootout", &launchd_target()]);
             launchctl(&["bootstrap", &launchd_domain(), &file.to_string_lossy()])?;
-            println!("Installed and started {LAUNCHD_LABEL} ({}); it starts at each login.", file.display());
+            println!(
+                "Installed and started {LAUNCHD_LABEL} ({}); it starts at each login.",
+                file.display()
+            );
         }
     }
     Ok(())
@@ -222,19 +250,27 @@ fn uninstall() -> Result<(), String> {
         Manager::Systemd => {
             let file = systemd_unit_path()?;
             if !file.exists() {
-                return Err(format!("no service installed ({} does not exist)", file.display()));
+                return Err(format!(
+                    "no service installed ({} does not exist)",
+                    file.display()
+                ));
             }
             systemctl(&["disable", "--now", UNIT_NAME])?;
-            std::fs::remove_file(&file).map_err(|e| format!("cannot remove {}: {e}", file.display()))?;
+            std::fs::remove_file(&file)
+                .map_err(|e| format!("cannot remove {}: {e}", file.display()))?;
             systemctl(&["daemon-reload"])?;
         }
         Manager::Launchd => {
             let file = launchd_plist_path()?;
             if !file.exists() {
-                return Err(format!("no service installed ({} does not exist)", file.display()));
+                return Err(format!(
+                    "no service installed ({} does not exist)",
+                    file.display()
+                ));
             }
             let _ = launchctl(&["bootout", &launchd_target()]);
-            std::fs::remove_file(&file).map_err(|e| format!("cannot remove {}: {e}", file.display()))?;
+            std::fs::remove_file(&file)
+                .map_err(|e| format!("cannot remove {}: {e}", file.display()))?;
         }
     }
     println!("The agent service is stopped and removed.");
@@ -407,7 +443,11 @@ fn capture(program: &str, args: &[&str]) -> Result<String, String> {
         return Ok(stdout);
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let why = stderr.lines().chain(stdout.lines()).find(|l| !l.trim().is_empty()).unwrap_or("no reason given");
+    let why = stderr
+        .lines()
+        .chain(stdout.lines())
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no reason given");
     Err(format!("{program} {}: {}", args.join(" "), why.trim()))
 }
 

@@ -13,11 +13,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{
-    Account, AccountList, Agent, AgentList, AgentReport, AccountUsage, Appended, ApproveBody, Approved, ClaimAnswer, ClaimBody,
-    CreatedAccount, Diff, Grant, HeartbeatAnswer, Me, MessageBody, MessageList, NewAccount,
-    NewDiff, NewGrant, NewSchedule, NewTask, NewWorker, NewWorkspace, ReviewBody, Reviewed,
-    ReviseBody, Schedule, ScheduleList, Task, TaskCounts, TaskDetail, TaskList, TaskQuery, Worker,
-    WorkerList, WorkerUpdate, Workspace, WorkspaceList,
+    Account, AccountList, AccountUsage, Agent, AgentList, AgentReport, Appended, ApproveBody,
+    Approved, ClaimAnswer, ClaimBody, CreatedAccount, Diff, Grant, HeartbeatAnswer, Me,
+    MessageBody, MessageList, NewAccount, NewDiff, NewGrant, NewSchedule, NewTask, NewWorker,
+    NewWorkspace, ReviewBody, Reviewed, ReviseBody, Schedule, ScheduleList, Task, TaskCounts,
+    TaskDetail, TaskList, TaskQuery, Worker, WorkerList, WorkerUpdate, Workspace, WorkspaceList,
 };
 
 pub use crate::core::backoff::backoff;

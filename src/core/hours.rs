@@ -105,9 +105,7 @@ fn parse_window(text: &str) -> Result<Window, String> {
     };
     let (start, end) = match times {
         Some(times) => {
-            let (start, end) = times
-                .split_once('-')
-                .ok_or("a time range is HH:MM-HH:MM")?;
+            let (start, end) = times.split_once('-').ok_or("a time range is HH:MM-HH:MM")?;
             let (start, end) = (parse_time(start)?, parse_time(end)?);
             if start == MINUTES_PER_DAY {
                 return Err("a window cannot start at 24:00; start it at 00:00".into());
@@ -188,20 +186,32 @@ mod tests {
     #[test]
     fn the_issues_example_covers_weeknights_and_weekends() {
         let h = hours("Mon-Fri 19:00-08:00,Sat-Sun");
-        assert!(!h.contains(at(Weekday::Mon, 7, 59)), "the weekend ends at midnight; Monday's night starts at 19:00");
+        assert!(
+            !h.contains(at(Weekday::Mon, 7, 59)),
+            "the weekend ends at midnight; Monday's night starts at 19:00"
+        );
         assert!(h.contains(at(Weekday::Sun, 23, 0)));
         assert!(!h.contains(at(Weekday::Mon, 8, 0)), "the end is not inside");
         assert!(!h.contains(at(Weekday::Wed, 12, 0)));
         assert!(h.contains(at(Weekday::Wed, 19, 0)), "the start is inside");
-        assert!(h.contains(at(Weekday::Thu, 3, 0)), "Wednesday's night runs into Thursday");
-        assert!(h.contains(at(Weekday::Sat, 7, 59)), "Friday's night runs into Saturday");
+        assert!(
+            h.contains(at(Weekday::Thu, 3, 0)),
+            "Wednesday's night runs into Thursday"
+        );
+        assert!(
+            h.contains(at(Weekday::Sat, 7, 59)),
+            "Friday's night runs into Saturday"
+        );
         assert!(h.contains(at(Weekday::Sat, 12, 0)));
     }
 
     #[test]
     fn a_window_past_midnight_ends_the_next_day() {
         let h = hours("Fri 22:00-02:00");
-        assert!(!h.contains(at(Weekday::Fri, 1, 0)), "Thursday starts no window");
+        assert!(
+            !h.contains(at(Weekday::Fri, 1, 0)),
+            "Thursday starts no window"
+        );
         assert!(h.contains(at(Weekday::Fri, 22, 0)));
         assert!(h.contains(at(Weekday::Sat, 1, 59)));
         assert!(!h.contains(at(Weekday::Sat, 2, 0)));

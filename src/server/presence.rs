@@ -71,7 +71,11 @@ pub async fn run(state: AppState) {
             _ = tick.tick() => {}
         }
         let now = time::now();
-        if let Err(e) = state.store.touch_agents(state.presence.present(), now).await {
+        if let Err(e) = state
+            .store
+            .touch_agents(state.presence.present(), now)
+            .await
+        {
             warn!(error = %e, "cannot refresh connected agents; retrying at the next tick");
         }
         let gone = agents::seen_after(now, state.lease_ttl);

@@ -26,8 +26,9 @@ use crate::core::events::StoredEvent;
 use crate::core::github;
 use crate::core::lease::Cutoffs;
 use crate::core::model::{
-    Account, Agent, Attachment, Comment, Delivery, GithubReaction, Grant, Message, RecordedArtifact,
-    Schedule, Source, Task, TaskRef, TaskStatus, Trigger, Webhook, Worker, WorkerStatus, Workspace,
+    Account, Agent, Attachment, Comment, Delivery, GithubReaction, Grant, Message,
+    RecordedArtifact, Schedule, Source, Task, TaskRef, TaskStatus, Trigger, Webhook, Worker,
+    WorkerStatus, Workspace,
 };
 use crate::core::page::{Page, PageRequest};
 use crate::core::plan::Plan;

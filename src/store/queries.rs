@@ -34,9 +34,9 @@ use crate::core::events::{Event, EventData, StoredEvent};
 use crate::core::ids::{IdKind, new_id};
 use crate::core::lease::Cutoffs;
 use crate::core::model::{
-    Account, Agent, Artifact, Attachment, Comment, Delivery, Grant, Message, RecordedArtifact, Schedule,
-    Source, Task, TaskRef, TaskStatus, TaskTemplate, Trigger, Webhook, Worker, WorkerStatus,
-    Workspace,
+    Account, Agent, Artifact, Attachment, Comment, Delivery, Grant, Message, RecordedArtifact,
+    Schedule, Source, Task, TaskRef, TaskStatus, TaskTemplate, Trigger, Webhook, Worker,
+    WorkerStatus, Workspace,
 };
 use crate::core::page::{Page, PageRequest, Position};
 use crate::core::plan::{self, Plan};
@@ -2331,9 +2331,7 @@ impl<B: Backend> Store for SqlStore<B> {
     async fn report_agent(&self, agent: &Agent, seen_after: Timestamp) -> Result<Agent> {
         let agent = agent.clone();
         self.backend
-            .write(move |tx| {
-                async move { agents::report(tx, &agent, seen_after).await }.boxed()
-            })
+            .write(move |tx| async move { agents::report(tx, &agent, seen_after).await }.boxed())
             .await
     }
 
@@ -2353,8 +2351,12 @@ impl<B: Backend> Store for SqlStore<B> {
         account_id: Option<&str>,
         seen_after: Timestamp,
     ) -> Result<Vec<Agent>> {
-        self.all(agents::list_sql(), args![seen_after, account_id], agents::read)
-            .await
+        self.all(
+            agents::list_sql(),
+            args![seen_after, account_id],
+            agents::read,
+        )
+        .await
     }
 
     #[tracing::instrument(level = "debug", skip(self))]

@@ -13,8 +13,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::api::EventsQuery;
 use crate::core::events::{EventData, KEEP_ALIVE, STREAM_RESET, StoredEvent};
-use crate::core::{agents, keys};
 use crate::core::policy::Deed;
+use crate::core::{agents, keys};
 use crate::server::AppState;
 use crate::server::auth::{Caller, bearer_token};
 use crate::server::error::{ApiError, ApiResult, Params};
