@@ -633,3 +633,185 @@ async fn service_install_writes_a_unit_systemd_accepts_and_a_plist_that_parses()
         "nothing is written when it cannot run"
     );
 }
+
+/// A template of `examples/coder/` as Terraform's `templatefile` renders it.
+fn render(template: &str, vars: &[(&str, &str)]) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/coder")
+        .join(template);
+    let mut text = std::fs::read_to_string(path).unwrap();
+    for (name, value) in vars {
+        text = text.replace(&format!("${{{name}}}"), value);
+    }
+    assert!(
+        !text.contains("${"),
+        "{template} uses a variable it is not given:\n{text}"
+    );
+    text
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_coder_module_parses_and_its_scripts_start_and_stop_a_real_agent() {
+    // The module parses as HCL, and wires what it declares.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = common::venv_python("coder-venv", "tests/coder/requirements.txt", "hcl2");
+    let read = Command::new(python)
+        .arg(root.join("tests/coder/read_module.py"))
+        .arg(root.join("examples/coder/main.tf"))
+        .output()
+        .unwrap();
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let module = String::from_utf8(read.stdout).unwrap();
+    let module: Value = serde_json::from_str(&module).unwrap();
+    let resources: Vec<(String, Value)> = module["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_object().unwrap().iter())
+        .flat_map(|(kind, named)| {
+            named.as_object().unwrap().iter().map(move |(name, body)| {
+                // python-hcl2 keeps the labels' quotes.
+                let label = |l: &str| l.trim_matches('"').to_owned();
+                (format!("{}.{}", label(kind), label(name)), body.clone())
+            })
+        })
+        .collect();
+    let resource = |name: &str| {
+        resources
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no {name} in {resources:?}"))
+            .1
+            .to_string()
+    };
+    assert!(resource("coder_script.buildd_agent").contains("\"run_on_start\":true"));
+    assert!(resource("coder_script.buildd_agent_stop").contains("\"run_on_stop\":true"));
+    assert!(resource("coder_env.buildd_api_key").contains("var.api_key"));
+    assert!(resource("coder_env.buildd_server").contains("var.server"));
+    // Each template is given exactly the variables it uses.
+    for (script, template) in [
+        ("coder_script.buildd_agent", "start.sh.tftpl"),
+        ("coder_script.buildd_agent_stop", "stop.sh.tftpl"),
+    ] {
+        let body = resource(script);
+        let given = body
+            .split(&format!("{template}\\\", {{"))
+            .nth(1)
+            .unwrap()
+            .split('}')
+            .next()
+            .unwrap();
+        let mut given: Vec<&str> = given
+            .split(',')
+            .map(|kv| kv.split('=').next().unwrap().trim())
+            .collect();
+        let text = std::fs::read_to_string(root.join("examples/coder").join(template)).unwrap();
+        let mut used: Vec<&str> = text
+            .split("${")
+            .skip(1)
+            .map(|rest| rest.split('}').next().unwrap())
+            .collect();
+        given.sort_unstable();
+        used.sort_unstable();
+        used.dedup();
+        assert_eq!(given, used, "{template}: {body}");
+    }
+    let variables: Vec<(String, Value)> = module["variable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|v| v.as_object().unwrap().iter())
+        .map(|(name, body)| (name.trim_matches('"').to_owned(), body.clone()))
+        .collect();
+    let names: Vec<&str> = variables.iter().map(|(n, _)| n.as_str()).collect();
+    for name in [
+        "agent_id",
+        "server",
+        "api_key",
+        "dir",
+        "flags",
+        "exit_when_idle_minutes",
+        "grace_seconds",
+        "install_url",
+    ] {
+        assert!(names.contains(&name), "variable {name}: {names:?}");
+    }
+    let api_key = &variables.iter().find(|(n, _)| n == "api_key").unwrap().1;
+    assert_eq!(api_key["sensitive"], true, "the key is sensitive");
+
+    // Its scripts, rendered, start a real agent on the checkout, once, and stop it.
+    let server = common::Server::sqlite(&[]);
+    let admin = server.admin();
+    let (_, key) = workspace_and_key(&admin, None).await;
+    let repo = Repo::new();
+    let dir = repo.path().display().to_string();
+    let start = render(
+        "start.sh.tftpl",
+        &[
+            ("dir", &dir),
+            ("flags", "--command true --max-tasks 1"),
+            ("exit_when_idle", "30"),
+            ("grace", "5"),
+            ("install_url", "http://127.0.0.1:9/install.sh"),
+        ],
+    );
+    let stop = render("stop.sh.tftpl", &[("grace", "5")]);
+    let home = tempfile::tempdir().unwrap();
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_buildd"))
+        .parent()
+        .unwrap();
+    let run = |script: &str| {
+        let out = Command::new("sh")
+            .args(["-c", script])
+            .env_clear()
+            .env("HOME", home.path())
+            .env("PATH", format!("{}:/usr/bin:/bin", bin_dir.display()))
+            .env("BUILDD_SERVER", &server.url)
+            .env("BUILDD_API_KEY", &key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for script in [&start, &stop] {
+        let checked = Command::new("sh")
+            .args(["-n", "-c", script])
+            .status()
+            .unwrap();
+        assert!(checked.success(), "sh -n:\n{script}");
+    }
+    assert!(run(&start).contains("buildd agent started"));
+    let pidfile = home.path().join(".local/state/buildd/agent.pid");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let listed = wait_until(
+        &admin,
+        "/api/agents",
+        LONG,
+        "the workspace's agent listed",
+        |b| b["agents"].as_array().is_some_and(|a| a.len() == 1),
+    )
+    .await;
+    assert_eq!(listed["agents"][0]["runners"], json!(["command"]));
+    assert!(
+        run(&start).contains("runs already"),
+        "a second start starts nothing"
+    );
+    run(&stop);
+    assert!(common::agent::process_gone(pid), "the agent stopped");
+    assert!(!pidfile.exists());
+    let log = std::fs::read_to_string(home.path().join(".local/state/buildd/agent.log")).unwrap();
+    assert!(log.contains("agent stopped"), "{log}");
+}

@@ -13,41 +13,11 @@ use serde_json::{Value, json};
 
 use common::{ADMIN, Api, Server};
 
-/// The Python of a virtualenv under `target/` holding the SDK, made the first time
-/// (`pip install -r tests/mcp/requirements.txt`).
+/// The Python of a virtualenv under `target/` holding the SDK.
 fn python() -> PathBuf {
     static VENV: OnceLock<PathBuf> = OnceLock::new();
-    VENV.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let venv = root.join("target/mcp-venv");
-        let python = venv.join("bin/python");
-        let has_sdk = |python: &Path| {
-            Command::new(python)
-                .args(["-c", "import mcp"])
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !has_sdk(&python) {
-            let made = Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .status()
-                .expect("python3 is needed for the MCP tests");
-            assert!(made.success(), "python3 -m venv failed");
-            let installed = Command::new(venv.join("bin/pip"))
-                .args(["install", "--quiet", "-r"])
-                .arg(root.join("tests/mcp/requirements.txt"))
-                .status()
-                .expect("pip");
-            assert!(
-                installed.success(),
-                "pip install -r tests/mcp/requirements.txt failed"
-            );
-            assert!(has_sdk(&python), "the MCP SDK did not install");
-        }
-        python
-    })
-    .clone()
+    VENV.get_or_init(|| common::venv_python("mcp-venv", "tests/mcp/requirements.txt", "mcp"))
+        .clone()
 }
 
 /// Runs `drive.py ARGS` with `steps` on its stdin (and `env` added) and returns what it

@@ -108,6 +108,7 @@ struct Theirs {
     schedule: String,
     trigger: String,
     webhook: String,
+    agent: String,
 }
 
 async fn their_workspace(server: &Server, admin: &Api) -> Theirs {
@@ -164,6 +165,13 @@ async fn their_workspace(server: &Server, admin: &Api) -> Theirs {
     let pending_task = admin
         .task(&workspace, json!({"title": "their queue"}))
         .await;
+    let agent = "agt-theirs";
+    them.call(
+        Method::PUT,
+        &format!("/api/agents/{agent}"),
+        Some(json!({"hostname": "their secret plan host", "version": "1", "state": "waiting"})),
+    )
+    .await;
     let schedule = admin
         .ok(
             "/api/schedules",
@@ -196,6 +204,7 @@ async fn their_workspace(server: &Server, admin: &Api) -> Theirs {
         source: task["sourceId"].as_str().unwrap().to_owned(),
         attachment,
         other_account,
+        agent: agent.to_owned(),
     }
 }
 
@@ -557,6 +566,13 @@ async fn no_account_reaches_another_workspace() {
             format!("/api/triggers/{}/fire", theirs.trigger),
             json!({}),
         ),
+        // Nor reports as another account's agent.
+        (
+            Method::PUT,
+            "/api/agents/{id}",
+            format!("/api/agents/{}", theirs.agent),
+            json!({"hostname": "mine", "version": "1", "state": "waiting"}),
+        ),
     ];
     let mut tried = BTreeSet::new();
     for (method, template, path, body) in &attempts {
@@ -594,7 +610,14 @@ async fn no_account_reaches_another_workspace() {
     assert_eq!(schedules["schedules"], json!([]));
     let (_, triggers) = me.get("/api/triggers").await;
     assert_eq!(triggers["triggers"], json!([]));
-    for listing in ["/api/tasks", "/api/workers", "/api/workspaces"] {
+    let (_, agents) = me.get("/api/agents").await;
+    assert_eq!(agents["agents"], json!([]));
+    for listing in [
+        "/api/tasks",
+        "/api/workers",
+        "/api/workspaces",
+        "/api/agents",
+    ] {
         tried.insert(("GET".to_owned(), listing.to_owned()));
     }
 

@@ -762,11 +762,19 @@ pub struct Status {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentReport {
-    #[schema(min_length = 1, max_length = 255)]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\x00]*[^\s\x00][^\x00]*$"
+    )]
     pub hostname: String,
-    #[schema(min_length = 1, max_length = 100)]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00]*[^\s\x00][^\x00]*$"
+    )]
     pub version: String,
-    /// The runners it can run tasks with.
+    /// The runners it can run tasks with (each 1 to 64 characters, not blank).
     #[schema(max_items = 16)]
     #[serde(default)]
     pub runners: Vec<String>,

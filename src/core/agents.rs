@@ -43,19 +43,16 @@ pub fn check_report(
     running: &[String],
 ) -> Result<(), RuleError> {
     let invalid = |why: String| Err(RuleError::Invalid(why));
-    if hostname.trim().is_empty() || hostname.len() > MAX_HOSTNAME_LEN {
+    let fits = |text: &str, max: usize| !text.trim().is_empty() && text.chars().count() <= max;
+    if !fits(hostname, MAX_HOSTNAME_LEN) {
         return invalid(format!(
             "hostname must be 1 to {MAX_HOSTNAME_LEN} characters"
         ));
     }
-    if version.trim().is_empty() || version.len() > MAX_VERSION_LEN {
+    if !fits(version, MAX_VERSION_LEN) {
         return invalid(format!("version must be 1 to {MAX_VERSION_LEN} characters"));
     }
-    if runners.len() > MAX_RUNNERS
-        || runners
-            .iter()
-            .any(|r| r.trim().is_empty() || r.len() > MAX_RUNNER_NAME_LEN)
-    {
+    if runners.len() > MAX_RUNNERS || !runners.iter().all(|r| fits(r, MAX_RUNNER_NAME_LEN)) {
         return invalid(format!(
             "runners are at most {MAX_RUNNERS} names of 1 to {MAX_RUNNER_NAME_LEN} characters"
         ));

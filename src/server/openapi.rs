@@ -69,6 +69,31 @@ pub fn add_cross_field_rules(openapi: &mut utoipa::openapi::OpenApi) {
     }
 }
 
+/// States what the items of an agent's report must be ([`crate::core::agents`]);
+/// the derive describes a list's length, not its items'.
+pub fn add_agent_report_rules(spec: &mut Value) {
+    use crate::core::agents::{MAX_ID_LEN, MAX_RUNNER_NAME_LEN};
+    let id_pattern = format!("^[A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}$");
+    if let Some(params) = spec["paths"]["/api/agents/{id}"]["put"]["parameters"].as_array_mut() {
+        for param in params.iter_mut().filter(|p| p["name"] == "id") {
+            param["schema"]["pattern"] = json!(id_pattern);
+        }
+    }
+    let report = &mut spec["components"]["schemas"]["AgentReport"]["properties"];
+    if report.is_object() {
+        report["runners"]["items"] = json!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_RUNNER_NAME_LEN,
+            "pattern": NOT_BLANK,
+        });
+        report["running"]["items"] = json!({ "type": "string", "pattern": id_pattern });
+    }
+}
+
+/// A string with something other than white space in it, and no NUL character.
+const NOT_BLANK: &str = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$";
+
 /// The component that describes "any JSON value", as buildd takes it: anything but a
 /// NUL character in a string or a key ([`crate::core::validate::NUL_REFUSED`]).
 const ANY_VALUE: &str = "AnyValue";

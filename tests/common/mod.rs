@@ -91,6 +91,42 @@ impl Database {
 
 pub const ADMIN: &str = "buildd_admin_test-token";
 
+/// The Python of a virtualenv `target/NAME` with `requirements` (a file of the
+/// repository) installed, made the first time (`pip install -r`); `probe` is a module
+/// whose import says the install is there.
+pub fn venv_python(name: &str, requirements: &str, probe: &str) -> PathBuf {
+    static MAKING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = MAKING.lock().unwrap_or_else(|e| e.into_inner());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let venv = root.join("target").join(name);
+    let python = venv.join("bin/python");
+    let ready = |python: &Path| {
+        Command::new(python)
+            .args(["-c", &format!("import {probe}")])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ready(&python) {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 is needed for this test");
+        assert!(made.success(), "python3 -m venv {} failed", venv.display());
+        let installed = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "-r"])
+            .arg(root.join(requirements))
+            .status()
+            .expect("pip");
+        assert!(installed.success(), "pip install -r {requirements} failed");
+        assert!(
+            ready(&python),
+            "{probe} did not install from {requirements}"
+        );
+    }
+    python
+}
+
 /// A benchmark's setting from the environment, or `default`.
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
