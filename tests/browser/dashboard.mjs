@@ -153,6 +153,22 @@ try {
   await page.waitForSelector(`${row} >> text=Resume`);
   check((await page.textContent(`${row} .next`)).includes("paused"), "paused, with no next run");
 
+  // ---- Agents: a laptop reports itself; its state and running task are shown.
+  const reported = await fetch(`${SERVER}/api/agents/agt-dash`, {
+    method: "PUT",
+    headers: { Authorization: `Bearer ${process.env.ACCOUNT_KEY}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ hostname: "max-laptop", version: "0.1.0", runners: ["claude"],
+      state: "outside_hours", running: [TASK_WAITING] }),
+  });
+  check(reported.ok, `PUT /api/agents/agt-dash → ${reported.status}`);
+  await page.goto(`${SERVER}/#/agents`);
+  const agentRow = 'tr[data-agent="agt-dash"]';
+  await page.waitForSelector(agentRow);
+  check((await page.textContent(`${agentRow} td[data-label="Host"]`)).includes("max-laptop"), "the host is shown");
+  check((await page.textContent(`${agentRow} td[data-label="State"]`)).includes("outside its hours"), "the state is said in words");
+  check((await page.textContent(`${agentRow} td[data-label="Running"]`)).includes("Pick a branch"), "its running task is named");
+  await page.screenshot({ path: `${OUT}/agents.png`, fullPage: true });
+
   // ---- Answer a waiting task from the page; its output is on screen.
   await page.goto(`${SERVER}/#/tasks/${TASK_WAITING}`);
   await page.waitForSelector(".question");
