@@ -95,11 +95,52 @@ fn main() {
             CLAIM_WINDOW,
         )
         .await;
+        // New tasks while they wait: how many transactions each one costs (its own
+        // insert, the claims it wakes, the claim that takes it), over the idle rate.
+        let idle = rate(&url, WINDOW).await;
+        let tasks = 20;
+        let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+        let before = transactions(&mut db).await;
+        let started = std::time::Instant::now();
+        for n in 0..tasks {
+            admin
+                .task(&ws, json!({"title": format!("offered {n}")}))
+                .await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // Every task is taken, and the claims it woke have settled.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (_, pending) = admin
+            .get(&format!("/api/tasks/counts?workspaceId={ws}"))
+            .await;
+        let after = transactions(&mut db).await;
+        let spent = started.elapsed().as_secs_f64();
+        let per_task = ((after - before - 1) as f64 - idle * spent) / tasks as f64;
+        println!(
+            "{:<34} {per_task:>6.1} database transactions per created task ({} still pending)",
+            format!("a task for {agents} waiting claims"),
+            pending["byStatus"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["status"] == "pending")
+                .and_then(|s| s["count"].as_i64())
+                .unwrap_or(-1)
+        );
         stop.store(true, Ordering::Relaxed);
         for w in waiting {
             w.abort();
         }
     });
+}
+
+/// The database's transactions per second over `window`, nothing else happening.
+async fn rate(url: &str, window: Duration) -> f64 {
+    let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+    let before = transactions(&mut db).await;
+    tokio::time::sleep(window).await;
+    let after = transactions(&mut db).await;
+    (after - before - 1) as f64 / window.as_secs_f64()
 }
 
 /// Settles, then counts the database's transactions over the window. Backends

@@ -156,6 +156,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
             worker_output: args.message_retention.and_then(keep_for),
         },
         presence: Arc::default(),
+        waiters: Arc::default(),
     };
     info!(
         lease_ttl_secs = args.lease_ttl,

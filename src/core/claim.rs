@@ -49,6 +49,22 @@ pub fn routes_to(preference: RunnerPreference, account_type: AccountType) -> boo
     preferences_for(account_type).contains(&preference)
 }
 
+/// Whether a claim of `account` waiting for work in `workspaces` (those it may claim
+/// in, narrowed to the one it asked for) may take `task`, just offered: what a claim
+/// would check that needs no database. Its limits are the claim's own to find, so a
+/// claim woken for a task it then cannot take passes the task on.
+pub fn may_take(
+    task: &Task,
+    account: &Account,
+    workspaces: &std::collections::HashSet<String>,
+    now: Timestamp,
+) -> bool {
+    task.status == TaskStatus::Pending
+        && workspaces.contains(&task.workspace_id)
+        && routes_to(task.runner_preference, account.account_type)
+        && super::workflow::preference_allows(task, &account.id, now)
+}
+
 /// The GitHub repository (`owner/repo`) to wake with a `repository_dispatch` for a new
 /// `task`: an action task, and an action account with a `githubRepo` that may claim in
 /// the task's workspace (`grant`). A GitHub Actions runner only runs when woken, so
@@ -359,6 +375,34 @@ mod tests {
         held.preferred_account_id = Some("acc-other".into());
         held.preferred_until = Some(now + chrono::Duration::seconds(60));
         assert!(conflict(check_explicit(&held, &acc, 0, 0.0, now)));
+    }
+
+    #[test]
+    fn a_waiting_claim_is_offered_only_what_it_may_take() {
+        let now = time::now();
+        let acc = account(1, None);
+        let task = pending_task(RunnerPreference::Any);
+        let granted: std::collections::HashSet<String> = [task.workspace_id.clone()].into();
+        assert!(may_take(&task, &acc, &granted, now));
+        assert!(
+            !may_take(&task, &acc, &Default::default(), now),
+            "another workspace"
+        );
+        assert!(!may_take(
+            &pending_task(RunnerPreference::User),
+            &acc,
+            &granted,
+            now
+        ));
+        let mut blocked = task.clone();
+        blocked.status = TaskStatus::Blocked;
+        assert!(!may_take(&blocked, &acc, &granted, now));
+        let mut held = task.clone();
+        held.preferred_account_id = Some("acc-other".into());
+        held.preferred_until = Some(now + chrono::Duration::seconds(60));
+        assert!(!may_take(&held, &acc, &granted, now));
+        held.preferred_until = Some(now);
+        assert!(may_take(&held, &acc, &granted, now), "the hold is over");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod retention;
 mod routes;
 mod scheduler;
 mod sweeper;
+mod waiters;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,8 +47,10 @@ pub struct AppState {
     /// wakes waiting claims when a task is created or requeued on any server.
     pub events: Arc<EventHub>,
     /// Woken when a change that writes no event (a new grant) may let a waiting claim
-    /// succeed.
+    /// succeed: [`waiters::run`] then wakes them all.
     pub new_work: Arc<Notify>,
+    /// This server's waiting claims, woken one per task that became claimable.
+    pub waiters: Arc<waiters::Waiters>,
     /// Woken when a schedule is made or resumed here, so the scheduler looks again.
     pub schedules_changed: Arc<Notify>,
     /// Woken when notifications were queued, so the sender looks again.
@@ -107,6 +110,7 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
     let notifier = tokio::spawn(notifier::run(state.clone()));
     let retention = tokio::spawn(retention::run(state.clone()));
     let presence = tokio::spawn(presence::run(state.clone()));
+    let waker = tokio::spawn(waiters::run(state.clone()));
     let shutdown = state.shutdown.clone();
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let served = axum::serve(listener, app)
@@ -117,5 +121,6 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
     notifier.abort();
     retention.abort();
     presence.abort();
+    waker.abort();
     served
 }

@@ -221,6 +221,8 @@ pub trait Store: Send + Sync + 'static {
     /// Whether there was a grant to remove.
     async fn delete_grant(&self, account_id: &str, workspace_id: &str) -> Result<bool>;
     async fn get_grant(&self, account_id: &str, workspace_id: &str) -> Result<Option<Grant>>;
+    /// The workspaces the account may claim in (`canClaim`).
+    async fn claimable_workspaces(&self, account_id: &str) -> Result<Vec<String>>;
 
     /// Stores a new task. With a `source`, the task is linked to the workspace's source
     /// of the same type and external id, which is created if there is none yet; the

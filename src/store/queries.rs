@@ -1499,6 +1499,13 @@ impl<B: Backend> Store for SqlStore<B> {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn claimable_workspaces(&self, account_id: &str) -> Result<Vec<String>> {
+        let sql = "SELECT workspace_id FROM account_workspaces WHERE account_id = $1 AND can_claim";
+        self.all(sql.to_owned(), args![account_id], |r| r.get())
+            .await
+    }
+
     #[tracing::instrument(level = "debug", skip_all, fields(task = %task.id))]
     async fn create_task(&self, task: &Task, source: Option<&Source>) -> Result<Task> {
         let (task, source) = (task.clone(), source.cloned());

@@ -160,7 +160,7 @@ pub async fn grant(
     };
     state.store.put_grant(&grant).await?;
     // Tasks that were waiting for a claimer may have one now.
-    state.new_work.notify_waiters();
+    state.new_work.notify_one();
     Ok(Json(grant))
 }
 

@@ -3,8 +3,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::broadcast;
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -19,9 +17,9 @@ use crate::api::{
 use crate::core::actions::{Action, HeartbeatAnswer, WorkerUpdate};
 use crate::core::claim;
 use crate::core::diff::{self, Diff, NewDiff, ReviewBody};
-use crate::core::events::StoredEvent;
 use crate::core::ids::{IdKind, new_id};
 use crate::core::model::{Account, Attachment, Worker};
+use crate::core::model::{Task, TaskStatus};
 use crate::core::page::{MAX_LIMIT, PageRequest, Position};
 use crate::core::policy::Deed;
 use crate::core::validate::{self, MAX_MESSAGES_PER_BATCH};
@@ -30,6 +28,7 @@ use crate::core::{time, workflow};
 use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult, Body, Params};
+use crate::server::waiters::Waiter;
 use crate::store::{ClaimRequest, Claimed, WorkerFilter};
 
 #[utoipa::path(post, path = "/api/workers/claim", tag = "workers", request_body = Option<ClaimBody>,
@@ -183,8 +182,13 @@ async fn claim_now(
     Ok(claimed)
 }
 
-/// Claims, and while nothing fits, waits for a sign that something may (a task
-/// created or requeued anywhere in the cluster, a new grant) until `wait` is up.
+/// Claims, and while nothing fits, waits until `wait` is up to be offered a task it
+/// may take ([`crate::server::waiters`]): one created or requeued anywhere in the
+/// cluster, or anything after a new grant.
+///
+/// A task offered to this claim that it does not take goes on to the next waiter,
+/// unless it came while this claim was looking: then the look may have missed it,
+/// and this claim looks once more first.
 async fn claim_waiting(
     state: &AppState,
     account: &Account,
@@ -192,38 +196,50 @@ async fn claim_waiting(
     wait: Duration,
 ) -> ApiResult<Vec<Claimed>> {
     let deadline = tokio::time::Instant::now() + wait;
-    // Listen before looking, so a task created between the look and the wait still
+    // Enlist before looking, so a task created between the look and the wait still
     // wakes this claim.
-    let mut events = state.events.subscribe();
+    let enlisted = state
+        .waiters
+        .enlist(state, account, request.workspace_id.as_deref())
+        .await?;
+    let waiter = &enlisted.waiter;
+    let mut woken_for: Option<Task> = None;
     loop {
-        let woken = state.new_work.notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
-
         let claimed = claim_now(state, account, request).await?;
-        if !claimed.is_empty() || tokio::time::Instant::now() >= deadline {
+        let arrived = waiter.take_offer();
+        let took = |task: &Task| claimed.iter().any(|c| c.task.id == task.id);
+        let over = tokio::time::Instant::now() >= deadline;
+        if let Some(task) = woken_for.take().filter(|t| !took(t)) {
+            pass_on(state, waiter, task).await?;
+        }
+        if let Some(task) = arrived.filter(|t| !took(t)) {
+            if claimed.is_empty() && !over {
+                woken_for = Some(task);
+                continue;
+            }
+            pass_on(state, waiter, task).await?;
+        }
+        if !claimed.is_empty() || over {
             return Ok(claimed);
         }
+        state.waiters.requeue(waiter);
         tokio::select! {
-            _ = &mut woken => {}
-            _ = work_offered(&mut events) => {}
+            _ = waiter.woken() => woken_for = waiter.take_offer(),
             _ = tokio::time::sleep_until(deadline) => {}
             _ = state.shutdown.cancelled() => return Ok(Vec::new()),
         }
     }
 }
 
-/// Returns when an event says a task may be claimable now (or when events were
-/// missed, so that the caller looks anyway).
-async fn work_offered(events: &mut broadcast::Receiver<Arc<StoredEvent>>) {
-    loop {
-        match events.recv().await {
-            Ok(event) if event.offers_work() => return,
-            Ok(_) => continue,
-            Err(broadcast::error::RecvError::Lagged(_)) => return,
-            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
-        }
+/// Offers a task this claim was woken for but did not take to the next waiter, while
+/// it is still pending (another claim may have taken it).
+async fn pass_on(state: &AppState, waiter: &Arc<Waiter>, task: Task) -> ApiResult<()> {
+    if let Some(task) = state.store.get_task(&task.id).await?
+        && task.status == TaskStatus::Pending
+    {
+        state.waiters.offer_except(task, Some(waiter));
     }
+    Ok(())
 }
 
 #[utoipa::path(get, path = "/api/workers", tag = "workers", params(WorkerQuery),
