@@ -66,7 +66,7 @@ fn main() {
             assert!(status.is_success());
             streams.push(reader);
         }
-        measure(
+        let idle_rate = measure(
             &format!("{agents} idle event streams"),
             &server,
             &url,
@@ -95,58 +95,80 @@ fn main() {
             CLAIM_WINDOW,
         )
         .await;
-        // New tasks while they wait: how many transactions each one costs (its own
-        // insert, the claims it wakes, the claim that takes it), over the idle rate.
-        let idle = rate(&url, WINDOW).await;
-        let tasks = 20;
-        let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
-        let before = transactions(&mut db).await;
-        let started = std::time::Instant::now();
-        for n in 0..tasks {
-            admin
-                .task(&ws, json!({"title": format!("offered {n}")}))
-                .await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        // Every task is taken, and the claims it woke have settled.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let (_, pending) = admin
-            .get(&format!("/api/tasks/counts?workspaceId={ws}"))
-            .await;
-        let after = transactions(&mut db).await;
-        let spent = started.elapsed().as_secs_f64();
-        let per_task = ((after - before - 1) as f64 - idle * spent) / tasks as f64;
-        println!(
-            "{:<34} {per_task:>6.1} database transactions per created task ({} still pending)",
-            format!("a task for {agents} waiting claims"),
-            pending["byStatus"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|s| s["status"] == "pending")
-                .and_then(|s| s["count"].as_i64())
-                .unwrap_or(-1)
-        );
         stop.store(true, Ordering::Relaxed);
         for w in waiting {
             w.abort();
         }
+
+        // New tasks, with nobody waiting and then while 1,000 claims wait: how many
+        // transactions each costs. With nobody waiting that is the task's insert and
+        // what reads its events (the sequencer, the notifier); the waiting claims add
+        // the claims it wakes. Each claim waits once (30 s), so that no re-issued claim
+        // falls in the window, and the counts are read 9 s after the last task, when
+        // Postgres has flushed them.
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        let (alone, _) = per_task(&admin, &ws, &url, idle_rate, "alone").await;
+        println!(
+            "{:<34} {alone:>6.1} database transactions per created task",
+            "a task, no claim waiting"
+        );
+        let mut once = Vec::new();
+        for i in 0..agents {
+            let api: Api = clients[i % accounts].clone();
+            once.push(tokio::spawn(async move {
+                api.ok("/api/workers/claim", json!({"wait": 30})).await;
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        let (waited, claims) = per_task(&admin, &ws, &url, idle_rate, "offered").await;
+        let (_, counts) = admin
+            .get(&format!("/api/tasks/counts?workspaceId={ws}"))
+            .await;
+        let pending = counts["byStatus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["status"] == "pending")
+            .and_then(|s| s["count"].as_i64())
+            .unwrap_or(-1);
+        println!(
+            "{:<34} {waited:>6.1} database transactions per created task, {claims:.1} of them \
+             claims ({pending} left pending)",
+            format!("a task for {agents} waiting claims"),
+        );
+        for claim in once {
+            claim.abort();
+        }
     });
 }
 
-/// The database's transactions per second over `window`, nothing else happening.
-async fn rate(url: &str, window: Duration) -> f64 {
+/// Creates 20 tasks 0.3 s apart and returns the database transactions each cost
+/// (less the idle rate) and the claim transactions each cost.
+async fn per_task(admin: &Api, ws: &str, url: &str, idle_rate: f64, name: &str) -> (f64, f64) {
+    let tasks = 20;
     let mut db = sqlx::PgConnection::connect(url).await.unwrap();
     let before = transactions(&mut db).await;
-    tokio::time::sleep(window).await;
+    let claims_before = admin.claim_transactions().await;
+    let started = std::time::Instant::now();
+    for n in 0..tasks {
+        admin
+            .task(ws, json!({"title": format!("{name} {n}")}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let claims = admin.claim_transactions().await - claims_before;
     let after = transactions(&mut db).await;
-    (after - before - 1) as f64 / window.as_secs_f64()
+    let window = started.elapsed().as_secs_f64();
+    // Less the idle streams' rate (the sequencer's backstop) and the two counts.
+    let spent = (after - before - 2) as f64 - idle_rate * window;
+    (spent / tasks as f64, claims / tasks as f64)
 }
 
 /// Settles, then counts the database's transactions over the window. Backends
 /// report their counts lazily (up to about 10 s when idle), so the settling time is
 /// longer than that: setup work must not be counted as idle work.
-async fn measure(label: &str, server: &Server, url: &str, window: Duration) {
+async fn measure(label: &str, server: &Server, url: &str, window: Duration) -> f64 {
     tokio::time::sleep(SETTLE).await;
     let mut db = sqlx::PgConnection::connect(url).await.unwrap();
     let before = transactions(&mut db).await;
@@ -159,6 +181,7 @@ async fn measure(label: &str, server: &Server, url: &str, window: Duration) {
         rss_mib(server.pid()),
         per_second
     );
+    per_second
 }
 
 async fn transactions(db: &mut sqlx::PgConnection) -> i64 {

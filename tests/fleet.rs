@@ -452,26 +452,28 @@ async fn service_install_writes_a_unit_systemd_accepts_and_a_plist_that_parses()
         "echo 100% done for $USER",
     ];
 
+    // What `service install --dry-run` prints for `manager`.
+    let dry_run = |manager: &str| {
+        let out = buildd_at(home.path())
+            .args([
+                "agent",
+                "service",
+                "install",
+                "--dry-run",
+                "--manager",
+                manager,
+            ])
+            .args(["--server", &server.url])
+            .args(flags)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+
     // systemd: the unit as written, checked by systemd's own verifier.
-    let out = buildd_at(home.path())
-        .args([
-            "agent",
-            "service",
-            "install",
-            "--dry-run",
-            "--manager",
-            "systemd",
-        ])
-        .args(["--server", &server.url])
-        .args(flags)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed = String::from_utf8(out.stdout).unwrap();
+    let printed = dry_run("systemd");
     assert!(!printed.contains(&key), "the key is never in the unit");
     assert!(printed.contains("systemctl --user enable --now buildd-agent.service"));
     let unit: String = printed
@@ -516,25 +518,7 @@ async fn service_install_writes_a_unit_systemd_accepts_and_a_plist_that_parses()
     assert!(String::from_utf8_lossy(&verified.stderr).contains("KillMood"));
 
     // launchd: the property list, parsed by Python's plistlib.
-    let out = buildd_at(home.path())
-        .args([
-            "agent",
-            "service",
-            "install",
-            "--dry-run",
-            "--manager",
-            "launchd",
-        ])
-        .args(["--server", &server.url])
-        .args(flags)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed = String::from_utf8(out.stdout).unwrap();
+    let printed = dry_run("launchd");
     assert!(!printed.contains(&key));
     let plist: String = printed
         .lines()

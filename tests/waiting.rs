@@ -21,26 +21,6 @@ fn waiting_claim(api: &Api) -> JoinHandle<(Value, Duration)> {
     })
 }
 
-/// How many claim transactions the server has run (`/metrics`).
-async fn claim_transactions(api: &Api) -> f64 {
-    let text = api
-        .http
-        .get(format!("{}/metrics", api.base))
-        .bearer_auth(&api.token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("buildd_claim_duration_seconds_count "))
-        .unwrap_or_else(|| panic!("no claim count in:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Lets waiting claims reach their wait.
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -62,7 +42,7 @@ async fn a_new_task_wakes_one_waiting_claim_and_the_rest_sleep_on(server: Server
         claims.push(waiting_claim(&server.client(&key)));
         settle().await;
     }
-    let before = claim_transactions(&admin).await;
+    let before = admin.claim_transactions().await;
     let first = admin.task(&ws, json!({"title": "one"})).await;
     // The oldest waiter takes it.
     let (claimed, waited) = claims.remove(0).await.unwrap();
@@ -74,7 +54,7 @@ async fn a_new_task_wakes_one_waiting_claim_and_the_rest_sleep_on(server: Server
         "the others sleep on"
     );
     // One claim transaction for one task, not one per waiter.
-    let spent = claim_transactions(&admin).await - before;
+    let spent = admin.claim_transactions().await - before;
     assert_eq!(spent, 1.0, "claim transactions for one new task");
     // One task each for the rest: every one is taken, each by one claim.
     for n in 0..4 {

@@ -370,6 +370,24 @@ impl Api {
         (status, value)
     }
 
+    /// How many claim transactions the server has run (`/metrics`, for the admin).
+    pub async fn claim_transactions(&self) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("buildd_claim_duration_seconds_count "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no claim count in:\n{text}"))
+    }
+
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
         self.call(Method::GET, path, None).await
     }
