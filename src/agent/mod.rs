@@ -175,7 +175,8 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
 
     loop {
         let free = config.max_tasks as usize - jobs.len();
-        let claiming_over = draining.is_cancelled() || (config.once && once_outcome.is_some());
+        let claiming_over =
+            draining.is_cancelled() || (config.once && once_outcome.is_some()) || idle_exit;
         if want_claim && free > 0 && !claiming_over && retry_at.is_none() && blocked.is_none() {
             want_claim = false;
             let claim = ClaimBody {
@@ -301,7 +302,7 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
                     if now.is_none() {
                         want_claim = true;
                         steer_yielded(&config.client, std::mem::take(&mut yielded), false);
-                    } else if config.yield_runs {
+                    } else if config.yield_runs && blocked.is_none() {
                         yielded = nudges.keys().cloned().collect();
                         steer_yielded(&config.client, yielded.clone(), true);
                     }
