@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use common::agent::{
-    Agent, FAKE_CREDENTIALS, FakeAnthropic, FakeGitHub, LONG, Repo, claude_code, process_gone,
-    scripted_agent, task, wait_task, wait_until, worker_of, workspace_and_key,
+    Agent, FakeAnthropic, FakeGitHub, LONG, Repo, claude_code, process_gone, scripted_agent, task,
+    wait_task, wait_until, worker_of, workspace_and_key,
 };
 use common::{Server, github};
 
@@ -250,8 +250,8 @@ async fn the_agent_refuses_the_admin_token_and_a_directory_that_is_not_a_checkou
         &server.url,
         common::ADMIN,
         repo.path(),
+        &["--command", "true"],
         &[],
-        &[FAKE_CREDENTIALS],
     );
     assert!(!agent.exit(LONG).await.success());
     assert!(
@@ -260,7 +260,7 @@ async fn the_agent_refuses_the_admin_token_and_a_directory_that_is_not_a_checkou
         agent.log()
     );
     let plain = tempfile::tempdir().unwrap();
-    let mut agent = Agent::start(&server.url, &key, plain.path(), &[], &[FAKE_CREDENTIALS]);
+    let mut agent = Agent::start(&server.url, &key, plain.path(), &["--command", "true"], &[]);
     assert!(!agent.exit(LONG).await.success());
     assert!(
         agent.log().contains("is not a git checkout"),
@@ -269,15 +269,15 @@ async fn the_agent_refuses_the_admin_token_and_a_directory_that_is_not_a_checkou
     );
 
     // Two agents cannot share one state directory (worktrees and spool).
-    let first = Agent::start(&server.url, &key, repo.path(), &[], &[FAKE_CREDENTIALS]);
+    let first = Agent::start(&server.url, &key, repo.path(), &["--command", "true"], &[]);
     first.ready().await;
     let mut second = Agent::restart_from(
         &first.state_dir,
         &server.url,
         &key,
         repo.path(),
+        &["--command", "true"],
         &[],
-        &[FAKE_CREDENTIALS],
     );
     assert!(!second.exit(LONG).await.success());
     assert!(

@@ -73,6 +73,8 @@ store_suite!(
     a_runs_diff_is_kept_and_replaced_whole,
     a_workers_token_lives_as_long_as_the_worker,
     a_subtasks_parent_is_a_task_of_its_workspace,
+    claims_take_only_tasks_whose_runner_they_list,
+    a_runner_failure_moves_the_task_to_its_fallback,
 );
 
 type Db = Arc<dyn Store>;
@@ -148,6 +150,7 @@ async fn claim_at(db: &Db, a: &Account, max_tasks: u32, now: Timestamp) -> Vec<(
         &ClaimRequest {
             max_tasks,
             workspace_id: None,
+            runners: Vec::new(),
         },
         now,
     )
@@ -1107,6 +1110,7 @@ async fn usage_counters_match_the_rows_after_random_operations(db: Db) {
                 let request = ClaimRequest {
                     max_tasks: rng.random_range(1..=2),
                     workspace_id: None,
+                    runners: Vec::new(),
                 };
                 let got = db.claim(a, &request, now).await.unwrap();
                 workers.extend(got.into_iter().map(|c| c.worker.id));
@@ -1780,6 +1784,7 @@ async fn a_workers_token_lives_as_long_as_the_worker(db: Db) {
     let request = ClaimRequest {
         max_tasks: 1,
         workspace_id: None,
+        runners: Vec::new(),
     };
     let claimed = db.claim(&a, &request, time::now()).await.unwrap();
     let explicit = db.claim_task(&a, &second.id, time::now()).await.unwrap();
@@ -1856,4 +1861,133 @@ async fn a_subtasks_parent_is_a_task_of_its_workspace(db: Db) {
     let links = db.task_links(&parent.id).await.unwrap();
     assert_eq!(links.children.len(), 1);
     assert_eq!(links.children[0].id, child.id);
+}
+
+/// A claim listing `runners`.
+async fn claim_with(db: &Db, a: &Account, runners: &[&str]) -> Vec<(Worker, Task)> {
+    let request = ClaimRequest {
+        max_tasks: 10,
+        workspace_id: None,
+        runners: runners.iter().map(|r| r.to_string()).collect(),
+    };
+    db.claim(a, &request, time::now())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.worker, c.task))
+        .collect()
+}
+
+/// A pending task that names `runner` (and `fallback`).
+async fn task_for(db: &Db, ws: &Workspace, runner: &str, fallback: Option<&str>) -> Task {
+    let task = Task {
+        runner: Some(runner.into()),
+        model: Some(format!("{runner}-model")),
+        fallback_runner: fallback.map(str::to_owned),
+        max_attempts: 3,
+        ..Task::new(ws.id.clone(), &format!("for {runner}"), time::now())
+    };
+    db.create_task(&task, None).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    task
+}
+
+async fn claims_take_only_tasks_whose_runner_they_list(db: Db) {
+    let ws = new_workspace(&db).await;
+    let a = account(AccountType::Service, 10, None);
+    new_account(&db, &a).await;
+    grant(&db, &a, &ws, true).await;
+    let codex = task_for(&db, &ws, "codex", None).await;
+    let gemini = task_for(&db, &ws, "gemini", None).await;
+    // One name a prefix of another: found whole, not as a part.
+    let gem = task_for(&db, &ws, "gem", None).await;
+    let anyone = new_task(&db, &ws, RunnerPreference::Any, 0, 3).await;
+
+    // A claim that lists nothing takes only the task that names no runner.
+    let got = claim_with(&db, &a, &[]).await;
+    let ids: Vec<&str> = got.iter().map(|(_, t)| t.id.as_str()).collect();
+    assert_eq!(ids, [anyone.id.as_str()]);
+    let request = ClaimRequest {
+        max_tasks: 1,
+        workspace_id: None,
+        runners: vec!["claude".into()],
+    };
+    let backlog = db.backlog(&a, &request, time::now()).await.unwrap();
+    assert_eq!(
+        buildd::core::claim::why_empty(&backlog),
+        buildd::core::claim::EmptyClaim::NoRunner,
+        "{backlog:?}"
+    );
+    assert!(
+        claim_with(&db, &a, &["claude", "gemini-pro"])
+            .await
+            .is_empty()
+    );
+
+    // An agent with gemini takes gemini's task only; the worker records runner
+    // and model from the task.
+    let got = claim_with(&db, &a, &["claude", "gemini"]).await;
+    assert_eq!(got.len(), 1);
+    let (worker, task) = &got[0];
+    assert_eq!(task.id, gemini.id);
+    assert_eq!(worker.runner.as_deref(), Some("gemini"));
+    assert_eq!(worker.model.as_deref(), Some("gemini-model"));
+    let stored = db.get_worker(&worker.id).await.unwrap().unwrap();
+    assert_eq!(stored.runner.as_deref(), Some("gemini"));
+
+    let got = claim_with(&db, &a, &["gem", "codex"]).await;
+    let mut ids: Vec<&str> = got.iter().map(|(_, t)| t.id.as_str()).collect();
+    ids.sort();
+    let mut want = [codex.id.as_str(), gem.id.as_str()];
+    want.sort();
+    assert_eq!(ids, want);
+}
+
+async fn a_runner_failure_moves_the_task_to_its_fallback(db: Db) {
+    use buildd::core::runners::RunnerFailure;
+    let ws = new_workspace(&db).await;
+    let a = account(AccountType::Service, 10, None);
+    new_account(&db, &a).await;
+    grant(&db, &a, &ws, true).await;
+    let task = task_for(&db, &ws, "claude", Some("codex")).await;
+
+    let (worker, _) = claim_with(&db, &a, &["claude"]).await.remove(0);
+    // The agent says which model it ran; a plain error keeps the runner.
+    let update = WorkerUpdate {
+        status: Some(WorkerStatus::Error),
+        error: Some("the tests failed".into()),
+        model: Some("claude-opus-4-5".into()),
+        ..WorkerUpdate::default()
+    };
+    let applied = db
+        .apply(&worker.id, Action::update(update), time::now())
+        .await
+        .unwrap();
+    assert_eq!(applied.task.runner.as_deref(), Some("claude"));
+    let stored = db.get_worker(&worker.id).await.unwrap().unwrap();
+    assert_eq!(stored.model.as_deref(), Some("claude-opus-4-5"));
+
+    // The quota runs out: the next attempt is codex's, with the agent's model.
+    let (worker, _) = claim_with(&db, &a, &["claude"]).await.remove(0);
+    let update = WorkerUpdate {
+        status: Some(WorkerStatus::Error),
+        error: Some("API Error: 429".into()),
+        failure: Some(RunnerFailure::Quota),
+        ..WorkerUpdate::default()
+    };
+    let applied = db
+        .apply(&worker.id, Action::update(update), time::now())
+        .await
+        .unwrap();
+    assert_eq!(applied.task.status, TaskStatus::Pending);
+    assert_eq!(applied.task.runner.as_deref(), Some("codex"));
+    assert_eq!(applied.task.model, None);
+    let error = applied.worker.unwrap().error.unwrap();
+    assert!(error.contains("next attempt runs with codex"), "{error}");
+    let stored = db.get_task(&task.id).await.unwrap().unwrap();
+    assert_eq!(stored.runner.as_deref(), Some("codex"));
+    assert!(claim_with(&db, &a, &["claude"]).await.is_empty());
+    let (worker, _) = claim_with(&db, &a, &["codex"]).await.remove(0);
+    assert_eq!(worker.runner.as_deref(), Some("codex"));
+    assert_eq!(worker.model, None);
 }

@@ -15,6 +15,15 @@ use tokio::process::Command;
 use super::runner::{
     Finish, LineReport, OutputParser, RunSpec, Runner, TOOLS_SERVER, unattended_instructions,
 };
+use crate::core::runners::{self, RunnerFailure, Tokens};
+
+/// The environment variables that authenticate Claude Code: a seat, API billing, a
+/// gateway's token. (Bedrock and Vertex use the cloud's own credentials.)
+pub const CLAUDE_CREDENTIALS: [&str; 3] = [
+    "CLAUDE_CODE_OAUTH_TOKEN",
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+];
 
 /// The tools a run may use unless `--allowed-tools` says otherwise.
 pub const DEFAULT_ALLOWED_TOOLS: &str =
@@ -29,8 +38,12 @@ pub struct ClaudeRunner {
 }
 
 impl Runner for ClaudeRunner {
-    fn name(&self) -> &'static str {
-        "claude"
+    fn name(&self) -> &str {
+        runners::CLAUDE
+    }
+
+    fn credentials(&self) -> Option<&'static [&'static str]> {
+        Some(&CLAUDE_CREDENTIALS)
     }
 
     fn command(&self, spec: &RunSpec) -> Command {
@@ -62,7 +75,7 @@ impl Runner for ClaudeRunner {
             .arg(allowed)
             .arg("--append-system-prompt")
             .arg(unattended_instructions(spec));
-        if let Some(model) = &self.model {
+        if let Some(model) = spec.model.as_ref().or(self.model.as_ref()) {
             command.arg("--model").arg(model);
         }
         if let Some(turns) = self.max_turns {
@@ -139,6 +152,7 @@ impl OutputParser for StreamJson {
         match message["type"].as_str() {
             Some("system") => {
                 report.session_id = message["session_id"].as_str().map(str::to_owned);
+                report.model = message["model"].as_str().map(str::to_owned);
             }
             Some("assistant") => {
                 let m = &message["message"];
@@ -162,12 +176,19 @@ impl OutputParser for StreamJson {
                     .as_bool()
                     .unwrap_or(subtype != "success");
                 let text = text.unwrap_or_else(|| format!("the run ended: {subtype}"));
+                let signed_out = is_error && not_signed_in(&message, &text);
                 report.finish = Some(Finish {
                     structured: message
                         .get("structured_output")
                         .filter(|v| !v.is_null())
                         .cloned(),
-                    text: match is_error && not_signed_in(&message, &text) {
+                    failure: match message["api_error_status"].as_i64() {
+                        _ if !is_error => None,
+                        _ if signed_out => Some(RunnerFailure::Auth),
+                        Some(429) => Some(RunnerFailure::Quota),
+                        _ => super::runner::failure_in(&text),
+                    },
+                    text: match signed_out {
                         true => format!(
                             "Claude Code is not authenticated on the agent's machine: set CLAUDE_CODE_OAUTH_TOKEN or ANTHROPIC_API_KEY for the agent, or sign Claude Code in as the agent's user (claude, then /login). Claude Code said: {text}"
                         ),
@@ -193,24 +214,19 @@ fn not_signed_in(result: &Value, text: &str) -> bool {
             .any(|sign| text.contains(sign))
 }
 
-/// Dollars for one assistant message's token usage at list prices per million tokens
-/// (input, output), with cache writes at 1.25× and cache reads at 0.1× input. Only
-/// an estimate while the run goes on (the output count in a streamed message is
-/// partial); the run's `result` carries the exact cost, which replaces it.
+/// Dollars for one assistant message's token usage at list prices
+/// ([`runners::cost_usd`]). Only an estimate while the run goes on (the output count
+/// in a streamed message is partial); the run's `result` carries the exact cost,
+/// which replaces it.
 fn estimate_usd(model: &str, usage: &Value) -> f64 {
-    let (input, output) = if model.contains("haiku") {
-        (1.0, 5.0)
-    } else if model.contains("opus") {
-        (5.0, 25.0)
-    } else {
-        (3.0, 15.0)
-    };
     let tokens = |k: &str| usage[k].as_f64().unwrap_or(0.0);
-    (tokens("input_tokens") * input
-        + tokens("cache_creation_input_tokens") * input * 1.25
-        + tokens("cache_read_input_tokens") * input * 0.1
-        + tokens("output_tokens") * output)
-        / 1_000_000.0
+    let used = Tokens {
+        input: tokens("input_tokens"),
+        cached_input: tokens("cache_read_input_tokens"),
+        cache_write: tokens("cache_creation_input_tokens"),
+        output: tokens("output_tokens"),
+    };
+    runners::cost_usd(model, used)
 }
 
 #[cfg(test)]
@@ -239,6 +255,7 @@ mod tests {
                 text: "Done.".into(),
                 is_error: false,
                 structured: None,
+                failure: None,
             })
         );
         let plain = p.line("not json");
@@ -249,6 +266,9 @@ mod tests {
         let unsigned = p.line(r#"{"type":"result","subtype":"success","is_error":true,"api_error_status":null,"num_turns":1,"result":"Not logged in · Please run /login","total_cost_usd":0}"#);
         let finish = unsigned.finish.unwrap();
         assert!(finish.is_error);
+        assert_eq!(finish.failure, Some(RunnerFailure::Auth));
+        let limited = p.line(r#"{"type":"result","subtype":"success","is_error":true,"api_error_status":429,"result":"API Error: 429","total_cost_usd":0}"#);
+        assert_eq!(limited.finish.unwrap().failure, Some(RunnerFailure::Quota));
         assert!(
             finish
                 .text

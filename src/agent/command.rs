@@ -3,7 +3,7 @@
 //! The program finds the prompt in `BUILDD_PROMPT` and works in its current directory
 //! (the task's worktree); `BUILDD_TASK_ID` and `BUILDD_WORKER_ID` say which task.
 //! `BUILDD_RESUME` holds the session id it printed before, when a run carries on after
-//! a question or a pause. `BUILDD_MCP_URL` and `BUILDD_WORKER_TOKEN` (and
+//! a question or a pause; `BUILDD_MODEL` the task's model, when it names one. `BUILDD_MCP_URL` and `BUILDD_WORKER_TOKEN` (and
 //! `BUILDD_MCP_CONFIG`, the same as an MCP client configuration file) reach buildd's
 //! tools for the run. Each line it prints is a message of
 //! the run. A line of Claude's stream-json (a JSON object with a `type`) is read like
@@ -19,12 +19,18 @@ use super::runner::{LineReport, OutputParser, RunSpec, Runner, unattended_instru
 
 #[derive(Debug, Clone)]
 pub struct CommandRunner {
+    /// What it is advertised as: `command`, or the name `--runner NAME=…` gave it.
+    pub name: String,
     pub command: String,
 }
 
 impl Runner for CommandRunner {
-    fn name(&self) -> &'static str {
-        "command"
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn credentials(&self) -> Option<&'static [&'static str]> {
+        None
     }
 
     fn command(&self, spec: &RunSpec) -> Command {
@@ -50,6 +56,10 @@ impl Runner for CommandRunner {
         }
         if let Some(budget) = spec.budget_usd {
             command.env("BUILDD_BUDGET_USD", format!("{budget:.4}"));
+        }
+        command.env_remove("BUILDD_MODEL");
+        if let Some(model) = &spec.model {
+            command.env("BUILDD_MODEL", model);
         }
         command
     }

@@ -21,13 +21,14 @@ use super::github::{self, PullRequest};
 use super::output::{self, Outbox, RunOutput, shortened};
 use super::process::RunProcess;
 use super::prompt;
-use super::runner::{Finish, RunSpec, RunTools, Runner, question_in};
+use super::runner::{ALL_CREDENTIALS, Finish, RunSpec, RunTools, Runner, question_in};
 use super::spool::{Delivery, FinalReport, SHUTDOWN_DELIVERY_LIMIT, Spool};
 use crate::api::{
     ClaimedWorker, Plan, RunControl, RunResult, Task, TaskMode, Worker, WorkerStatus, WorkerUpdate,
 };
 use crate::client::{Client, ClientError};
 use crate::core::actions::MAX_TEXT_LEN;
+use crate::core::runners::RunnerFailure;
 
 /// How often buffered output is sent to the server.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
@@ -48,7 +49,6 @@ pub struct PrSettings {
 /// What every job of one agent shares.
 pub struct JobContext {
     pub client: Client,
-    pub runner: Arc<dyn Runner>,
     /// The user's checkout, which worktrees branch from.
     pub repo: PathBuf,
     pub worktrees: PathBuf,
@@ -97,6 +97,12 @@ enum Control {
 
 pub struct Job {
     ctx: Arc<JobContext>,
+    /// What runs the task: the runner it names, or the agent's default.
+    runner: Arc<dyn Runner>,
+    /// The model its runner said it runs, or the task's.
+    model: Option<String>,
+    /// Why the run failed, when its runner was at fault.
+    failure: Option<RunnerFailure>,
     worker: Worker,
     task: Task,
     heartbeat_every: Duration,
@@ -127,6 +133,7 @@ pub struct Job {
 impl Job {
     pub fn new(
         ctx: Arc<JobContext>,
+        runner: Arc<dyn Runner>,
         claimed: ClaimedWorker,
         heartbeat_every: Duration,
         nudge: Arc<Notify>,
@@ -139,6 +146,9 @@ impl Job {
         let worktree = ctx.worktrees.join(&task.id);
         let branch = crate::core::github::branch_of(&task);
         Job {
+            runner,
+            model: task.model.clone(),
+            failure: None,
             ctx,
             worker,
             task,
@@ -171,6 +181,8 @@ impl Job {
         let starting = WorkerUpdate {
             status: Some(WorkerStatus::Starting),
             branch: Some(self.branch.clone()),
+            runner: Some(self.runner.name().to_owned()),
+            model: self.model.clone(),
             ..WorkerUpdate::default()
         };
         if let Err(e) = self.patch(&starting).await {
@@ -181,7 +193,7 @@ impl Job {
         }
         let first = prompt::first_run(
             &self.ctx.client,
-            self.ctx.runner.as_ref(),
+            self.runner.as_ref(),
             &self.task,
             self.worktree.clone(),
         )
@@ -229,7 +241,10 @@ impl Job {
             self.cost_before = self.cost;
             self.turns_before = self.turns;
             prompt = match segment {
-                Segment::Finished(finish) if finish.is_error => return End::Failed(finish.text),
+                Segment::Finished(finish) if finish.is_error => {
+                    self.failure = finish.failure;
+                    return End::Failed(finish.text);
+                }
                 Segment::Finished(finish) => match question_in(&finish.text) {
                     // Instructions that came while the run went on and could not be
                     // given to it then: the same session gets them before the end.
@@ -253,7 +268,7 @@ impl Job {
                     },
                 },
                 Segment::Paused => match self.wait_for_start().await {
-                    Ok(()) => self.ctx.runner.carry_on_prompt().to_owned(),
+                    Ok(()) => self.runner.carry_on_prompt().to_owned(),
                     Err(end) => return end,
                 },
                 Segment::Cancelled => return End::Cancelled,
@@ -287,23 +302,29 @@ impl Job {
             budget_usd: budget,
             plan_schema: (self.task.mode == TaskMode::Plan).then(prompt::plan_schema),
             tools: self.tools.clone(),
+            model: self.task.model.clone(),
         };
-        let mut command = self.ctx.runner.command(&spec);
+        let mut command = self.runner.command(&spec);
         command.current_dir(&self.worktree);
         // The account key is the agent's, not the run's.
         command
             .env_remove("BUILDD_API_KEY")
             .env("BUILDD_TASK_ID", &self.task.id)
             .env("BUILDD_WORKER_ID", &self.worker.id);
-        let first_line = self.ctx.runner.input_line(&spec.prompt);
+        // A coding CLI gets its own credentials and no other runner's.
+        if let Some(own) = self.runner.credentials() {
+            for name in ALL_CREDENTIALS.iter().filter(|n| !own.contains(n)) {
+                command.env_remove(name);
+            }
+        }
+        let first_line = self.runner.input_line(&spec.prompt);
         let (mut process, stdout, stdin) = match RunProcess::spawn(command, first_line.is_some()) {
             Ok(started) => started,
             Err(e) => {
-                return Segment::Finished(Finish {
-                    text: format!("cannot start the runner: {e}"),
-                    is_error: true,
-                    structured: None,
-                });
+                return Segment::Finished(Finish::error(format!(
+                    "cannot start the runner ({}): {e}",
+                    self.runner.name()
+                )));
             }
         };
         self.output.start_run();
@@ -313,7 +334,7 @@ impl Job {
         }
         let mut reader = tokio::spawn(output::read_output(
             stdout,
-            self.ctx.runner.parser(),
+            self.runner.parser(),
             self.output.clone(),
         ));
         let reporting = CancellationToken::new();
@@ -371,26 +392,25 @@ impl Job {
         };
         self.report_progress().await;
         let report = self.output.report();
-        let finish = report.finish.unwrap_or_else(|| {
-            let ok = status.as_ref().is_ok_and(|s| s.success());
-            Finish {
-                text: if ok {
-                    report.last_line
-                } else {
-                    format!(
+        let finish =
+            report
+                .finish
+                .unwrap_or_else(|| match status.as_ref().is_ok_and(|s| s.success()) {
+                    true => Finish {
+                        text: report.last_line,
+                        is_error: false,
+                        structured: None,
+                        failure: None,
+                    },
+                    false => Finish::error(format!(
                         "the runner failed ({}): {}",
                         describe(&status),
                         report.last_line
-                    )
-                },
-                is_error: !ok,
-                structured: None,
-            }
-        });
+                    )),
+                });
         Segment::Finished(Finish {
             text: shortened(&finish.text, MAX_TEXT_LEN),
-            is_error: finish.is_error,
-            structured: finish.structured,
+            ..finish
         })
     }
 
@@ -404,7 +424,7 @@ impl Job {
         }
         if !self.instructions.is_empty() {
             let text = self.instructions.join("\n\n");
-            if let Some(line) = self.ctx.runner.input_line(&text)
+            if let Some(line) = self.runner.input_line(&text)
                 && input.send(&line).await
             {
                 info!(task = %self.task.id, "passed an instruction to the running session");
@@ -428,6 +448,9 @@ impl Job {
         }
         if let Some(cost) = report.cost_usd {
             self.cost = self.cost_before + cost;
+        }
+        if report.model.is_some() {
+            self.model = report.model;
         }
     }
 
@@ -455,7 +478,7 @@ impl Job {
                 // question, which it will ask again if it still needs to.
                 Control::Pause => {
                     self.wait_for_start().await?;
-                    return Ok(self.ctx.runner.carry_on_prompt().to_owned());
+                    return Ok(self.runner.carry_on_prompt().to_owned());
                 }
                 Control::Lost(reason) => return Err(End::Interrupted(reason)),
                 Control::Stop => return Err(stopped_waiting()),
@@ -558,6 +581,8 @@ impl Job {
             session_id: self.session_id.clone(),
             cost_usd: Some(self.cost),
             turns: Some(self.turns),
+            runner: Some(self.runner.name().to_owned()),
+            model: self.model.clone(),
             ..WorkerUpdate::default()
         }
     }
@@ -654,7 +679,12 @@ impl Job {
                 update.status = Some(WorkerStatus::Completed);
                 update.result = serde_json::to_value(result).ok();
             }
-            End::Failed(reason) | End::Interrupted(reason) => {
+            End::Failed(reason) => {
+                update.status = Some(WorkerStatus::Error);
+                update.error = Some(shortened(reason, MAX_TEXT_LEN));
+                update.failure = self.failure;
+            }
+            End::Interrupted(reason) => {
                 update.status = Some(WorkerStatus::Error);
                 update.error = Some(shortened(reason, MAX_TEXT_LEN));
             }

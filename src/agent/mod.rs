@@ -16,7 +16,9 @@
 
 pub mod availability;
 pub mod claude;
+pub mod codex;
 pub mod command;
+pub mod gemini;
 mod git;
 mod github;
 pub mod idle;
@@ -26,6 +28,7 @@ mod presence;
 mod process;
 mod prompt;
 pub mod runner;
+pub mod runners;
 mod spool;
 
 use std::collections::HashMap;
@@ -50,7 +53,7 @@ use crate::core::{agents, lease, version};
 use availability::Availability;
 pub use job::PrSettings;
 use job::{Job, JobContext};
-use runner::Runner;
+use runners::RunnerSet;
 use spool::Spool;
 
 /// How often an idle agent claims even though no event said so.
@@ -67,7 +70,8 @@ pub struct Config {
     pub dir: PathBuf,
     /// Where worktrees and the spool live.
     pub state_dir: PathBuf,
-    pub runner: Arc<dyn Runner>,
+    /// The runners it has; the first runs tasks that name none.
+    pub runners: Arc<RunnerSet>,
     pub grace: Duration,
     pub push: bool,
     pub pr: Option<PrSettings>,
@@ -109,7 +113,6 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
     let stopping = CancellationToken::new();
     let ctx = Arc::new(JobContext {
         client: config.client.clone(),
-        runner: config.runner.clone(),
         repo,
         worktrees,
         tools_dir,
@@ -125,13 +128,14 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
         agent = %agent_id,
         server = config.client.server(),
         max_tasks = config.max_tasks,
+        runners = %config.runners.names().join(","),
         state = %agents::state_of(blocked, 0),
         "agent ready"
     );
     let describe = |running: Vec<String>, blocked: Option<AgentState>| AgentReport {
         hostname: presence::hostname(),
         version: version::VERSION.to_owned(),
-        runners: vec![config.runner.name().to_owned()],
+        runners: config.runners.names(),
         state: agents::state_of(blocked, running.len()),
         running,
     };
@@ -183,6 +187,7 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
                 max_tasks: Some(free as u32),
                 workspace_id: config.workspace_id.clone(),
                 wait: None,
+                runners: config.runners.names(),
             };
             let claimed = match &config.task {
                 Some(task_id) => config.client.claim_task(task_id).await,
@@ -209,14 +214,28 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
                         let claimed = match entry {
                             ClaimEntry::Readable(claimed) => *claimed,
                             ClaimEntry::Unreadable { worker_id, error } => {
-                                release_unreadable(&config.client, worker_id, error);
+                                give_back(
+                                    &config.client,
+                                    worker_id,
+                                    format!(
+                                        "the agent could not read this claim: unexpected answer from the server: {error}"
+                                    ),
+                                );
+                                continue;
+                            }
+                        };
+                        // Only a task claimed by id can name a runner this agent lacks.
+                        let runner = match config.runners.pick(claimed.task.runner.as_deref()) {
+                            Ok(runner) => runner,
+                            Err(why) => {
+                                give_back(&config.client, Some(claimed.worker.id), why);
                                 continue;
                             }
                         };
                         let nudge = Arc::new(Notify::new());
                         let worker_id = claimed.worker.id.clone();
                         nudges.insert(worker_id.clone(), (claimed.task.id.clone(), nudge.clone()));
-                        let job = Job::new(ctx.clone(), claimed, heartbeat_every, nudge);
+                        let job = Job::new(ctx.clone(), runner, claimed, heartbeat_every, nudge);
                         jobs.spawn(async move { (worker_id, job.run().await) });
                     }
                     if config.once {
@@ -365,22 +384,22 @@ fn steer_yielded(client: &Client, workers: Vec<String>, pause: bool) {
 /// Gives back a claimed worker whose entry this agent cannot read (a server newer than
 /// it, say), so that its task goes to another agent instead of waiting out its lease;
 /// the other tasks of the claim run as usual.
-fn release_unreadable(client: &Client, worker_id: Option<String>, error: String) {
-    warn!(error = %error, "cannot read a claimed task; giving it back");
+/// Gives back a claimed worker the agent cannot run (`why`): it ends in `error`, and
+/// its task goes back to the queue for another attempt.
+fn give_back(client: &Client, worker_id: Option<String>, why: String) {
+    warn!(error = %why, "cannot run a claimed task; giving it back");
     let Some(worker_id) = worker_id else {
         return;
     };
     let client = client.clone();
     let update = WorkerUpdate {
         status: Some(WorkerStatus::Error),
-        error: Some(format!(
-            "the agent could not read this claim: unexpected answer from the server: {error}"
-        )),
+        error: Some(why),
         ..WorkerUpdate::default()
     };
     tokio::spawn(async move {
         if let Err(e) = client.update_worker(&worker_id, &update).await {
-            warn!(worker = %worker_id, error = %e, "cannot give back an unreadable claim; its lease will expire");
+            warn!(worker = %worker_id, error = %e, "cannot give back a claimed task; its lease will expire");
         }
     });
 }

@@ -252,6 +252,8 @@ pub struct RunReport {
     /// Turns and cost of this run (not counting earlier runs of the task).
     pub turns: Option<i64>,
     pub cost_usd: Option<f64>,
+    /// The model the run said it uses.
+    pub model: Option<String>,
     pub finish: Option<Finish>,
     /// How many messages sent on stdin the run has taken.
     pub inputs_taken: usize,
@@ -372,6 +374,9 @@ fn take_line(bytes: &[u8], length: usize, parser: &mut dyn OutputParser, output:
         if parsed.cost_usd.is_some() {
             report.cost_usd = parsed.cost_usd;
         }
+        if parsed.model.is_some() {
+            report.model = parsed.model;
+        }
         if parsed.took_input {
             report.inputs_taken += 1;
             report.idle = false;
@@ -397,6 +402,7 @@ mod tests {
 
     async fn read(bytes: Vec<u8>) -> (Vec<Value>, RunReport) {
         let runner = CommandRunner {
+            name: "command".into(),
             command: String::new(),
         };
         let output = RunOutput::new(Outbox::new());

@@ -1,6 +1,7 @@
 //! Runners: the programs that do a task's work. One small trait, so that buildd is not
-//! tied to one vendor: Claude Code is the default, and [`super::command`] runs any
-//! program.
+//! tied to one vendor: Claude Code ([`super::claude`]), Codex ([`super::codex`]),
+//! Gemini ([`super::gemini`]), and [`super::command`] for any program. Which of them
+//! this machine has is [`super::runners`]'s to find.
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +9,7 @@ use serde_json::Value;
 use tokio::process::Command;
 
 use crate::core::messages::QUESTION_MARKER;
+use crate::core::runners::RunnerFailure;
 
 /// One run of a runner: a task's first run, or a later one carrying on its session.
 #[derive(Debug, Clone)]
@@ -25,6 +27,8 @@ pub struct RunSpec {
     pub plan_schema: Option<String>,
     /// buildd's own tools for the run, when the server offers them.
     pub tools: Option<RunTools>,
+    /// The task's model, over the runner's default.
+    pub model: Option<String>,
 }
 
 /// buildd's own tools for one run: the server's `/mcp` with the worker's token, which
@@ -95,6 +99,21 @@ pub struct Finish {
     pub is_error: bool,
     /// Structured output, when the run was asked for it and gave it.
     pub structured: Option<Value>,
+    /// For an error: the runner's own reason (quota, sign-in), which lets the task
+    /// fall back to another runner.
+    pub failure: Option<RunnerFailure>,
+}
+
+impl Finish {
+    /// A failed run, its reason told from `text` ([`failure_in`]).
+    pub fn error(text: String) -> Finish {
+        Finish {
+            failure: failure_in(&text),
+            text,
+            is_error: true,
+            structured: None,
+        }
+    }
 }
 
 /// What one line of a runner's output says. Every line is also a message of the run.
@@ -110,6 +129,8 @@ pub struct LineReport {
     /// The line acknowledges a message the run was sent on stdin: from here on, the
     /// run is working on it.
     pub took_input: bool,
+    /// The model the run says it uses.
+    pub model: Option<String>,
 }
 
 /// Reads one run's output, line by line; it may keep counts across lines.
@@ -118,8 +139,13 @@ pub trait OutputParser: Send {
 }
 
 pub trait Runner: Send + Sync {
-    /// What the agent advertises it runs tasks with (`claude`, `command`).
-    fn name(&self) -> &'static str;
+    /// What the agent advertises it runs tasks with (`claude`, `codex`, `gemini`,
+    /// `command`, or the name given to a command).
+    fn name(&self) -> &str;
+    /// The environment variables that hold this runner's own credentials. A run gets
+    /// these and no other runner's ([`ALL_CREDENTIALS`]); `None`: a command, which
+    /// gets the agent's whole environment, since buildd cannot know what it needs.
+    fn credentials(&self) -> Option<&'static [&'static str]>;
     /// The process for one run, not yet started; the agent sets its working directory,
     /// process group and pipes.
     fn command(&self, spec: &RunSpec) -> Command;
@@ -141,6 +167,69 @@ pub trait Runner: Send + Sync {
     /// The prompt that makes a paused run carry on where it stopped.
     fn carry_on_prompt(&self) -> &'static str {
         "Carry on with the task where you stopped."
+    }
+}
+
+/// Every coding CLI's credential variables: a run keeps only its own runner's.
+pub const ALL_CREDENTIALS: &[&str] = &[
+    "CLAUDE_CODE_OAUTH_TOKEN",
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "OPENAI_API_KEY",
+    "CODEX_API_KEY",
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+];
+
+/// Whether a run's error `text` says its runner, not the task, is at fault: the
+/// provider refused for quota, credit or rate limits, or the CLI could not sign in.
+/// The wording is each provider's own (Anthropic, OpenAI, Google) and HTTP's.
+pub fn failure_in(text: &str) -> Option<RunnerFailure> {
+    let text = text.to_ascii_lowercase();
+    let any = |signs: &[&str]| signs.iter().any(|s| text.contains(s));
+    if any(&[
+        "insufficient_quota",
+        "quota exceeded",
+        "exceeded your current quota",
+        "resource_exhausted",
+        "rate limit",
+        "rate_limit",
+        "usage limit",
+        "credit balance is too low",
+        "429 too many requests",
+        "status 429",
+        "(429)",
+    ]) {
+        Some(RunnerFailure::Quota)
+    } else if any(&[
+        "not logged in",
+        "invalid api key",
+        "invalid_api_key",
+        "incorrect api key",
+        "api key not valid",
+        "unauthorized",
+        "401",
+        "authentication",
+        "please run /login",
+        "not authenticated",
+    ]) {
+        Some(RunnerFailure::Auth)
+    } else {
+        None
+    }
+}
+
+/// The prompt a runner without a system-prompt option is given: buildd's
+/// instructions for working unattended, then the task's own.
+pub fn with_instructions(spec: &RunSpec) -> String {
+    match spec.resume {
+        // A session carried on has had them.
+        Some(_) => spec.prompt.clone(),
+        None => format!(
+            "{}\n\n---\n\n{}",
+            unattended_instructions(spec),
+            spec.prompt
+        ),
     }
 }
 
@@ -179,6 +268,30 @@ pub fn question_in(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runner_failures_are_told_from_the_providers_words() {
+        use RunnerFailure::*;
+        for (text, want) in [
+            (
+                "You exceeded your current quota, please check your plan",
+                Some(Quota),
+            ),
+            ("stream error: 429 Too Many Requests", Some(Quota)),
+            ("[API Error: RESOURCE_EXHAUSTED]", Some(Quota)),
+            ("Credit balance is too low", Some(Quota)),
+            ("Invalid API key · Please run /login", Some(Auth)),
+            ("unexpected status 401 Unauthorized", Some(Auth)),
+            (
+                "API key not valid. Please pass a valid API key.",
+                Some(Auth),
+            ),
+            ("the tests failed: 3 of 40", None),
+            ("", None),
+        ] {
+            assert_eq!(failure_in(text), want, "{text}");
+        }
+    }
 
     #[test]
     fn a_question_is_the_last_line_after_the_marker() {

@@ -230,6 +230,21 @@ pub struct NewTask {
     /// that task's `children`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent_id: Option<String>,
+    /// What runs it: `claude`, `codex`, `gemini`, or a name an agent declares for a
+    /// command. Default: any runner the claiming agent has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 32, pattern = r"^[a-z0-9][a-z0-9._-]*$")]
+    pub runner: Option<String>,
+    /// The runner's model. Default: the agent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\s\x00-\x1f\x7f]+$")]
+    pub model: Option<String>,
+    /// The runner of the next attempt after one fails because its runner's quota,
+    /// authentication or account budget ran out (once; with a `runner` to fall back
+    /// from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 32, pattern = r"^[a-z0-9][a-z0-9._-]*$")]
+    pub fallback_runner: Option<String>,
 }
 
 /// Where a new task came from, e.g. `{"type": "github_issue", "externalId":
@@ -544,6 +559,11 @@ pub struct ClaimBody {
     #[schema(minimum = 0, maximum = 30)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wait: Option<u64>,
+    /// The runners the claiming agent has (`claude`, `codex`, …): it gets tasks that
+    /// name one of them or none. Without it, only tasks that name no runner.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 32, inline, value_type = Vec<String>)]
+    pub runners: Vec<String>,
 }
 
 /// The answer to a claim.

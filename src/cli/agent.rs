@@ -10,10 +10,9 @@ use tokio_util::sync::CancellationToken;
 use super::service::{self, ServiceCommand};
 use super::{Connection, output, paths};
 use crate::agent::availability::Availability;
-use crate::agent::claude::{ClaudeRunner, DEFAULT_ALLOWED_TOOLS};
-use crate::agent::command::CommandRunner;
+use crate::agent::claude::DEFAULT_ALLOWED_TOOLS;
 use crate::agent::idle;
-use crate::agent::runner::Runner;
+use crate::agent::runners::{RunnerArg, RunnerOptions, RunnerSet, Survey, survey};
 use crate::agent::{self, PrSettings};
 use crate::core::claim::MAX_TASKS_PER_CLAIM;
 use crate::core::hours::Hours;
@@ -116,10 +115,18 @@ pub struct AgentArgs {
     /// The git checkout tasks branch from.
     #[arg(long, default_value = ".")]
     dir: PathBuf,
-    /// The Claude Code executable.
-    #[arg(long, env = "BUILDD_CLAUDE_BIN", default_value = "claude")]
-    claude_bin: PathBuf,
-    /// The model Claude Code uses [default: Claude Code's own].
+    /// The Claude Code executable [default: claude, on PATH].
+    #[arg(long, env = "BUILDD_CLAUDE_BIN")]
+    claude_bin: Option<PathBuf>,
+    /// A runner: NAME=PATH for claude, codex or gemini at PATH; any other
+    /// NAME='shell command' runs that command (like --command) for tasks that name
+    /// NAME. Repeat for several. CLIs not named are looked for on PATH.
+    #[arg(long = "runner", value_name = "NAME=PATH|NAME=COMMAND")]
+    runners: Vec<RunnerArg>,
+    /// Print which runners this machine has, and why not the others, then exit.
+    #[arg(long = "runners")]
+    list_runners: bool,
+    /// The model Claude Code uses when a task names none [default: Claude Code's own].
     #[arg(long, env = "BUILDD_MODEL")]
     model: Option<String>,
     /// The tools a run may use without asking; everything else is denied.
@@ -128,7 +135,8 @@ pub struct AgentArgs {
     /// Stop a run after this many turns.
     #[arg(long)]
     max_turns: Option<u32>,
-    /// Run this shell command instead of Claude Code (the prompt is in $BUILDD_PROMPT).
+    /// Run this shell command instead of the coding CLIs (the prompt is in
+    /// $BUILDD_PROMPT); advertised as the runner `command`.
     #[arg(long, env = "BUILDD_RUNNER_COMMAND")]
     command: Option<String>,
     /// Seconds that running tasks get to finish after SIGTERM before they are stopped.
@@ -195,58 +203,23 @@ fn parse_hours(spec: &str) -> Result<Hours, String> {
     spec.parse()
 }
 
-/// The environment variables that authenticate Claude Code (a seat, API billing, a
-/// gateway's token, or a cloud provider's own credentials).
-const CLAUDE_CREDENTIALS: [&str; 5] = [
-    "CLAUDE_CODE_OAUTH_TOKEN",
-    "ANTHROPIC_API_KEY",
-    "ANTHROPIC_AUTH_TOKEN",
-    "CLAUDE_CODE_USE_BEDROCK",
-    "CLAUDE_CODE_USE_VERTEX",
-];
-
-/// Whether Claude Code may be able to authenticate on this machine: a credential in
-/// the environment, or Claude Code's own login (`claude` then `/login`), which it
-/// keeps in `.credentials.json` of its config directory on Linux, or an
-/// `apiKeyHelper` in its settings. On macOS the login lives in the keychain, which
-/// cannot be read without a prompt: there the run tells, not this check.
-fn claude_may_authenticate() -> bool {
-    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
-    if CLAUDE_CREDENTIALS.iter().any(|name| set(name)) || cfg!(target_os = "macos") {
-        return true;
-    }
-    let config = match std::env::var_os("CLAUDE_CONFIG_DIR").filter(|d| !d.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => match std::env::var_os("HOME") {
-            Some(home) => PathBuf::from(home).join(".claude"),
-            None => return false,
-        },
-    };
-    config.join(".credentials.json").is_file()
-        || std::fs::read_to_string(config.join("settings.json"))
-            .is_ok_and(|settings| settings.contains("apiKeyHelper"))
-}
-
 pub async fn run(args: AgentArgs) -> Result<(), String> {
     args.logging.init();
-    let runner: Arc<dyn Runner> = match &args.command {
-        Some(command) => Arc::new(CommandRunner {
-            command: command.clone(),
-        }),
-        None => {
-            // Claude's credentials stay in this process's environment, which only the
-            // runner inherits; the server never sees them and nothing logs them.
-            if !claude_may_authenticate() {
-                return Err("No authentication configured: set CLAUDE_CODE_OAUTH_TOKEN (a Claude subscription) or ANTHROPIC_API_KEY (API billing) in the agent's environment, or sign Claude Code in on this machine (run `claude`, then /login)".into());
-            }
-            Arc::new(ClaudeRunner {
-                bin: args.claude_bin.clone(),
-                model: args.model.clone(),
-                allowed_tools: args.allowed_tools.clone(),
-                max_turns: args.max_turns,
-            })
-        }
+    let options = RunnerOptions {
+        command: args.command.clone(),
+        named: args.runners.clone(),
+        claude_bin: args.claude_bin.clone(),
+        claude_model: args.model.clone(),
+        allowed_tools: args.allowed_tools.clone(),
+        max_turns: args.max_turns,
     };
+    if args.list_runners {
+        print_runners(&survey(&options));
+        return Ok(());
+    }
+    // Credentials stay in this process's environment, which each run inherits (only
+    // its own runner's); the server never sees them and nothing logs them.
+    let runners = Arc::new(RunnerSet::from_survey(&options)?);
     let pr = if args.pr {
         let token = std::env::var("GITHUB_TOKEN")
             .ok()
@@ -287,7 +260,7 @@ pub async fn run(args: AgentArgs) -> Result<(), String> {
         task: args.task,
         dir: args.dir,
         state_dir,
-        runner,
+        runners,
         grace: Duration::from_secs(args.grace),
         push: args.push || args.pr,
         pr,
@@ -300,6 +273,22 @@ pub async fn run(args: AgentArgs) -> Result<(), String> {
     match agent::run(config, draining).await? {
         true => Ok(()),
         false => Err("the task did not complete (the log above says why)".into()),
+    }
+}
+
+/// `buildd agent --runners`: each runner, whether it can run here, and where it is
+/// and what it signs in with, or why it cannot.
+fn print_runners(survey: &[Survey]) {
+    let width = survey
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    println!("{:width$}  {:5}  DETAIL", "RUNNER", "READY");
+    for s in survey {
+        let ready = if s.ready { "yes" } else { "no" };
+        println!("{:width$}  {ready:5}  {}", s.name, s.detail);
     }
 }
 

@@ -3,8 +3,8 @@
 use clap::Subcommand;
 
 use super::output::{self, or_dash};
-use super::task::{parse_runner, read_description};
-use crate::api::{NewSchedule, RunnerPreference, Schedule, TaskTemplate};
+use super::task::{RunnerChoice, parse_runner, read_description, split_runners};
+use crate::api::{NewSchedule, Schedule, TaskTemplate};
 use crate::client::Client;
 
 #[derive(Subcommand)]
@@ -25,8 +25,13 @@ pub enum ScheduleCommand {
         /// The task's description, or `-` to read it from stdin.
         #[arg(long)]
         description: Option<String>,
-        #[arg(long, value_parser = parse_runner)]
-        runner: Option<RunnerPreference>,
+        /// Who runs its tasks (any, user, service, action), or what runs them
+        /// (claude, codex, gemini, a command's name); give both with two flags.
+        #[arg(long, value_parser = parse_runner, value_name = "RUNNER")]
+        runner: Vec<RunnerChoice>,
+        /// The model the runner uses.
+        #[arg(long)]
+        model: Option<String>,
         #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
         priority: i32,
         /// Failed tasks in a row that pause the schedule (default 5).
@@ -56,9 +61,11 @@ pub async fn run(client: &Client, json: bool, command: ScheduleCommand) -> Resul
             title,
             description,
             runner,
+            model,
             priority,
             max_failures,
         } => {
+            let (runner_preference, runner) = split_runners(runner)?;
             let body = NewSchedule {
                 workspace_id: workspace,
                 cron,
@@ -66,7 +73,9 @@ pub async fn run(client: &Client, json: bool, command: ScheduleCommand) -> Resul
                 task: TaskTemplate {
                     title,
                     description: read_description(description)?,
-                    runner_preference: runner,
+                    runner_preference,
+                    runner,
+                    model,
                     priority,
                     ..TaskTemplate::default()
                 },

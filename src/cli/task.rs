@@ -15,6 +15,7 @@ use crate::api::{
 use crate::client::Client;
 use crate::core::events::EventData;
 use crate::core::page::MAX_LIMIT;
+use crate::core::runners;
 use crate::core::transcript::{Transcript, attempt_header};
 
 #[derive(Subcommand)]
@@ -28,8 +29,17 @@ pub enum TaskCommand {
         /// The task's description; `-` reads it from standard input.
         #[arg(long)]
         description: Option<String>,
-        #[arg(long, value_parser = parse_runner)]
-        runner: Option<RunnerPreference>,
+        /// Who runs it (any, user, service, action), or what runs it (claude, codex,
+        /// gemini, or a command's name an agent declares); give both with two flags.
+        #[arg(long, value_parser = parse_runner, value_name = "RUNNER")]
+        runner: Vec<RunnerChoice>,
+        /// The model the runner uses.
+        #[arg(long)]
+        model: Option<String>,
+        /// The runner of the next attempt once the runner's quota, sign-in or
+        /// account budget runs out.
+        #[arg(long, value_name = "RUNNER")]
+        fallback_runner: Option<String>,
         #[arg(long, allow_negative_numbers = true)]
         priority: Option<i32>,
         #[arg(long)]
@@ -117,8 +127,52 @@ pub enum TaskCommand {
     },
 }
 
-pub(super) fn parse_runner(s: &str) -> Result<RunnerPreference, String> {
-    s.parse()
+/// What `--runner` names: who runs a task, or what runs it.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum RunnerChoice {
+    Preference(RunnerPreference),
+    Runner(String),
+}
+
+pub(super) fn parse_runner(s: &str) -> Result<RunnerChoice, String> {
+    if let Ok(preference) = s.parse() {
+        return Ok(RunnerChoice::Preference(preference));
+    }
+    runners::check_name("--runner", s).map_err(|_| {
+        format!(
+            "'{s}' is neither who runs a task (any, user, service, action) nor a runner's \
+             name (claude, codex, gemini, or a command's: a-z, 0-9, '.', '_', '-')"
+        )
+    })?;
+    Ok(RunnerChoice::Runner(s.to_owned()))
+}
+
+/// The runner preference and the runner `--runner` gave, at most one of each.
+pub(super) fn split_runners(
+    choices: Vec<RunnerChoice>,
+) -> Result<(Option<RunnerPreference>, Option<String>), String> {
+    let mut preference = None;
+    let mut runner = None;
+    for choice in choices {
+        let repeated = match choice {
+            RunnerChoice::Preference(p) => preference.replace(p).is_some(),
+            RunnerChoice::Runner(r) => runner.replace(r).is_some(),
+        };
+        if repeated {
+            return Err(
+                "--runner: give at most one of any, user, service, action, and one runner".into(),
+            );
+        }
+    }
+    Ok((preference, runner))
+}
+
+/// How a task's runner reads in a table: who runs it, and what, when it names one.
+pub(super) fn runner_label(preference: RunnerPreference, runner: Option<&str>) -> String {
+    match runner {
+        Some(runner) => format!("{preference}/{runner}"),
+        None => preference.to_string(),
+    }
 }
 
 fn parse_status(s: &str) -> Result<TaskStatus, String> {
@@ -136,17 +190,23 @@ pub async fn run(client: &Client, json: bool, command: TaskCommand) -> Result<()
             title,
             description,
             runner,
+            model,
+            fallback_runner,
             priority,
             max_attempts,
             depends_on,
             base_branch,
             plan,
         } => {
+            let (runner_preference, runner) = split_runners(runner)?;
             let body = NewTask {
                 workspace_id: workspace,
                 title,
                 description: read_description(description)?,
-                runner_preference: runner,
+                runner_preference,
+                runner,
+                model,
+                fallback_runner,
                 priority: priority.unwrap_or(0),
                 max_attempts,
                 depends_on,
@@ -200,7 +260,7 @@ pub async fn run(client: &Client, json: bool, command: TaskCommand) -> Result<()
                             t.id.clone(),
                             t.status.to_string(),
                             t.priority.to_string(),
-                            t.runner_preference.to_string(),
+                            runner_label(t.runner_preference, t.runner.as_deref()),
                             format!("{}/{}", t.attempts, t.max_attempts),
                             output::ago(t.created_at),
                             t.title.clone(),
@@ -441,8 +501,15 @@ fn show(task: &Task, workers: &[Worker]) {
     println!("  workspace  {}", task.workspace_id);
     println!(
         "  runner     {}, priority {}",
-        task.runner_preference, task.priority
+        runner_label(task.runner_preference, task.runner.as_deref()),
+        task.priority
     );
+    if let Some(model) = &task.model {
+        println!("  model      {model}");
+    }
+    if let Some(fallback) = &task.fallback_runner {
+        println!("  fallback   {fallback}");
+    }
     println!(
         "  created    {} ({} ago)",
         task.created_at.to_rfc3339(),
@@ -471,6 +538,10 @@ fn show(task: &Task, workers: &[Worker]) {
                 w.id.clone(),
                 w.status.to_string(),
                 w.account_id.clone(),
+                match (&w.runner, &w.model) {
+                    (Some(runner), Some(model)) => format!("{runner} {model}"),
+                    (runner, _) => or_dash(runner.clone()),
+                },
                 format!("{:.2}", w.cost_usd),
                 or_dash(w.branch.clone()),
                 or_dash(w.commit_sha.clone()),
@@ -486,7 +557,7 @@ fn show(task: &Task, workers: &[Worker]) {
         .collect();
     output::table(
         &[
-            "WORKER", "STATUS", "ACCOUNT", "USD", "BRANCH", "COMMIT", "PR", "NOTE",
+            "WORKER", "STATUS", "ACCOUNT", "RUNNER", "USD", "BRANCH", "COMMIT", "PR", "NOTE",
         ],
         &rows,
     );

@@ -11,6 +11,7 @@ use super::error::RuleError;
 use super::events::Event;
 use super::lease;
 use super::model::{Artifact, ArtifactKind, Task, TaskMode, TaskStatus, Worker, WorkerStatus};
+use super::runners::{self, RunnerFailure};
 use super::time::{self, Timestamp};
 
 /// The longest free text a worker may report (a question, an error).
@@ -67,6 +68,19 @@ pub struct WorkerUpdate {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,
+    /// The runner the attempt runs with (`claude`, `codex`, …), when the task named
+    /// none and the agent picked it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 32, pattern = r"^[a-z0-9][a-z0-9._-]*$")]
+    pub runner: Option<String>,
+    /// The model the runner said it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\s\x00-\x1f\x7f]+$")]
+    pub model: Option<String>,
+    /// With `status: error` (ignored otherwise): the run failed for its runner's sake
+    /// (quota, sign-in), so a task with a `fallbackRunner` tries that next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<RunnerFailure>,
 }
 
 /// The most artifacts one update may carry.
@@ -478,6 +492,12 @@ fn update_worker(
         Some(line) => Some(progress_line(&line)?),
         None => None,
     };
+    if let Some(runner) = &update.runner {
+        runners::check_name("runner", runner)?;
+    }
+    if let Some(model) = &update.model {
+        runners::check_model(model)?;
+    }
     if let Some(to) = update.status
         && to != worker.status
         && !can_move(worker.status, to)
@@ -522,6 +542,14 @@ fn update_worker(
     worker.pr_url = update.pr_url.or(worker.pr_url.take());
     worker.question = update.question.or(worker.question.take());
     worker.error = update.error.or(worker.error.take());
+    worker.runner = update.runner.or(worker.runner.take());
+    worker.model = update.model.or(worker.model.take());
+    if let Some(failure) = update
+        .failure
+        .filter(|_| update.status == Some(WorkerStatus::Error))
+    {
+        fall_back(task, worker, failure.describe());
+    }
     if let Some(line) = progress {
         // The task shows its current run's line only.
         if task.worker_id.as_deref() == Some(worker.id.as_str()) {
@@ -581,6 +609,7 @@ fn stop_over_budget(
     refuse_if_finished(worker)?;
     worker.heartbeat_at = now;
     worker.error = Some(reason.clone());
+    fall_back(task, worker, "its account's maxCostPerDay is spent");
     set_status(task, worker, WorkerStatus::Error, now);
     let mut events = vec![Event::worker_updated(worker)];
     events.insert(0, Event::task_updated(task));
@@ -639,6 +668,22 @@ fn expire(
 
 /// Moves the worker to `to` (already checked) and makes its task mirror it, unless the
 /// task has ended or has moved on to another worker.
+/// Before a worker ends in `error` for its runner's sake (`why`), moves its task to
+/// the task's `fallbackRunner` for the next attempt, if one is left, and says so in
+/// the worker's error.
+fn fall_back(task: &mut Task, worker: &mut Worker, why: &str) {
+    let current = task.worker_id.as_deref() == Some(worker.id.as_str());
+    if !current || task.status.is_terminal() || task.attempts >= task.max_attempts {
+        return;
+    }
+    if let Some(said) = runners::fall_back(task, why) {
+        worker.error = Some(match worker.error.take() {
+            Some(error) => format!("{error}\n{said}"),
+            None => said,
+        });
+    }
+}
+
 fn set_status(task: &mut Task, worker: &mut Worker, to: WorkerStatus, now: Timestamp) {
     if worker.status == WorkerStatus::WaitingInput && to != WorkerStatus::WaitingInput {
         worker.question = None;

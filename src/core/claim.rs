@@ -57,11 +57,13 @@ pub fn may_take(
     task: &Task,
     account: &Account,
     workspaces: &std::collections::HashSet<String>,
+    runners: &[String],
     now: Timestamp,
 ) -> bool {
     task.status == TaskStatus::Pending
         && workspaces.contains(&task.workspace_id)
         && routes_to(task.runner_preference, account.account_type)
+        && super::runners::can_run(task, runners)
         && super::workflow::preference_allows(task, &account.id, now)
 }
 
@@ -155,6 +157,9 @@ pub enum EmptyClaim {
     HeldForFollowup,
     /// Tasks fit, but other claims were taking them at that moment: claim again.
     Contended,
+    /// The pending tasks it may take name runners (`codex`, …) the claim did not
+    /// list.
+    NoRunner,
 }
 
 impl EmptyClaim {
@@ -167,6 +172,7 @@ impl EmptyClaim {
         EmptyClaim::OtherRunners,
         EmptyClaim::HeldForFollowup,
         EmptyClaim::Contended,
+        EmptyClaim::NoRunner,
     ];
 
     /// The name the API gives it.
@@ -180,6 +186,7 @@ impl EmptyClaim {
             EmptyClaim::OtherRunners => "other_runners",
             EmptyClaim::HeldForFollowup => "held_for_followup",
             EmptyClaim::Contended => "contended",
+            EmptyClaim::NoRunner => "no_runner",
         }
     }
 
@@ -196,6 +203,7 @@ impl EmptyClaim {
                 "the pending tasks are follow-ups held for other accounts"
             }
             EmptyClaim::Contended => "other claims took the tasks that fit",
+            EmptyClaim::NoRunner => "the pending tasks need runners this agent does not have",
         }
     }
 }
@@ -206,8 +214,11 @@ impl EmptyClaim {
 pub struct Backlog {
     /// It may claim in at least one workspace.
     pub granted: bool,
-    /// Pending tasks it may take (routed to it, not held for another account).
+    /// Pending tasks it may take (routed to it, not held for another account, and
+    /// naming no runner or one the claim listed).
     pub takeable: bool,
+    /// Pending tasks it could take with any runner.
+    pub takeable_by_runner: bool,
     /// Pending tasks routed to it, held for another account's follow-up or not.
     pub routed: bool,
     /// Pending tasks of any runner preference.
@@ -223,6 +234,8 @@ pub fn why_empty(backlog: &Backlog) -> EmptyClaim {
         EmptyClaim::NoGrant
     } else if backlog.takeable {
         EmptyClaim::Contended
+    } else if backlog.takeable_by_runner {
+        EmptyClaim::NoRunner
     } else if backlog.routed {
         EmptyClaim::HeldForFollowup
     } else if backlog.pending {
@@ -315,6 +328,8 @@ pub fn assign(task: &mut Task, account: &Account, now: Timestamp) -> Assignment 
         question: None,
         error: None,
         progress: None,
+        runner: task.runner.clone(),
+        model: task.model.clone(),
         started_at: now,
         heartbeat_at: now,
         finished_at: None,
@@ -383,26 +398,47 @@ mod tests {
         let acc = account(1, None);
         let task = pending_task(RunnerPreference::Any);
         let granted: std::collections::HashSet<String> = [task.workspace_id.clone()].into();
-        assert!(may_take(&task, &acc, &granted, now));
+        assert!(may_take(&task, &acc, &granted, &[], now));
         assert!(
-            !may_take(&task, &acc, &Default::default(), now),
+            !may_take(&task, &acc, &Default::default(), &[], now),
             "another workspace"
         );
         assert!(!may_take(
             &pending_task(RunnerPreference::User),
             &acc,
             &granted,
+            &[],
             now
         ));
         let mut blocked = task.clone();
         blocked.status = TaskStatus::Blocked;
-        assert!(!may_take(&blocked, &acc, &granted, now));
+        assert!(!may_take(&blocked, &acc, &granted, &[], now));
         let mut held = task.clone();
         held.preferred_account_id = Some("acc-other".into());
         held.preferred_until = Some(now + chrono::Duration::seconds(60));
-        assert!(!may_take(&held, &acc, &granted, now));
+        assert!(!may_take(&held, &acc, &granted, &[], now));
         held.preferred_until = Some(now);
-        assert!(may_take(&held, &acc, &granted, now), "the hold is over");
+        assert!(
+            may_take(&held, &acc, &granted, &[], now),
+            "the hold is over"
+        );
+        let mut for_codex = task.clone();
+        for_codex.runner = Some("codex".into());
+        assert!(!may_take(&for_codex, &acc, &granted, &[], now));
+        assert!(!may_take(
+            &for_codex,
+            &acc,
+            &granted,
+            &["claude".into()],
+            now
+        ));
+        assert!(may_take(
+            &for_codex,
+            &acc,
+            &granted,
+            &["claude".into(), "codex".into()],
+            now
+        ));
     }
 
     #[test]
@@ -410,6 +446,7 @@ mod tests {
         let full = Backlog {
             granted: true,
             takeable: true,
+            takeable_by_runner: true,
             routed: true,
             pending: true,
             waiting: true,
@@ -429,11 +466,20 @@ mod tests {
                     takeable: false,
                     ..full
                 },
+                EmptyClaim::NoRunner,
+            ),
+            (
+                Backlog {
+                    takeable: false,
+                    takeable_by_runner: false,
+                    ..full
+                },
                 EmptyClaim::HeldForFollowup,
             ),
             (
                 Backlog {
                     takeable: false,
+                    takeable_by_runner: false,
                     routed: false,
                     ..full
                 },

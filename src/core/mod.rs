@@ -22,6 +22,7 @@ pub mod notify;
 pub mod page;
 pub mod plan;
 pub mod policy;
+pub mod runners;
 pub mod schedule;
 pub mod time;
 pub mod transcript;

@@ -300,6 +300,14 @@ pub struct Task {
     pub feedback: Option<String>,
     /// The latest status line its current run reported (`report_progress`).
     pub progress: Option<String>,
+    /// What runs it (`claude`, `codex`, `gemini`, or a name an agent declares for a
+    /// command); `None`: any runner the claiming agent has.
+    pub runner: Option<String>,
+    /// The model the runner uses; `None`: the agent's default.
+    pub model: Option<String>,
+    /// The runner the next attempt uses when one fails because its runner's quota,
+    /// authentication or account budget ran out; `runner` then names it.
+    pub fallback_runner: Option<String>,
 }
 
 /// What each task of a schedule or a trigger is made of: the fields of
@@ -338,6 +346,21 @@ pub struct TaskTemplate {
     /// Default `run`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<TaskMode>,
+    /// What runs it: `claude`, `codex`, `gemini`, or a name an agent declares for a
+    /// command. Default: any runner the claiming agent has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 32, pattern = r"^[a-z0-9][a-z0-9._-]*$")]
+    pub runner: Option<String>,
+    /// The runner's model. Default: the agent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\s\x00-\x1f\x7f]+$")]
+    pub model: Option<String>,
+    /// The runner of the next attempt after one fails because its runner's quota,
+    /// authentication or account budget ran out (once; with a `runner` to fall back
+    /// from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 32, pattern = r"^[a-z0-9][a-z0-9._-]*$")]
+    pub fallback_runner: Option<String>,
 }
 
 /// A task made on a cron cadence ([`super::schedule`]): each due run makes one task
@@ -518,6 +541,11 @@ pub struct Worker {
     pub error: Option<String>,
     /// The latest status line the run reported (`report_progress`).
     pub progress: Option<String>,
+    /// The runner the attempt runs with: the task's at the claim, or the one the
+    /// agent picked and reported for a task that named none.
+    pub runner: Option<String>,
+    /// The model it runs, as the task or the agent's runner said.
+    pub model: Option<String>,
     pub started_at: DateTime<Utc>,
     pub heartbeat_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -624,6 +652,9 @@ impl Task {
             error: None,
             feedback: None,
             progress: None,
+            runner: None,
+            model: None,
+            fallback_runner: None,
         }
     }
 }
@@ -658,6 +689,11 @@ impl TaskTemplate {
         if let Some(branch) = &self.base_branch {
             validate::branch_name("baseBranch", branch)?;
         }
+        super::runners::check_task(
+            self.runner.as_deref(),
+            self.model.as_deref(),
+            self.fallback_runner.as_deref(),
+        )?;
         Ok(Task {
             description: self.description.clone(),
             runner_preference: self.runner_preference.unwrap_or(RunnerPreference::Any),
@@ -666,6 +702,9 @@ impl TaskTemplate {
             max_cost_usd: self.max_cost_usd,
             mode: self.mode.unwrap_or(TaskMode::Run),
             base_branch: self.base_branch.clone(),
+            runner: self.runner.clone(),
+            model: self.model.clone(),
+            fallback_runner: self.fallback_runner.clone(),
             ..Task::new(workspace_id, &self.title, now)
         })
     }

@@ -91,6 +91,39 @@ pub fn add_agent_report_rules(spec: &mut Value) {
     }
 }
 
+/// States what a runner's name may not be ([`crate::core::runners::check_name`]): a
+/// runner preference, which `--runner` also takes. And the items of a claim's
+/// `runners`, whose pattern the derive cannot put on a list's items.
+pub fn add_runner_rules(spec: &mut Value) {
+    use crate::core::model::RunnerPreference;
+    use crate::core::runners::MAX_NAME_LEN;
+    let preferences: Vec<&str> = RunnerPreference::ALL.iter().map(|p| p.as_str()).collect();
+    let name = json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_NAME_LEN,
+        "pattern": "^[a-z0-9][a-z0-9._-]*$",
+        "not": { "enum": preferences },
+    });
+    let schemas = &mut spec["components"]["schemas"];
+    for (schema, fields) in [
+        ("NewTask", &["runner", "fallbackRunner"][..]),
+        ("TaskTemplate", &["runner", "fallbackRunner"][..]),
+        ("WorkerUpdate", &["runner"][..]),
+    ] {
+        for field in fields {
+            let property = &mut schemas[schema]["properties"][*field];
+            if property.is_object() {
+                property["not"] = json!({ "enum": preferences });
+            }
+        }
+    }
+    let claim = &mut schemas["ClaimBody"]["properties"]["runners"];
+    if claim.is_object() {
+        claim["items"] = name;
+    }
+}
+
 /// A string with something other than white space in it, and no NUL character.
 const NOT_BLANK: &str = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$";
 

@@ -42,6 +42,8 @@ pub struct Waiters {
 pub struct Waiter {
     account: Account,
     workspaces: Arc<HashSet<String>>,
+    /// The runners the claim listed.
+    runners: Vec<String>,
     /// The task it was woken for, until it has looked.
     offered: Mutex<Option<Task>>,
     woken: Notify,
@@ -86,6 +88,7 @@ impl Waiters {
         state: &AppState,
         account: &Account,
         workspace: Option<&str>,
+        runners: &[String],
     ) -> crate::store::Result<Enlisted<'_>> {
         let mut workspaces = self.claimable(state, &account.id).await?;
         if let Some(only) = workspace {
@@ -94,6 +97,7 @@ impl Waiters {
         let waiter = Arc::new(Waiter {
             account: account.clone(),
             workspaces,
+            runners: runners.to_vec(),
             offered: Mutex::new(None),
             woken: Notify::new(),
         });
@@ -129,7 +133,7 @@ impl Waiters {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let Some(at) = queue.iter().position(|w| {
             passed.is_none_or(|p| !Arc::ptr_eq(p, w))
-                && claim::may_take(&task, &w.account, &w.workspaces, now)
+                && claim::may_take(&task, &w.account, &w.workspaces, &w.runners, now)
         }) else {
             return false;
         };

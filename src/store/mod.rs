@@ -95,6 +95,8 @@ pub struct WorkerFilter {
 pub struct ClaimRequest {
     pub max_tasks: u32,
     pub workspace_id: Option<String>,
+    /// The runners the claiming agent has: it takes tasks that name one or none.
+    pub runners: Vec<String>,
 }
 
 /// What a GitHub delivery did: in each workspace, what and why; and the tasks it

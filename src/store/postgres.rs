@@ -252,6 +252,7 @@ impl<C: DerefMut<Target = PgConnection> + Send> Tx for PgConn<C> {
         // On a young table with no statistics yet the planner would rather read every
         // pending task and sort them; ruling out the sort keeps the pick O(1).
         before_pick: Some("SET LOCAL enable_sort = off"),
+        position: "strpos",
         event_id: "seq",
     };
 

@@ -40,6 +40,7 @@ use crate::core::model::{
 };
 use crate::core::page::{Page, PageRequest, Position};
 use crate::core::plan::{self, Plan};
+use crate::core::runners;
 use crate::core::time::{self, Timestamp};
 use crate::core::workflow::{self, Dependency};
 use crate::core::{keys, messages, notify, schedule, trigger};
@@ -53,13 +54,13 @@ const TASK_COLUMNS: &str = "id, workspace_id, title, description, runner_prefere
      priority, status, attempts, max_attempts, max_cost_usd, claimed_by, worker_id, \
      created_at, claimed_at, completed_at, result, source_id, mode, depends_on, base_branch, \
      parent_id, resume_session_id, preferred_account_id, preferred_until, error, feedback, \
-     progress, branch";
+     progress, branch, runner, model, fallback_runner";
 const ATTACHMENT_COLUMNS: &str =
     "id, worker_id, task_id, message_seq, name, content_type, size, created_at";
 const SOURCE_COLUMNS: &str = "id, workspace_id, type, external_id, url, created_at";
 const WORKER_COLUMNS: &str = "id, task_id, workspace_id, account_id, status, cost_usd, \
      turns, session_id, branch, commit_sha, pr_url, question, error, pending_reply, \
-     started_at, heartbeat_at, finished_at, pending_instructions, progress";
+     started_at, heartbeat_at, finished_at, pending_instructions, progress, runner, model";
 const GRANT_COLUMNS: &str = "account_id, workspace_id, can_claim, can_create";
 const COMMENT_COLUMNS: &str = "id, task_id, author, body, created_at";
 const SCHEDULE_COLUMNS: &str = "id, workspace_id, cron, timezone, task, paused, paused_reason, \
@@ -131,6 +132,9 @@ fn task_from_row(r: &mut Reader) -> Result<Task> {
         feedback: r.get()?,
         progress: r.get()?,
         branch: r.get()?,
+        runner: r.get()?,
+        model: r.get()?,
+        fallback_runner: r.get()?,
     })
 }
 
@@ -164,6 +168,9 @@ fn task_args(t: &Task) -> Vec<Arg> {
         &t.feedback,
         &t.progress,
         &t.branch,
+        &t.runner,
+        &t.model,
+        &t.fallback_runner,
     ]
 }
 
@@ -188,6 +195,8 @@ fn worker_from_row(r: &mut Reader) -> Result<Worker> {
         finished_at: r.get()?,
         pending_instructions: r.list()?,
         progress: r.get()?,
+        runner: r.get()?,
+        model: r.get()?,
     })
 }
 
@@ -212,6 +221,8 @@ fn worker_args(w: &Worker) -> Vec<Arg> {
         w.finished_at,
         w.pending_instructions.as_slice(),
         &w.progress,
+        &w.runner,
+        &w.model,
     ]
 }
 
@@ -743,7 +754,8 @@ async fn save_worker<T: Tx>(tx: &mut T, w: &Worker) -> Result<()> {
          branch = $6, commit_sha = $7, pr_url = $8, question = $9, error = $10, \
          pending_reply = $11, heartbeat_at = $12, finished_at = $13, \
          pending_instructions = $14, progress = $15, \
-         token_hash = CASE WHEN $16 THEN NULL ELSE token_hash END WHERE id = $1";
+         token_hash = CASE WHEN $16 THEN NULL ELSE token_hash END, runner = $17, model = $18 \
+         WHERE id = $1";
     let values = args![
         &w.id,
         w.status.as_str(),
@@ -762,6 +774,8 @@ async fn save_worker<T: Tx>(tx: &mut T, w: &Worker) -> Result<()> {
         &w.progress,
         // A worker's token dies with it.
         w.status.is_terminal(),
+        &w.runner,
+        &w.model,
     ];
     tx.execute(sql, values).await.map(drop)
 }
@@ -770,7 +784,7 @@ async fn save_worker<T: Tx>(tx: &mut T, w: &Worker) -> Result<()> {
 async fn save_task<T: Tx>(tx: &mut T, t: &Task) -> Result<()> {
     let sql = "UPDATE tasks SET status = $2, attempts = $3, claimed_by = $4, worker_id = $5, \
          claimed_at = $6, completed_at = $7, result = $8, resume_session_id = $9, \
-         error = $10, feedback = $11, progress = $12 WHERE id = $1";
+         error = $10, feedback = $11, progress = $12, runner = $13, model = $14 WHERE id = $1";
     let values = args![
         &t.id,
         t.status.as_str(),
@@ -784,6 +798,8 @@ async fn save_task<T: Tx>(tx: &mut T, t: &Task) -> Result<()> {
         &t.error,
         &t.feedback,
         &t.progress,
+        &t.runner,
+        &t.model,
     ];
     tx.execute(sql, values).await.map(drop)
 }
@@ -1139,8 +1155,9 @@ async fn claim<T: Tx>(
          AND (CAST($4 AS TEXT) IS NULL OR workspace_id = $4) \
          AND (preferred_account_id IS NULL OR preferred_account_id = $1 \
               OR preferred_until <= $6) \
+         AND (runner IS NULL OR {}($7, ',' || runner || ',') > 0) \
          ORDER BY priority DESC, created_at, id LIMIT $5{}",
-        dialect.pending_index, dialect.skip_locked
+        dialect.pending_index, dialect.position, dialect.skip_locked
     );
     let values = args![
         &account.id,
@@ -1149,6 +1166,7 @@ async fn claim<T: Tx>(
         request.workspace_id.as_deref(),
         slots,
         now,
+        runners::as_search_list(&request.runners),
     ];
     let picked = tx.query(&sql, values, task_from_row).await?;
     // Stamped as of the pick, which saw every commit before it: `now` plus however
@@ -1677,9 +1695,15 @@ impl<B: Backend> Store for SqlStore<B> {
                           WHERE account_id = $1 AND can_claim) \
                           AND (CAST($4 AS TEXT) IS NULL OR workspace_id = $4)";
         let routed = "runner_preference IN ($2, $3)";
+        let held = "(preferred_account_id IS NULL OR preferred_account_id = $1 \
+                    OR preferred_until <= $5)";
+        let has_runner = format!(
+            "(runner IS NULL OR {}($6, ',' || runner || ',') > 0)",
+            <B::Read as Tx>::DIALECT.position
+        );
         let flag = |condition: String| format!("CASE WHEN EXISTS ({condition}) THEN 1 ELSE 0 END");
         let sql = format!(
-            "SELECT {granted}, {takeable}, {routed}, {pending}, {waiting}",
+            "SELECT {granted}, {takeable}, {takeable_by_runner}, {routed}, {pending}, {waiting}",
             granted = flag(
                 "SELECT 1 FROM account_workspaces WHERE account_id = $1 AND can_claim \
                  AND (CAST($4 AS TEXT) IS NULL OR workspace_id = $4)"
@@ -1687,8 +1711,11 @@ impl<B: Backend> Store for SqlStore<B> {
             ),
             takeable = flag(format!(
                 "SELECT 1 FROM tasks WHERE status = 'pending' AND {workspaces} AND {routed} \
-                 AND (preferred_account_id IS NULL OR preferred_account_id = $1 \
-                      OR preferred_until <= $5)"
+                 AND {held} AND {has_runner}"
+            )),
+            takeable_by_runner = flag(format!(
+                "SELECT 1 FROM tasks WHERE status = 'pending' AND {workspaces} AND {routed} \
+                 AND {held}"
             )),
             routed = flag(format!(
                 "SELECT 1 FROM tasks WHERE status = 'pending' AND {workspaces} AND {routed}"
@@ -1706,12 +1733,14 @@ impl<B: Backend> Store for SqlStore<B> {
             own.as_str(),
             request.workspace_id.as_deref(),
             now,
+            runners::as_search_list(&request.runners),
         ];
         let found = self
             .first(sql, values, |r| {
                 Ok(Backlog {
                     granted: r.get::<i64>()? == 1,
                     takeable: r.get::<i64>()? == 1,
+                    takeable_by_runner: r.get::<i64>()? == 1,
                     routed: r.get::<i64>()? == 1,
                     pending: r.get::<i64>()? == 1,
                     waiting: r.get::<i64>()? == 1,

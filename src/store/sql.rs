@@ -247,6 +247,9 @@ pub struct Dialect {
     pub pending_index: &'static str,
     /// A statement run before the claim's pick, in its transaction, if any.
     pub before_pick: Option<&'static str>,
+    /// The function that finds a text in another (`instr` or `strpos`): 1-based
+    /// position, 0 when absent.
+    pub position: &'static str,
     /// The events column holding the id subscribers see. Postgres stamps it after
     /// commit (the sequencer) so ids follow commit order; SQLite's commits are serial
     /// and its row id does.

@@ -33,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0008_notifications.sql"),
     include_str!("../../migrations/sqlite/0009_github.sql"),
     include_str!("../../migrations/sqlite/0010_agents.sql"),
+    include_str!("../../migrations/sqlite/0011_runners.sql"),
 ];
 const READERS: usize = 4;
 
@@ -201,6 +202,7 @@ impl Tx for SqliteConn {
         skip_locked: "",
         pending_index: "INDEXED BY tasks_pending",
         before_pick: None,
+        position: "instr",
         event_id: "id",
     };
 

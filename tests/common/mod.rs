@@ -10,6 +10,7 @@ use std::time::Duration;
 
 pub mod agent;
 pub mod github;
+pub mod models;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

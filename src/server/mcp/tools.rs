@@ -472,6 +472,15 @@ struct CreateTask {
     /// machines), `service` (always-on agents) or `action` (CI jobs).
     #[serde(default)]
     runner_preference: Option<RunnerPreference>,
+    /// What runs it: `claude`, `codex`, `gemini`, or a command's name an agent
+    /// declares (default: whatever the agent that takes it runs).
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    runner: Option<String>,
+    /// The model its runner uses (default: the agent's).
+    #[serde(default)]
+    #[schemars(length(max = 200))]
+    model: Option<String>,
     /// Ids of tasks (in the same workspace) that must complete first; it waits as
     /// `blocked` until they have.
     #[serde(default)]
@@ -710,6 +719,8 @@ async fn create_task(state: AppState, caller: Caller, a: CreateTask) -> ApiResul
         title: a.title,
         description: a.description,
         runner_preference: a.runner_preference,
+        runner: a.runner,
+        model: a.model,
         priority: a.priority,
         max_attempts: a.max_attempts,
         max_cost_usd: a.max_cost_usd,
@@ -743,7 +754,8 @@ async fn only_workspace(state: &AppState, caller: &Caller) -> ApiResult<String> 
 }
 
 /// A run's subtask: queued in its workspace, as its task's child, like its task in
-/// how it runs (runner, priority, attempts, cost cap, base branch).
+/// how it runs (runner preference, runner and model, priority, attempts, cost cap,
+/// base branch).
 async fn subtask(
     state: AppState,
     account: Caller,
@@ -758,6 +770,9 @@ async fn subtask(
         title: a.title,
         description: a.description,
         runner_preference: Some(own.runner_preference),
+        runner: own.runner.clone(),
+        model: own.model.clone(),
+        fallback_runner: own.fallback_runner.clone(),
         priority: a.priority.unwrap_or(own.priority),
         max_attempts: Some(own.max_attempts),
         max_cost_usd: own.max_cost_usd,

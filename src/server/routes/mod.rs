@@ -27,7 +27,9 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::ApiError;
-use super::openapi::{ApiDoc, add_agent_report_rules, add_body_rules, add_cross_field_rules};
+use super::openapi::{
+    ApiDoc, add_agent_report_rules, add_body_rules, add_cross_field_rules, add_runner_rules,
+};
 use crate::core::{diff, validate};
 
 /// The API's routes, each with its description.
@@ -122,6 +124,7 @@ pub fn spec() -> &'static serde_json::Value {
         add_cross_field_rules(&mut spec);
         let mut spec = serde_json::to_value(spec).unwrap_or_default();
         add_agent_report_rules(&mut spec);
+        add_runner_rules(&mut spec);
         add_body_rules(&mut spec);
         spec
     })

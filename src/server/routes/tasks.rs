@@ -36,6 +36,9 @@ pub async fn create(
         max_cost_usd: body.max_cost_usd,
         base_branch: body.base_branch,
         mode: body.mode,
+        runner: body.runner,
+        model: body.model,
+        fallback_runner: body.fallback_runner,
     };
     let task = template.task(body.workspace_id, time::now())?;
     let depends_on = workflow::requested(&body.depends_on)?;

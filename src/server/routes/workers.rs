@@ -24,7 +24,7 @@ use crate::core::page::{MAX_LIMIT, PageRequest, Position};
 use crate::core::policy::Deed;
 use crate::core::validate::{self, MAX_MESSAGES_PER_BATCH};
 use crate::core::version;
-use crate::core::{time, workflow};
+use crate::core::{runners, time, workflow};
 use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult, Body, Params};
@@ -45,9 +45,11 @@ pub async fn claim(
     if let Some(ws) = &body.workspace_id {
         caller.may_in_named(&state, Deed::Claim, ws).await?;
     }
+    runners::check_advertised(&body.runners)?;
     let request = ClaimRequest {
         max_tasks,
         workspace_id: body.workspace_id,
+        runners: body.runners,
     };
     let claimed = if wait == 0 {
         claim_now(&state, &account, &request).await?
@@ -200,7 +202,12 @@ async fn claim_waiting(
     // wakes this claim.
     let enlisted = state
         .waiters
-        .enlist(state, account, request.workspace_id.as_deref())
+        .enlist(
+            state,
+            account,
+            request.workspace_id.as_deref(),
+            &request.runners,
+        )
         .await?;
     let waiter = &enlisted.waiter;
     let mut woken_for: Option<Task> = None;
