@@ -169,10 +169,29 @@ try {
   check((await page.textContent(`${agentRow} td[data-label="Running"]`)).includes("Pick a branch"), "its running task is named");
   await page.screenshot({ path: `${OUT}/agents.png`, fullPage: true });
 
+  // ---- A task for a runner no connected agent has says so, until one has it.
+  const forCodex = await apiPost("/api/tasks", { workspaceId: WORKSPACE, title: "Port to Codex",
+    runner: "codex", model: "gpt-5.5", fallbackRunner: "claude" });
+  await page.goto(`${SERVER}/#/tasks/${forCodex.id}`);
+  await page.waitForSelector("#no-runner");
+  check((await page.textContent("#no-runner")).includes("No connected agent runs codex"), "the missing runner is named");
+  const facts = await page.textContent(".facts");
+  check(facts.includes("codex") && facts.includes("gpt-5.5") && facts.includes("falls back to claude"), `runner, model and fallback are shown: ${facts}`);
+  await page.screenshot({ path: `${OUT}/task-no-runner.png`, fullPage: true });
+  const withCodex = await fetch(`${SERVER}/api/agents/agt-dash`, {
+    method: "PUT",
+    headers: { Authorization: `Bearer ${process.env.ACCOUNT_KEY}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ hostname: "max-laptop", version: "0.1.0", runners: ["claude", "codex"],
+      state: "outside_hours", running: [TASK_WAITING] }),
+  });
+  check(withCodex.ok, `PUT /api/agents/agt-dash → ${withCodex.status}`);
+  await page.waitForSelector("#no-runner", { state: "detached", timeout: 15000 });
+
   // ---- Answer a waiting task from the page; its output is on screen.
   await page.goto(`${SERVER}/#/tasks/${TASK_WAITING}`);
   await page.waitForSelector(".question");
   check((await page.textContent(".question")).includes("Which branch?"), "the question is shown");
+  check((await page.textContent("table:has(tr[data-worker]) thead")).includes("Runner"), "workers show their runner");
   await page.waitForSelector("#output >> text=Looking at the repository");
   check((await page.textContent("#progress")) === "Reading the branches", "the progress line is on the task");
   await page.waitForSelector('#artifacts a[href="https://ci.example.com/runs/7"]');

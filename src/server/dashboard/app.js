@@ -374,7 +374,7 @@ function tasksView() {
             t.progress && ACTIVE.includes(t.status) ? h("div", { class: "muted progress" }, t.progress) : null),
           h("td", { "data-label": "Status" }, badge(t.status)),
           h("td", { "data-label": "Workspace" }, workspaceName(t.workspaceId)),
-          h("td", { "data-label": "Runner" }, t.runnerPreference),
+          h("td", { "data-label": "Runner" }, runnerLabel(t)),
           h("td", { class: "num", "data-label": "Priority" }, t.priority),
           h("td", { "data-label": "Age", title: t.createdAt }, ago(t.createdAt)),
           h("td", { class: "num", "data-label": "Attempts" }, `${t.attempts}/${t.maxAttempts}`),
@@ -382,6 +382,16 @@ function tasksView() {
       ));
     },
   };
+}
+
+// Who runs a task (its runner preference), and what runs it when it names a runner.
+function runnerLabel(t) {
+  return t.runner ? `${t.runnerPreference} · ${t.runner}` : t.runnerPreference;
+}
+
+// What a worker ran: its runner, and the model when it said.
+function workerRunner(w) {
+  return [w.runner, w.model].filter(Boolean).join(" · ");
 }
 
 function newTaskView() {
@@ -400,6 +410,7 @@ function newTaskView() {
       mode: f.get("plan") ? "plan" : "run",
     };
     if (f.get("baseBranch")) body.baseBranch = f.get("baseBranch");
+    for (const k of ["runner", "model", "fallbackRunner"]) if (f.get(k)) body[k] = f.get(k);
     try {
       const task = await api("POST", "/api/tasks", body);
       state.tasks.set(task.id, task);
@@ -413,7 +424,11 @@ function newTaskView() {
   h("label", {}, "Workspace", h("select", { name: "workspaceId", required: true }, creatable.map((w) => h("option", { value: w.id }, w.name)))),
   h("label", {}, "Title", h("input", { name: "title", required: true, maxlength: 500 })),
   h("label", {}, "Description", h("textarea", { name: "description", placeholder: "What should the agent do?" })),
-  h("label", {}, "Runner", h("select", { name: "runnerPreference" }, ["any", "user", "service", "action"].map((r) => h("option", { value: r }, r)))),
+  h("label", {}, "Runs on", h("select", { name: "runnerPreference" }, ["any", "user", "service", "action"].map((r) => h("option", { value: r }, r)))),
+  h("datalist", { id: "runner-names" }, ["claude", "codex", "gemini"].map((r) => h("option", { value: r }))),
+  h("label", {}, "Coding agent", h("input", { name: "runner", list: "runner-names", autocomplete: "off", placeholder: "any the agent has (claude, codex, gemini, …)" })),
+  h("label", {}, "Model", h("input", { name: "model", autocomplete: "off", placeholder: "the agent's default" })),
+  h("label", {}, "Fallback coding agent (when the first runs out of quota or budget)", h("input", { name: "fallbackRunner", list: "runner-names", autocomplete: "off" })),
   h("label", {}, "Priority (higher runs first)", h("input", { name: "priority", type: "number", value: 0, step: 1 })),
   h("label", {}, "Depends on (task ids, comma-separated)", h("input", { name: "dependsOn", autocomplete: "off" })),
   h("label", {}, "Base branch", h("input", { name: "baseBranch", autocomplete: "off", placeholder: "the checkout's current commit" })),
@@ -461,6 +476,22 @@ function taskView(id) {
     scheduleRender();
   }, (e) => { err.textContent = e.message; });
   const review = reviewPanel(id, err);
+  // The runners of the connected agents, looked at every few seconds while the task
+  // waits for a runner: agents report without events. `null` until read (or when the
+  // caller may not list agents), which claims nothing.
+  let connectedRunners = null;
+  async function readAgents() {
+    const task = state.tasks.get(id);
+    if (task && !(task.status === "pending" && task.runner)) return;
+    try {
+      const { agents } = await api("GET", "/api/agents");
+      connectedRunners = new Set(agents.flatMap((a) => a.runners));
+      scheduleRender();
+    } catch { connectedRunners = null; }
+  }
+  readAgents();
+  polling = setInterval(readAgents, 5000);
+  const unrunnable = (task) => task.status === "pending" && task.runner && connectedRunners !== null && !connectedRunners.has(task.runner);
   // One instruction form per worker, kept across renders so that what a person types
   // stays.
   const instructForms = new Map();
@@ -578,7 +609,10 @@ function taskView(id) {
           h("dl", { class: "facts" },
             h("dt", {}, "Id"), h("dd", {}, task.id),
             h("dt", {}, "Workspace"), h("dd", {}, workspaceName(task.workspaceId)),
-            h("dt", {}, "Runner"), h("dd", {}, task.runnerPreference),
+            h("dt", {}, "Runner"), h("dd", {}, runnerLabel(task), task.model ? ` (${task.model})` : "",
+              task.fallbackRunner ? `, falls back to ${task.fallbackRunner}` : ""),
+            unrunnable(task) ? [h("dt", {}, "Waiting"), h("dd", { class: "error", id: "no-runner" },
+              `No connected agent runs ${task.runner}: start one that has it (buildd agent --runners lists what a machine has).`)] : null,
             h("dt", {}, "Priority"), h("dd", {}, task.priority),
             h("dt", {}, "Attempts"), h("dd", {}, `${task.attempts} of ${task.maxAttempts}`),
             h("dt", {}, "Cost"), h("dd", {}, money(taskCost(id)), task.maxCostUsd ? ` (cap ${money(task.maxCostUsd)})` : ""),
@@ -604,11 +638,12 @@ function taskView(id) {
       workersEl.replaceChildren(
         h("h2", {}, "Workers"),
         workers.length ? h("table", {},
-          h("thead", {}, h("tr", {}, ["Worker", "Status", "Branch", "Commit", "PR", "Turns", "Cost", "Started", ""].map((c) => h("th", {}, c)))),
+          h("thead", {}, h("tr", {}, ["Worker", "Status", "Runner", "Branch", "Commit", "PR", "Turns", "Cost", "Started", ""].map((c) => h("th", {}, c)))),
           h("tbody", {}, workers.map((w) => h("tr", { "data-worker": w.id },
             h("td", { "data-label": "Worker" }, h("button", { class: "link", onclick: () => { showOutput(w.id); review.show(w, true); } }, w.id)),
             h("td", { "data-label": "Status" }, badge(w.status), w.error ? h("div", { class: "muted" }, w.error) : null,
               w.progress ? h("div", { class: "muted progress" }, w.progress) : null),
+            h("td", { "data-label": "Runner" }, workerRunner(w)),
             h("td", { "data-label": "Branch" }, w.branch || ""),
             h("td", { "data-label": "Commit" }, w.commitSha ? w.commitSha.slice(0, 10) : ""),
             h("td", { "data-label": "PR" }, w.prUrl ? safeLink(w.prUrl, "pull request") : ""),
