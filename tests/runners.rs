@@ -115,6 +115,32 @@ async fn a_cli_writes_asks_and_carries_its_session_on(
         "{messages}"
     );
 
+    // A follow-up carries the CLI's session on, on the parent's branch, with its runner.
+    let followup = admin
+        .ok(
+            &format!("/api/tasks/{first}/followup"),
+            json!({ "message": "write two.txt second" }),
+        )
+        .await;
+    assert_eq!(followup["runner"], runner, "{followup}");
+    let next = followup["id"].as_str().unwrap();
+    wait_task(admin, next, "completed").await;
+    let next_branch = format!("buildd/{next}");
+    assert_eq!(repo.show(&next_branch, "two.txt"), "second");
+    assert_eq!(
+        repo.show(&next_branch, &format!("{runner}.txt")),
+        format!("hello from {runner}")
+    );
+    let next_worker = &workers_of(admin, next).await[0];
+    assert_eq!(
+        next_worker["sessionId"], worker["sessionId"],
+        "{next_worker}"
+    );
+    assert!(
+        stand_in.saw_together(&[&format!("hello from {runner}"), "write two.txt second"]),
+        "the follow-up's run did not remember its parent's conversation"
+    );
+
     let second = task_with(
         admin,
         ws,

@@ -91,6 +91,41 @@ impl Runner for CodexRunner {
     fn parser(&self) -> Box<dyn OutputParser> {
         Box::new(CodexJson::default())
     }
+
+    /// Codex keeps each session as `sessions/YYYY/MM/DD/rollout-<time>-<id>.jsonl`
+    /// under its home (`$CODEX_HOME`, `~/.codex`); the first line, `session_meta`,
+    /// records the directory it ran in.
+    fn session_dir(&self, session_id: &str) -> Option<PathBuf> {
+        let home = match std::env::var_os("CODEX_HOME").filter(|d| !d.is_empty()) {
+            Some(dir) => PathBuf::from(dir),
+            None => PathBuf::from(std::env::var_os("HOME")?).join(".codex"),
+        };
+        session_cwd(&home.join("sessions"), session_id)
+    }
+}
+
+/// The directory a Codex session ran in, from its rollout file under `sessions`
+/// (three levels of dated directories).
+fn session_cwd(sessions: &std::path::Path, session_id: &str) -> Option<PathBuf> {
+    let suffix = format!("-{session_id}.jsonl");
+    let mut dirs = vec![(sessions.to_owned(), 0)];
+    while let Some((dir, depth)) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+            let path = entry.path();
+            if depth < 3 && path.is_dir() {
+                dirs.push((path, depth + 1));
+            } else if path.file_name()?.to_str()?.ends_with(&suffix) {
+                use std::io::BufRead;
+                let mut first = String::new();
+                std::io::BufReader::new(std::fs::File::open(&path).ok()?)
+                    .read_line(&mut first)
+                    .ok()?;
+                let meta: Value = serde_json::from_str(&first).ok()?;
+                return meta["payload"]["cwd"].as_str().map(PathBuf::from);
+            }
+        }
+    }
+    None
 }
 
 /// Where a planning run's schema file goes: beside the run's MCP configuration,
@@ -192,6 +227,26 @@ impl CodexJson {
 mod tests {
     use super::*;
     use crate::core::runners::RunnerFailure;
+
+    #[test]
+    fn a_session_is_found_with_the_directory_it_ran_in() {
+        let sessions = tempfile::tempdir().unwrap();
+        let day = sessions.path().join("2026/12/04");
+        std::fs::create_dir_all(&day).unwrap();
+        let id = "01a23f8b-9db0-70f0-a67c-65f8bb06a4c4";
+        std::fs::write(
+            day.join(format!("rollout-2026-12-04T05-34-04-{id}.jsonl")),
+            format!(
+                "{{\"type\":\"session_meta\",\"payload\":{{\"id\":\"{id}\",\"cwd\":\"/w/task-1\"}}}}\n{{}}\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            session_cwd(sessions.path(), id),
+            Some(PathBuf::from("/w/task-1"))
+        );
+        assert_eq!(session_cwd(sessions.path(), "another"), None);
+    }
 
     /// Lines as Codex 0.171 printed them against a stand-in of the Responses API.
     #[test]

@@ -64,6 +64,38 @@ impl Runner for GeminiRunner {
     fn parser(&self) -> Box<dyn OutputParser> {
         Box::new(GeminiJson::default())
     }
+
+    /// Gemini keeps a project's sessions as
+    /// `~/.gemini/tmp/<project>/chats/session-<time>-<first 8 of the id>.jsonl`, and
+    /// the project's directory in `~/.gemini/tmp/<project>/.project_root`; `--resume`
+    /// finds a session only from that directory.
+    fn session_dir(&self, session_id: &str) -> Option<PathBuf> {
+        let home = PathBuf::from(std::env::var_os("HOME")?);
+        session_root(&home.join(".gemini/tmp"), session_id)
+    }
+}
+
+/// The project directory of a Gemini session, from the projects under `tmp`.
+fn session_root(tmp: &std::path::Path, session_id: &str) -> Option<PathBuf> {
+    let short = session_id.get(..8)?;
+    std::fs::read_dir(tmp).ok()?.flatten().find_map(|project| {
+        let chats = project.path().join("chats");
+        let held = std::fs::read_dir(chats).ok()?.flatten().any(|chat| {
+            let name = chat.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("session-") && name.contains(short) && {
+                // The first line names the session whole.
+                use std::io::BufRead;
+                let mut first = String::new();
+                std::fs::File::open(chat.path())
+                    .map(std::io::BufReader::new)
+                    .and_then(|mut file| file.read_line(&mut first))
+                    .is_ok_and(|_| first.contains(session_id))
+            }
+        });
+        let root = std::fs::read_to_string(project.path().join(".project_root")).ok()?;
+        held.then(|| PathBuf::from(root.trim()))
+    })
 }
 
 /// Reads Gemini's stream-json.
@@ -160,6 +192,30 @@ fn cost_of(stats: &Value, model: Option<&str>) -> f64 {
 mod tests {
     use super::*;
     use crate::core::runners::RunnerFailure;
+
+    #[test]
+    fn a_session_is_found_with_its_projects_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let id = "1250c7dc-4938-4911-afa6-3644f03892fa";
+        for (project, root, session) in [
+            ("other", "/w/other", "99999999-0000"),
+            ("repo", "/w/task-1", id),
+        ] {
+            let chats = tmp.path().join(project).join("chats");
+            std::fs::create_dir_all(&chats).unwrap();
+            std::fs::write(tmp.path().join(project).join(".project_root"), root).unwrap();
+            std::fs::write(
+                chats.join(format!("session-2026-12-04T05-34-{}.jsonl", &session[..8])),
+                format!("{{\"sessionId\":\"{session}\"}}\n"),
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            session_root(tmp.path(), id),
+            Some(PathBuf::from("/w/task-1"))
+        );
+        assert_eq!(session_root(tmp.path(), "12345678-x"), None);
+    }
 
     /// Lines as Gemini CLI 0.61 printed them against a stand-in of the Gemini API.
     #[test]

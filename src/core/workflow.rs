@@ -175,6 +175,12 @@ pub fn followup(
             .or_else(|| parent.base_branch.clone()),
         parent_id: Some(parent.id.clone()),
         resume_session_id: worker.and_then(|w| w.session_id.clone()),
+        // The session is its runner's: only that runner can carry it on.
+        runner: worker
+            .and_then(|w| w.runner.clone())
+            .or_else(|| parent.runner.clone()),
+        model: parent.model.clone(),
+        fallback_runner: parent.fallback_runner.clone(),
         preferred_account_id: worker.map(|w| w.account_id.clone()),
         preferred_until: worker.map(|_| now + FOLLOWUP_PREFERENCE),
         ..Task::new(parent.workspace_id.clone(), &title, now)

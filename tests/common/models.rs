@@ -276,9 +276,10 @@ async fn generate(
         .filter_map(|p| p["text"].as_str().map(str::to_owned))
         .filter(|t| !t.trim_start().starts_with('<'))
         .collect();
-    let tool_results = parts("user")
+    // The calls it made so far (a resumed history can repeat a call's response).
+    let tool_results = parts("model")
         .iter()
-        .filter(|p| p.get("functionResponse").is_some())
+        .filter(|p| p.get("functionCall").is_some())
         .count();
     let reply = if method == "generateContent" {
         // A side request of the CLI's own (a check of who speaks next, say): short.
