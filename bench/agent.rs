@@ -38,15 +38,27 @@ fn main() {
     });
 }
 
-/// Prints p50 and p90 of `values` (milliseconds), sorted in place.
+/// Prints p50, p90 and the maximum of `values` (milliseconds), sorted in place.
 fn print_percentiles(label: &str, values: &mut [f64]) {
     values.sort_by(f64::total_cmp);
     let pct = |p: f64| values[((values.len() - 1) as f64 * p) as usize];
     println!(
-        "{label:<34} p50 {:>7.1} ms   p90 {:>7.1} ms",
+        "{label:<34} p50 {:>7.1} ms   p90 {:>7.1} ms   max {:>7.1} ms",
         pct(0.5),
-        pct(0.9)
+        pct(0.9),
+        values.last().unwrap()
     );
+}
+
+/// The task once it has completed or failed.
+async fn ended(admin: &common::Api, id: &str) -> serde_json::Value {
+    loop {
+        let (_, t) = admin.get(&format!("/api/tasks/{id}")).await;
+        if t["status"] == "completed" || t["status"] == "failed" {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// A timestamp field of a task, in milliseconds since the epoch.
@@ -125,13 +137,7 @@ async fn per_runner_figures(tasks: usize) {
                 .as_str()
                 .unwrap()
                 .to_owned();
-            let task = loop {
-                let (_, t) = admin.get(&format!("/api/tasks/{id}")).await;
-                if t["status"] == "completed" || t["status"] == "failed" {
-                    break t;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            };
+            let task = ended(&admin, &id).await;
             assert_eq!(
                 task["status"],
                 "completed",
@@ -211,39 +217,20 @@ async fn run(tasks: usize) {
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
         let (_, task) = admin.get(&format!("/api/tasks/{id}")).await;
-        let ms = |k: &str| {
-            DateTime::parse_from_rfc3339(task[k].as_str().unwrap())
-                .unwrap()
-                .with_timezone(&Utc)
-                .timestamp_micros() as f64
-                / 1000.0
-        };
+        let ms = |field: &str| millis(&task, field);
         let started = started_ns as f64 / 1e6;
         claim.push(ms("claimedAt") - ms("createdAt"));
         start.push(started - ms("claimedAt"));
         total.push(started - ms("createdAt"));
         // Let the task finish and the agent go idle again.
-        loop {
-            let (_, t) = admin.get(&format!("/api/tasks/{id}")).await;
-            if t["status"] == "completed" || t["status"] == "failed" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        ended(&admin, &id).await;
     }
     for (label, values) in [
         ("create → claimed", &mut claim),
         ("claimed → runner started", &mut start),
         ("create → runner started", &mut total),
     ] {
-        values.sort_by(f64::total_cmp);
-        let pct = |p: f64| values[((values.len() - 1) as f64 * p) as usize];
-        println!(
-            "{label:<25} p50 {:>6.1} ms   p90 {:>6.1} ms   max {:>6.1} ms",
-            pct(0.5),
-            pct(0.9),
-            values.last().unwrap()
-        );
+        print_percentiles(label, values);
     }
     println!(
         "RSS after {tasks} tasks      {:>6.1} MiB",

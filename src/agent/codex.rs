@@ -156,10 +156,7 @@ pub struct CodexJson {
 impl OutputParser for CodexJson {
     fn line(&mut self, line: &str) -> LineReport {
         let Ok(message) = serde_json::from_str::<Value>(line) else {
-            return LineReport {
-                message: serde_json::json!({ "type": "output", "text": line }),
-                ..LineReport::default()
-            };
+            return LineReport::output(line);
         };
         let mut report = LineReport::default();
         match message["type"].as_str() {

@@ -78,10 +78,7 @@ impl OutputParser for Lines {
         if is_stream_json {
             self.0.line(line)
         } else {
-            LineReport {
-                message: serde_json::json!({ "type": "output", "text": line }),
-                ..LineReport::default()
-            }
+            LineReport::output(line)
         }
     }
 }

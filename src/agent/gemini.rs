@@ -112,10 +112,7 @@ pub struct GeminiJson {
 impl OutputParser for GeminiJson {
     fn line(&mut self, line: &str) -> LineReport {
         let Ok(message) = serde_json::from_str::<Value>(line) else {
-            return LineReport {
-                message: serde_json::json!({ "type": "output", "text": line }),
-                ..LineReport::default()
-            };
+            return LineReport::output(line);
         };
         let mut report = LineReport::default();
         let kind = message["type"].as_str().unwrap_or_default();

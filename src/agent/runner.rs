@@ -133,6 +133,16 @@ pub struct LineReport {
     pub model: Option<String>,
 }
 
+impl LineReport {
+    /// A line that is not the runner's JSON: kept as plain output, and nothing more.
+    pub fn output(line: &str) -> LineReport {
+        LineReport {
+            message: serde_json::json!({ "type": "output", "text": line }),
+            ..LineReport::default()
+        }
+    }
+}
+
 /// Reads one run's output, line by line; it may keep counts across lines.
 pub trait OutputParser: Send {
     fn line(&mut self, line: &str) -> LineReport;
