@@ -60,6 +60,9 @@ fuzz() {
 fuzz_backend() {
     label=$1
     database=$2
+    # Made before the server starts: the loop below reads it at once, and the
+    # background job's redirection may not have opened it yet.
+    : >"$work/$label-server.log"
     "$buildd" serve --listen 127.0.0.1:0 --database-url "$database" \
         --admin-token "$admin" --github-webhook-secret fuzz-webhook-secret \
         2>"$work/$label-server.log" &
