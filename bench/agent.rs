@@ -50,6 +50,17 @@ fn print_percentiles(label: &str, values: &mut [f64]) {
     );
 }
 
+/// A SQLite server with a workspace and a service account that claims there:
+/// (server, workspace id, the account's key).
+async fn bench_server() -> (Server, String, String) {
+    let server = Server::sqlite(&[]);
+    let admin = server.admin();
+    let ws = admin.workspace("bench").await;
+    let body = json!({"type": "service", "name": "bench"});
+    let (_, key) = admin.account(body, &ws, true, false).await;
+    (server, ws, key)
+}
+
 /// The task once it has completed or failed.
 async fn ended(admin: &common::Api, id: &str) -> serde_json::Value {
     loop {
@@ -97,17 +108,8 @@ async fn per_runner_figures(tasks: usize) {
         ("codex", Some(codex)),
         ("gemini", Some(gemini)),
     ] {
-        let server = Server::sqlite(&[]);
+        let (server, ws, key) = bench_server().await;
         let admin = server.admin();
-        let ws = admin.workspace("bench").await;
-        let (_, key) = admin
-            .account(
-                json!({"type": "service", "name": "bench"}),
-                &ws,
-                true,
-                false,
-            )
-            .await;
         let repo = Repo::new();
         let mark = format!("date +%s%N > {}/$BUILDD_TASK_ID", marks.path().display());
         let runner = match &bin {
@@ -159,17 +161,8 @@ async fn per_runner_figures(tasks: usize) {
 
 async fn run(tasks: usize) {
     println!("agent benchmark: 1 agent, SQLite server, {tasks} tasks created one at a time");
-    let server = Server::sqlite(&[]);
+    let (server, ws, key) = bench_server().await;
     let admin = server.admin();
-    let ws = admin.workspace("bench").await;
-    let (_, key) = admin
-        .account(
-            json!({"type": "service", "name": "bench"}),
-            &ws,
-            true,
-            false,
-        )
-        .await;
     let repo = Repo::new();
     // A checkout of some size, so that worktree creation costs what it would.
     for i in 0..200 {

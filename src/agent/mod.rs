@@ -123,19 +123,21 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
         stopping: stopping.clone(),
     });
     let mut blocked = config.availability.blocked();
+    // What it advertises with each claim and report; the set does not change.
+    let runner_names = config.runners.names();
     info!(
         account = %me.id,
         agent = %agent_id,
         server = config.client.server(),
         max_tasks = config.max_tasks,
-        runners = %config.runners.names().join(","),
+        runners = %runner_names.join(","),
         state = %agents::state_of(blocked, 0),
         "agent ready"
     );
     let describe = |running: Vec<String>, blocked: Option<AgentState>| AgentReport {
         hostname: presence::hostname(),
         version: version::VERSION.to_owned(),
-        runners: config.runners.names(),
+        runners: runner_names.clone(),
         state: agents::state_of(blocked, running.len()),
         running,
     };
@@ -187,7 +189,7 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
                 max_tasks: Some(free as u32),
                 workspace_id: config.workspace_id.clone(),
                 wait: None,
-                runners: config.runners.names(),
+                runners: runner_names.clone(),
             };
             let claimed = match &config.task {
                 Some(task_id) => config.client.claim_task(task_id).await,
