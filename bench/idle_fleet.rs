@@ -1,23 +1,30 @@
-//! An idle fleet: 1,000 agents connected and nothing to do. Prints the server's RSS
-//! and how many transactions Postgres runs per second meanwhile, for agents that
-//! wait on the event stream and for agents that hold waiting claims.
+//! An idle fleet: agents connected and nothing to do, then a trickle of new tasks.
+//! Prints the server's RSS and how many transactions Postgres runs per second
+//! meanwhile, for plain event streams (dashboards), for agents on their event streams
+//! taking offers (as `buildd agent` does), and for agents that hold waiting claims;
+//! and for the agents, what each new task costs and how long it takes from its
+//! creation to its claim.
 //!
 //! `cargo bench --bench idle-fleet` (needs `BUILDD_TEST_DATABASE_URL`, to count the
 //! database's transactions); `BUILDD_BENCH_AGENTS` (default 1000) spread over
-//! `BUILDD_BENCH_ACCOUNTS` (default 20, as a team's fleet shares its accounts). Each
-//! agent is a connection at both ends, so the benchmark raises its open-file limit
-//! to the hard limit (`setrlimit`; the server it starts inherits it) and says so.
+//! `BUILDD_BENCH_ACCOUNTS` (default 20, as a team's fleet shares its accounts).
+//! `BUILDD_BENCH_HERD=1` adds agents that claim on every `task.created`, as agents
+//! did before offers, for comparison. Each agent is a connection at both ends, so the
+//! benchmark raises its open-file limit to the hard limit (`setrlimit`; the server it
+//! starts inherits it) and says so.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::{Api, Server};
 use serde_json::json;
 use sqlx::Connection;
+use tokio::task::JoinHandle;
 
 const WINDOW: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_secs(12);
@@ -75,6 +82,35 @@ fn main() {
         .await;
         drop(streams);
 
+        // Agents on their event streams, taking offers; with BUILDD_BENCH_HERD, also as
+        // they were before offers.
+        let mut kinds = vec![Kind::Offers];
+        if std::env::var_os("BUILDD_BENCH_HERD").is_some() {
+            kinds.push(Kind::Herd);
+        }
+        for kind in kinds {
+            let fleet = StreamAgents::connect(&clients, agents, kind).await;
+            let label = match kind {
+                Kind::Offers => format!("{agents} agents taking offers"),
+                Kind::Herd => format!("{agents} agents claiming on task.created"),
+            };
+            let rate = measure(&label, &server, &url, WINDOW).await;
+            let (spent, claims, created) = per_task(&admin, &ws, &url, rate, "agents").await;
+            let mut waits = fleet.claim_delays(&created);
+            let taken = waits.len();
+            waits.sort();
+            println!(
+                "{:<34} {spent:>6.1} database transactions per created task, {claims:.1} of them \
+                 claims; {taken}/{} claimed, create → claimed p50 {:.1} ms, p90 {:.1} ms",
+                format!("a task for {label}"),
+                created.len(),
+                ms(percentile(&waits, 50)),
+                ms(percentile(&waits, 90)),
+            );
+            fleet.stop();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+
         // Agents that hold waiting claims, re-issued as each one times out.
         let stop = Arc::new(AtomicBool::new(false));
         let mut waiting = Vec::new();
@@ -107,7 +143,7 @@ fn main() {
         // falls in the window, and the counts are read 9 s after the last task, when
         // Postgres has flushed them.
         tokio::time::sleep(Duration::from_secs(31)).await;
-        let (alone, _) = per_task(&admin, &ws, &url, idle_rate, "alone").await;
+        let (alone, _, _) = per_task(&admin, &ws, &url, idle_rate, "alone").await;
         println!(
             "{:<34} {alone:>6.1} database transactions per created task",
             "a task, no claim waiting"
@@ -120,7 +156,7 @@ fn main() {
             }));
         }
         tokio::time::sleep(Duration::from_secs(11)).await;
-        let (waited, claims) = per_task(&admin, &ws, &url, idle_rate, "offered").await;
+        let (waited, claims, _) = per_task(&admin, &ws, &url, idle_rate, "offered").await;
         let (_, counts) = admin
             .get(&format!("/api/tasks/counts?workspaceId={ws}"))
             .await;
@@ -143,17 +179,27 @@ fn main() {
 }
 
 /// Creates 20 tasks 0.3 s apart and returns the database transactions each cost
-/// (less the idle rate) and the claim transactions each cost.
-async fn per_task(admin: &Api, ws: &str, url: &str, idle_rate: f64, name: &str) -> (f64, f64) {
+/// (less the idle rate), the claim transactions each cost, and each task's id with
+/// when its creation was asked for.
+async fn per_task(
+    admin: &Api,
+    ws: &str,
+    url: &str,
+    idle_rate: f64,
+    name: &str,
+) -> (f64, f64, Vec<(String, Instant)>) {
     let tasks = 20;
     let mut db = sqlx::PgConnection::connect(url).await.unwrap();
     let before = transactions(&mut db).await;
     let claims_before = admin.claim_transactions().await;
     let started = std::time::Instant::now();
+    let mut created = Vec::new();
     for n in 0..tasks {
-        admin
+        let asked = Instant::now();
+        let task = admin
             .task(ws, json!({"title": format!("{name} {n}")}))
             .await;
+        created.push((task["id"].as_str().unwrap().to_owned(), asked));
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     tokio::time::sleep(Duration::from_secs(9)).await;
@@ -162,7 +208,93 @@ async fn per_task(admin: &Api, ws: &str, url: &str, idle_rate: f64, name: &str) 
     let window = started.elapsed().as_secs_f64();
     // Less the idle streams' rate (the sequencer's backstop) and the two counts.
     let spent = (after - before - 2) as f64 - idle_rate * window;
-    (spent / tasks as f64, claims / tasks as f64)
+    (spent / tasks as f64, claims / tasks as f64, created)
+}
+
+/// How the simulated agents learn of work.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// `buildd agent` now: its stream takes offers, and it claims the task offered.
+    Offers,
+    /// Agents before offers: every one claims on every `task.created`.
+    Herd,
+}
+
+/// Agents following their event streams, each taking at most one task (then it is
+/// full), noting when it claimed which.
+struct StreamAgents {
+    readers: Vec<JoinHandle<()>>,
+    claimed: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl StreamAgents {
+    /// Opens `agents` streams, one after another (as a fleet comes up), and follows
+    /// each in its own task.
+    async fn connect(clients: &[Api], agents: usize, kind: Kind) -> StreamAgents {
+        let claimed = Arc::new(Mutex::new(HashMap::new()));
+        let mut readers = Vec::new();
+        for i in 0..agents {
+            let api = clients[i % clients.len()].clone();
+            let agent_id = format!("agt-fleet{i}");
+            let query = match kind {
+                Kind::Offers => format!("?agentId={agent_id}&offers=true"),
+                Kind::Herd => format!("?agentId={agent_id}"),
+            };
+            let (status, mut reader) = api.events(&query, None).await;
+            assert!(status.is_success(), "stream {i}: {status}");
+            let claimed = claimed.clone();
+            readers.push(tokio::spawn(async move {
+                let mut full = false;
+                while let Some(event) = reader.next(Duration::from_secs(3600)).await {
+                    let body = match (kind, event.name.as_str()) {
+                        (Kind::Offers, "task.offered") => {
+                            json!({"agentId": agent_id, "offer": event.data["task"]["id"]})
+                        }
+                        (Kind::Herd, "task.created") => json!({"agentId": agent_id}),
+                        _ => continue,
+                    };
+                    if full {
+                        continue;
+                    }
+                    let answer = api.ok("/api/workers/claim", body).await;
+                    if let Some(task) = answer["workers"][0]["taskId"].as_str() {
+                        claimed
+                            .lock()
+                            .unwrap()
+                            .insert(task.to_owned(), Instant::now());
+                        full = true;
+                    }
+                }
+            }));
+        }
+        StreamAgents { readers, claimed }
+    }
+
+    /// How long each of `created` took from its creation to its claim (those claimed).
+    fn claim_delays(&self, created: &[(String, Instant)]) -> Vec<Duration> {
+        let claimed = self.claimed.lock().unwrap();
+        created
+            .iter()
+            .filter_map(|(id, asked)| Some(claimed.get(id)?.duration_since(*asked)))
+            .collect()
+    }
+
+    fn stop(self) {
+        for reader in self.readers {
+            reader.abort();
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 /// Settles, then counts the database's transactions over the window. Backends

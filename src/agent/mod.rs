@@ -1,8 +1,11 @@
 //! `buildd agent`: claims tasks and runs them, each in its own git worktree.
 //!
-//! The agent idles on the event stream rather than polling: a `task.created` (or a
-//! task back in the queue) wakes it to claim, and a slow safety claim covers anything
-//! the stream could have missed. Each claimed task becomes a [`job::Job`]; events about
+//! The agent idles on the event stream rather than polling. Its stream takes offers:
+//! the server offers each task that becomes claimable to one idle agent that may take
+//! it (`task.offered`), and that agent claims, naming the offer, so a new task costs
+//! one claim however many agents wait ([`crate::server`]'s waiters). It also claims
+//! when it connects (it may have missed offers meanwhile) and when a run ends. Each
+//! claimed task becomes a [`job::Job`]; events about
 //! a job's worker or task (a cancel, a pause, an answer) nudge it to heartbeat at once
 //! instead of at its next tick.
 //!
@@ -46,7 +49,7 @@ use crate::api::{
     WorkerUpdate,
 };
 use crate::client::{Client, StreamedEvent, backoff};
-use crate::core::events::offers_work;
+use crate::core::events::TASK_OFFERED;
 use crate::core::messages::{is_instruction, is_user_reply};
 use crate::core::{agents, lease, version};
 
@@ -55,9 +58,6 @@ pub use job::PrSettings;
 use job::{Job, JobContext};
 use runners::RunnerSet;
 use spool::Spool;
-
-/// How often an idle agent claims even though no event said so.
-const SAFETY_CLAIM_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Config {
     pub client: Client,
@@ -152,19 +152,22 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
 
     // Even with --once: the stream is how a cancel or an answer reaches the run at once.
     let (signals_tx, mut signals) = mpsc::channel(1024);
+    // An agent after one task by id takes no offers of others.
+    let offered_runners = config.task.is_none().then(|| runner_names.clone());
     tokio::spawn(follow_events(
         config.client.clone(),
         config.workspace_id.clone(),
-        (agent_id, connected),
+        (agent_id.clone(), offered_runners, connected),
         signals_tx,
     ));
 
     let mut jobs: JoinSet<(String, bool)> = JoinSet::new();
     let mut nudges: HashMap<String, (String, Arc<Notify>)> = HashMap::new();
     let mut want_claim = true;
+    // The task offered to this agent last, until its claim answers the offer.
+    let mut offer: Option<String> = None;
     let mut claim_failures = 0;
     let mut retry_at: Option<tokio::time::Instant> = None;
-    let mut safety = tokio::time::interval(SAFETY_CLAIM_EVERY);
     let mut once_outcome = None;
     let mut grace_started = false;
     // Why the last claim took nothing, logged when it changes (not at every poll).
@@ -190,6 +193,8 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
                 workspace_id: config.workspace_id.clone(),
                 wait: None,
                 runners: runner_names.clone(),
+                agent_id: Some(agent_id.clone()),
+                offer: offer.take(),
             };
             let claimed = match &config.task {
                 Some(task_id) => config.client.claim_task(task_id).await,
@@ -256,6 +261,9 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
                 Err(e) => return Err(format!("the server refused the claim: {e}")),
             }
         }
+        // An offer it cannot answer now (full, outside its hours, stopping) goes to
+        // another agent when it is due.
+        offer = None;
         if (draining.is_cancelled() || once_outcome.is_some() || idle_exit) && jobs.is_empty() {
             break;
         }
@@ -293,10 +301,12 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
             Some(signal) = signals.recv() => match signal {
                 Signal::Connected => want_claim = true,
                 Signal::Event(event) => {
-                    if offers_work(&event.name, &event.data) {
+                    if event.name == TASK_OFFERED {
                         want_claim = true;
+                        offer = event.data.task.map(|t| t.id);
+                    } else {
+                        nudge_jobs(&nudges, &event);
                     }
-                    nudge_jobs(&nudges, &event);
                 }
             },
             Some(joined) = jobs.join_next() => {
@@ -311,7 +321,6 @@ pub async fn run(config: Config, draining: CancellationToken) -> Result<bool, St
                 }
                 want_claim = true;
             }
-            _ = safety.tick() => want_claim = true,
             _ = recheck => {
                 recheck_at = config
                     .availability
@@ -487,13 +496,18 @@ fn nudge_jobs(nudges: &HashMap<String, (String, Arc<Notify>)>, event: &StreamedE
 async fn follow_events(
     client: Client,
     workspace_id: Option<String>,
-    (agent_id, connected): (String, Arc<Notify>),
+    (agent_id, runners, connected): (String, Option<Vec<String>>, Arc<Notify>),
     signals: mpsc::Sender<Signal>,
 ) {
     let mut attempt = 0;
     loop {
         let opened = client
-            .agent_events(workspace_id.as_deref(), &agent_id, connected.clone())
+            .agent_events(
+                workspace_id.as_deref(),
+                &agent_id,
+                runners.as_deref(),
+                connected.clone(),
+            )
             .await;
         match opened {
             Ok(mut stream) => {

@@ -564,6 +564,15 @@ pub struct ClaimBody {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(max_items = 32, inline, value_type = Vec<String>)]
     pub runners: Vec<String>,
+    /// The claiming agent's id, when its event stream takes offers (`GET
+    /// /api/events?agentId=…&offers=true`): a claim that leaves it room puts it back
+    /// among the agents offered the next task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// The task of the `task.offered` event this claim answers. If the claim does not
+    /// take it and it is still pending, it is offered to the next agent at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer: Option<String>,
 }
 
 /// The answer to a claim.
@@ -768,6 +777,16 @@ pub struct EventsQuery {
     /// The id of the agent following the stream (`PUT /api/agents/:id`): while the
     /// stream is open, the agent stays in `GET /api/agents`.
     pub agent_id: Option<String>,
+    /// With `agentId`: the stream takes offers. The agent is queued among those
+    /// waiting for work, and a task it may take is offered to it alone, as a
+    /// `task.offered` event (no `id:`; `{"task":{…}}`, or `{}` for "look for work"),
+    /// instead of every idle agent claiming on every `task.created`. It answers with a
+    /// claim naming `agentId` and the `offer`; an offer unanswered for 3 s goes to the
+    /// next agent.
+    pub offers: Option<bool>,
+    /// With `offers`: the runners the agent has, comma-separated (as a claim's
+    /// `runners`), so it is offered only tasks it can run.
+    pub runners: Option<String>,
 }
 
 /// `{"status": …}`.

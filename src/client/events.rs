@@ -20,7 +20,7 @@ use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures::{Stream, StreamExt};
 
 use super::{Client, ClientError, Result, backoff};
-use crate::core::events::{EventData, STREAM_IDLE_LIMIT};
+use crate::core::events::{EventData, STREAM_IDLE_LIMIT, TASK_OFFERED};
 
 /// How long the stream keeps trying to reconnect before it reports the server gone.
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
@@ -54,6 +54,9 @@ pub struct EventStream {
 #[derive(Clone)]
 pub(super) struct AgentFollowing {
     pub id: String,
+    /// Its runners, when the stream takes offers of tasks it can run
+    /// ([`crate::core::events::TASK_OFFERED`]).
+    pub runners: Option<Vec<String>>,
     pub connected: Arc<tokio::sync::Notify>,
 }
 
@@ -71,9 +74,8 @@ impl EventStream {
         agent: Option<AgentFollowing>,
         last_id: Option<i64>,
     ) -> Result<Self> {
-        let agent_id = agent.as_ref().map(|a| a.id.as_str());
         let response = client
-            .open_events(workspace_id.as_deref(), agent_id, last_id)
+            .open_events(workspace_id.as_deref(), agent.as_ref(), last_id)
             .await?;
         if let Some(agent) = &agent {
             agent.connected.notify_one();
@@ -112,7 +114,10 @@ impl EventStream {
             match woken {
                 Woken::Parsed(Some(Ok(event))) => {
                     if let Some(event) = decode(event)? {
-                        self.last_id = Some(event.id);
+                        // An offer is not in the event log: resuming goes by the others.
+                        if event.name != TASK_OFFERED {
+                            self.last_id = Some(event.id);
+                        }
                         return Ok(event);
                     }
                 }
@@ -140,10 +145,13 @@ impl EventStream {
         loop {
             tokio::time::sleep(backoff(attempt)).await;
             attempt += 1;
-            let agent_id = self.agent.as_ref().map(|a| a.id.as_str());
             match self
                 .client
-                .open_events(self.workspace_id.as_deref(), agent_id, self.last_id)
+                .open_events(
+                    self.workspace_id.as_deref(),
+                    self.agent.as_ref(),
+                    self.last_id,
+                )
                 .await
             {
                 Ok(response) => {
@@ -180,10 +188,13 @@ where
 }
 
 /// One parsed event as buildd sends it: `None` for one without an id (buildd's have
-/// one each), an error for data that is not an event's JSON.
+/// one each, but for an offer, which is given id 0), an error for data that is not an
+/// event's JSON.
 fn decode(event: Event) -> Result<Option<StreamedEvent>> {
-    let Ok(id) = event.id.trim().parse() else {
-        return Ok(None);
+    let id = match event.id.trim().parse() {
+        Ok(id) => id,
+        Err(_) if event.event == TASK_OFFERED => 0,
+        Err(_) => return Ok(None),
     };
     let data = serde_json::from_str(&event.data)
         .map_err(|e| ClientError::Protocol(format!("event {id}: {e}")))?;
@@ -232,6 +243,18 @@ mod tests {
         assert_eq!(event.data.worker_id.as_deref(), Some("w-1"));
         let bad = events_of(&[b"id: 1\nevent: x\ndata: {oops\n\n"]).await;
         assert!(bad[0].is_err());
+    }
+
+    #[tokio::test]
+    async fn an_offer_has_no_id_and_other_events_without_one_are_skipped() {
+        let events = events_of(&[
+            b"event: task.offered\ndata: {}\n\n",
+            b"event: other\ndata: {}\n\n",
+        ])
+        .await;
+        let offer = events[0].as_ref().unwrap().as_ref().unwrap();
+        assert_eq!((offer.id, offer.name.as_str()), (0, TASK_OFFERED));
+        assert!(events[1].as_ref().unwrap().is_none());
     }
 
     #[tokio::test]

@@ -459,10 +459,12 @@ impl Client {
         &self,
         workspace_id: Option<&str>,
         agent_id: &str,
+        runners: Option<&[String]>,
         connected: std::sync::Arc<tokio::sync::Notify>,
     ) -> Result<EventStream> {
         let agent = events::AgentFollowing {
             id: agent_id.to_owned(),
+            runners: runners.map(<[String]>::to_vec),
             connected,
         };
         EventStream::open(
@@ -495,10 +497,17 @@ impl Client {
     async fn open_events(
         &self,
         workspace_id: Option<&str>,
-        agent_id: Option<&str>,
+        agent: Option<&events::AgentFollowing>,
         last_event_id: Option<i64>,
     ) -> Result<reqwest::Response> {
-        let q = query(&[("workspaceId", workspace_id), ("agentId", agent_id)]);
+        let offered = agent.and_then(|a| a.runners.as_ref());
+        let runners = offered.map(|r| r.join(","));
+        let q = query(&[
+            ("workspaceId", workspace_id),
+            ("agentId", agent.map(|a| a.id.as_str())),
+            ("offers", offered.map(|_| "true")),
+            ("runners", runners.as_deref().filter(|r| !r.is_empty())),
+        ]);
         let mut request = self
             .http
             .get(format!("{}/api/events{q}", self.base))

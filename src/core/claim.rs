@@ -163,6 +163,12 @@ pub enum EmptyClaim {
 }
 
 impl EmptyClaim {
+    /// Whether the claim took nothing because of its account's own limits: then no
+    /// other waiter of that account could take the task either.
+    pub fn account_limited(self) -> bool {
+        matches!(self, EmptyClaim::ConcurrencyLimit | EmptyClaim::DailyBudget)
+    }
+
     pub const ALL: &[EmptyClaim] = &[
         EmptyClaim::NoPendingWork,
         EmptyClaim::ConcurrencyLimit,

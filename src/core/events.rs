@@ -45,6 +45,16 @@ pub const STREAM_IDLE_LIMIT: std::time::Duration = KEEP_ALIVE.saturating_mul(3);
 /// must read the state afresh instead of trusting that it missed nothing.
 pub const STREAM_RESET: &str = "stream.reset";
 
+/// The event an agent's stream that takes offers (`?agentId=…&offers=true`) gets when
+/// a task it may take is offered to it alone: `{"task":{…}}`, or `{}` to look for work
+/// in general (grants changed, or offers may have been missed). It has no `id:`: it is
+/// not in the event log, and resuming neither repeats nor skips it.
+pub const TASK_OFFERED: &str = "task.offered";
+
+/// How long an offered task waits for the agent's claim before it is offered to the
+/// next agent: an agent that is full, outside its hours or gone does not answer.
+pub const OFFER_ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// How many `/api/events` streams one caller (an account, or the admin token) may
 /// hold open on one server by default (`--max-streams-per-caller`). Every agent holds
 /// one, and a fleet often shares an account: 500 CI jobs of one action account, each

@@ -1,18 +1,26 @@
-//! Waiting claims (`POST /api/workers/claim` with `wait`), woken one per task that
-//! became claimable instead of all at once.
+//! Who waits for work on this server, and which one of them each task that became
+//! claimable is offered to: one waiter per task, not all of them at once.
 //!
-//! Every waiting claim of this server is enlisted here, oldest first, with what it
-//! may take (its account and the workspaces it may claim in). When a task is created
-//! or goes back to the queue anywhere in the cluster, [`run`] offers it to the oldest
-//! waiter that may take it ([`claim::may_take`]), and to no other. A woken claim that
-//! finds nothing (its account at a limit, say) passes the task on to the next one
-//! while the task is still pending, so no waiter sleeps through a task it may take,
-//! and a thousand waiting claims cost one claim transaction per new task, not a
-//! thousand. What cannot be told task by task (a new grant, events missed by a
-//! lagging reader) wakes every waiter.
+//! Two kinds of waiter share one queue, oldest first, each with what it may take (its
+//! account, the workspaces it may claim in, its runners):
+//! - a waiting claim (`POST /api/workers/claim` with `wait`), woken to claim again;
+//! - an agent's event stream that takes offers (`GET /api/events?agentId=…&offers=true`),
+//!   sent a `task.offered` event, which the agent answers with a claim naming it.
+//!
+//! When a task is created or goes back to the queue anywhere in the cluster, [`run`]
+//! offers it to the oldest waiter that may take it ([`claim::may_take`]), and to no
+//! other. A waiter that does not take its task (its account at a limit, say) passes
+//! it on to the next one while the task is still pending, past the rest of its account
+//! when the account's own limits were in the way; so no waiter sleeps through a task
+//! it may take, and a thousand idle agents cost one claim per new task, not a
+//! thousand. An agent that leaves an offer unanswered for [`OFFER_ANSWER_WITHIN`] (it
+//! is full, outside its hours, gone) is passed over. What cannot be told task by task
+//! (a new grant, events missed by a lagging reader) wakes every waiter, and a sweep
+//! every [`SWEEP_EVERY`] offers tasks that became claimable without an event (a retry
+//! whose pause ended, limits freed) in place of every agent claiming now and then.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, broadcast};
@@ -20,32 +28,50 @@ use tracing::warn;
 
 use super::AppState;
 use crate::core::claim;
-use crate::core::events::{EventData, STREAM_RESET, offers_work};
-use crate::core::model::{Account, Task};
+use crate::core::events::{EventData, OFFER_ANSWER_WITHIN, STREAM_RESET, offers_work};
+use crate::core::model::{Account, Task, TaskStatus};
+use crate::core::page::PageRequest;
 use crate::core::time;
+use crate::store::TaskFilter;
 
 /// How long an account's claimable workspaces are trusted. A grant made through this
 /// server wakes every waiter and is read at once; one made through another server of
 /// the cluster reaches waiters here within this.
 const GRANTS_TTL: Duration = Duration::from_secs(10);
 
+/// How often pending tasks are offered again while anyone waits: one read per server,
+/// where agents claiming "just in case" would cost one claim each.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// How many pending tasks one sweep offers at most.
+const SWEEP_TASKS: u32 = 20;
+
 /// An account's claimable workspaces, and when they were read.
 type Grants = (Instant, Arc<HashSet<String>>);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 #[derive(Default)]
 pub struct Waiters {
     queue: Mutex<VecDeque<Arc<Waiter>>>,
     grants: Mutex<HashMap<String, Grants>>,
+    /// Agents' streams that take offers, by agent id.
+    streams: Mutex<HashMap<String, Arc<Waiter>>>,
 }
 
-/// One waiting claim.
+/// One waiting claim or agent stream.
 pub struct Waiter {
     account: Account,
     workspaces: Arc<HashSet<String>>,
-    /// The runners the claim listed.
+    /// The runners it has.
     runners: Vec<String>,
-    /// The task it was woken for, until it has looked.
+    /// The task it was woken for, until it has looked (a claim) or been told (a
+    /// stream).
     offered: Mutex<Option<Task>>,
+    /// A stream's offer that was sent and not yet answered, and when it is due.
+    awaiting: Mutex<Option<(Task, Instant)>>,
     woken: Notify,
 }
 
@@ -57,14 +83,31 @@ impl Waiter {
 
     /// The task it was woken for, if one was.
     pub fn take_offer(&self) -> Option<Task> {
-        self.offered
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
+        lock(&self.offered).take()
+    }
+
+    /// Notes that `task` was offered to the agent, which has
+    /// [`OFFER_ANSWER_WITHIN`] to answer.
+    pub fn sent(&self, task: Task) {
+        *lock(&self.awaiting) = Some((task, Instant::now() + OFFER_ANSWER_WITHIN));
+    }
+
+    /// When the offer sent last is due, while it is unanswered.
+    pub fn answer_due(&self) -> Option<Instant> {
+        lock(&self.awaiting).as_ref().map(|(_, due)| *due)
+    }
+
+    /// The offer sent, if it is unanswered and due.
+    pub fn take_overdue(&self) -> Option<Task> {
+        let mut awaiting = lock(&self.awaiting);
+        match &*awaiting {
+            Some((_, due)) if *due <= Instant::now() => awaiting.take().map(|(task, _)| task),
+            _ => None,
+        }
     }
 }
 
-/// Keeps a waiter enlisted while it lives.
+/// Keeps a waiting claim enlisted while it lives.
 pub struct Enlisted<'a> {
     waiters: &'a Waiters,
     pub waiter: Arc<Waiter>,
@@ -75,7 +118,35 @@ impl Drop for Enlisted<'_> {
         self.waiters.withdraw(&self.waiter);
         // Offered as it was leaving: the task is another waiter's.
         if let Some(task) = self.waiter.take_offer() {
-            self.waiters.offer_except(task, Some(&self.waiter));
+            self.waiters.offer_except(task, &self.waiter, false);
+        }
+    }
+}
+
+/// Keeps an agent's stream enlisted while it lives (the stream's lifetime).
+pub struct StreamEnlisted {
+    waiters: Arc<Waiters>,
+    agent_id: String,
+    pub waiter: Arc<Waiter>,
+}
+
+impl Drop for StreamEnlisted {
+    fn drop(&mut self) {
+        self.waiters.withdraw(&self.waiter);
+        {
+            let mut streams = lock(&self.waiters.streams);
+            if streams
+                .get(&self.agent_id)
+                .is_some_and(|w| Arc::ptr_eq(w, &self.waiter))
+            {
+                streams.remove(&self.agent_id);
+            }
+        }
+        // Whatever the agent was offered and did not answer goes to another one. (It
+        // may have been taken meanwhile: the next waiter's claim then finds that.)
+        let unanswered = lock(&self.waiter.awaiting).take().map(|(task, _)| task);
+        for task in [self.waiter.take_offer(), unanswered].into_iter().flatten() {
+            self.waiters.offer_except(task, &self.waiter, false);
         }
     }
 }
@@ -90,17 +161,7 @@ impl Waiters {
         workspace: Option<&str>,
         runners: &[String],
     ) -> crate::store::Result<Enlisted<'_>> {
-        let mut workspaces = self.claimable(state, &account.id).await?;
-        if let Some(only) = workspace {
-            workspaces = Arc::new(workspaces.iter().filter(|w| *w == only).cloned().collect());
-        }
-        let waiter = Arc::new(Waiter {
-            account: account.clone(),
-            workspaces,
-            runners: runners.to_vec(),
-            offered: Mutex::new(None),
-            woken: Notify::new(),
-        });
+        let waiter = self.new_waiter(state, account, workspace, runners).await?;
         self.requeue(&waiter);
         Ok(Enlisted {
             waiters: self,
@@ -108,37 +169,119 @@ impl Waiters {
         })
     }
 
+    /// Enlists the event stream of agent `agent_id` (of `account`, narrowed to
+    /// `workspace`) at the back of the queue. A stream the same agent opened before
+    /// stops being offered anything.
+    pub async fn enlist_stream(
+        self: &Arc<Self>,
+        state: &AppState,
+        account: &Account,
+        workspace: Option<&str>,
+        runners: &[String],
+        agent_id: &str,
+    ) -> crate::store::Result<StreamEnlisted> {
+        let waiter = self.new_waiter(state, account, workspace, runners).await?;
+        if let Some(earlier) = lock(&self.streams).insert(agent_id.to_owned(), waiter.clone()) {
+            self.withdraw(&earlier);
+        }
+        self.requeue(&waiter);
+        Ok(StreamEnlisted {
+            waiters: self.clone(),
+            agent_id: agent_id.to_owned(),
+            waiter,
+        })
+    }
+
+    async fn new_waiter(
+        &self,
+        state: &AppState,
+        account: &Account,
+        workspace: Option<&str>,
+        runners: &[String],
+    ) -> crate::store::Result<Arc<Waiter>> {
+        let mut workspaces = self.claimable(state, &account.id).await?;
+        if let Some(only) = workspace {
+            workspaces = Arc::new(workspaces.iter().filter(|w| *w == only).cloned().collect());
+        }
+        Ok(Arc::new(Waiter {
+            account: account.clone(),
+            workspaces,
+            runners: runners.to_vec(),
+            offered: Mutex::new(None),
+            awaiting: Mutex::new(None),
+            woken: Notify::new(),
+        }))
+    }
+
     /// Puts a waiter that was woken back at the end of the queue.
     pub fn requeue(&self, waiter: &Arc<Waiter>) {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut queue = lock(&self.queue);
         if !queue.iter().any(|w| Arc::ptr_eq(w, waiter)) {
             queue.push_back(waiter.clone());
         }
     }
 
     fn withdraw(&self, waiter: &Arc<Waiter>) {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        queue.retain(|w| !Arc::ptr_eq(w, waiter));
+        lock(&self.queue).retain(|w| !Arc::ptr_eq(w, waiter));
+    }
+
+    /// A claim of agent `agent_id` (of `account_id`) was made here: the offer it names
+    /// is answered, and if the claim left the agent room, the agent waits for the
+    /// next offer. Returns the agent's stream, if it is on this server.
+    pub fn answered(
+        &self,
+        agent_id: &str,
+        account_id: &str,
+        offer: Option<&str>,
+        has_room: bool,
+    ) -> Option<Arc<Waiter>> {
+        let waiter = lock(&self.streams).get(agent_id).cloned()?;
+        if waiter.account.id != account_id {
+            return None;
+        }
+        {
+            let mut awaiting = lock(&waiter.awaiting);
+            if awaiting.as_ref().map(|(task, _)| task.id.as_str()) == offer {
+                *awaiting = None;
+            }
+        }
+        if has_room {
+            self.requeue(&waiter);
+        }
+        Some(waiter)
+    }
+
+    /// Whether anyone waits here.
+    pub fn is_empty(&self) -> bool {
+        lock(&self.queue).is_empty()
     }
 
     /// Wakes the oldest waiter that may take `task`, taking it out of the queue;
     /// false if none may.
     pub fn offer(&self, task: Task) -> bool {
-        self.offer_except(task, None)
+        self.pick(task, |_| true)
     }
 
-    /// [`Self::offer`], passing over `passed` (the waiter passing the task on).
-    pub fn offer_except(&self, task: Task, passed: Option<&Arc<Waiter>>) -> bool {
+    /// [`Self::offer`], passing over `passed` (the waiter passing the task on), and
+    /// every waiter of its account too if `account_limited` (the account's own limits
+    /// kept it from the task).
+    pub fn offer_except(&self, task: Task, passed: &Arc<Waiter>, account_limited: bool) -> bool {
+        self.pick(task, |w| {
+            let same_account = w.account.id == passed.account.id;
+            !(Arc::ptr_eq(passed, w) || account_limited && same_account)
+        })
+    }
+
+    fn pick(&self, task: Task, eligible: impl Fn(&Arc<Waiter>) -> bool) -> bool {
         let now = time::now();
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut queue = lock(&self.queue);
         let Some(at) = queue.iter().position(|w| {
-            passed.is_none_or(|p| !Arc::ptr_eq(p, w))
-                && claim::may_take(&task, &w.account, &w.workspaces, &w.runners, now)
+            eligible(w) && claim::may_take(&task, &w.account, &w.workspaces, &w.runners, now)
         }) else {
             return false;
         };
         let waiter = queue.remove(at).expect("the position is in the queue");
-        *waiter.offered.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        *lock(&waiter.offered) = Some(task);
         waiter.woken.notify_one();
         true
     }
@@ -146,12 +289,8 @@ impl Waiters {
     /// Wakes every waiter, to look again: grants changed, or offers may have been
     /// missed. Their workspaces are read afresh at their next wait.
     pub fn wake_all(&self) {
-        self.grants
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        for waiter in queue.iter() {
+        lock(&self.grants).clear();
+        for waiter in lock(&self.queue).iter() {
             waiter.woken.notify_one();
         }
     }
@@ -162,11 +301,7 @@ impl Waiters {
         state: &AppState,
         account_id: &str,
     ) -> crate::store::Result<Arc<HashSet<String>>> {
-        if let Some((read, workspaces)) = self
-            .grants
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(account_id)
+        if let Some((read, workspaces)) = lock(&self.grants).get(account_id)
             && read.elapsed() < GRANTS_TTL
         {
             return Ok(workspaces.clone());
@@ -179,23 +314,44 @@ impl Waiters {
                 .into_iter()
                 .collect(),
         );
-        self.grants
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(account_id.to_owned(), (Instant::now(), workspaces.clone()));
+        lock(&self.grants).insert(account_id.to_owned(), (Instant::now(), workspaces.clone()));
         Ok(workspaces)
     }
 }
 
+/// Offers `task_id`, which `waiter` was offered and did not take, to the next waiter,
+/// while it is still pending (another claim may have taken it); past the rest of the
+/// waiter's account if `account_limited`.
+pub async fn pass_on(
+    state: &AppState,
+    waiter: &Arc<Waiter>,
+    task_id: &str,
+    account_limited: bool,
+) -> crate::store::Result<()> {
+    if let Some(task) = state.store.get_task(task_id).await?
+        && task.status == TaskStatus::Pending
+    {
+        state.waiters.offer_except(task, waiter, account_limited);
+    }
+    Ok(())
+}
+
 /// Until shutdown: offers each task the cluster's events show becoming claimable to
-/// one waiter, and wakes them all on a new grant or missed events.
+/// one waiter, wakes them all on a new grant or missed events, and sweeps the pending
+/// tasks every [`SWEEP_EVERY`] while anyone waits.
 pub async fn run(state: AppState) {
     let mut events = state.events.subscribe();
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let received = tokio::select! {
             _ = state.shutdown.cancelled() => return,
             _ = state.new_work.notified() => {
                 state.waiters.wake_all();
+                continue;
+            }
+            _ = sweep.tick() => {
+                offer_pending(&state).await;
                 continue;
             }
             received = events.recv() => received,
@@ -229,5 +385,29 @@ pub async fn run(state: AppState) {
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+/// Offers the newest [`SWEEP_TASKS`] pending tasks, each to one waiter that may take
+/// it.
+async fn offer_pending(state: &AppState) {
+    if state.waiters.is_empty() {
+        return;
+    }
+    let filter = TaskFilter {
+        status: Some(TaskStatus::Pending),
+        page: PageRequest {
+            after: None,
+            limit: SWEEP_TASKS,
+        },
+        ..TaskFilter::default()
+    };
+    match state.store.list_tasks(&filter).await {
+        Ok(page) => {
+            for task in page.items {
+                state.waiters.offer(task);
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot read the pending tasks to offer them"),
     }
 }

@@ -580,8 +580,11 @@ impl EventReader {
             {
                 Err(_) => return Next::Quiet,
                 Ok(Some(Ok(event))) => {
-                    let Ok(id) = event.id.trim().parse() else {
-                        continue;
+                    // Logged events have ids; an offer has none and reads as id 0.
+                    let id = match event.id.trim().parse() {
+                        Ok(id) => id,
+                        Err(_) if event.event == "task.offered" => 0,
+                        Err(_) => continue,
                     };
                     let data = serde_json::from_str(&event.data).expect("event data is JSON");
                     return Next::Event(Received {
@@ -592,6 +595,20 @@ impl EventReader {
                 }
                 // The server ended the stream, or went away.
                 Ok(Some(Err(_)) | None) => return Next::Ended,
+            }
+        }
+    }
+
+    /// The next `task.offered` event's data within `timeout` (other events are
+    /// passed over), or `None`.
+    pub async fn next_offer(&mut self, timeout: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_event(left).await {
+                Next::Event(e) if e.name == "task.offered" => return Some(e.data),
+                Next::Event(_) => continue,
+                Next::Quiet | Next::Ended => return None,
             }
         }
     }

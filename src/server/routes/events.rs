@@ -12,14 +12,15 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::api::EventsQuery;
-use crate::core::events::{EventData, KEEP_ALIVE, STREAM_RESET, StoredEvent};
+use crate::core::events::{EventData, KEEP_ALIVE, STREAM_RESET, StoredEvent, TASK_OFFERED};
 use crate::core::policy::Deed;
-use crate::core::{agents, keys};
+use crate::core::{agents, keys, runners};
 use crate::server::AppState;
 use crate::server::auth::{Caller, bearer_token};
 use crate::server::error::{ApiError, ApiResult, Params};
 use crate::server::events::{READ_BATCH, StreamSlot};
 use crate::server::presence::Held;
+use crate::server::waiters::{self, StreamEnlisted};
 
 /// How long an account's key and list of granted workspaces are trusted before they
 /// are read again, so that a revoked grant, or a key rotated through another server of
@@ -68,13 +69,45 @@ pub async fn stream(
         Caller::Account(_) => Some(keys::hash_key(bearer_token(&headers)?)),
     };
     // An agent following the stream stays listed as connected for as long as it does.
-    let presence = match query.agent_id {
+    let presence = match &query.agent_id {
         Some(agent_id) => {
             let account = caller.require_account()?;
-            agents::check_id(&agent_id)?;
-            Some(state.presence.hold(agent_id, account.id.clone()))
+            agents::check_id(agent_id)?;
+            Some(state.presence.hold(agent_id.clone(), account.id.clone()))
         }
         None => None,
+    };
+    let offers = match (query.offers.unwrap_or(false), &query.agent_id) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(ApiError::BadRequest(
+                "offers are made to an agent: give agentId too".into(),
+            ));
+        }
+        (true, Some(agent_id)) => {
+            let runners: Vec<String> = query
+                .runners
+                .as_deref()
+                .unwrap_or_default()
+                .split(',')
+                .filter(|r| !r.is_empty())
+                .map(str::to_owned)
+                .collect();
+            runners::check_advertised(&runners)?;
+            let account = caller.require_account()?;
+            Some(
+                state
+                    .waiters
+                    .enlist_stream(
+                        &state,
+                        account,
+                        query.workspace_id.as_deref(),
+                        &runners,
+                        agent_id,
+                    )
+                    .await?,
+            )
+        }
     };
 
     // Subscribe before reading the backlog, so nothing falls between the two.
@@ -88,7 +121,14 @@ pub async fn stream(
         checked: None,
     };
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(follow(state, (slot, presence), view, start, live, tx));
+    tokio::spawn(follow(
+        state,
+        (slot, presence, offers),
+        view,
+        start,
+        live,
+        tx,
+    ));
     Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
@@ -156,11 +196,12 @@ fn to_sse(event: &StoredEvent) -> SseEvent {
 
 /// Sends everything after `last` the view allows: first from the database, then live.
 ///
-/// `held` lives as long as the stream: its slot among the caller's streams, and the
-/// presence of the agent following it, if one is.
+/// `held` lives as long as the stream: its slot among the caller's streams, the
+/// presence of the agent following it, if one is, and its place among those waiting
+/// for offers, if it takes them.
 async fn follow(
     state: AppState,
-    held: (StreamSlot, Option<Held>),
+    held: (StreamSlot, Option<Held>, Option<StreamEnlisted>),
     mut view: View,
     mut last: i64,
     mut live: broadcast::Receiver<Arc<StoredEvent>>,
@@ -174,6 +215,21 @@ async fn follow(
             _ = state.shutdown.cancelled() => return,
             _ = held.0.revoked.cancelled() => return,
             _ = tx.closed() => return,
+            _ = woken(&held.2) => {
+                if !send_offer(held.2.as_ref(), &tx).await {
+                    return;
+                }
+                continue;
+            }
+            _ = answer_due(&held.2) => {
+                if let Some(enlisted) = &held.2
+                    && let Some(task) = enlisted.waiter.take_overdue()
+                    && let Err(e) = waiters::pass_on(&state, &enlisted.waiter, &task.id, false).await
+                {
+                    tracing::warn!(error = %e, "cannot pass an unanswered offer on; the sweep will");
+                }
+                continue;
+            }
             received = live.recv() => received,
         };
         match received {
@@ -190,6 +246,45 @@ async fn follow(
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }
+}
+
+/// Until the stream's waiter is woken (never, for a stream without offers).
+async fn woken(offers: &Option<StreamEnlisted>) {
+    match offers {
+        Some(enlisted) => enlisted.waiter.woken().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Until the offer the stream sent last is due unanswered (never, without one).
+async fn answer_due(offers: &Option<StreamEnlisted>) {
+    match offers.as_ref().and_then(|o| o.waiter.answer_due()) {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends the agent a [`TASK_OFFERED`] event: the task it was woken for, or none (look
+/// for work). False once the client is gone.
+async fn send_offer(
+    offers: Option<&StreamEnlisted>,
+    tx: &mpsc::Sender<Result<SseEvent, Infallible>>,
+) -> bool {
+    let Some(enlisted) = offers else {
+        return true;
+    };
+    let task = enlisted.waiter.take_offer();
+    let event = SseEvent::default()
+        .event(TASK_OFFERED)
+        .json_data(EventData {
+            task: task.clone(),
+            ..EventData::default()
+        })
+        .unwrap_or_default();
+    if let Some(task) = task {
+        enlisted.waiter.sent(task);
+    }
+    tx.send(Ok(event)).await.is_ok()
 }
 
 /// Reads and sends the events after `last` from the database. False once the client

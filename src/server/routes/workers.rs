@@ -1,6 +1,5 @@
 //! Workers: claimed by agents, reported on by their own account, steered by people.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -18,17 +17,17 @@ use crate::core::actions::{Action, HeartbeatAnswer, WorkerUpdate};
 use crate::core::claim;
 use crate::core::diff::{self, Diff, NewDiff, ReviewBody};
 use crate::core::ids::{IdKind, new_id};
+use crate::core::model::Task;
 use crate::core::model::{Account, Attachment, Worker};
-use crate::core::model::{Task, TaskStatus};
 use crate::core::page::{MAX_LIMIT, PageRequest, Position};
 use crate::core::policy::Deed;
 use crate::core::validate::{self, MAX_MESSAGES_PER_BATCH};
 use crate::core::version;
-use crate::core::{runners, time, workflow};
+use crate::core::{agents, runners, time, workflow};
 use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult, Body, Params};
-use crate::server::waiters::Waiter;
+use crate::server::waiters;
 use crate::store::{ClaimRequest, Claimed, WorkerFilter};
 
 #[utoipa::path(post, path = "/api/workers/claim", tag = "workers", request_body = Option<ClaimBody>,
@@ -46,6 +45,14 @@ pub async fn claim(
         caller.may_in_named(&state, Deed::Claim, ws).await?;
     }
     runners::check_advertised(&body.runners)?;
+    if let Some(agent_id) = &body.agent_id {
+        agents::check_id(agent_id)?;
+    }
+    if body.offer.is_some() && body.agent_id.is_none() {
+        return Err(ApiError::BadRequest(
+            "offer answers an offer to an agent's stream: give agentId too".into(),
+        ));
+    }
     let request = ClaimRequest {
         max_tasks,
         workspace_id: body.workspace_id,
@@ -61,6 +68,19 @@ pub async fn claim(
     } else {
         None
     };
+    if let Some(agent_id) = &body.agent_id {
+        let offer = body.offer.as_deref();
+        let has_room = claimed.len() < max_tasks as usize;
+        let stream = state
+            .waiters
+            .answered(agent_id, &account.id, offer, has_room);
+        if let (Some(stream), Some(offer)) = (stream, offer)
+            && !claimed.iter().any(|c| c.task.id == offer)
+        {
+            let limited = reason.is_some_and(EmptyClaim::account_limited);
+            waiters::pass_on(&state, &stream, offer, limited).await?;
+        }
+    }
     let workers = claimed
         .into_iter()
         .map(|claimed| ClaimEntry::Readable(Box::new(ClaimedWorker::from(claimed))))
@@ -217,14 +237,14 @@ async fn claim_waiting(
         let took = |task: &Task| claimed.iter().any(|c| c.task.id == task.id);
         let over = tokio::time::Instant::now() >= deadline;
         if let Some(task) = woken_for.take().filter(|t| !took(t)) {
-            pass_on(state, waiter, task).await?;
+            waiters::pass_on(state, waiter, &task.id, false).await?;
         }
         if let Some(task) = arrived.filter(|t| !took(t)) {
             if claimed.is_empty() && !over {
                 woken_for = Some(task);
                 continue;
             }
-            pass_on(state, waiter, task).await?;
+            waiters::pass_on(state, waiter, &task.id, false).await?;
         }
         if !claimed.is_empty() || over {
             return Ok(claimed);
@@ -236,17 +256,6 @@ async fn claim_waiting(
             _ = state.shutdown.cancelled() => return Ok(Vec::new()),
         }
     }
-}
-
-/// Offers a task this claim was woken for but did not take to the next waiter, while
-/// it is still pending (another claim may have taken it).
-async fn pass_on(state: &AppState, waiter: &Arc<Waiter>, task: Task) -> ApiResult<()> {
-    if let Some(task) = state.store.get_task(&task.id).await?
-        && task.status == TaskStatus::Pending
-    {
-        state.waiters.offer_except(task, Some(waiter));
-    }
-    Ok(())
 }
 
 #[utoipa::path(get, path = "/api/workers", tag = "workers", params(WorkerQuery),
