@@ -377,6 +377,19 @@ mod tests {
     }
 
     #[test]
+    fn only_an_accounts_own_limits_pass_an_offer_past_its_other_agents() {
+        let limited: Vec<EmptyClaim> = EmptyClaim::ALL
+            .iter()
+            .copied()
+            .filter(|r| r.account_limited())
+            .collect();
+        assert_eq!(
+            limited,
+            [EmptyClaim::ConcurrencyLimit, EmptyClaim::DailyBudget]
+        );
+    }
+
+    #[test]
     fn an_explicit_claim_follows_every_rule_of_a_claim() {
         let now = time::now();
         let acc = account(1, Some(5.0));
