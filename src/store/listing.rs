@@ -56,6 +56,17 @@ impl Conditions {
         self.clauses.push(numbered);
     }
 
+    /// `column IN (…values)`; with no values, no row.
+    pub fn push_in(&mut self, column: &str, values: Vec<String>) {
+        if values.is_empty() {
+            self.push("0 = 1", Vec::new());
+            return;
+        }
+        let marks = vec!["?"; values.len()].join(", ");
+        let values = values.iter().map(|v| Arg::from(v.as_str())).collect();
+        self.push(&format!("{column} IN ({marks})"), values);
+    }
+
     /// Rows past `after` in the list's `order` of `key`.
     pub fn after(&mut self, key: Key, order: Order, after: Option<&Position>) {
         let Some(after) = after else { return };

@@ -1356,6 +1356,22 @@ impl<B: Backend> SqlStore<B> {
         <B::Read as Tx>::DIALECT.event_id
     }
 
+    /// The workspaces granted to `account` (`None` without one: the admin sees all).
+    /// Lists read them first and name them, so that the planner sees `workspace_id =
+    /// ?` (or a short list) and walks that workspace's index in order: given `IN
+    /// (SELECT …)`, SQLite sorted every visible row (300 ms at a million tasks).
+    async fn granted(&self, account: Option<&str>) -> Result<Option<Vec<String>>> {
+        let Some(account) = account else {
+            return Ok(None);
+        };
+        let sql = "SELECT workspace_id FROM account_workspaces WHERE account_id = $1 \
+                   ORDER BY workspace_id";
+        let granted = self
+            .all(sql.to_owned(), args![account], |r| r.get())
+            .await?;
+        Ok(Some(granted))
+    }
+
     /// Every row `sql` returns, read on a read connection.
     async fn all<T: Send + 'static>(
         &self,
@@ -1553,7 +1569,8 @@ impl<B: Backend> Store for SqlStore<B> {
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Page<Task>> {
         let f = filter;
         let key = Key::TimeAndId("created_at", "id");
-        let mut w = task_conditions(f.workspace_id.as_deref(), f.visible_to.as_deref());
+        let granted = self.granted(f.visible_to.as_deref()).await?;
+        let mut w = task_conditions(f.workspace_id.as_deref(), granted.as_deref());
         if let Some(status) = f.status {
             w.push("status = ?", args![status.as_str()]);
         }
@@ -1582,7 +1599,8 @@ impl<B: Backend> Store for SqlStore<B> {
         workspace_id: Option<&str>,
         visible_to: Option<&str>,
     ) -> Result<Vec<(TaskStatus, i64)>> {
-        let w = task_conditions(workspace_id, visible_to);
+        let granted = self.granted(visible_to).await?;
+        let w = task_conditions(workspace_id, granted.as_deref());
         let sql = format!(
             "SELECT status, COUNT(*) FROM tasks{} GROUP BY status",
             w.filter()
@@ -1775,8 +1793,8 @@ impl<B: Backend> Store for SqlStore<B> {
         if let Some(status) = f.status {
             w.push("status = ?", args![status.as_str()]);
         }
-        if let Some(account) = &f.visible_to {
-            w.push(GRANTED_WORKSPACES, args![account]);
+        if let Some(granted) = self.granted(f.visible_to.as_deref()).await? {
+            w.push_in("workspace_id", granted);
         }
         w.after(key, Order::NewestFirst, f.page.after.as_ref());
         let select = format!("SELECT {WORKER_COLUMNS} FROM workers");
@@ -2402,18 +2420,15 @@ impl<B: Backend> Store for SqlStore<B> {
     }
 }
 
-/// Rows of workspaces granted to the account `?`.
-const GRANTED_WORKSPACES: &str =
-    "workspace_id IN (SELECT workspace_id FROM account_workspaces WHERE account_id = ?)";
-
-/// The conditions of a task list or count: one workspace, and what the caller may see.
-fn task_conditions(workspace_id: Option<&str>, visible_to: Option<&str>) -> Conditions {
+/// The conditions of a task list or count: one workspace, and the workspaces the
+/// caller may see (`None`: all).
+fn task_conditions(workspace_id: Option<&str>, granted: Option<&[String]>) -> Conditions {
     let mut w = Conditions::default();
     if let Some(workspace) = workspace_id {
         w.push("workspace_id = ?", args![workspace]);
     }
-    if let Some(account) = visible_to {
-        w.push(GRANTED_WORKSPACES, args![account]);
+    if let Some(granted) = granted {
+        w.push_in("workspace_id", granted.to_vec());
     }
     w
 }

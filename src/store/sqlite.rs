@@ -34,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0009_github.sql"),
     include_str!("../../migrations/sqlite/0010_agents.sql"),
     include_str!("../../migrations/sqlite/0011_runners.sql"),
+    include_str!("../../migrations/sqlite/0012_scale.sql"),
 ];
 const READERS: usize = 4;
 
@@ -47,12 +48,21 @@ pub struct Sqlite {
     events_written: watch::Sender<u64>,
 }
 
-fn connect(path: &Path) -> Result<Connection> {
+/// Page cache of the writer and of each reader, in KiB. SQLite's default (2 MiB)
+/// holds little more than the top of a big database's indexes: at a million tasks a
+/// claim then read a few dozen pages back from the OS for the index entries it
+/// changes, and took 1.4 times as long as on an empty database. The cache fills only
+/// as far as the database is read, so a small one costs no more.
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
+const READER_CACHE_KIB: i64 = 16 * 1024;
+
+fn connect(path: &Path, cache_kib: i64) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-    )?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+         PRAGMA cache_size = -{cache_kib};"
+    ))?;
     Ok(conn)
 }
 
@@ -92,7 +102,7 @@ impl Sqlite {
                 })?;
             }
             keep_private(&path)?;
-            let mut writer = connect(&path)?;
+            let mut writer = connect(&path, WRITER_CACHE_KIB)?;
             migrate(&mut writer)?;
             // SQLite makes the WAL and shared-memory files with the database file's
             // mode; tighten any left from before anyway.
@@ -105,7 +115,7 @@ impl Sqlite {
                 }
             }
             let readers = (0..READERS)
-                .map(|_| connect(&path))
+                .map(|_| connect(&path, READER_CACHE_KIB))
                 .collect::<Result<Vec<_>>>()?;
             Ok::<_, StoreError>((writer, readers))
         })
