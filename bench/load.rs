@@ -3,12 +3,16 @@
 //! For `BUILDD_LOAD_SECS` (default 60) seconds: 16 agent loops each claim a task, report
 //! `starting` and `running`, append 5 batches of 100 runner messages with a heartbeat
 //! after each, and report `completed`; a producer keeps 64 tasks queued; 20 admin
-//! subscribers follow `/api/events`. Printed per operation: count, rate, p50 and p99
-//! latency; messages appended per second; events delivered; the server's RSS every
-//! 10 s; and any non-2xx answer (there should be none).
+//! subscribers follow `/api/events`. Retention is on and short (events and finished
+//! workers' output kept `BUILDD_LOAD_RETENTION_DAYS`, default 0.002: about 3 minutes),
+//! so a long run deletes as it writes, as a server kept for years does. Printed each
+//! minute: the server's RSS, requests per second and their p99; then per operation:
+//! count, rate, p50 and p99 latency; messages appended per second; events delivered;
+//! the server's RSS every 10 s; and any non-2xx answer (there should be none).
 //!
 //! SQLite, then Postgres when `BUILDD_TEST_DATABASE_URL` is set.
-//! `cargo bench --bench load` — `BUILDD_LOAD_SUBSCRIBERS` (default 20).
+//! `cargo bench --bench load` — `BUILDD_LOAD_SUBSCRIBERS` (default 20);
+//! `BUILDD_LOAD_SECS=600` for the ten-minute run.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -40,10 +44,11 @@ fn main() {
     });
 }
 
-/// Latencies per operation, and the answers that were not 2xx.
-#[derive(Default)]
+/// Latencies per operation and per minute, and the answers that were not 2xx.
 struct Record {
+    started: Instant,
     latencies: Mutex<BTreeMap<&'static str, Vec<Duration>>>,
+    per_minute: Mutex<Vec<Vec<Duration>>>,
     failures: Mutex<Vec<String>>,
 }
 
@@ -65,6 +70,12 @@ impl Record {
             .entry(op)
             .or_default()
             .push(took);
+        let minute = (started - self.started).as_secs() as usize / 60;
+        let mut per_minute = self.per_minute.lock().unwrap();
+        if per_minute.len() <= minute {
+            per_minute.resize_with(minute + 1, Vec::new);
+        }
+        per_minute[minute].push(took);
         if !status.is_success() {
             self.failures
                 .lock()
@@ -72,6 +83,34 @@ impl Record {
                 .push(format!("{op} {path}: {status} {answer}"));
         }
         answer
+    }
+}
+
+impl Record {
+    fn new() -> Record {
+        Record {
+            started: Instant::now(),
+            latencies: Mutex::default(),
+            per_minute: Mutex::default(),
+            failures: Mutex::default(),
+        }
+    }
+
+    /// Requests per second and their p99 in minute `minute` of the run.
+    fn minute(&self, minute: usize) -> (f64, Duration) {
+        let mut times = self
+            .per_minute
+            .lock()
+            .unwrap()
+            .get(minute)
+            .cloned()
+            .unwrap_or_default();
+        times.sort();
+        let p99 = times
+            .get((times.len() * 99 / 100).min(times.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default();
+        (times.len() as f64 / 60.0, p99)
     }
 }
 
@@ -89,7 +128,12 @@ async fn run(label: &str, database: &str, secs: u64, subscribers: usize) {
         "\n== load: {label}, {secs} s, {AGENTS} agent loops, {subscribers} subscribers, {BATCHES_PER_TASK}×{MESSAGES_PER_BATCH} messages per task"
     );
     let home = tempfile::tempdir().unwrap();
-    let server = Server::start(database, home.path(), &[]);
+    let keep = format!("{}", common::env_or("BUILDD_LOAD_RETENTION_DAYS", 0.002));
+    let server = Server::start(
+        database,
+        home.path(),
+        &["--retention", &keep, "--message-retention", &keep],
+    );
     let admin = server.admin();
     let ws = admin.workspace("load").await;
     let mut keys = Vec::new();
@@ -105,7 +149,7 @@ async fn run(label: &str, database: &str, secs: u64, subscribers: usize) {
         keys.push(key);
     }
 
-    let record = Arc::new(Record::default());
+    let record = Arc::new(Record::new());
     let stop = Arc::new(AtomicBool::new(false));
     let created = Arc::new(AtomicU64::new(0));
     let claimed = Arc::new(AtomicU64::new(0));
@@ -230,12 +274,21 @@ async fn run(label: &str, database: &str, secs: u64, subscribers: usize) {
     }
 
     let pid = server.pid();
-    let started = Instant::now();
+    let started = record.started;
     let mut rss = vec![(0u64, rss_mib(pid))];
     for tick in 1..=secs.div_ceil(10) {
         let until = Duration::from_secs((tick * 10).min(secs));
         tokio::time::sleep(until.saturating_sub(started.elapsed())).await;
         rss.push((until.as_secs(), rss_mib(pid)));
+        if until.as_secs().is_multiple_of(60) {
+            let minute = until.as_secs() / 60;
+            let (rate, p99) = record.minute(minute as usize - 1);
+            println!(
+                "minute {minute:>2}: server RSS {:>6.1} MiB · {rate:>5.0} requests/s · p99 {:>6.1} ms",
+                rss_mib(pid),
+                p99.as_secs_f64() * 1000.0
+            );
+        }
     }
     stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
