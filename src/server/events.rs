@@ -6,10 +6,10 @@
 //! and broadcasts them; a subscriber that falls behind the broadcast reads what it
 //! missed from the database itself.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +25,20 @@ const BROADCAST_CAPACITY: usize = 4096;
 /// How many events one database read takes.
 pub const READ_BATCH: u32 = 1000;
 
+/// How long what an account's key may see is trusted before it is read again, so that
+/// a revoked grant, or a key rotated through another server of the cluster, stops the
+/// flow soon. (A key rotated through this server ends its streams at once.)
+pub const ACCESS_TTL: Duration = Duration::from_secs(5);
+
+/// What the streams opened with one account key may see.
+pub struct StreamAccess {
+    pub account_id: String,
+    pub workspaces: HashSet<String>,
+}
+
+/// A key's access as last read (`None`: the key no longer works), and when.
+type AccessEntry = Option<(Instant, Option<Arc<StreamAccess>>)>;
+
 pub struct EventHub {
     live: broadcast::Sender<Arc<StoredEvent>>,
     /// The newest event id broadcast so far.
@@ -33,6 +47,10 @@ pub struct EventHub {
     streams: Mutex<HashMap<String, CallerStreams>>,
     /// Streams one caller may hold open here at once.
     max_streams_per_caller: usize,
+    /// Access per key hash, shared by every stream opened with the key: a thousand
+    /// agents of one account cost one read per [`ACCESS_TTL`], not a thousand.
+    access: Mutex<HashMap<String, Arc<tokio::sync::Mutex<AccessEntry>>>>,
+    store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
 }
 
@@ -77,6 +95,8 @@ impl EventHub {
             last_id: AtomicI64::new(store.last_event_id().await?),
             streams: Mutex::default(),
             max_streams_per_caller,
+            access: Mutex::default(),
+            store: store.clone(),
             metrics,
         });
         tokio::spawn(pump(store, hub.clone(), shutdown));
@@ -109,8 +129,49 @@ impl EventHub {
         })
     }
 
+    /// What streams opened with the account key hashed `key_hash` may see: `None` once
+    /// the key no longer works. Read at most every [`ACCESS_TTL`] per key, by one
+    /// stream while the others wait for its answer.
+    pub async fn access(&self, key_hash: &str) -> Result<Option<Arc<StreamAccess>>, StoreError> {
+        let entry = {
+            let mut access = self.access.lock().unwrap_or_else(|e| e.into_inner());
+            if !access.contains_key(key_hash) {
+                // Keys no stream asked about for a while (rotated, gone) are dropped.
+                access.retain(|_, entry| {
+                    entry.try_lock().map_or(true, |e| {
+                        e.as_ref().is_some_and(|(at, _)| at.elapsed() < ACCESS_TTL)
+                    })
+                });
+            }
+            access.entry(key_hash.to_owned()).or_default().clone()
+        };
+        let mut entry = entry.lock().await;
+        if let Some((read, access)) = &*entry
+            && read.elapsed() < ACCESS_TTL
+        {
+            return Ok(access.clone());
+        }
+        let access = match self.store.account_by_key_hash(key_hash).await? {
+            Some(account) => {
+                let workspaces = self.store.list_workspaces(Some(&account.id)).await?;
+                Some(Arc::new(StreamAccess {
+                    account_id: account.id,
+                    workspaces: workspaces.into_iter().map(|w| w.id).collect(),
+                }))
+            }
+            None => None,
+        };
+        *entry = Some((Instant::now(), access.clone()));
+        Ok(access)
+    }
+
     /// Ends every open stream of `caller` on this server (its key was rotated).
     pub fn revoke(&self, caller: &str) {
+        // Read every key's access afresh, the rotated one's included.
+        self.access
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = streams.get_mut(caller) {
             entry.revoked.cancel();

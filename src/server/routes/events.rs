@@ -1,9 +1,7 @@
 //! `GET /api/events`: the live event stream (Server-Sent Events).
 
-use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -21,12 +19,6 @@ use crate::server::error::{ApiError, ApiResult, Params};
 use crate::server::events::{READ_BATCH, StreamSlot};
 use crate::server::presence::Held;
 use crate::server::waiters::{self, StreamEnlisted};
-
-/// How long an account's key and list of granted workspaces are trusted before they
-/// are read again, so that a revoked grant, or a key rotated through another server of
-/// the cluster, stops the flow soon without a query per event. (A key rotated through
-/// this server ends its streams at once.)
-const GRANTS_TTL: Duration = Duration::from_secs(5);
 
 type EventStream = Sse<KeepAliveStream<ReceiverStream<Result<SseEvent, Infallible>>>>;
 
@@ -117,8 +109,6 @@ pub async fn stream(
         account: caller.scope(),
         key_hash,
         workspace: query.workspace_id,
-        granted: HashSet::new(),
-        checked: None,
     };
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(follow(
@@ -140,8 +130,6 @@ struct View {
     key_hash: Option<String>,
     /// The `?workspaceId=` filter.
     workspace: Option<String>,
-    granted: HashSet<String>,
-    checked: Option<Instant>,
 }
 
 /// What to do with one event.
@@ -164,25 +152,18 @@ impl View {
         let (Some(account), Some(key_hash)) = (&self.account, &self.key_hash) else {
             return Verdict::Send;
         };
-        if self.checked.is_none_or(|at| at.elapsed() > GRANTS_TTL) {
-            match state.store.account_by_key_hash(key_hash).await {
-                Ok(Some(a)) if a.id == *account => {}
-                Ok(_) => return Verdict::End,
-                // Without a fresh answer, show nothing rather than too much.
-                Err(_) => return Verdict::Skip,
-            }
-            match state.store.list_workspaces(Some(account)).await {
-                Ok(list) => {
-                    self.granted = list.into_iter().map(|w| w.id).collect();
-                    self.checked = Some(Instant::now());
+        // Read at most every few seconds for all the streams of the key.
+        match state.events.access(key_hash).await {
+            Ok(Some(access)) if access.account_id == *account => {
+                if access.workspaces.contains(&event.workspace_id) {
+                    Verdict::Send
+                } else {
+                    Verdict::Skip
                 }
-                Err(_) => return Verdict::Skip,
             }
-        }
-        if self.granted.contains(&event.workspace_id) {
-            Verdict::Send
-        } else {
-            Verdict::Skip
+            Ok(_) => Verdict::End,
+            // Without a fresh answer, show nothing rather than too much.
+            Err(_) => Verdict::Skip,
         }
     }
 }
