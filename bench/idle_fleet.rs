@@ -52,7 +52,8 @@ fn main() {
         for n in 0..accounts {
             let (_, key) = admin
                 .account(
-                    json!({"type": "service", "name": format!("fleet {n}")}),
+                    // No limit in the way: the figures are about waking, not limits.
+                    json!({"type": "service", "name": format!("fleet {n}"), "maxConcurrentWorkers": 1_000_000}),
                     &ws,
                     true,
                     false,

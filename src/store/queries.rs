@@ -1073,8 +1073,11 @@ async fn claim_task<T: Tx>(
     let mut task = load_task(tx, task_id, true)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("task {task_id}")))?;
-    let (account, active) = lock_account(tx, account_id).await?;
-    let cost_today = cost_today(tx, account_id, now).await?;
+    let LockedAccount {
+        account,
+        active,
+        cost_today,
+    } = lock_account(tx, account_id, now).await?;
     // As in a claim: stamped as of when the task was ours to read.
     let now = now + elapsed(asked);
     claim::check_explicit(&task, &account, active, cost_today, now)?;
@@ -1094,27 +1097,38 @@ async fn claim_task<T: Tx>(
     })
 }
 
-/// The account and its count of workers holding a slot, locked until commit: this
-/// serialises the account's claims, so the counts stay true until commit.
-async fn lock_account<T: Tx>(tx: &mut T, account_id: &str) -> Result<(Account, i64)> {
+/// An account as a claim sees it: locked until commit, with its count of workers
+/// holding a slot and what its workers started today (UTC) have cost.
+struct LockedAccount {
+    account: Account,
+    active: i64,
+    cost_today: f64,
+}
+
+/// The account, locked until commit: this serialises the account's claims, so its
+/// counts stay true until commit. One statement reads the day's cost too: a claim is
+/// a handful of round trips, and each one counts.
+async fn lock_account<T: Tx>(
+    tx: &mut T,
+    account_id: &str,
+    now: Timestamp,
+) -> Result<LockedAccount> {
     let sql = format!(
-        "SELECT {ACCOUNT_COLUMNS}, active_workers FROM accounts WHERE id = $1{}",
+        "SELECT {ACCOUNT_COLUMNS}, active_workers, \
+         COALESCE((SELECT cost_usd FROM account_usage \
+                   WHERE account_id = accounts.id AND day = $2), 0.0) \
+         FROM accounts WHERE id = $1{}",
         T::DIALECT.for_update
     );
-    tx.query_optional(&sql, args![account_id], |r| {
-        Ok((account_from_row(r)?, r.get::<i64>()?))
+    tx.query_optional(&sql, args![account_id, time::utc_day(now)], |r| {
+        Ok(LockedAccount {
+            account: account_from_row(r)?,
+            active: r.get()?,
+            cost_today: r.get()?,
+        })
     })
     .await?
     .ok_or_else(|| StoreError::NotFound(format!("account {account_id}")))
-}
-
-/// What the account's workers started today (UTC) have cost.
-async fn cost_today<T: Tx>(tx: &mut T, account_id: &str, now: Timestamp) -> Result<f64> {
-    let sql = "SELECT cost_usd FROM account_usage WHERE account_id = $1 AND day = $2";
-    let cost: Option<f64> = tx
-        .query_optional(sql, args![account_id, time::utc_day(now)], |r| r.get())
-        .await?;
-    Ok(cost.unwrap_or(0.0))
 }
 
 /// How long since `asked`, in the whole milliseconds timestamps are kept in, rounded
@@ -1134,8 +1148,11 @@ async fn claim<T: Tx>(
 ) -> Result<Vec<Claimed>> {
     let dialect = T::DIALECT;
     // The account's limits are re-read as they are now, under its lock.
-    let (account, active) = lock_account(tx, account_id).await?;
-    let cost_today = cost_today(tx, &account.id, now).await?;
+    let LockedAccount {
+        account,
+        active,
+        cost_today,
+    } = lock_account(tx, account_id, now).await?;
     let slots = claim::free_slots(&account, active, cost_today, request.max_tasks);
     if slots == 0 {
         return Ok(Vec::new());

@@ -101,13 +101,25 @@ async fn why_empty(
     account: &Account,
     request: &ClaimRequest,
 ) -> ApiResult<EmptyClaim> {
-    let now = time::now();
-    let usage = state.store.usage(&account.id, &time::utc_day(now)).await?;
-    if let Some(limit) = claim::limit_reached(account, usage.active_workers, usage.cost_usd) {
+    if let Some(limit) = limit_reached(state, account).await? {
         return Ok(limit);
     }
-    let backlog = state.store.backlog(account, request, now).await?;
+    let backlog = state.store.backlog(account, request, time::now()).await?;
     Ok(claim::why_empty(&backlog))
+}
+
+/// The limit of its own `account` is at, if any (the account was read for this
+/// request).
+async fn limit_reached(state: &AppState, account: &Account) -> ApiResult<Option<EmptyClaim>> {
+    let usage = state
+        .store
+        .usage(&account.id, &time::utc_day(time::now()))
+        .await?;
+    Ok(claim::limit_reached(
+        account,
+        usage.active_workers,
+        usage.cost_usd,
+    ))
 }
 
 #[utoipa::path(post, path = "/api/workers", tag = "workers", request_body = NewWorker,
@@ -236,15 +248,20 @@ async fn claim_waiting(
         let arrived = waiter.take_offer();
         let took = |task: &Task| claimed.iter().any(|c| c.task.id == task.id);
         let over = tokio::time::Instant::now() >= deadline;
+        // A task passed on after a claim that took nothing goes past this account's
+        // other waiters when the account's own limits were in the way.
+        let passing = woken_for.is_some() || (arrived.is_some() && over);
+        let limited =
+            passing && claimed.is_empty() && limit_reached(state, account).await?.is_some();
         if let Some(task) = woken_for.take().filter(|t| !took(t)) {
-            waiters::pass_on(state, waiter, &task.id, false).await?;
+            waiters::pass_on(state, waiter, &task.id, limited).await?;
         }
         if let Some(task) = arrived.filter(|t| !took(t)) {
             if claimed.is_empty() && !over {
                 woken_for = Some(task);
                 continue;
             }
-            waiters::pass_on(state, waiter, &task.id, false).await?;
+            waiters::pass_on(state, waiter, &task.id, limited).await?;
         }
         if !claimed.is_empty() || over {
             return Ok(claimed);
