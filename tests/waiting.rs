@@ -208,13 +208,29 @@ async fn a_new_task_is_offered_to_one_agent_stream_on(server: Server) {
     // The first agent is full (it asked for one task and got it): the next task goes
     // to the next agent.
     let second = admin.task(&ws, json!({"title": "two"})).await;
-    let (_, _, stream) = &mut agents[1];
+    let (api, id, stream) = &mut agents[1];
     assert_eq!(offered(stream, 5).await.as_deref(), second["id"].as_str());
+    answer(api, id, second["id"].as_str().unwrap()).await;
     let (_, _, stream) = &mut agents[0];
     assert_eq!(
         offered(stream, 1).await,
         None,
         "a full agent is offered nothing"
+    );
+    // An agent's stream carries its own account's runs and its offers, not the rest
+    // of the cluster's events.
+    let (_, _, stream) = &mut agents[1];
+    let own = stream.drain(Duration::from_millis(500)).await;
+    assert!(
+        own.iter()
+            .any(|e| e.name == "task.updated" && e.data["task"]["id"] == second["id"]),
+        "{own:?}"
+    );
+    let (_, _, stream) = &mut agents[3];
+    let others = stream.drain(Duration::from_millis(500)).await;
+    assert!(
+        others.iter().all(|e| e.name == "task.offered"),
+        "{others:?}"
     );
 }
 

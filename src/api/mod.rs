@@ -782,7 +782,9 @@ pub struct EventsQuery {
     /// `task.offered` event (no `id:`; `{"task":{…}}`, or `{}` for "look for work"),
     /// instead of every idle agent claiming on every `task.created`. It answers with a
     /// claim naming `agentId` and the `offer`; an offer unanswered for 3 s goes to the
-    /// next agent.
+    /// next agent. Such a stream carries only what the agent's own runs need: events
+    /// of its account's tasks and workers, people's replies and instructions, and
+    /// `stream.reset`.
     pub offers: Option<bool>,
     /// With `offers`: the runners the agent has, comma-separated (as a claim's
     /// `runners`), so it is offered only tasks it can run.

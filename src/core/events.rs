@@ -1,11 +1,12 @@
 //! Events: what the stores write, in the same transaction as the change they describe,
 //! so that a subscriber resuming from an event id misses nothing.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::messages::{is_instruction, is_user_reply};
 use super::model::{Task, TaskStatus, Worker};
 
 /// An event as stored, with the id `GET /api/events` sends and resumes from. Ids
@@ -18,9 +19,58 @@ pub struct StoredEvent {
     /// The JSON text as it was stored. Subscribers get it as it is: one event reaches
     /// many streams, and none of them parses or serialises it again.
     pub data: Arc<str>,
+    /// [`StoredEvent::agent_audience`], worked out by the first stream that asks.
+    pub audience: OnceLock<AgentAudience>,
+}
+
+/// Which agents' streams that take offers need an event. There an agent follows only
+/// its own runs (a cancel, a pause, an answer) and learns of new work from offers:
+/// the rest of the cluster's events would only cost it and the server, ten thousand
+/// times over for ten thousand agents.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentAudience {
+    Nobody,
+    /// The agents of this account: one of its tasks or workers changed.
+    Account(String),
+    /// Every agent: a person's reply or instruction to a run (the event does not name
+    /// the run's account), or a reset of the stream.
+    Everyone,
 }
 
 impl StoredEvent {
+    pub fn new(id: i64, name: String, workspace_id: String, data: Arc<str>) -> Self {
+        StoredEvent {
+            id,
+            name,
+            workspace_id,
+            data,
+            audience: OnceLock::new(),
+        }
+    }
+
+    /// Which agents' streams taking offers need this event (parsed once per event,
+    /// however many streams ask).
+    pub fn agent_audience(&self) -> &AgentAudience {
+        self.audience.get_or_init(|| {
+            let parsed = || serde_json::from_str::<EventData>(&self.data).unwrap_or_default();
+            match self.name.as_str() {
+                STREAM_RESET => AgentAudience::Everyone,
+                "task.updated" => parsed()
+                    .task
+                    .and_then(|t| t.claimed_by)
+                    .map_or(AgentAudience::Nobody, AgentAudience::Account),
+                "worker.updated" => parsed().worker.map_or(AgentAudience::Nobody, |w| {
+                    AgentAudience::Account(w.account_id)
+                }),
+                "worker.message" => match parsed().message {
+                    Some(m) if is_user_reply(&m) || is_instruction(&m) => AgentAudience::Everyone,
+                    _ => AgentAudience::Nobody,
+                },
+                _ => AgentAudience::Nobody,
+            }
+        })
+    }
+
     /// Whether this event may make a waiting claim succeed: a new task, or one back
     /// in the queue.
     pub fn offers_work(&self) -> bool {
@@ -158,5 +208,38 @@ impl Event {
             }
             .into_value(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(name: &str, data: Value) -> StoredEvent {
+        StoredEvent::new(1, name.into(), "ws-1".into(), data.to_string().into())
+    }
+
+    #[test]
+    fn an_agent_stream_gets_its_own_runs_and_peoples_words_only() {
+        let created = event("task.created", serde_json::json!({}));
+        assert_eq!(*created.agent_audience(), AgentAudience::Nobody);
+        let reset = event(STREAM_RESET, serde_json::json!({}));
+        assert_eq!(*reset.agent_audience(), AgentAudience::Everyone);
+        let output = serde_json::json!({"workerId": "wrk-1", "message": {"type": "assistant"}});
+        assert_eq!(
+            *event("worker.message", output).agent_audience(),
+            AgentAudience::Nobody
+        );
+        let reply = serde_json::json!({
+            "workerId": "wrk-1",
+            "message": crate::core::messages::user_reply("yes")
+        });
+        assert_eq!(
+            *event("worker.message", reply).agent_audience(),
+            AgentAudience::Everyone
+        );
+        // Unreadable data concerns no agent rather than every one.
+        let garbled = StoredEvent::new(2, "task.updated".into(), "ws-1".into(), "{".into());
+        assert_eq!(*garbled.agent_audience(), AgentAudience::Nobody);
     }
 }

@@ -726,12 +726,12 @@ fn artifact_from_row(r: &mut Reader) -> Result<RecordedArtifact> {
 }
 
 fn event_from_row(r: &mut Reader) -> Result<StoredEvent> {
-    Ok(StoredEvent {
-        id: r.get()?,
-        name: r.get()?,
-        workspace_id: r.get()?,
-        data: r.get::<String>()?.into(),
-    })
+    Ok(StoredEvent::new(
+        r.get()?,
+        r.get()?,
+        r.get()?,
+        r.get::<String>()?.into(),
+    ))
 }
 
 /// The task `id`, locked until commit when `lock`.

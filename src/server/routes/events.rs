@@ -10,7 +10,9 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::api::EventsQuery;
-use crate::core::events::{EventData, KEEP_ALIVE, STREAM_RESET, StoredEvent, TASK_OFFERED};
+use crate::core::events::{
+    AgentAudience, EventData, KEEP_ALIVE, STREAM_RESET, StoredEvent, TASK_OFFERED,
+};
 use crate::core::policy::Deed;
 use crate::core::{agents, keys, runners};
 use crate::server::AppState;
@@ -109,6 +111,7 @@ pub async fn stream(
         account: caller.scope(),
         key_hash,
         workspace: query.workspace_id,
+        own_runs_only: offers.is_some(),
     };
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(follow(
@@ -130,6 +133,9 @@ struct View {
     key_hash: Option<String>,
     /// The `?workspaceId=` filter.
     workspace: Option<String>,
+    /// An agent's stream that takes offers: only the events its runs need
+    /// ([`StoredEvent::agent_audience`]).
+    own_runs_only: bool,
 }
 
 /// What to do with one event.
@@ -142,6 +148,15 @@ enum Verdict {
 
 impl View {
     async fn judge(&mut self, state: &AppState, event: &StoredEvent) -> Verdict {
+        if self.own_runs_only {
+            match event.agent_audience() {
+                AgentAudience::Nobody => return Verdict::Skip,
+                AgentAudience::Account(id) if self.account.as_ref() != Some(id) => {
+                    return Verdict::Skip;
+                }
+                AgentAudience::Account(_) | AgentAudience::Everyone => {}
+            }
+        }
         if self
             .workspace
             .as_ref()
