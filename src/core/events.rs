@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::messages::{is_instruction, is_user_reply};
+use super::messages::{INSTRUCTION, USER_REPLY, is_instruction, is_user_reply};
 use super::model::{Task, TaskStatus, Worker};
 
 /// An event as stored, with the id `GET /api/events` sends and resumes from. Ids
@@ -62,6 +62,13 @@ impl StoredEvent {
                 "worker.updated" => parsed().worker.map_or(AgentAudience::Nobody, |w| {
                     AgentAudience::Account(w.account_id)
                 }),
+                // Most events are a runner's output: those are told apart without
+                // parsing them.
+                "worker.message"
+                    if !self.data.contains(USER_REPLY) && !self.data.contains(INSTRUCTION) =>
+                {
+                    AgentAudience::Nobody
+                }
                 "worker.message" => match parsed().message {
                     Some(m) if is_user_reply(&m) || is_instruction(&m) => AgentAudience::Everyone,
                     _ => AgentAudience::Nobody,

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::metrics::Metrics;
-use crate::core::events::StoredEvent;
+use crate::core::events::{AgentAudience, StoredEvent};
 use crate::store::{Store, StoreError};
 
 /// Events kept for subscribers that are momentarily slow; beyond this they catch up
@@ -41,6 +41,10 @@ type AccessEntry = Option<(Instant, Option<Arc<StreamAccess>>)>;
 
 pub struct EventHub {
     live: broadcast::Sender<Arc<StoredEvent>>,
+    /// Per account, the events its agents' streams that take offers need
+    /// ([`StoredEvent::agent_audience`]): ten thousand idle agents are not woken for
+    /// every event of the cluster, only for their own account's.
+    agents: Mutex<HashMap<String, broadcast::Sender<Arc<StoredEvent>>>>,
     /// The newest event id broadcast so far.
     last_id: AtomicI64,
     /// Open streams per caller (an account id, or `admin`).
@@ -92,6 +96,7 @@ impl EventHub {
     ) -> Result<Arc<Self>, StoreError> {
         let hub = Arc::new(EventHub {
             live: broadcast::Sender::new(BROADCAST_CAPACITY),
+            agents: Mutex::default(),
             last_id: AtomicI64::new(store.last_event_id().await?),
             streams: Mutex::default(),
             max_streams_per_caller,
@@ -106,6 +111,38 @@ impl EventHub {
     /// Events broadcast from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<StoredEvent>> {
         self.live.subscribe()
+    }
+
+    /// Events broadcast from now on that agents of `account_id` need.
+    pub fn subscribe_agent(&self, account_id: &str) -> broadcast::Receiver<Arc<StoredEvent>> {
+        let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+        // Channels nobody listens to any more go.
+        agents.retain(|_, sender| sender.receiver_count() > 0);
+        agents
+            .entry(account_id.to_owned())
+            .or_insert_with(|| broadcast::Sender::new(BROADCAST_CAPACITY))
+            .subscribe()
+    }
+
+    /// Passes `event` to the agents' channels of the accounts it concerns.
+    fn route_to_agents(&self, event: &Arc<StoredEvent>) {
+        let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+        if agents.is_empty() {
+            return;
+        }
+        match event.agent_audience() {
+            AgentAudience::Nobody => {}
+            AgentAudience::Account(id) => {
+                if let Some(sender) = agents.get(id) {
+                    let _ = sender.send(event.clone());
+                }
+            }
+            AgentAudience::Everyone => {
+                for sender in agents.values() {
+                    let _ = sender.send(event.clone());
+                }
+            }
+        }
     }
 
     pub fn last_id(&self) -> i64 {
@@ -202,8 +239,10 @@ async fn broadcast_new(store: &dyn Store, hub: &EventHub) -> Result<(), StoreErr
         let full = batch.len() == READ_BATCH as usize;
         for event in batch {
             hub.last_id.store(event.id, Ordering::Release);
+            let event = Arc::new(event);
+            hub.route_to_agents(&event);
             // No subscriber is not an error: the event is in the database.
-            let _ = hub.live.send(Arc::new(event));
+            let _ = hub.live.send(event);
         }
         if !full {
             return Ok(());

@@ -105,7 +105,10 @@ pub async fn stream(
     };
 
     // Subscribe before reading the backlog, so nothing falls between the two.
-    let live = state.events.subscribe();
+    let live = match (&offers, &caller) {
+        (Some(_), Caller::Account(account)) => state.events.subscribe_agent(&account.id),
+        _ => state.events.subscribe(),
+    };
     let start = resume.unwrap_or_else(|| state.events.last_id());
     let view = View {
         account: caller.scope(),
