@@ -217,15 +217,21 @@ async fn a_new_task_is_offered_to_one_agent_stream_on(server: Server) {
         None,
         "a full agent is offered nothing"
     );
-    // An agent's stream carries its own account's runs and its offers, not the rest
-    // of the cluster's events.
+    // An agent's stream carries what it acts on for its own account's runs and its
+    // offers, not the rest of the cluster's events: here, the cancel of its task.
+    let second_id = second["id"].as_str().unwrap();
+    admin
+        .ok(&format!("/api/tasks/{second_id}/cancel"), json!({}))
+        .await;
     let (_, _, stream) = &mut agents[1];
     let own = stream.drain(Duration::from_millis(500)).await;
     assert!(
-        own.iter()
-            .any(|e| e.name == "task.updated" && e.data["task"]["id"] == second["id"]),
+        own.iter().any(|e| e.name == "task.updated"
+            && e.data["task"]["id"] == second["id"]
+            && e.data["task"]["status"] == "cancelled"),
         "{own:?}"
     );
+    assert!(own.iter().all(|e| e.name != "task.created"), "{own:?}");
     let (_, _, stream) = &mut agents[3];
     let others = stream.drain(Duration::from_millis(500)).await;
     assert!(

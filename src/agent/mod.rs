@@ -463,8 +463,8 @@ async fn clear_stale_worktrees(repo: &std::path::Path, worktrees: &std::path::Pa
 }
 
 /// Wakes the job an event asks something of: its task cancelled, its worker paused or
-/// started again, or an answer to its question. (Its own progress reports come back as
-/// events too; those wake nobody.)
+/// started again, or an answer to its question. The server sends an agent's stream
+/// only such events (`StoredEvent::agent_audience` follows this list).
 fn nudge_jobs(nudges: &HashMap<String, (String, Arc<Notify>)>, event: &StreamedEvent) {
     let data = &event.data;
     let worker_id = match (event.name.as_str(), &data.task, &data.worker) {

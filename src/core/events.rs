@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::messages::{INSTRUCTION, USER_REPLY, is_instruction, is_user_reply};
-use super::model::{Task, TaskStatus, Worker};
+use super::model::{Task, TaskStatus, Worker, WorkerStatus};
 
 /// An event as stored, with the id `GET /api/events` sends and resumes from. Ids
 /// increase in commit order.
@@ -23,8 +23,9 @@ pub struct StoredEvent {
     pub audience: OnceLock<AgentAudience>,
 }
 
-/// Which agents' streams that take offers need an event. There an agent follows only
-/// its own runs (a cancel, a pause, an answer) and learns of new work from offers:
+/// Which agents' streams that take offers need an event. There an agent hears only
+/// what it acts on for its account's runs (a cancel, a pause or a start, an answer or
+/// an instruction) and learns of new work from offers:
 /// the rest of the cluster's events would only cost it and the server, ten thousand
 /// times over for ten thousand agents.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,13 +56,20 @@ impl StoredEvent {
             let parsed = || serde_json::from_str::<EventData>(&self.data).unwrap_or_default();
             match self.name.as_str() {
                 STREAM_RESET => AgentAudience::Everyone,
+                // What `buildd agent` acts on for a run of its own (`nudge_jobs` in
+                // src/agent/mod.rs): a cancelled task, a worker paused or started
+                // again. Every other change of a run is its own report coming back.
                 "task.updated" => parsed()
                     .task
+                    .filter(|t| t.status == TaskStatus::Cancelled)
                     .and_then(|t| t.claimed_by)
                     .map_or(AgentAudience::Nobody, AgentAudience::Account),
-                "worker.updated" => parsed().worker.map_or(AgentAudience::Nobody, |w| {
-                    AgentAudience::Account(w.account_id)
-                }),
+                "worker.updated" => parsed()
+                    .worker
+                    .filter(|w| matches!(w.status, WorkerStatus::Paused | WorkerStatus::Starting))
+                    .map_or(AgentAudience::Nobody, |w| {
+                        AgentAudience::Account(w.account_id)
+                    }),
                 // Most events are a runner's output: those are told apart without
                 // parsing them.
                 "worker.message"
