@@ -54,6 +54,7 @@ store_suite!(
     stale_workers_expire_exactly_once,
     messages_are_numbered_per_worker,
     concurrent_claims_never_share_a_task,
+    one_accounts_claims_at_once_share_its_limit,
     artifacts_and_comments_stay_with_the_task,
     tasks_from_one_source_share_it,
     attachments_keep_their_bytes,
@@ -643,6 +644,66 @@ async fn concurrent_claims_never_share_a_task(db: Db) {
     let unique: HashSet<_> = all.iter().collect();
     assert_eq!(all.len(), 60, "every task claimed");
     assert_eq!(unique.len(), 60, "no task claimed twice");
+}
+
+/// Many claims of one account at the same moment (which a server makes together, in
+/// one transaction): between them they take no more than the account's limit, no task
+/// twice, and each only what its own request may take.
+async fn one_accounts_claims_at_once_share_its_limit(db: Db) {
+    let ws = new_workspace(&db).await;
+    let a = account(AccountType::Service, 7, None);
+    new_account(&db, &a).await;
+    grant(&db, &a, &ws, true).await;
+    for _ in 0..10 {
+        task_for(&db, &ws, "codex", None).await;
+        new_task(&db, &ws, RunnerPreference::Any, 0, 3).await;
+    }
+    let start = Arc::new(tokio::sync::Barrier::new(24));
+    let mut claimers = Vec::new();
+    for i in 0..24 {
+        let (db, a, start) = (db.clone(), a.clone(), start.clone());
+        let runners: &[&str] = if i % 2 == 0 { &["codex"] } else { &[] };
+        claimers.push(tokio::spawn(async move {
+            let request = ClaimRequest {
+                max_tasks: 2,
+                workspace_id: None,
+                runners: runners.iter().map(|r| r.to_string()).collect(),
+            };
+            start.wait().await;
+            let got = db.claim(&a, &request, time::now()).await.unwrap();
+            (runners, got)
+        }));
+    }
+    let mut taken = Vec::new();
+    for c in claimers {
+        let (runners, got) = c.await.unwrap();
+        assert!(got.len() <= 2, "a claim took more than it asked for");
+        for c in got {
+            if let Some(runner) = &c.task.runner {
+                assert!(
+                    runners.contains(&runner.as_str()),
+                    "{runner} for {runners:?}"
+                );
+            }
+            assert_eq!(c.worker.task_id, c.task.id);
+            taken.push(c.task.id);
+        }
+    }
+    let unique: HashSet<_> = taken.iter().collect();
+    assert_eq!(taken.len(), 7, "the account's limit, taken whole");
+    assert_eq!(unique.len(), 7, "no task claimed twice");
+    let usage = db.usage(&a.id, &time::utc_day(time::now())).await.unwrap();
+    assert_eq!(usage.active_workers, 7);
+    // Only this account may claim in the workspace: its workers are the ones it sees.
+    let filter = WorkerFilter {
+        visible_to: Some(a.id.clone()),
+        page: PageRequest {
+            after: None,
+            limit: 100,
+        },
+        ..WorkerFilter::default()
+    };
+    assert_eq!(db.list_workers(&filter).await.unwrap().items.len(), 7);
 }
 
 async fn artifacts_and_comments_stay_with_the_task(db: Db) {

@@ -12,6 +12,7 @@
 //! SQLite the locks are no-ops: a write transaction holds the file's write lock.
 
 mod agents;
+mod claims;
 mod github;
 
 use std::sync::Arc;
@@ -656,13 +657,6 @@ async fn record_attempt<T: Tx>(
 }
 
 /// Stores a worker a claim made, with the digest of its token.
-async fn insert_worker<T: Tx>(tx: &mut T, worker: &Worker, token: &str) -> Result<()> {
-    let mut values = worker_args(worker);
-    values.extend(args![keys::hash_key(token)]);
-    let columns = format!("{WORKER_COLUMNS}, token_hash");
-    tx.insert_many("workers", &columns, vec![values]).await
-}
-
 fn attachment_from_row(r: &mut Reader) -> Result<Attachment> {
     Ok(Attachment {
         id: r.get()?,
@@ -1061,157 +1055,6 @@ async fn approve<T: Tx>(
     Ok((task, children))
 }
 
-/// See [`Store::claim_task`]. The task is locked before the account, in the order
-/// every other write takes them.
-async fn claim_task<T: Tx>(
-    tx: &mut T,
-    account_id: &str,
-    task_id: &str,
-    now: Timestamp,
-    asked: std::time::Instant,
-) -> Result<Claimed> {
-    let mut task = load_task(tx, task_id, true)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("task {task_id}")))?;
-    let LockedAccount {
-        account,
-        active,
-        cost_today,
-    } = lock_account(tx, account_id, now).await?;
-    // As in a claim: stamped as of when the task was ours to read.
-    let now = now + elapsed(asked);
-    claim::check_explicit(&task, &account, active, cost_today, now)?;
-    let assigned = claim::assign(&mut task, &account, now);
-    save_task(tx, &task).await?;
-    insert_worker(tx, &assigned.worker, &assigned.token).await?;
-    insert_events(tx, &assigned.events, now).await?;
-    let taken = UsageChange {
-        active_workers: 1,
-        ..UsageChange::default()
-    };
-    record_usage(tx, &account.id, &taken).await?;
-    Ok(Claimed {
-        worker: assigned.worker,
-        task,
-        token: assigned.token,
-    })
-}
-
-/// An account as a claim sees it: locked until commit, with its count of workers
-/// holding a slot and what its workers started today (UTC) have cost.
-struct LockedAccount {
-    account: Account,
-    active: i64,
-    cost_today: f64,
-}
-
-/// The account, locked until commit: this serialises the account's claims, so its
-/// counts stay true until commit. One statement reads the day's cost too: a claim is
-/// a handful of round trips, and each one counts.
-async fn lock_account<T: Tx>(
-    tx: &mut T,
-    account_id: &str,
-    now: Timestamp,
-) -> Result<LockedAccount> {
-    let sql = format!(
-        "SELECT {ACCOUNT_COLUMNS}, active_workers, \
-         COALESCE((SELECT cost_usd FROM account_usage \
-                   WHERE account_id = accounts.id AND day = $2), 0.0) \
-         FROM accounts WHERE id = $1{}",
-        T::DIALECT.for_update
-    );
-    tx.query_optional(&sql, args![account_id, time::utc_day(now)], |r| {
-        Ok(LockedAccount {
-            account: account_from_row(r)?,
-            active: r.get()?,
-            cost_today: r.get()?,
-        })
-    })
-    .await?
-    .ok_or_else(|| StoreError::NotFound(format!("account {account_id}")))
-}
-
-/// How long since `asked`, in the whole milliseconds timestamps are kept in, rounded
-/// up and one more for the millisecond `asked`'s own timestamp was cut by: so the sum
-/// is never before the moment it stands for.
-fn elapsed(asked: std::time::Instant) -> chrono::Duration {
-    let micros = i64::try_from(asked.elapsed().as_micros()).unwrap_or(0);
-    chrono::Duration::milliseconds((micros + 999) / 1000 + 1)
-}
-
-async fn claim<T: Tx>(
-    tx: &mut T,
-    account_id: &str,
-    request: &ClaimRequest,
-    now: Timestamp,
-    asked: std::time::Instant,
-) -> Result<Vec<Claimed>> {
-    let dialect = T::DIALECT;
-    // The account's limits are re-read as they are now, under its lock.
-    let LockedAccount {
-        account,
-        active,
-        cost_today,
-    } = lock_account(tx, account_id, now).await?;
-    let slots = claim::free_slots(&account, active, cost_today, request.max_tasks);
-    if slots == 0 {
-        return Ok(Vec::new());
-    }
-    // The pick must walk `tasks_pending` in dispatch order and stop at the first task
-    // it may take. Left to themselves, the planners may read every pending task (or
-    // the whole workspace) and sort it, which makes each claim cost O(queue length).
-    if let Some(setup) = dialect.before_pick {
-        tx.execute(setup, Vec::new()).await?;
-    }
-    let [any, own] = claim::preferences_for(account.account_type);
-    let sql = format!(
-        "SELECT {TASK_COLUMNS} FROM tasks {} WHERE status = 'pending' \
-         AND runner_preference IN ($2, $3) \
-         AND workspace_id IN (SELECT workspace_id FROM account_workspaces \
-                              WHERE account_id = $1 AND can_claim) \
-         AND (CAST($4 AS TEXT) IS NULL OR workspace_id = $4) \
-         AND (preferred_account_id IS NULL OR preferred_account_id = $1 \
-              OR preferred_until <= $6) \
-         AND (runner IS NULL OR {}($7, ',' || runner || ',') > 0) \
-         ORDER BY priority DESC, created_at, id LIMIT $5{}",
-        dialect.pending_index, dialect.position, dialect.skip_locked
-    );
-    let values = args![
-        &account.id,
-        any.as_str(),
-        own.as_str(),
-        request.workspace_id.as_deref(),
-        slots,
-        now,
-        runners::as_search_list(&request.runners),
-    ];
-    let picked = tx.query(&sql, values, task_from_row).await?;
-    // Stamped as of the pick, which saw every commit before it: `now` plus however
-    // long the claim waited for its locks, so a dependency that completed meanwhile
-    // still reads as completed before its dependent was claimed.
-    let now = now + elapsed(asked);
-    let mut claimed = Vec::with_capacity(picked.len());
-    let mut events = Vec::new();
-    for mut task in picked {
-        let assigned = claim::assign(&mut task, &account, now);
-        save_task(tx, &task).await?;
-        insert_worker(tx, &assigned.worker, &assigned.token).await?;
-        events.extend(assigned.events);
-        claimed.push(Claimed {
-            worker: assigned.worker,
-            task,
-            token: assigned.token,
-        });
-    }
-    insert_events(tx, &events, now).await?;
-    let taken = UsageChange {
-        active_workers: claimed.len() as i64,
-        ..UsageChange::default()
-    };
-    record_usage(tx, &account.id, &taken).await?;
-    Ok(claimed)
-}
-
 async fn apply<T: Tx>(tx: &mut T, id: &str, action: Action, now: Timestamp) -> Result<Applied> {
     let (mut task, mut worker) = if action.targets_worker() {
         // A worker's task never changes, so it can be read before locking: the locks
@@ -1361,12 +1204,16 @@ async fn purge_worker_output<T: Tx>(tx: &mut T, before: Timestamp, limit: u32) -
 
 /// A [`Store`] on one database.
 pub struct SqlStore<B> {
-    backend: B,
+    backend: Arc<B>,
+    claims: Arc<claims::ClaimGroups>,
 }
 
 impl<B: Backend> SqlStore<B> {
     pub fn new(backend: B) -> Self {
-        SqlStore { backend }
+        SqlStore {
+            backend: Arc::new(backend),
+            claims: Arc::default(),
+        }
     }
 
     fn event_id() -> &'static str {
@@ -1689,7 +1536,8 @@ impl<B: Backend> Store for SqlStore<B> {
         let claimed = self
             .backend
             .write(move |tx| {
-                async move { claim_task(tx, &account_id, &task_id, now, asked).await }.boxed()
+                async move { claims::claim_task(tx, &account_id, &task_id, now, asked).await }
+                    .boxed()
             })
             .await?;
         self.backend.events_written();
@@ -1703,18 +1551,12 @@ impl<B: Backend> Store for SqlStore<B> {
         request: &ClaimRequest,
         now: Timestamp,
     ) -> Result<Vec<Claimed>> {
-        let (account_id, request) = (account.id.clone(), request.clone());
-        let asked = std::time::Instant::now();
-        let claimed = self
-            .backend
-            .write(move |tx| {
-                async move { claim(tx, &account_id, &request, now, asked).await }.boxed()
-            })
-            .await?;
-        if !claimed.is_empty() {
-            self.backend.events_written();
-        }
-        Ok(claimed)
+        let asked = claims::Asked {
+            request: request.clone(),
+            now,
+            asked: std::time::Instant::now(),
+        };
+        self.claims.claim(&self.backend, &account.id, asked).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(account = %account.id))]
