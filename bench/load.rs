@@ -12,7 +12,8 @@
 //!
 //! SQLite, then Postgres when `BUILDD_TEST_DATABASE_URL` is set.
 //! `cargo bench --bench load` — `BUILDD_LOAD_SUBSCRIBERS` (default 20);
-//! `BUILDD_LOAD_SECS=600` for the ten-minute run.
+//! `BUILDD_LOAD_SECS=600` for the ten-minute run; `BUILDD_LOAD_BACKENDS=postgres` (or
+//! `sqlite`) for one backend.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -34,10 +35,16 @@ const QUEUED: u64 = 64;
 fn main() {
     let secs: u64 = common::env_or("BUILDD_LOAD_SECS", 60);
     let subscribers: usize = common::env_or("BUILDD_LOAD_SUBSCRIBERS", 20);
+    let backends: String = common::env_or("BUILDD_LOAD_BACKENDS", "sqlite,postgres".to_owned());
     common::block_on(async {
         let tmp = tempfile::tempdir().unwrap();
-        let sqlite = format!("sqlite:{}", tmp.path().join("buildd.db").display());
-        run("SQLite", &sqlite, secs, subscribers).await;
+        if backends.contains("sqlite") {
+            let sqlite = format!("sqlite:{}", tmp.path().join("buildd.db").display());
+            run("SQLite", &sqlite, secs, subscribers).await;
+        }
+        if !backends.contains("postgres") {
+            return;
+        }
         if let Some(url) = common::pg_database().await {
             run("Postgres", &url, secs, subscribers).await;
         }

@@ -53,6 +53,7 @@ store_suite!(
     errors_requeue_until_attempts_run_out,
     stale_workers_expire_exactly_once,
     messages_are_numbered_per_worker,
+    a_burst_of_events_is_numbered_whole_and_in_order,
     concurrent_claims_never_share_a_task,
     one_accounts_claims_at_once_share_its_limit,
     artifacts_and_comments_stay_with_the_task,
@@ -607,6 +608,60 @@ async fn messages_are_numbered_per_worker(db: Db) {
             .items
             .len(),
         2
+    );
+}
+
+/// More events at once than the Postgres sequencer stamps in one pass (10,000): every
+/// one gets its public id, the ids follow each other without a gap, and in the order
+/// the events were written.
+async fn a_burst_of_events_is_numbered_whole_and_in_order(db: Db) {
+    let ws = new_workspace(&db).await;
+    let a = account(AccountType::Service, 5, None);
+    new_account(&db, &a).await;
+    grant(&db, &a, &ws, true).await;
+    new_task(&db, &ws, RunnerPreference::Any, 0, 3).await;
+    let (worker, _) = claim(&db, &a, 1).await.remove(0);
+    const BURST: i64 = 25_000;
+    // Two writes of 12,500 each: a pass finds more waiting than it stamps.
+    for chunk in 0..2 {
+        let batch: Vec<_> = (0..BURST / 2)
+            .map(|i| json!({"n": chunk * BURST / 2 + i}))
+            .collect();
+        db.append_messages(&worker.id, &batch, None, time::now())
+            .await
+            .unwrap();
+    }
+    // Postgres stamps the ids after commit: wait for all of them, but for less than
+    // its sequencer's 5 s backstop, so that passes stopping short would show.
+    let mut events = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        events = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = db.events_after(after, 5_000).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            events.extend(page.into_iter().filter(|e| e.name == "worker.message"));
+        }
+        if events.len() as i64 >= BURST {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(events.len() as i64, BURST, "every event numbered");
+    for pair in events.windows(2) {
+        assert_eq!(pair[1].id, pair[0].id + 1, "ids follow each other");
+    }
+    let order: Vec<i64> = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<serde_json::Value>(&e.data).ok())
+        .filter_map(|d| d.pointer("/message/n").and_then(|n| n.as_i64()))
+        .collect();
+    assert_eq!(
+        order,
+        (0..BURST).collect::<Vec<_>>(),
+        "in the order written"
     );
 }
 

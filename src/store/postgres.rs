@@ -13,9 +13,10 @@
 //! transactions can wait for each other in a cycle.
 
 use std::ops::DerefMut;
+use std::str::FromStr;
 
 use futures::future::BoxFuture;
-use sqlx::postgres::{PgArguments, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, Column as _, PgConnection, Row, Transaction, TypeInfo};
 use tokio::sync::watch;
@@ -34,6 +35,11 @@ const SEQUENCER_BACKSTOP: std::time::Duration = std::time::Duration::from_secs(5
 const SEQUENCER_GATHER: std::time::Duration = std::time::Duration::from_millis(3);
 /// The advisory lock that lets one sequencer pass run at a time.
 const SEQUENCER_LOCK: i64 = 0x6275_696c_6464; // "buildd"
+/// Events one sequencer pass stamps at most; a full pass is followed by another.
+const SEQUENCER_BATCH: i64 = 10_000;
+/// How often the events table is looked at for a vacuum it needs, when Postgres's own
+/// autovacuum is off (autovacuum's default nap).
+const VACUUM_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct Postgres {
     pool: PgPool,
@@ -57,10 +63,15 @@ impl Postgres {
     /// so several servers starting together migrate once), then starts listening for
     /// the cluster's events and sequencing them.
     pub async fn connect(url: &str) -> Result<Self> {
+        // No JIT: every statement here is short, and on tables without statistics
+        // the planner's estimates can pass JIT's cost threshold, which then compiles
+        // each run of a millisecond's query (the sequencer's pass, a retention batch)
+        // for tens of milliseconds.
+        let options = PgConnectOptions::from_str(url)?.options([("jit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(std::time::Duration::from_secs(10))
-            .connect(url)
+            .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/postgres")
             .run(&pool)
@@ -73,6 +84,7 @@ impl Postgres {
         let background = vec![
             tokio::spawn(listen(listener, events_seen.clone())),
             tokio::spawn(run_sequencer(pool.clone(), written.subscribe())),
+            tokio::spawn(vacuum_events(pool.clone())),
         ];
         Ok(Postgres {
             pool,
@@ -111,6 +123,21 @@ async fn listen(mut listener: PgListener, sequenced: watch::Sender<u64>) {
 /// order, and a subscriber resuming "after N" never misses one. Returns how many
 /// events were stamped.
 async fn sequence_events(pool: &PgPool) -> Result<u64> {
+    let mut stamped = 0;
+    loop {
+        let pass = sequence_batch(pool).await?;
+        stamped += pass;
+        if pass < SEQUENCER_BATCH as u64 {
+            return Ok(stamped);
+        }
+    }
+}
+
+/// Stamps the first [`SEQUENCER_BATCH`] unstamped events in insert order. They are
+/// found by walking `events_unsequenced` in order, which stops after the batch: a
+/// plain index scan, which also marks the entries of rows stamped earlier as dead so
+/// later walks step over them.
+async fn sequence_batch(pool: &PgPool) -> Result<u64> {
     let mut tx = pool.begin().await?;
     let result = async {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -119,10 +146,12 @@ async fn sequence_events(pool: &PgPool) -> Result<u64> {
             .await?;
         let stamped = sqlx::query(
             "UPDATE events e SET seq = base.last + fresh.n \
-             FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM events WHERE seq IS NULL) fresh, \
+             FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM \
+                   (SELECT id FROM events WHERE seq IS NULL ORDER BY id LIMIT $1) batch) fresh, \
                   (SELECT COALESCE(MAX(seq), 0) AS last FROM events) base \
              WHERE e.id = fresh.id",
         )
+        .bind(SEQUENCER_BATCH)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -160,6 +189,40 @@ async fn run_sequencer(pool: PgPool, mut written: watch::Receiver<u64>) {
             _ = tokio::time::sleep(SEQUENCER_BACKSTOP) => {}
         }
     }
+}
+
+/// Vacuums and analyses the events table when it needs it and Postgres's autovacuum is
+/// off (as on some CI machines; with it on, this does nothing). Every event leaves dead
+/// rows, the insert's once the sequencer stamps it and the stamped one once retention
+/// deletes it; unvacuumed, they stay in the table and its indexes, the sequencer's and
+/// retention's walks grow with them, and the planner never gets statistics. The rule
+/// is autovacuum's own default: more dead rows than 50 plus a fifth of the live ones.
+async fn vacuum_events(pool: PgPool) {
+    loop {
+        tokio::time::sleep(VACUUM_CHECK).await;
+        if let Err(e) = vacuum_events_if_due(&pool).await {
+            tracing::warn!(error = %e, "vacuum of the events table failed; retrying later");
+        }
+    }
+}
+
+async fn vacuum_events_if_due(pool: &PgPool) -> Result<()> {
+    let due: bool = sqlx::query_scalar(
+        "SELECT current_setting('autovacuum') = 'off' AND n_dead_tup > 50 + 0.2 * n_live_tup \
+         FROM pg_stat_user_tables WHERE relid = 'events'::regclass",
+    )
+    .fetch_optional(pool)
+    .await?
+    .unwrap_or(false);
+    if due {
+        let started = std::time::Instant::now();
+        // Another server vacuuming it already is enough.
+        sqlx::query("VACUUM (ANALYZE, SKIP_LOCKED) events")
+            .execute(pool)
+            .await?;
+        tracing::info!(took = ?started.elapsed(), "vacuumed the events table (autovacuum is off)");
+    }
+    Ok(())
 }
 
 /// Ends a transaction: committed if `result` is a success, rolled back otherwise.
