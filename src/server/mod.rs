@@ -20,7 +20,6 @@ mod scheduler;
 mod sweeper;
 mod waiters;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,10 +111,7 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
     let presence = tokio::spawn(presence::run(state.clone()));
     let waker = tokio::spawn(waiters::run(state.clone()));
     let shutdown = state.shutdown.clone();
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
+    let served = accept(listener, router(state), shutdown).await;
     sweeper.abort();
     scheduler.abort();
     notifier.abort();
@@ -123,4 +119,54 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
     presence.abort();
     waker.abort();
     served
+}
+
+/// A connection's HTTP/1 read buffer at most (hyper's smallest). Thousands of agents
+/// hold an event stream open, each on its own connection, and hyper's read buffer
+/// otherwise grows to 16 KiB on each and stays; request heads larger than this are
+/// refused with 431, bodies are read in pieces of this size.
+const MAX_READ_BUFFER: usize = 8192;
+
+/// Accepts connections and serves `app` on each (HTTP/1, or HTTP/2 by prior knowledge)
+/// until `shutdown`; then stops accepting and waits for open connections to finish.
+async fn accept(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(MAX_READ_BUFFER);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before it was
+                    // accepted: wait a moment and go on, as axum::serve does.
+                    tracing::warn!(error = %e, "accept failed; retrying in 1 s");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
