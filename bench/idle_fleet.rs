@@ -87,16 +87,23 @@ fn main() {
                 };
                 let rate = measure(&label, &server, &url, WINDOW).await;
                 let (spent, claims, created) = per_task(&admin, &ws, &url, rate, "agents").await;
-                let mut waits = fleet.claim_delays(&created);
-                let taken = waits.len();
-                waits.sort();
+                let legs = fleet.legs(&created);
                 println!(
                     "{:<34} {spent:>6.1} database transactions per created task, {claims:.1} of them \
-                     claims; {taken}/{} claimed, create → claimed p50 {:.1} ms, p90 {:.1} ms",
+                     claims; {}/{} claimed, create → claimed p50 {:.1} ms, p90 {:.1} ms",
                     format!("a task for {label}"),
+                    legs.whole.len(),
                     created.len(),
-                    ms(percentile(&waits, 50)),
-                    ms(percentile(&waits, 90)),
+                    ms(percentile(&legs.whole, 50)),
+                    ms(percentile(&legs.whole, 90)),
+                );
+                println!(
+                    "{:<34} p50 create answered {:.1} ms, offer received {:.1} ms after that, \
+                     claim answered {:.1} ms after that",
+                    "",
+                    ms(percentile(&legs.create, 50)),
+                    ms(percentile(&legs.offer, 50)),
+                    ms(percentile(&legs.claim, 50)),
                 );
                 fleet.stop();
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -202,15 +209,14 @@ fn main() {
 }
 
 /// Creates 20 tasks 0.3 s apart and returns the database transactions each cost
-/// (less the idle rate), the claim transactions each cost, and each task's id with
-/// when its creation was asked for.
+/// (less the idle rate), the claim transactions each cost, and each task's creation.
 async fn per_task(
     admin: &Api,
     ws: &str,
     url: &str,
     idle_rate: f64,
     name: &str,
-) -> (f64, f64, Vec<(String, Instant)>) {
+) -> (f64, f64, Vec<Created>) {
     let tasks = 20;
     let mut db = sqlx::PgConnection::connect(url).await.unwrap();
     let before = transactions(&mut db).await;
@@ -222,7 +228,11 @@ async fn per_task(
         let task = admin
             .task(ws, json!({"title": format!("{name} {n}")}))
             .await;
-        created.push((task["id"].as_str().unwrap().to_owned(), asked));
+        created.push(Created {
+            id: task["id"].as_str().unwrap().to_owned(),
+            asked,
+            answered: Instant::now(),
+        });
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     tokio::time::sleep(Duration::from_secs(9)).await;
@@ -232,6 +242,23 @@ async fn per_task(
     // Less the idle streams' rate (the sequencer's backstop) and the two counts.
     let spent = (after - before - 2) as f64 - idle_rate * window;
     (spent / tasks as f64, claims / tasks as f64, created)
+}
+
+/// A task the benchmark created: when it asked, and when the server answered.
+struct Created {
+    id: String,
+    asked: Instant,
+    answered: Instant,
+}
+
+/// Times from tasks' creation to their claims, sorted: whole, and in legs (the
+/// creation's answer, the offer after it, the claim's answer after the offer).
+#[derive(Default)]
+struct Legs {
+    whole: Vec<Duration>,
+    create: Vec<Duration>,
+    offer: Vec<Duration>,
+    claim: Vec<Duration>,
 }
 
 /// How the simulated agents learn of work.
@@ -248,6 +275,7 @@ enum Kind {
 struct StreamAgents {
     readers: Vec<JoinHandle<()>>,
     claimed: Arc<Mutex<HashMap<String, Instant>>>,
+    offered: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl StreamAgents {
@@ -255,6 +283,7 @@ impl StreamAgents {
     /// each in its own task.
     async fn connect(clients: &[Api], agents: usize, kind: Kind) -> StreamAgents {
         let claimed = Arc::new(Mutex::new(HashMap::new()));
+        let offered = Arc::new(Mutex::new(HashMap::new()));
         let mut readers = Vec::new();
         for i in 0..agents {
             let api = clients[i % clients.len()].clone();
@@ -266,6 +295,7 @@ impl StreamAgents {
             let (status, mut reader) = api.events(&query, None).await;
             assert!(status.is_success(), "stream {i}: {status}");
             let claimed = claimed.clone();
+            let offered = offered.clone();
             readers.push(tokio::spawn(async move {
                 let mut full = false;
                 while let Some(event) = reader.next(Duration::from_secs(3600)).await {
@@ -279,6 +309,12 @@ impl StreamAgents {
                     if full {
                         continue;
                     }
+                    if let Some(id) = event.data["task"]["id"].as_str() {
+                        offered
+                            .lock()
+                            .unwrap()
+                            .insert(id.to_owned(), Instant::now());
+                    }
                     let answer = api.ok("/api/workers/claim", body).await;
                     if let Some(task) = answer["workers"][0]["taskId"].as_str() {
                         claimed
@@ -290,16 +326,39 @@ impl StreamAgents {
                 }
             }));
         }
-        StreamAgents { readers, claimed }
+        StreamAgents {
+            readers,
+            claimed,
+            offered,
+        }
     }
 
-    /// How long each of `created` took from its creation to its claim (those claimed).
-    fn claim_delays(&self, created: &[(String, Instant)]) -> Vec<Duration> {
+    /// How long each of `created` took from its creation to its claim (those claimed),
+    /// and each leg of that.
+    fn legs(&self, created: &[Created]) -> Legs {
         let claimed = self.claimed.lock().unwrap();
-        created
-            .iter()
-            .filter_map(|(id, asked)| Some(claimed.get(id)?.duration_since(*asked)))
-            .collect()
+        let offered = self.offered.lock().unwrap();
+        let mut legs = Legs::default();
+        for task in created {
+            let (Some(claimed), Some(offered)) = (claimed.get(&task.id), offered.get(&task.id))
+            else {
+                continue;
+            };
+            legs.whole.push(claimed.duration_since(task.asked));
+            legs.create.push(task.answered.duration_since(task.asked));
+            legs.offer
+                .push(offered.saturating_duration_since(task.answered));
+            legs.claim.push(claimed.duration_since(*offered));
+        }
+        for leg in [
+            &mut legs.whole,
+            &mut legs.create,
+            &mut legs.offer,
+            &mut legs.claim,
+        ] {
+            leg.sort();
+        }
+        legs
     }
 
     fn stop(self) {

@@ -31,8 +31,11 @@ const EVENTS_CHANNEL: &str = "buildd_events";
 /// How often a sequencer passes without being woken, for events a server committed
 /// but could not sequence before it died.
 const SEQUENCER_BACKSTOP: std::time::Duration = std::time::Duration::from_secs(5);
-/// How long a woken sequencer waits for more commits before its pass.
+/// How long a woken sequencer waits for more commits before its pass, when busy.
 const SEQUENCER_GATHER: std::time::Duration = std::time::Duration::from_millis(3);
+/// A sequencer woken within this of its last pass is busy, and gathers; one woken
+/// after a quiet spell stamps at once.
+const SEQUENCER_BUSY: std::time::Duration = std::time::Duration::from_millis(20);
 /// The advisory lock that lets one sequencer pass run at a time.
 const SEQUENCER_LOCK: i64 = 0x6275_696c_6464; // "buildd"
 /// Events one sequencer pass stamps at most; a full pass is followed by another.
@@ -177,14 +180,19 @@ async fn run_sequencer(pool: PgPool, mut written: watch::Receiver<u64>) {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             continue;
         }
+        let passed = std::time::Instant::now();
         tokio::select! {
             changed = written.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                // Let commits that land meanwhile join this pass: under load one
-                // pass (one fsync) then stamps many transactions' events.
-                tokio::time::sleep(SEQUENCER_GATHER).await;
+                // Under load, let commits that land meanwhile join this pass: one
+                // pass (one fsync) then stamps many transactions' events. After a
+                // quiet spell the one commit is stamped at once: a new task reaches
+                // the agent waiting for it without the wait.
+                if passed.elapsed() < SEQUENCER_BUSY {
+                    tokio::time::sleep(SEQUENCER_GATHER).await;
+                }
             }
             _ = tokio::time::sleep(SEQUENCER_BACKSTOP) => {}
         }
