@@ -46,9 +46,32 @@ fn main() {
     common::block_on(async {
         println!(
             "idle fleet: {agents} agents over {accounts} accounts, one server on Postgres \
-             (open files: {files})"
+             (open files: {files}); each part on a server and database of its own"
         );
-        let url = common::fresh_pg_database(&base).await;
+        if parts.contains("offers") {
+            offers(&World::start(&base, accounts).await, agents).await;
+        }
+        if parts.contains("streams") || parts.contains("claims") {
+            streams_and_claims(&World::start(&base, accounts).await, agents, &parts).await;
+        }
+    });
+}
+
+/// A server of its own on a fresh database, with a workspace and accounts that may
+/// claim in it: a part measured there counts neither the memory another part left
+/// with the allocator nor the runs another part left to time out.
+struct World {
+    server: Server,
+    url: String,
+    admin: Api,
+    ws: String,
+    clients: Vec<Api>,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    async fn start(base: &str, accounts: usize) -> World {
+        let url = common::fresh_pg_database(base).await;
         let dir = tempfile::tempdir().unwrap();
         let server = Server::start(&url, dir.path(), &[]);
         let admin = server.admin();
@@ -71,141 +94,160 @@ fn main() {
             "no agents",
             rss_mib(server.pid())
         );
+        World {
+            server,
+            url,
+            admin,
+            ws,
+            clients,
+            _dir: dir,
+        }
+    }
+}
 
-        if parts.contains("offers") {
-            // Agents on their event streams, taking offers; with BUILDD_BENCH_HERD, also as
-            // they were before offers.
-            let mut kinds = vec![Kind::Offers];
-            if std::env::var_os("BUILDD_BENCH_HERD").is_some() {
-                kinds.push(Kind::Herd);
-            }
-            for kind in kinds {
-                let fleet = StreamAgents::connect(&clients, agents, kind).await;
-                let label = match kind {
-                    Kind::Offers => format!("{agents} agents taking offers"),
-                    Kind::Herd => format!("{agents} agents claiming on task.created"),
-                };
-                let rate = measure(&label, &server, &url, WINDOW).await;
-                let (spent, claims, created) = per_task(&admin, &ws, &url, rate, "agents").await;
-                let legs = fleet.legs(&created);
-                println!(
-                    "{:<34} {spent:>6.1} database transactions per created task, {claims:.1} of them \
-                     claims; {}/{} claimed, create → claimed p50 {:.1} ms, p90 {:.1} ms",
-                    format!("a task for {label}"),
-                    legs.whole.len(),
-                    created.len(),
-                    ms(percentile(&legs.whole, 50)),
-                    ms(percentile(&legs.whole, 90)),
-                );
-                println!(
-                    "{:<34} p50 create answered {:.1} ms, offer received {:.1} ms after that, \
-                     claim answered {:.1} ms after that",
-                    "",
-                    ms(percentile(&legs.create, 50)),
-                    ms(percentile(&legs.offer, 50)),
-                    ms(percentile(&legs.claim, 50)),
-                );
-                fleet.stop();
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-        }
-
-        // Plain streams (dashboards, `buildd task watch`); the waiting claims' figures
-        // subtract their idle rate.
-        let mut idle_rate = 0.0;
-        if parts.contains("streams") || parts.contains("claims") {
-            // Agents that wait on their event stream.
-            let mut streams = Vec::new();
-            for i in 0..agents {
-                let (status, reader) = clients[i % accounts].events("", None).await;
-                assert!(status.is_success());
-                streams.push(reader);
-            }
-            idle_rate = measure(
-                &format!("{agents} idle event streams"),
-                &server,
-                &url,
-                WINDOW,
-            )
-            .await;
-            drop(streams);
-        }
-
-        // Each waiting claim is a connection re-issued every 30 s: far past a thousand,
-        // connecting them all at once outruns the listen backlog here, and a fleet that
-        // large waits on its streams.
-        if !parts.contains("claims") {
-            return;
-        }
-        if agents > 2000 {
-            println!("{agents} waiting claims: skipped (over 2,000; agents wait on their streams)");
-            return;
-        }
-        // Agents that hold waiting claims, re-issued as each one times out.
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut waiting = Vec::new();
-        for i in 0..agents {
-            let api: Api = clients[i % accounts].clone();
-            let stop = stop.clone();
-            waiting.push(tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    api.ok("/api/workers/claim", json!({"wait": 30})).await;
-                }
-            }));
-        }
-        // The window spans a whole 30 s wait, so every claim is re-issued once in it.
-        measure(
-            &format!("{agents} idle waiting claims (30 s)"),
-            &server,
-            &url,
-            CLAIM_WINDOW,
-        )
-        .await;
-        stop.store(true, Ordering::Relaxed);
-        for w in waiting {
-            w.abort();
-        }
-
-        // New tasks, with nobody waiting and then while 1,000 claims wait: how many
-        // transactions each costs. With nobody waiting that is the task's insert and
-        // what reads its events (the sequencer, the notifier); the waiting claims add
-        // the claims it wakes. Each claim waits once (30 s), so that no re-issued claim
-        // falls in the window, and the counts are read 9 s after the last task, when
-        // Postgres has flushed them.
-        tokio::time::sleep(Duration::from_secs(31)).await;
-        let (alone, _, _) = per_task(&admin, &ws, &url, idle_rate, "alone").await;
+/// Agents on their event streams, taking offers; with `BUILDD_BENCH_HERD`, also as
+/// they were before offers.
+async fn offers(world: &World, agents: usize) {
+    let World {
+        server,
+        url,
+        admin,
+        ws,
+        clients,
+        ..
+    } = world;
+    let mut kinds = vec![Kind::Offers];
+    if std::env::var_os("BUILDD_BENCH_HERD").is_some() {
+        kinds.push(Kind::Herd);
+    }
+    for kind in kinds {
+        let fleet = StreamAgents::connect(clients, agents, kind).await;
+        let label = match kind {
+            Kind::Offers => format!("{agents} agents taking offers"),
+            Kind::Herd => format!("{agents} agents claiming on task.created"),
+        };
+        let rate = measure(&label, server, url, WINDOW).await;
+        let (spent, claims, created) = per_task(admin, ws, url, rate, "agents").await;
+        let legs = fleet.legs(&created);
         println!(
-            "{:<34} {alone:>6.1} database transactions per created task",
-            "a task, no claim waiting"
+            "{:<34} {spent:>6.1} database transactions per created task, {claims:.1} of them \
+             claims; {}/{} claimed, create → claimed p50 {:.1} ms, p90 {:.1} ms",
+            format!("a task for {label}"),
+            legs.whole.len(),
+            created.len(),
+            ms(percentile(&legs.whole, 50)),
+            ms(percentile(&legs.whole, 90)),
         );
-        let mut once = Vec::new();
-        for i in 0..agents {
-            let api: Api = clients[i % accounts].clone();
-            once.push(tokio::spawn(async move {
+        // Agents claiming on task.created have no offer to time.
+        if !legs.offer.is_empty() {
+            println!(
+                "{:<34} p50 create answered {:.1} ms, offer received {:.1} ms after that, \
+                 claim answered {:.1} ms after that",
+                "",
+                ms(percentile(&legs.create, 50)),
+                ms(percentile(&legs.offer, 50)),
+                ms(percentile(&legs.claim, 50)),
+            );
+        }
+        fleet.stop().await;
+    }
+}
+
+/// Plain streams (dashboards, `buildd task watch`), then waiting claims, whose figures
+/// subtract the streams' idle rate.
+async fn streams_and_claims(world: &World, agents: usize, parts: &str) {
+    let World {
+        server,
+        url,
+        admin,
+        ws,
+        clients,
+        ..
+    } = world;
+    let accounts = clients.len();
+    let mut streams = Vec::new();
+    for i in 0..agents {
+        let (status, reader) = clients[i % accounts].events("", None).await;
+        assert!(status.is_success());
+        streams.push(reader);
+    }
+    let idle_rate = measure(&format!("{agents} idle event streams"), server, url, WINDOW).await;
+    drop(streams);
+
+    // Each waiting claim is a connection re-issued every 30 s: far past a thousand,
+    // connecting them all at once outruns the listen backlog here, and a fleet that
+    // large waits on its streams.
+    if !parts.contains("claims") {
+        return;
+    }
+    if agents > 2000 {
+        println!("{agents} waiting claims: skipped (over 2,000; agents wait on their streams)");
+        return;
+    }
+    // Agents that hold waiting claims, re-issued as each one times out.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut waiting = Vec::new();
+    for i in 0..agents {
+        let api: Api = clients[i % accounts].clone();
+        let stop = stop.clone();
+        waiting.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
                 api.ok("/api/workers/claim", json!({"wait": 30})).await;
-            }));
-        }
-        tokio::time::sleep(Duration::from_secs(11)).await;
-        let (waited, claims, _) = per_task(&admin, &ws, &url, idle_rate, "offered").await;
-        let (_, counts) = admin
-            .get(&format!("/api/tasks/counts?workspaceId={ws}"))
-            .await;
-        let pending = counts["byStatus"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["status"] == "pending")
-            .and_then(|s| s["count"].as_i64())
-            .unwrap_or(-1);
-        println!(
-            "{:<34} {waited:>6.1} database transactions per created task, {claims:.1} of them \
-             claims ({pending} left pending)",
-            format!("a task for {agents} waiting claims"),
-        );
-        for claim in once {
-            claim.abort();
-        }
-    });
+            }
+        }));
+    }
+    // The window spans a whole 30 s wait, so every claim is re-issued once in it.
+    measure(
+        &format!("{agents} idle waiting claims (30 s)"),
+        server,
+        url,
+        CLAIM_WINDOW,
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for w in waiting {
+        w.abort();
+    }
+
+    // New tasks, with nobody waiting and then while 1,000 claims wait: how many
+    // transactions each costs. With nobody waiting that is the task's insert and
+    // what reads its events (the sequencer, the notifier); the waiting claims add
+    // the claims it wakes. Each claim waits once (30 s), so that no re-issued claim
+    // falls in the window, and the counts are read 9 s after the last task, when
+    // Postgres has flushed them.
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let (alone, _, _) = per_task(admin, ws, url, idle_rate, "alone").await;
+    println!(
+        "{:<34} {alone:>6.1} database transactions per created task",
+        "a task, no claim waiting"
+    );
+    let mut once = Vec::new();
+    for i in 0..agents {
+        let api: Api = clients[i % accounts].clone();
+        once.push(tokio::spawn(async move {
+            api.ok("/api/workers/claim", json!({"wait": 30})).await;
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let (waited, claims, _) = per_task(admin, ws, url, idle_rate, "offered").await;
+    let (_, counts) = admin
+        .get(&format!("/api/tasks/counts?workspaceId={ws}"))
+        .await;
+    let pending = counts["byStatus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["status"] == "pending")
+        .and_then(|s| s["count"].as_i64())
+        .unwrap_or(-1);
+    println!(
+        "{:<34} {waited:>6.1} database transactions per created task, {claims:.1} of them \
+         claims ({pending} left pending)",
+        format!("a task for {agents} waiting claims"),
+    );
+    for claim in once {
+        claim.abort();
+    }
 }
 
 /// Creates 20 tasks 0.3 s apart and returns the database transactions each cost
@@ -271,11 +313,13 @@ enum Kind {
 }
 
 /// Agents following their event streams, each taking at most one task (then it is
-/// full), noting when it claimed which.
+/// full), noting when it was offered and claimed which.
 struct StreamAgents {
     readers: Vec<JoinHandle<()>>,
     claimed: Arc<Mutex<HashMap<String, Instant>>>,
     offered: Arc<Mutex<HashMap<String, Instant>>>,
+    /// The workers claimed, with the account that runs each.
+    runs: Arc<Mutex<Vec<(Api, String)>>>,
 }
 
 impl StreamAgents {
@@ -284,6 +328,7 @@ impl StreamAgents {
     async fn connect(clients: &[Api], agents: usize, kind: Kind) -> StreamAgents {
         let claimed = Arc::new(Mutex::new(HashMap::new()));
         let offered = Arc::new(Mutex::new(HashMap::new()));
+        let runs = Arc::new(Mutex::new(Vec::new()));
         let mut readers = Vec::new();
         for i in 0..agents {
             let api = clients[i % clients.len()].clone();
@@ -296,6 +341,7 @@ impl StreamAgents {
             assert!(status.is_success(), "stream {i}: {status}");
             let claimed = claimed.clone();
             let offered = offered.clone();
+            let runs = runs.clone();
             readers.push(tokio::spawn(async move {
                 let mut full = false;
                 while let Some(event) = reader.next(Duration::from_secs(3600)).await {
@@ -309,18 +355,22 @@ impl StreamAgents {
                     if full {
                         continue;
                     }
-                    if let Some(id) = event.data["task"]["id"].as_str() {
+                    if let (Kind::Offers, Some(id)) = (kind, event.data["task"]["id"].as_str()) {
                         offered
                             .lock()
                             .unwrap()
                             .insert(id.to_owned(), Instant::now());
                     }
                     let answer = api.ok("/api/workers/claim", body).await;
-                    if let Some(task) = answer["workers"][0]["taskId"].as_str() {
+                    let worker = &answer["workers"][0];
+                    if let (Some(task), Some(id)) =
+                        (worker["taskId"].as_str(), worker["id"].as_str())
+                    {
                         claimed
                             .lock()
                             .unwrap()
                             .insert(task.to_owned(), Instant::now());
+                        runs.lock().unwrap().push((api.clone(), id.to_owned()));
                         full = true;
                     }
                 }
@@ -330,6 +380,7 @@ impl StreamAgents {
             readers,
             claimed,
             offered,
+            runs,
         }
     }
 
@@ -340,15 +391,16 @@ impl StreamAgents {
         let offered = self.offered.lock().unwrap();
         let mut legs = Legs::default();
         for task in created {
-            let (Some(claimed), Some(offered)) = (claimed.get(&task.id), offered.get(&task.id))
-            else {
+            let Some(claimed) = claimed.get(&task.id) else {
                 continue;
             };
             legs.whole.push(claimed.duration_since(task.asked));
-            legs.create.push(task.answered.duration_since(task.asked));
-            legs.offer
-                .push(offered.saturating_duration_since(task.answered));
-            legs.claim.push(claimed.duration_since(*offered));
+            if let Some(offered) = offered.get(&task.id) {
+                legs.create.push(task.answered.duration_since(task.asked));
+                legs.offer
+                    .push(offered.saturating_duration_since(task.answered));
+                legs.claim.push(claimed.duration_since(*offered));
+            }
         }
         for leg in [
             &mut legs.whole,
@@ -361,9 +413,16 @@ impl StreamAgents {
         legs
     }
 
-    fn stop(self) {
+    /// Disconnects the agents and completes their runs, as agents would: runs left
+    /// open would time out and be requeued while the next part measures.
+    async fn stop(self) {
         for reader in self.readers {
             reader.abort();
+        }
+        let runs = std::mem::take(&mut *self.runs.lock().unwrap());
+        for (api, worker) in runs {
+            api.move_worker(&worker, &["starting", "running", "completed"])
+                .await;
         }
     }
 }
