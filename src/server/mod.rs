@@ -92,9 +92,10 @@ async fn name_version(mut response: axum::response::Response) -> axum::response:
 }
 
 impl AppState {
-    /// What follows a new task, however it was made: an action task wakes the GitHub
-    /// workflows that run it.
+    /// What follows a new task, however it was made: it is offered to a waiter here
+    /// at once, and an action task wakes the GitHub workflows that run it.
     pub fn task_created(&self, task: &crate::core::model::Task) {
+        self.waiters.offer_created(task.clone());
         if let Some(github) = &self.github {
             github.task_created(self.store.clone(), task.clone());
         }

@@ -9,7 +9,8 @@
 //!
 //! When a task is created or goes back to the queue anywhere in the cluster, [`run`]
 //! offers it to the oldest waiter that may take it ([`claim::may_take`]), and to no
-//! other. A waiter that does not take its task (its account at a limit, say) passes
+//! other; a task created through this server is offered as soon as it is stored
+//! ([`Waiters::offer_created`]). A waiter that does not take its task (its account at a limit, say) passes
 //! it on to the next one while the task is still pending, past the rest of its account
 //! when the account's own limits were in the way; so no waiter sleeps through a task
 //! it may take, and a thousand idle agents cost one claim per new task, not a
@@ -46,6 +47,11 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// How many pending tasks one sweep offers at most.
 const SWEEP_TASKS: u32 = 20;
 
+/// How long a task offered as it was created here is remembered, waiting for its
+/// `task.created` event to come back through the database (milliseconds, normally).
+/// Past this a late event offers it again: one claim too many, never a task missed.
+const CREATED_OFFER_KEPT: Duration = Duration::from_secs(60);
+
 /// An account's claimable workspaces, and when they were read.
 type Grants = (Instant, Arc<HashSet<String>>);
 
@@ -59,6 +65,9 @@ pub struct Waiters {
     grants: Mutex<HashMap<String, Grants>>,
     /// Agents' streams that take offers, by agent id.
     streams: Mutex<HashMap<String, Arc<Waiter>>>,
+    /// Tasks offered as they were created here, and when: their `task.created` event
+    /// is not offered again.
+    created_offers: Mutex<HashMap<String, Instant>>,
 }
 
 /// One waiting claim or agent stream.
@@ -262,6 +271,27 @@ impl Waiters {
         self.pick(task, |_| true)
     }
 
+    /// Offers `task`, which this server has just stored, at once: its event would
+    /// reach [`run`] only after a round of the database (on Postgres, the sequencer's
+    /// pass and its notification), and the waiting agent with it.
+    pub fn offer_created(&self, task: Task) {
+        let id = task.id.clone();
+        if self.offer(task) {
+            let mut offered = lock(&self.created_offers);
+            // Entries go as their events come; what an event never came for goes here.
+            if offered.len() >= 1024 {
+                offered.retain(|_, at| at.elapsed() < CREATED_OFFER_KEPT);
+            }
+            offered.insert(id, Instant::now());
+        }
+    }
+
+    /// Whether `task_id` was offered as it was created here; its event, arriving now,
+    /// then offers nothing.
+    fn was_offered_at_creation(&self, task_id: &str) -> bool {
+        lock(&self.created_offers).remove(task_id).is_some()
+    }
+
     /// [`Self::offer`], passing over `passed` (the waiter passing the task on), and
     /// every waiter of its account too if `account_limited` (the account's own limits
     /// kept it from the task).
@@ -372,6 +402,8 @@ pub async fn run(state: AppState) {
                 };
                 if offers_work(&event.name, &data)
                     && let Some(task) = data.task
+                    && !(event.name == "task.created"
+                        && state.waiters.was_offered_at_creation(&task.id))
                 {
                     state.waiters.offer(task);
                 }
