@@ -113,7 +113,10 @@ try {
   await page.waitForSelector("h1 .s-failed");
 
   // ---- Follow up the cancelled task from its page.
+  // The failed task's page, still shown until the cancelled one's renders, has a
+  // follow-up form too: wait for the cancelled task's own page before typing.
   await page.goto(`${SERVER}/#/tasks/${TASK_CANCEL}`);
+  await page.waitForSelector("h1 .s-cancelled");
   await page.waitForSelector("#followup textarea");
   await page.fill("#followup textarea", "Try again with the new layout");
   await page.click("#followup button.primary");
