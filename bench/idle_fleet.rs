@@ -103,19 +103,22 @@ impl World {
             _dir: dir,
         }
     }
+
+    fn parts(&self) -> (&Server, &str, &Api, &str, &[Api]) {
+        (
+            &self.server,
+            &self.url,
+            &self.admin,
+            &self.ws,
+            &self.clients,
+        )
+    }
 }
 
 /// Agents on their event streams, taking offers; with `BUILDD_BENCH_HERD`, also as
 /// they were before offers.
 async fn offers(world: &World, agents: usize) {
-    let World {
-        server,
-        url,
-        admin,
-        ws,
-        clients,
-        ..
-    } = world;
+    let (server, url, admin, ws, clients) = world.parts();
     let mut kinds = vec![Kind::Offers];
     if std::env::var_os("BUILDD_BENCH_HERD").is_some() {
         kinds.push(Kind::Herd);
@@ -156,14 +159,7 @@ async fn offers(world: &World, agents: usize) {
 /// Plain streams (dashboards, `buildd task watch`), then waiting claims, whose figures
 /// subtract the streams' idle rate.
 async fn streams_and_claims(world: &World, agents: usize, parts: &str) {
-    let World {
-        server,
-        url,
-        admin,
-        ws,
-        clients,
-        ..
-    } = world;
+    let (server, url, admin, ws, clients) = world.parts();
     let accounts = clients.len();
     let mut streams = Vec::new();
     for i in 0..agents {
