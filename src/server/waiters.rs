@@ -10,15 +10,16 @@
 //! When a task is created or goes back to the queue anywhere in the cluster, [`run`]
 //! offers it to the oldest waiter that may take it ([`claim::may_take`]), and to no
 //! other; a task created through this server is offered as soon as it is stored
-//! ([`Waiters::offer_created`]). A waiter that does not take its task (its account at a limit, say) passes
-//! it on to the next one while the task is still pending, past the rest of its account
-//! when the account's own limits were in the way; so no waiter sleeps through a task
-//! it may take, and a thousand idle agents cost one claim per new task, not a
-//! thousand. An agent that leaves an offer unanswered for [`OFFER_ANSWER_WITHIN`] (it
-//! is full, outside its hours, gone) is passed over. What cannot be told task by task
-//! (a new grant, events missed by a lagging reader) wakes every waiter, and a sweep
-//! every [`SWEEP_EVERY`] offers tasks that became claimable without an event (a retry
-//! whose pause ended, limits freed) in place of every agent claiming now and then.
+//! ([`Waiters::offer_created`]). A waiter that does not take its task (its account at
+//! a limit, say) passes it on to the next one while the task is still pending, past
+//! the rest of its account when the account's own limits were in the way; so no
+//! waiter sleeps through a task it may take, and a thousand idle agents cost one claim
+//! per new task, not a thousand. An agent that leaves an offer unanswered for
+//! [`OFFER_ANSWER_WITHIN`] (it is full, outside its hours, gone) is passed over. What
+//! cannot be told task by task (a new grant, events missed by a lagging reader) wakes
+//! every waiter, and a sweep every [`SWEEP_EVERY`] offers tasks that became claimable
+//! without an event (a retry whose pause ended, limits freed) in place of every agent
+//! claiming now and then.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -51,6 +52,10 @@ const SWEEP_TASKS: u32 = 20;
 /// `task.created` event to come back through the database (milliseconds, normally).
 /// Past this a late event offers it again: one claim too many, never a task missed.
 const CREATED_OFFER_KEPT: Duration = Duration::from_secs(60);
+
+/// How many such tasks are remembered before those kept past [`CREATED_OFFER_KEPT`]
+/// are dropped.
+const CREATED_OFFERS_PRUNED_AT: usize = 1024;
 
 /// An account's claimable workspaces, and when they were read.
 type Grants = (Instant, Arc<HashSet<String>>);
@@ -279,7 +284,7 @@ impl Waiters {
         if self.offer(task) {
             let mut offered = lock(&self.created_offers);
             // Entries go as their events come; what an event never came for goes here.
-            if offered.len() >= 1024 {
+            if offered.len() >= CREATED_OFFERS_PRUNED_AT {
                 offered.retain(|_, at| at.elapsed() < CREATED_OFFER_KEPT);
             }
             offered.insert(id, Instant::now());
